@@ -10,7 +10,6 @@ import threading
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-
 from vpnfleet.shared import pki
 
 SAN_DNS = ["node-a.example.org"]
@@ -186,7 +185,9 @@ def test_sign_csr_arguments_override_the_request(fresh_ca):
 
 def test_sign_csr_refuses_garbage(fresh_ca):
     with pytest.raises(pki.PkiError, match="certificate signing request"):
-        fresh_ca.sign_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "client")
+        fresh_ca.sign_csr(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "client"
+        )
 
 
 def test_sign_csr_refuses_a_tampered_request(fresh_ca):
@@ -203,7 +204,9 @@ def test_sign_csr_refuses_a_tampered_request(fresh_ca):
 
 def test_a_fitting_certificate_is_kept(ca):
     _, cert = ca.issue("keep", "daemon_server", SAN_DNS, SAN_IP, key_type=pki.key_type_of(ca.key))
-    assert pki.certificate_mismatches(cert, ca, "keep", "daemon_server", SAN_DNS, list(reversed(SAN_IP))) == []
+    assert (
+        pki.certificate_mismatches(cert, ca, "keep", "daemon_server", SAN_DNS, list(reversed(SAN_IP))) == []
+    )
 
 
 def test_changes_that_call_for_a_new_certificate(fresh_ca, tmp_path):
@@ -246,7 +249,10 @@ def test_revocation_lands_in_the_crl(fresh_ca, tmp_path):
     assert crl.is_signature_valid(fresh_ca.cert.public_key())
     assert extension(crl, x509.CRLNumber).value.crl_number == crl_number_before + 1
     entry = crl.get_revoked_certificate_by_serial_number(revoked.serial_number)
-    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise
+    assert (
+        entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        == x509.ReasonFlags.key_compromise
+    )
     assert crl.get_revoked_certificate_by_serial_number(kept.serial_number) is None
     assert fresh_ca.is_revoked(revoked.serial_number) and not fresh_ca.is_revoked(kept.serial_number)
     assert pki.certificate_mismatches(revoked, fresh_ca, "gone", "client") == ["revoked"]
