@@ -1,0 +1,52 @@
+"""Mutual TLS for the daemon: TLS 1.3 only, and only the controller's `daemon_client` certificate."""
+
+import ssl
+
+from cryptography import x509
+
+from vpnfleet.shared import pki
+
+from .settings import ConfigError, DaemonSettings
+
+ACCEPTED_CLIENT_PURPOSE = "daemon_client"
+
+
+def server_context(settings: DaemonSettings) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    # No session tickets: every connection proves its client certificate afresh.
+    context.num_tickets = 0
+    try:
+        context.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"tls_certificate/tls_private_key: cannot use {settings.tls_certificate} with "
+            f"{settings.tls_private_key}: {exc}"
+        ) from None
+    try:
+        context.load_verify_locations(cafile=settings.tls_ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"tls_ca: cannot load {settings.tls_ca}: {exc}") from None
+    return context
+
+
+def peer_refusal(tls_socket: ssl.SSLSocket) -> str | None:
+    """Why the peer of a completed handshake may not talk to us, or None when it may.
+
+    OpenSSL has checked the chain to our CA already; the purpose is ours to check, because a
+    VPN user's `client` certificate from the same CA must not be able to disconnect others.
+    """
+    der = tls_socket.getpeercert(binary_form=True)
+    if der is None:
+        return "no client certificate"
+    purpose = pki.certificate_purpose(x509.load_der_x509_certificate(der))
+    if purpose != ACCEPTED_CLIENT_PURPOSE:
+        return f"certificate purpose is {purpose}, not {ACCEPTED_CLIENT_PURPOSE}"
+    return None
+
+
+def peer_common_name(tls_socket: ssl.SSLSocket) -> str:
+    subject = (tls_socket.getpeercert() or {}).get("subject", ())
+    names = [value for rdn in subject for key, value in rdn if key == "commonName"]
+    return names[0] if names else "?"
