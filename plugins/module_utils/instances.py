@@ -1,0 +1,508 @@
+"""Planning and configuring the OpenVPN server processes of one profile on one node.
+
+Pure functions on the standard library, shared by the ``openvpn_instances`` module and the
+services (imported as ``vpnfleet.shared.instances``).
+
+Public interface
+----------------
+    PlanError                       every refusal; the message names the cause
+    parse_listen(entry)             "udp/1194" or {"proto": "udp", "port": 1194} -> ("udp", 1194)
+    protocol_mix(count, tcp_share)  ["udp", ..., "tcp", ...]
+    split_ipv4(network, count)      the IPv4 slices (see the rule below)
+    split_ipv6(network, count)      one /112 per process
+    plan_profile(...) -> ProfilePlan
+    ServerOptions                   what a rendered config needs beyond the plan
+    render_server_config(plan, process, options) -> str
+    unit_name(profile_id, index), config_path(...), management_socket(...), device_name(...)
+    process_index_of(profile_id, instance_name) -> int or None
+
+The rule (eduVPN v3 and beyond)
+-------------------------------
+eduVPN v3 allows 1, 2, 4, ... 64 processes and gives each an equal IPv4 slice. We allow any
+count: the profile's IPv4 range is halved again and again, always splitting the last of the
+largest blocks, until there are as many blocks as processes. With a power of two this is
+eduVPN's equal split; otherwise the first processes get blocks twice the size of the last ones
+and nothing of the range is left unused (3 processes in a /24: a /25 and two /26). Blocks are
+handed out in address order, UDP processes first, so the bigger slices serve UDP, the protocol
+most clients use. The smallest slice OpenVPN accepts is a /29.
+
+``max-clients`` of a process is 2^(32-p) - 4: the network and broadcast addresses, the server's
+own address and the last host, which OpenVPN keeps out of its pool, cannot go to clients. A
+client finding a process full moves on to the next one.
+
+Each process gets the next /112 of the profile's IPv6 range (eduVPN's choice), which holds
+more addresses than any IPv4 slice.
+
+Protocols: with ``tcp_share`` t (0.25 by default, eduVPN's 75/25), floor(n*t) processes use TCP
+but at least one once there are two processes, so networks that block UDP are always served.
+"""
+
+import dataclasses
+import hashlib
+import ipaddress
+import math
+import re
+
+PROTOCOLS = ("udp", "tcp")
+DEFAULT_TCP_SHARE = 0.25
+DEFAULT_PORT_BASE = 1194
+SMALLEST_IPV4_SLICE = 29
+IPV6_SLICE = 112
+# OpenVPN keeps the network, broadcast, its own and the last host address out of the pool.
+ADDRESSES_NOT_FOR_CLIENTS = 4
+TLS_VERSIONS = ("1.2", "1.3")
+
+CONFIG_DIR = "/etc/openvpn/server"
+MANAGEMENT_DIR = "/run/openvpn-server"
+UNIT_TEMPLATE = "openvpn-server@"
+IFNAMSIZ = 15
+
+_PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class PlanError(ValueError):
+    """A profile that cannot be laid out; the message says why and what would fit."""
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def instance_name(profile_id, index):
+    return "%s-%d" % (profile_id, index)
+
+
+def unit_name(profile_id, index):
+    return UNIT_TEMPLATE + instance_name(profile_id, index)
+
+
+def config_path(profile_id, index, directory=CONFIG_DIR):
+    return "%s/%s.conf" % (directory, instance_name(profile_id, index))
+
+
+def management_socket(profile_id, index, directory=MANAGEMENT_DIR):
+    return "%s/%s.sock" % (directory, instance_name(profile_id, index))
+
+
+def device_name(profile_id, index):
+    """``tun-<profile>-<i>``; a long profile id is replaced by a short digest so the name fits
+    the kernel's 15 characters and stays unique and stable. All start with ``tun-``."""
+    name = "tun-%s" % instance_name(profile_id, index)
+    if len(name) <= IFNAMSIZ:
+        return name
+    digest = hashlib.sha256(profile_id.encode()).hexdigest()[:5]
+    return "tun-%s-%d" % (digest, index)
+
+
+def process_index_of(profile_id, name):
+    """The process index when ``name`` ("<profile>-<i>", maybe with ``.conf``/unit prefix) is one of
+    this profile's processes; None otherwise (so profile "a" never claims "a-1-0" of profile "a-1")."""
+    if name.startswith(UNIT_TEMPLATE):
+        name = name[len(UNIT_TEMPLATE) :]
+    for suffix in (".service", ".conf"):
+        name = name.removesuffix(suffix)
+    match = re.fullmatch(re.escape(profile_id) + r"-(0|[1-9][0-9]*)", name)
+    return int(match.group(1)) if match else None
+
+
+def check_profile_id(profile_id):
+    if not isinstance(profile_id, str) or not _PROFILE_ID.match(profile_id):
+        raise PlanError(
+            "profile id %r: use 1 to 32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            % (profile_id,)
+        )
+
+
+# ----------------------------------------------------------------------------- protocols, ports
+
+
+def parse_listen(entry):
+    """One explicit listener: "udp/1194", "tcp/443" or {"proto": ..., "port": ...}."""
+    if isinstance(entry, dict):
+        proto, port = entry.get("proto"), entry.get("port")
+    elif isinstance(entry, str) and entry.count("/") == 1:
+        proto, port = entry.split("/")
+    else:
+        raise PlanError("listener %r: write it as proto/port, e.g. udp/1194" % (entry,))
+    proto = str(proto).lower()
+    if proto not in PROTOCOLS:
+        raise PlanError("listener %r: protocol must be udp or tcp" % (entry,))
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise PlanError("listener %r: port is not a number" % (entry,)) from None
+    if not 1 <= port <= 65535:
+        raise PlanError("listener %r: port must be 1-65535" % (entry,))
+    return proto, port
+
+
+def protocol_mix(count, tcp_share=DEFAULT_TCP_SHARE):
+    if not 0 <= tcp_share <= 1:
+        raise PlanError("tcp_share %r: must be between 0 and 1" % (tcp_share,))
+    tcp = math.floor(count * tcp_share + 1e-9)
+    if count >= 2 and 0 < tcp_share < 1:
+        tcp = min(max(tcp, 1), count - 1)
+    return ["udp"] * (count - tcp) + ["tcp"] * tcp
+
+
+def _auto_listeners(protocols, udp_port_base, tcp_port_base):
+    next_port = {"udp": udp_port_base, "tcp": tcp_port_base}
+    listeners = []
+    for proto in protocols:
+        listeners.append((proto, next_port[proto]))
+        next_port[proto] += 1
+    if any(port > 65535 for _, port in listeners):
+        raise PlanError("ports run past 65535: lower udp_port_base/tcp_port_base")
+    return listeners
+
+
+def _check_ports(profile_id, listeners, ports_in_use):
+    seen = set()
+    for listener in listeners:
+        if listener in seen:
+            raise PlanError("profile %s: %s/%d is listed twice" % (profile_id, *listener))
+        seen.add(listener)
+    for other_profile, entries in sorted((ports_in_use or {}).items()):
+        if other_profile == profile_id:
+            continue
+        taken = {parse_listen(entry) for entry in entries}
+        clashes = sorted(seen & taken)
+        if clashes:
+            raise PlanError(
+                "profile %s: %s already used by profile %s; choose other ports or port bases"
+                % (profile_id, ", ".join("%s/%d" % clash for clash in clashes), other_profile)
+            )
+
+
+# ----------------------------------------------------------------------------- address slices
+
+
+def _network(text, version, what):
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise PlanError("%s %r is not a valid CIDR network: %s" % (what, text, exc)) from None
+    if network.version != version:
+        raise PlanError("%s %r is not an IPv%d network" % (what, text, version))
+    return network
+
+
+def split_ipv4(network, count):
+    """``count`` slices covering ``network``, sizes differing at most by a factor of two."""
+    network = ipaddress.ip_network(network)
+    needed_bits = math.ceil(math.log2(count)) if count > 1 else 0
+    if network.prefixlen + needed_bits > SMALLEST_IPV4_SLICE:
+        most = 2 ** max(SMALLEST_IPV4_SLICE - network.prefixlen, 0)
+        fitting_prefix = SMALLEST_IPV4_SLICE - needed_bits
+        raise PlanError(
+            "IPv4 range %s is too small for %d processes: each needs at least a /%d, so it holds at "
+            "most %d; give the profile a /%d or larger, or fewer processes"
+            % (network, count, SMALLEST_IPV4_SLICE, most, fitting_prefix)
+        )
+    blocks = [network]
+    while len(blocks) < count:
+        largest = min(block.prefixlen for block in blocks)
+        last_largest = max(i for i, block in enumerate(blocks) if block.prefixlen == largest)
+        blocks[last_largest : last_largest + 1] = list(blocks[last_largest].subnets(prefixlen_diff=1))
+    return blocks
+
+
+def split_ipv6(network, count):
+    network = ipaddress.ip_network(network)
+    available = 2 ** (IPV6_SLICE - network.prefixlen) if network.prefixlen <= IPV6_SLICE else 0
+    if count > available:
+        raise PlanError(
+            "IPv6 range %s is too small for %d processes: each gets a /%d; give the profile a /%d or larger"
+            % (
+                network,
+                count,
+                IPV6_SLICE,
+                IPV6_SLICE - math.ceil(math.log2(count)) if count > 1 else IPV6_SLICE,
+            )
+        )
+    slices = network.subnets(new_prefix=IPV6_SLICE)
+    return [next(slices) for _ in range(count)]
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessPlan:
+    profile_id: str
+    index: int
+    proto: str
+    port: int
+    ipv4: ipaddress.IPv4Network
+    ipv6: ipaddress.IPv6Network | None
+    listen_address: str | None
+
+    @property
+    def name(self):
+        return instance_name(self.profile_id, self.index)
+
+    @property
+    def max_clients(self):
+        return self.ipv4.num_addresses - ADDRESSES_NOT_FOR_CLIENTS
+
+    @property
+    def openvpn_proto(self):
+        """udp6/tcp6-server listen on IPv4 and IPv6 at once unless bound to an IPv4 address."""
+        ipv4_only = self.listen_address and ipaddress.ip_address(self.listen_address).version == 4
+        suffix = "" if ipv4_only else "6"
+        return "udp" + suffix if self.proto == "udp" else "tcp%s-server" % suffix
+
+    def as_dict(self):
+        return {
+            "index": self.index,
+            "name": self.name,
+            "proto": self.proto,
+            "port": self.port,
+            "ipv4": str(self.ipv4),
+            "ipv4_gateway": str(self.ipv4.network_address + 1),
+            "max_clients": self.max_clients,
+            "ipv6": str(self.ipv6) if self.ipv6 else None,
+            "ipv6_gateway": str(self.ipv6.network_address + 1) if self.ipv6 else None,
+            "management_socket": management_socket(self.profile_id, self.index),
+            "device": device_name(self.profile_id, self.index),
+            "unit": unit_name(self.profile_id, self.index),
+            "config_path": config_path(self.profile_id, self.index),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfilePlan:
+    profile_id: str
+    ipv4_range: ipaddress.IPv4Network
+    ipv6_range: ipaddress.IPv6Network | None
+    processes: tuple
+
+    @property
+    def capacity(self):
+        return sum(process.max_clients for process in self.processes)
+
+    def listeners(self):
+        return ["%s/%d" % (process.proto, process.port) for process in self.processes]
+
+    def as_dict(self):
+        return {
+            "profile_id": self.profile_id,
+            "ipv4_range": str(self.ipv4_range),
+            "ipv6_range": str(self.ipv6_range) if self.ipv6_range else None,
+            "process_count": len(self.processes),
+            "udp": sum(1 for process in self.processes if process.proto == "udp"),
+            "tcp": sum(1 for process in self.processes if process.proto == "tcp"),
+            "max_clients": self.capacity,
+            "listeners": self.listeners(),
+            "processes": [process.as_dict() for process in self.processes],
+        }
+
+
+def plan_profile(
+    profile_id,
+    ipv4_range,
+    ipv6_range=None,
+    cores=None,
+    processes=None,
+    listen=None,
+    tcp_share=DEFAULT_TCP_SHARE,
+    udp_port_base=DEFAULT_PORT_BASE,
+    tcp_port_base=DEFAULT_PORT_BASE,
+    ports_in_use=None,
+    listen_address=None,
+):
+    """Lay out one profile's processes on a node.
+
+    The count comes from ``listen`` (an explicit list of proto/port) if given, else ``processes``,
+    else ``cores``. ``ports_in_use`` maps other profiles' ids to their listeners ("udp/1194").
+    """
+    check_profile_id(profile_id)
+    ipv4_network = _network(ipv4_range, 4, "IPv4 range")
+    ipv6_network = _network(ipv6_range, 6, "IPv6 range") if ipv6_range else None
+    if listen_address:
+        try:
+            ipaddress.ip_address(listen_address)
+        except ValueError:
+            raise PlanError("listen address %r is not an IP address" % (listen_address,)) from None
+
+    if listen:
+        listeners = [parse_listen(entry) for entry in listen]
+        if processes and processes != len(listeners):
+            raise PlanError("processes is %d but listen names %d listeners" % (processes, len(listeners)))
+        # UDP first, so the bigger slices go to UDP; the given order holds within each protocol.
+        listeners = [entry for entry in listeners if entry[0] == "udp"] + [
+            entry for entry in listeners if entry[0] == "tcp"
+        ]
+    else:
+        count = processes or cores
+        if not count or count < 1:
+            raise PlanError("profile %s: give cores, processes or listen (at least one process)" % profile_id)
+        listeners = _auto_listeners(protocol_mix(count, tcp_share), udp_port_base, tcp_port_base)
+    _check_ports(profile_id, listeners, ports_in_use)
+
+    count = len(listeners)
+    ipv4_slices = split_ipv4(ipv4_network, count)
+    ipv6_slices = split_ipv6(ipv6_network, count) if ipv6_network else [None] * count
+    plans = tuple(
+        ProcessPlan(profile_id, index, proto, port, ipv4_slices[index], ipv6_slices[index], listen_address)
+        for index, (proto, port) in enumerate(listeners)
+    )
+    return ProfilePlan(profile_id, ipv4_network, ipv6_network, plans)
+
+
+# ----------------------------------------------------------------------------- server config
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """Everything a process's config needs beyond its plan. Key material stays in files the
+    config names, so a config holds no secret and can be shown in a diff."""
+
+    ca_path: str
+    cert_path: str
+    key_path: str
+    crl_path: str
+    tls_crypt_path: str
+    full_tunnel: bool = True
+    routes: tuple = ()
+    dns_servers: tuple = ()
+    dns_search_domains: tuple = ()
+    block_lan: bool = False
+    client_to_client: bool = False
+    tls_version_min: str = "1.3"
+    cpu_has_aes: bool = True
+    user: str | None = "nobody"
+    group: str | None = "nogroup"
+    client_connect: str | None = None
+    client_disconnect: str | None = None
+    extra_directives: tuple = ()
+    verbosity: int = 3
+
+    def __post_init__(self):
+        if self.tls_version_min not in TLS_VERSIONS:
+            raise PlanError("tls_version_min must be one of %s" % ", ".join(TLS_VERSIONS))
+        for route in self.routes:
+            _route(route)
+        for server in self.dns_servers:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise PlanError("DNS server %r is not an IP address" % (server,)) from None
+        for value in (*self.extra_directives, *self.dns_search_domains):
+            if "\n" in str(value) or '"' in str(value):
+                raise PlanError("%r: newlines and double quotes are not allowed in a config line" % (value,))
+
+
+def _route(text):
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise PlanError("route %r is not a valid CIDR network: %s" % (text, exc)) from None
+
+
+def _push_route(network):
+    if network.version == 6:
+        return 'push "route-ipv6 %s"' % network
+    return 'push "route %s %s"' % (network.network_address, network.netmask)
+
+
+def render_server_config(plan, process, options):
+    """The config of one process, as OpenVPN 2.6 reads it. Deterministic, so an unchanged plan
+    renders byte for byte the same and nothing restarts."""
+    aead_ciphers = ["AES-256-GCM", "CHACHA20-POLY1305"]
+    if not options.cpu_has_aes:
+        # Without AES-NI ChaCha20 is the faster cipher; clients take the first one they share.
+        aead_ciphers.reverse()
+    lines = [
+        "# Written by vpnfleet (vpnfleet.server.openvpn_instances); changes here are overwritten.",
+        "# profile %s, process %d (of processes 0-%d)"
+        % (plan.profile_id, process.index, len(plan.processes) - 1),
+        "verb %d" % options.verbosity,
+        "dev %s" % device_name(plan.profile_id, process.index),
+        "dev-type tun",
+        "topology subnet",
+        "proto %s" % process.openvpn_proto,
+        "port %d" % process.port,
+    ]
+    if process.listen_address:
+        lines.append("local %s" % process.listen_address)
+    lines += [
+        "server %s %s" % (process.ipv4.network_address, process.ipv4.netmask),
+    ]
+    if process.ipv6:
+        lines.append("server-ipv6 %s" % process.ipv6)
+    lines += [
+        "max-clients %d" % process.max_clients,
+        # A reconnect storm after a restart must refill a full process within seconds.
+        "connect-freq-initial %d 10" % max(100, process.max_clients),
+        "keepalive 10 60",
+        # eduVPN's choice: new data channel keys every 10 hours instead of every hour.
+        "reneg-sec 36000",
+        "persist-key",
+        "persist-tun",
+    ]
+    if options.user:
+        lines.append("user %s" % options.user)
+    if options.group:
+        lines.append("group %s" % options.group)
+    lines += [
+        "ca %s" % options.ca_path,
+        "cert %s" % options.cert_path,
+        "key %s" % options.key_path,
+        "crl-verify %s" % options.crl_path,
+        "tls-crypt %s" % options.tls_crypt_path,
+        "dh none",
+        "tls-version-min %s" % options.tls_version_min,
+        "verify-client-cert require",
+        "remote-cert-tls client",
+        "data-ciphers %s" % ":".join(aead_ciphers),
+        "allow-compression no",
+        "management %s unix" % management_socket(plan.profile_id, process.index),
+        "setenv VPNFLEET_PROFILE %s" % plan.profile_id,
+        "setenv VPNFLEET_PROCESS %d" % process.index,
+    ]
+    if process.proto == "udp":
+        # Tell clients when this process stops, and ask them to tell us when they leave.
+        lines += ["explicit-exit-notify 1", 'push "explicit-exit-notify 1"']
+    else:
+        lines.append("tcp-nodelay")
+    if options.client_connect or options.client_disconnect:
+        lines.append("script-security 2")
+        if options.client_connect:
+            lines.append("client-connect %s" % options.client_connect)
+        if options.client_disconnect:
+            lines.append("client-disconnect %s" % options.client_disconnect)
+    lines += _routing_lines(plan, options)
+    lines += _dns_lines(options)
+    lines += list(options.extra_directives)
+    return "\n".join(lines) + "\n"
+
+
+def _routing_lines(plan, options):
+    lines = []
+    if options.full_tunnel:
+        flags = ["def1"] + (["ipv6"] if plan.ipv6_range else [])
+        if options.block_lan:
+            flags.append("block-local")
+        lines.append('push "redirect-gateway %s"' % " ".join(flags))
+        # eduVPN's quirk: Windows only believes it is online with a plain default route as well.
+        lines.append('push "route 0.0.0.0 0.0.0.0"')
+    else:
+        lines += [_push_route(_route(route)) for route in options.routes]
+    if options.client_to_client:
+        # Clients on the other processes of the profile sit in other slices: route the whole range.
+        lines.append("client-to-client")
+        if not options.full_tunnel:
+            lines.append(_push_route(plan.ipv4_range))
+            if plan.ipv6_range:
+                lines.append(_push_route(plan.ipv6_range))
+    return lines
+
+
+def _dns_lines(options):
+    lines = []
+    if options.full_tunnel and options.dns_servers:
+        # Windows would otherwise keep asking its local resolvers and leak names.
+        lines.append('push "block-outside-dns"')
+    lines += ['push "dhcp-option DNS %s"' % server for server in options.dns_servers]
+    lines += ['push "dhcp-option DOMAIN-SEARCH %s"' % domain for domain in options.dns_search_domains]
+    return lines
