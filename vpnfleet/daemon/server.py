@@ -50,6 +50,9 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server calls this for requests it cannot parse; answer those in JSON too."""
         self.close_connection = True
+        # An unparsable request line leaves http.server thinking HTTP/0.9, which has no status
+        # line or headers; the caller deserves a real HTTP answer.
+        self.request_version = self.protocol_version
         self._send_json(code, {"error": message or HTTPStatus(code).phrase})
 
     def log_message(self, format: str, *args) -> None:

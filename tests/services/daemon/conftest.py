@@ -1,0 +1,177 @@
+"""Fixtures of the daemon tests: a namespace lab with two real OpenVPN servers and the daemon."""
+
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from daemon_lab import (
+    DAEMON_PORT,
+    SERVER_UNDERLAY_ADDRESS,
+    Credentials,
+    DaemonClient,
+    LabPki,
+    Namespaces,
+    OpenVpnProcess,
+    ServerInstance,
+    daemon_command,
+    openvpn_client_config,
+    openvpn_server_config,
+    stop_process,
+    wait_for,
+)
+
+# One profile, "default", with one UDP and one TCP process, each on its own slice of the ranges.
+SERVER_INSTANCES = (
+    ServerInstance("default-0", "udp", "198.19.0.0", "255.255.255.128", "2001:db8:f0::/64"),
+    ServerInstance("default-1", "tcp", "198.19.0.128", "255.255.255.128", "2001:db8:f0:1::/64"),
+)
+MANAGEMENT_TIMEOUT = 2.0
+# Numbers the clients' files across all tests of the session.
+_client_numbers = itertools.count()
+
+
+@dataclass
+class RunningDaemon:
+    process: subprocess.Popen
+    log_path: Path
+    socket_dir: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    # Directly under /tmp: unix socket paths must stay below 108 bytes.
+    path = Path(tempfile.mkdtemp(prefix="vfd-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lab_pki(workdir: Path) -> LabPki:
+    directory = workdir / "pki"
+    directory.mkdir()
+    return LabPki.create(directory)
+
+
+@pytest.fixture(scope="session")
+def namespaces() -> Iterator[Namespaces]:
+    if os.geteuid() != 0 or not shutil.which("openvpn") or not shutil.which("ip"):
+        pytest.skip("the daemon lab needs root, iproute2 and openvpn")
+    lab = Namespaces.create()
+    yield lab
+    lab.remove()
+
+
+@pytest.fixture(scope="session")
+def socket_dir(workdir: Path) -> Path:
+    path = workdir / "sockets"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def openvpn_servers(
+    namespaces: Namespaces, lab_pki: LabPki, workdir: Path, socket_dir: Path
+) -> Iterator[dict[str, OpenVpnProcess]]:
+    credentials = lab_pki.credentials("vfd-node", "server")
+    servers: dict[str, OpenVpnProcess] = {}
+    try:
+        for instance in SERVER_INSTANCES:
+            config = openvpn_server_config(
+                instance, lab_pki, credentials, socket_dir / f"{instance.name}.sock"
+            )
+            servers[instance.name] = OpenVpnProcess.start(
+                namespaces.server, config, workdir / f"{instance.name}.conf"
+            )
+        for server in servers.values():
+            server.wait_until_up()
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def daemon(
+    namespaces: Namespaces,
+    lab_pki: LabPki,
+    workdir: Path,
+    socket_dir: Path,
+    openvpn_servers: dict[str, OpenVpnProcess],
+) -> Iterator[RunningDaemon]:
+    credentials = lab_pki.credentials(
+        "vfd-node-daemon", "daemon_server", ip_addresses=[SERVER_UNDERLAY_ADDRESS]
+    )
+    config_path = workdir / "daemon.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "listen_address": SERVER_UNDERLAY_ADDRESS,
+                "listen_port": DAEMON_PORT,
+                "tls_certificate": str(credentials.certificate),
+                "tls_private_key": str(credentials.private_key),
+                "tls_ca": str(lab_pki.ca_certificate),
+                "management_socket_glob": f"{socket_dir}/*.sock",
+                "management_timeout": MANAGEMENT_TIMEOUT,
+            }
+        )
+    )
+    log_path = workdir / "daemon.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", namespaces.server, *daemon_command(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    running = RunningDaemon(process, log_path, socket_dir)
+    try:
+        wait_for(lambda: _listening(running), "the daemon to listen")
+        yield running
+    finally:
+        stop_process(process)
+
+
+def _listening(running: RunningDaemon) -> bool:
+    if running.process.poll() is not None:
+        raise AssertionError(f"the daemon exited with {running.process.returncode}:\n{running.log()}")
+    return "listening on" in running.log()
+
+
+@pytest.fixture(scope="session")
+def daemon_client(daemon: RunningDaemon, namespaces: Namespaces, lab_pki: LabPki) -> DaemonClient:
+    return DaemonClient(namespaces, lab_pki)
+
+
+@pytest.fixture(scope="session")
+def controller(lab_pki: LabPki) -> Credentials:
+    """What the controller holds: a daemon_client certificate from our CA."""
+    return lab_pki.credentials("vfd-controller", "daemon_client")
+
+
+@pytest.fixture
+def vpn_client(
+    namespaces: Namespaces, lab_pki: LabPki, workdir: Path, openvpn_servers: dict[str, OpenVpnProcess]
+) -> Iterator[Callable[[str, str], OpenVpnProcess]]:
+    """Starts real openvpn clients in the client namespace; stops whichever are still running."""
+    started: list[OpenVpnProcess] = []
+
+    def start(common_name: str, protocol: str) -> OpenVpnProcess:
+        config = openvpn_client_config(protocol, lab_pki, lab_pki.credentials(common_name, "client"))
+        config_path = workdir / f"client-{next(_client_numbers)}-{common_name}-{protocol}.conf"
+        client = OpenVpnProcess.start(namespaces.client, config, config_path)
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        client.stop()

@@ -1,0 +1,169 @@
+"""The daemon against real OpenVPN servers and clients: list, disconnect, node info, failures."""
+
+import datetime
+import ipaddress
+import os
+from urllib.parse import quote
+
+import pytest
+from daemon_lab import CLIENT_UNDERLAY_ADDRESS, silent_management_socket, stale_management_socket, wait_for
+
+PROCESS_NETWORKS = {
+    "default-0": (ipaddress.ip_network("198.19.0.0/25"), ipaddress.ip_network("2001:db8:f0::/64")),
+    "default-1": (ipaddress.ip_network("198.19.0.128/25"), ipaddress.ip_network("2001:db8:f0:1::/64")),
+}
+
+
+def connections(daemon_client, controller, common_names=None) -> list[dict]:
+    response = daemon_client.request("GET", "/o/connection_list", controller)
+    assert response.status == 200, response
+    assert response.payload["unreachable_process_list"] == []
+    listed = response.payload["connection_list"]
+    return [entry for entry in listed if common_names is None or entry["common_name"] in common_names]
+
+
+def test_lists_clients_of_every_process_and_disconnects_by_common_name(daemon_client, controller, vpn_client):
+    # alice is connected twice, once to each process; bob only to the TCP one.
+    alice_udp = vpn_client("vfd-alice", "udp")
+    alice_tcp = vpn_client("vfd-alice", "tcp")
+    bob_tcp = vpn_client("vfd-bob", "tcp")
+    for client in (alice_udp, alice_tcp, bob_tcp):
+        client.wait_until_up()
+    names = {"vfd-alice", "vfd-bob"}
+    listed = wait_for(
+        lambda: (entries := connections(daemon_client, controller, names)) and len(entries) == 3 and entries,
+        "three connections in the list",
+    )
+
+    by_process = {(entry["common_name"], entry["process"]): entry for entry in listed}
+    assert set(by_process) == {
+        ("vfd-alice", "default-0"),
+        ("vfd-alice", "default-1"),
+        ("vfd-bob", "default-1"),
+    }
+    for (_, process), entry in by_process.items():
+        ipv4_slice, ipv6_slice = PROCESS_NETWORKS[process]
+        assert entry["profile_id"] == "default"
+        assert ipaddress.ip_address(entry["ip_four"]) in ipv4_slice
+        assert ipaddress.ip_address(entry["ip_six"]) in ipv6_slice
+        assert entry["real_address"].startswith(CLIENT_UNDERLAY_ADDRESS + ":")
+        assert entry["bytes_in"] > 0 and entry["bytes_out"] > 0
+        connected_since = datetime.datetime.strptime(entry["connected_since"], "%Y-%m-%dT%H:%M:%SZ")
+        assert abs(
+            datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - connected_since
+        ) < datetime.timedelta(hours=1)
+
+    response = daemon_client.request("POST", "/o/disconnect_client", controller, form="common_name=vfd-alice")
+    assert response.status == 200
+    assert response.payload == {
+        "common_name": "vfd-alice",
+        "disconnected_count": 2,
+        "unreachable_process_list": [],
+    }
+    # Both of alice's clients are told to halt, and they do: they exit on their own.
+    for client in (alice_udp, alice_tcp):
+        assert client.process.wait(timeout=60) == 0
+        assert "Halt command was pushed by server" in client.log()
+    wait_for(
+        lambda: (
+            [entry["common_name"] for entry in connections(daemon_client, controller, names)] == ["vfd-bob"]
+        ),
+        "alice to leave the list",
+    )
+    assert bob_tcp.process.poll() is None
+
+    node = daemon_client.request("GET", "/i/node?include_client_peer_count=yes", controller)
+    assert node.status == 200
+    assert node.payload["o_client_count"] == 1
+    counts = {entry["process"]: entry["client_count"] for entry in node.payload["o_process_list"]}
+    assert counts == {"default-0": 0, "default-1": 1}
+
+    nobody = daemon_client.request("POST", "/o/disconnect_client", controller, form="common_name=vfd-nobody")
+    assert nobody.status == 200 and nobody.payload["disconnected_count"] == 0
+    assert bob_tcp.process.poll() is None
+
+
+def test_node_info_has_the_upstream_fields(daemon_client, controller):
+    response = daemon_client.request("GET", "/i/node", controller)
+    assert response.status == 200
+    info = response.payload
+    assert info["cpu_count"] == os.cpu_count()
+    assert len(info["load_average"]) == 3 and len(info["rel_load_average"]) == 3
+    assert isinstance(info["node_uptime"], int) and info["node_uptime"] > 0
+    assert info["maintenance_mode"] is False
+    # Without include_client_peer_count=yes no process is asked, as upstream.
+    assert "o_client_count" not in info
+    assert info["o_process_list"] == [
+        {"process": "default-0", "profile_id": "default"},
+        {"process": "default-1", "profile_id": "default"},
+    ]
+
+
+def test_a_dead_or_hung_management_socket_is_reported_not_fatal(daemon, daemon_client, controller):
+    stale_path = daemon.socket_dir / "crashed-0.sock"
+    hung_path = daemon.socket_dir / "hung-0.sock"
+    stale_management_socket(stale_path)
+    hung = silent_management_socket(hung_path)
+    try:
+        response = daemon_client.request("GET", "/o/connection_list", controller)
+        node = daemon_client.request("GET", "/i/node?include_client_peer_count=yes", controller)
+    finally:
+        hung.close()
+        stale_path.unlink()
+        hung_path.unlink()
+
+    assert response.status == 200
+    unreachable = {entry["process"]: entry for entry in response.payload["unreachable_process_list"]}
+    assert set(unreachable) == {"crashed-0", "hung-0"}
+    assert "refused" in unreachable["crashed-0"]["error"]
+    assert "no answer within" in unreachable["hung-0"]["error"]
+    assert unreachable["crashed-0"]["profile_id"] == "crashed"
+    counts = {entry["process"]: entry["client_count"] for entry in node.payload["o_process_list"]}
+    assert counts["crashed-0"] is None and counts["hung-0"] is None
+    assert counts["default-0"] is not None and counts["default-1"] is not None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "form", "status", "reason"),
+    [
+        ("GET", "/o/nothing_here", None, 404, "no such call"),
+        ("GET", "/o/disconnect_client", None, 405, "takes POST only"),
+        ("DELETE", "/o/connection_list", None, 405, "takes GET only"),
+        ("POST", "/o/disconnect_client", "", 400, "common_name is required"),
+        ("POST", "/o/disconnect_client", "common_name=a&common_name=b", 400, "more than once"),
+        ("POST", "/o/disconnect_client", "common_name=" + quote("vfd-bob\nkill all"), 400, "printable"),
+        ("POST", "/o/disconnect_client", "common_name=" + "x" * 65, 400, "1 to 64"),
+        ("GET", "/i/node?include_client_peer_count=maybe", None, 400, "yes or no"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_reason(daemon_client, controller, method, path, form, status, reason):
+    response = daemon_client.request(method, path, controller, form=form)
+    assert response.status == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert reason in response.payload["error"]
+
+
+def test_a_form_of_another_type_or_without_length_is_refused(daemon_client, controller):
+    as_json = daemon_client.request(
+        "POST",
+        "/o/disconnect_client",
+        controller,
+        form='{"common_name": "x"}',
+        content_type="application/json",
+    )
+    assert as_json.status == 415 and "x-www-form-urlencoded" in as_json.payload["error"]
+
+    context = daemon_client.tls_context(controller)
+    no_length = daemon_client.raw_exchange(
+        context,
+        b"POST /o/disconnect_client HTTP/1.1\r\nHost: node\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    assert no_length.status == 411 and no_length.payload["error"]
+
+
+def test_a_malformed_request_gets_json_not_html(daemon_client, controller):
+    response = daemon_client.raw_exchange(daemon_client.tls_context(controller), b"NOT A REQUEST\r\n\r\n")
+    assert 400 <= response.status < 500
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.payload["error"]
