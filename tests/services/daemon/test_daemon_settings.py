@@ -1,0 +1,96 @@
+"""The settings file is checked at start-up, and every refusal names the setting and the reason."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from vpnfleet.shared import pki
+
+from vpnfleet.daemon.server import create_server
+from vpnfleet.daemon.settings import ConfigError, DaemonSettings
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    ca = pki.CertificateAuthority.create(str(tmp_path / "ca"), common_name="vfd settings CA")
+    key, cert = ca.issue("vfd-node-daemon", "daemon_server")
+    pki.write_file_atomic(tmp_path / "daemon.crt", pki.certificate_pem(cert))
+    pki.write_file_atomic(tmp_path / "daemon.key", pki.private_key_pem(key), 0o600)
+    return {
+        "tls_certificate": str(tmp_path / "daemon.crt"),
+        "tls_private_key": str(tmp_path / "daemon.key"),
+        "tls_ca": ca.cert_path,
+    }
+
+
+def test_defaults_fill_what_the_file_leaves_out(tls_files):
+    settings = DaemonSettings.from_mapping(tls_files)
+    assert settings.listen_port == 41194
+    assert settings.listen_address == "::"
+    assert settings.management_socket_glob == "/run/openvpn-server/*.sock"
+    assert settings.tls_ca == Path(tls_files["tls_ca"])
+
+
+def test_json_is_read_as_well_as_yaml(tls_files, tmp_path):
+    config = tmp_path / "daemon.json"
+    config.write_text(
+        '{"listen_address": "198.51.100.129", "management_timeout": 1, %s}'
+        % (", ".join(f'"{name}": "{path}"' for name, path in tls_files.items()))
+    )
+    settings = DaemonSettings.from_file(config)
+    assert (settings.listen_address, settings.management_timeout) == ("198.51.100.129", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"listen_port": 0}, "listen_port: must be an integer from 1 to 65535"),
+        ({"listen_port": "41194"}, "listen_port: must be an integer"),
+        ({"listen_port": True}, "listen_port: must be an integer"),
+        ({"listen_address": "node.example"}, "listen_address: not an IPv4 or IPv6 address"),
+        ({"management_timeout": 0}, "management_timeout: must be more than 0"),
+        ({"management_timeout": "2s"}, "management_timeout: must be a number"),
+        ({"management_socket_glob": "*.sock"}, "management_socket_glob: must be an absolute path"),
+        ({"tls_ca": "ca.crt"}, "tls_ca: must be an absolute path"),
+        ({"tls_certificate": "/nonexistent/daemon.crt"}, "tls_certificate: no such file"),
+        ({"listen_prot": 41194}, "unknown setting(s) listen_prot"),
+    ],
+)
+def test_a_wrong_setting_is_named_with_the_reason(tls_files, change, reason):
+    with pytest.raises(ConfigError) as refusal:
+        DaemonSettings.from_mapping({**tls_files, **change}, source="/etc/vpnfleet/daemon.yaml")
+    assert str(refusal.value).startswith("/etc/vpnfleet/daemon.yaml: ")
+    assert reason in str(refusal.value)
+
+
+def test_missing_required_settings_are_listed(tls_files):
+    with pytest.raises(ConfigError, match="missing required setting\\(s\\) tls_private_key, tls_ca"):
+        DaemonSettings.from_mapping({"tls_certificate": tls_files["tls_certificate"]})
+
+
+def test_a_key_that_does_not_match_the_certificate_is_refused_at_start(tls_files, tmp_path):
+    other_key = tmp_path / "other.key"
+    pki.write_file_atomic(other_key, pki.private_key_pem(pki.make_private_key()), 0o600)
+    settings = DaemonSettings.from_mapping({**tls_files, "tls_private_key": str(other_key)})
+    with pytest.raises(ConfigError, match="tls_certificate/tls_private_key: cannot use"):
+        create_server(settings)
+
+
+def test_the_command_exits_2_with_a_clear_message(tls_files, tmp_path):
+    config = tmp_path / "daemon.yaml"
+    config.write_text(yaml.safe_dump({**tls_files, "listen_port": 70000}))
+    result = subprocess.run(
+        [sys.executable, "-m", "vpnfleet.daemon", "--config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"vpnfleet-daemon: {config}: listen_port: must be an integer from 1 to 65535" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "vpnfleet.daemon", "--config", str(tmp_path / "absent.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "cannot read the configuration" in missing.stderr
