@@ -11,8 +11,10 @@ Constants
     VPNFLEET_OID_ARC    "2.25.153677918813723533877896230736416013330": the integer of a UUID
                         generated once for this project (RFC 4122 / X.667 ``2.25`` arc).
     PURPOSE_OIDS        purpose -> x509.ObjectIdentifier for the two daemon purposes:
-                        daemon_server = <arc>.1, daemon_client = <arc>.2.
-    MINIMUM_CRYPTOGRAPHY_VERSION
+                        daemon_server = <arc>.1, daemon_client = <arc>.2
+                        (PURPOSE_OID_STRINGS: the same as dotted strings).
+    REVOCATION_REASONS  names of x509.ReasonFlags accepted by revoke().
+    MINIMUM_CRYPTOGRAPHY_VERSION, HAS_CRYPTOGRAPHY, CRYPTOGRAPHY_VERSION, CRYPTOGRAPHY_IMPORT_ERROR
 
 Exceptions
     PkiError            every refusal (bad input, wrong CA, unreadable file) raises this.
@@ -56,12 +58,25 @@ import os
 import re
 import secrets
 import tempfile
+import traceback
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+# The one guard for the collection: the modules check HAS_CRYPTOGRAPHY and fail with
+# missing_required_lib; this file itself still imports where cryptography is missing.
+try:
+    import cryptography
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+except ImportError:
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_VERSION = None
+    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+else:
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_VERSION = cryptography.__version__
+    CRYPTOGRAPHY_IMPORT_ERROR = None
 
 # Debian 12 ships 38.0; everything used here exists there.
 MINIMUM_CRYPTOGRAPHY_VERSION = "38.0"
@@ -72,18 +87,24 @@ PURPOSES = ("server", "client", "daemon_server", "daemon_client")
 SERVER_PURPOSES = ("server", "daemon_server")
 
 VPNFLEET_OID_ARC = "2.25.153677918813723533877896230736416013330"
-PURPOSE_OIDS = {
-    "daemon_server": x509.ObjectIdentifier(VPNFLEET_OID_ARC + ".1"),
-    "daemon_client": x509.ObjectIdentifier(VPNFLEET_OID_ARC + ".2"),
+PURPOSE_OID_STRINGS = {
+    "daemon_server": VPNFLEET_OID_ARC + ".1",
+    "daemon_client": VPNFLEET_OID_ARC + ".2",
 }
+PURPOSE_OIDS = (
+    {purpose: x509.ObjectIdentifier(dotted) for purpose, dotted in PURPOSE_OID_STRINGS.items()}
+    if HAS_CRYPTOGRAPHY
+    else {}
+)
 
-REVOCATION_REASONS = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "key_compromise": x509.ReasonFlags.key_compromise,
-    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
-}
+# Names of x509.ReasonFlags members.
+REVOCATION_REASONS = (
+    "unspecified",
+    "key_compromise",
+    "affiliation_changed",
+    "superseded",
+    "cessation_of_operation",
+)
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
@@ -674,9 +695,7 @@ class CertificateAuthority:
                 x509.RevokedCertificateBuilder()
                 .serial_number(int(serial, 16))
                 .revocation_date(revoked_at.replace(tzinfo=datetime.UTC))
-                .add_extension(
-                    x509.CRLReason(REVOCATION_REASONS[record["revocation_reason"]]), critical=False
-                )
+                .add_extension(x509.CRLReason(x509.ReasonFlags[record["revocation_reason"]]), critical=False)
                 .build()
             )
             builder = builder.add_revoked_certificate(entry)
