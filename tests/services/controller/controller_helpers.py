@@ -1,0 +1,74 @@
+"""Helpers the controller's service tests share: settings, users, logging in."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from vpnfleet.controller.accounts import ensure_user
+from vpnfleet.controller.state import EXTENSION_KEY
+
+NODE_TOKENS = {"node-x1": "token-of-node-x1-" + "a" * 20, "node-y1": "token-of-node-y1-" + "b" * 20}
+PASSWORD = "correct horse battery staple"
+
+
+def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict:
+    return {
+        "base_url": "http://127.0.0.1:8080",
+        "secret_key": "s" * 40,
+        "database_url": database_url,
+        "ca_dir": str(pki_dir / "ca"),
+        "daemon_client": {"cert": str(pki_dir / "daemon_client.crt"), "key": str(pki_dir / "daemon_client.key"),
+                          "ca": str(pki_dir / "ca" / "ca.crt")},
+        "daemon_port": daemon_port,
+        "daemon_timeout_seconds": 3,
+        "behind_proxy": False,
+        "profiles": [
+            {"id": "office", "display_name": "Office", "ipv4_range": "198.18.0.0/20",
+             "ipv6_range": "2001:db8:10::/64", "default_gateway": False,
+             "routes": ["203.0.113.0/24", "2001:db8:ff::/48"], "dns": ["203.0.113.53"],
+             "tls_crypt_key_file": str(pki_dir / "tls-crypt-office.key")},
+            {"id": "internet", "display_name": "Internet", "ipv4_range": "198.18.16.0/20",
+             "default_gateway": True, "groups": ["staff"],
+             "tls_crypt_key_file": str(pki_dir / "tls-crypt-internet.key")},
+        ],
+        "nodes": [
+            # node-x1's daemon is the stand-in on 127.0.0.1; nothing listens for node-y1 on 127.0.0.2.
+            {"name": "node-x1", "location": "location-x", "public_address": "198.51.100.11",
+             "daemon_address": "127.0.0.1",
+             "api_token_sha256": hashlib.sha256(NODE_TOKENS["node-x1"].encode()).hexdigest(),
+             "processes": [{"profile": "office", "proto": "udp", "port": 1194, "max_clients": 60},
+                           {"profile": "office", "proto": "tcp", "port": 1194, "max_clients": 60},
+                           {"profile": "office", "proto": "udp", "port": 1195, "max_clients": 60},
+                           {"profile": "internet", "proto": "udp", "port": 1200, "max_clients": 60}]},
+            {"name": "node-y1", "location": "location-y", "public_address": "203.0.113.21",
+             "daemon_address": "127.0.0.2",
+             "api_token_sha256": hashlib.sha256(NODE_TOKENS["node-y1"].encode()).hexdigest(),
+             "processes": [{"profile": "office", "proto": "tcp", "port": 443, "max_clients": 30},
+                           {"profile": "office", "proto": "udp", "port": 1194, "max_clients": 60}]},
+        ],
+    }
+
+
+
+def add_user(app, username: str, *, admin: bool = False, groups=(), password: str = PASSWORD):
+    with app.app_context():
+        session = app.extensions[EXTENSION_KEY].sessions()
+        try:
+            ensure_user(session, username, password, is_admin=admin, groups=list(groups))
+        finally:
+            session.close()
+
+
+def csrf_token(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html) or re.search(
+        r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def log_in(client, username: str, password: str = PASSWORD, next_path: str = ""):
+    page = client.get("/login", query_string={"next": next_path} if next_path else None)
+    return client.post("/login", data={"username": username, "password": password, "next": next_path,
+                                       "csrf_token": csrf_token(page.get_data(as_text=True))})

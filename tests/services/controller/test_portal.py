@@ -1,0 +1,134 @@
+"""Portal: login, CSRF, throttling, creating, listing and deleting configs."""
+
+from __future__ import annotations
+
+from controller_helpers import PASSWORD, add_user, csrf_token, log_in
+
+from vpnfleet.shared import pki
+
+
+def test_login_page_and_wrong_password(client, app):
+    add_user(app, "alice")
+    assert client.get("/").status_code == 302  # not logged in: off to the login page
+    response = log_in(client, "alice", "wrong password")
+    assert response.status_code == 401
+    assert "Wrong user name or password" in response.get_data(as_text=True)
+    assert client.get("/").status_code == 302
+
+
+def test_login_then_home_lists_allowed_profiles(client, app):
+    add_user(app, "alice")
+    response = log_in(client, "alice")
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+    page = client.get("/").get_data(as_text=True)
+    assert "Office" in page
+    assert "Internet" not in page  # only for the group "staff"
+
+
+def test_login_without_csrf_token_is_refused(client, app):
+    add_user(app, "alice")
+    response = client.post("/login", data={"username": "alice", "password": PASSWORD})
+    assert response.status_code == 400
+    assert "CSRF" in response.get_data(as_text=True)
+
+
+def test_login_redirect_never_leaves_the_site(client, app):
+    add_user(app, "alice")
+    response = log_in(client, "alice", next_path="//evil.example/steal")
+    assert response.headers["Location"] == "/"
+
+
+def test_login_throttling_refuses_even_the_right_password(client, app):
+    add_user(app, "alice")
+    for _ in range(5):
+        assert log_in(client, "alice", "wrong").status_code == 401
+    response = log_in(client, "alice")
+    assert response.status_code == 429
+    assert "Too many failed logins" in response.get_data(as_text=True)
+
+
+def _create(client, profile_id="office", name="laptop"):
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    return client.post("/configs", data={"profile_id": profile_id, "display_name": name, "csrf_token": token})
+
+
+def test_create_config_downloads_ovpn(client, app, pki_dir):
+    add_user(app, "alice")
+    log_in(client, "alice")
+    response = _create(client)
+    assert response.status_code == 200
+    assert response.mimetype == "application/x-openvpn-profile"
+    assert "attachment" in response.headers["Content-Disposition"]
+    text = response.get_data(as_text=True)
+    assert (pki_dir / "ca" / "ca.crt").read_text().strip() in text
+    assert (pki_dir / "tls-crypt-office.key").read_text().strip() in text
+    assert "<key>\n-----BEGIN PRIVATE KEY-----" in text
+    remotes = [line for line in text.splitlines() if line.startswith("remote ")]
+    assert sorted(remotes) == sorted([
+        "remote 198.51.100.11 1194 udp", "remote 198.51.100.11 1195 udp", "remote 198.51.100.11 1194 tcp",
+        "remote 203.0.113.21 1194 udp", "remote 203.0.113.21 443 tcp"])
+    protos = [line.split()[-1] for line in remotes]
+    assert protos == sorted(protos, key=lambda proto: proto != "udp")  # UDP before TCP
+    cert_pem = text.split("<cert>\n")[1].split("</cert>")[0]
+    cert = pki.load_certificate(cert_pem.encode())
+    assert pki.certificate_purpose(cert) == "client"
+    page = client.get("/").get_data(as_text=True)
+    assert "laptop" in page
+
+
+def test_profile_of_another_group_is_refused(client, app):
+    add_user(app, "alice")
+    log_in(client, "alice")
+    response = _create(client, profile_id="internet")
+    assert response.status_code == 400
+    add_user(app, "bob", groups=["staff"])
+    log_in(client, "bob")
+    assert _create(client, profile_id="internet").status_code == 200
+
+
+def test_max_active_configs(client, app):
+    add_user(app, "alice")
+    log_in(client, "alice")
+    for index in range(3):
+        assert _create(client, name=f"device {index}").status_code == 200
+    response = _create(client, name="one too many")
+    assert response.status_code == 409
+    assert "3 active configs" in response.get_data(as_text=True)
+
+
+def test_config_never_outlives_the_session(make_app):
+    app = make_app(session_expiry="2h")
+    client = app.test_client()
+    add_user(app, "alice")
+    log_in(client, "alice")
+    text = _create(client).get_data(as_text=True)
+    cert = pki.load_certificate(text.split("<cert>\n")[1].split("</cert>")[0].encode())
+    lifetime = pki.not_after(cert) - pki.not_before(cert)
+    # Backdated by five minutes against clock skew; never longer than the session.
+    assert lifetime.total_seconds() <= 2 * 3600 + 5 * 60 + 1
+
+
+def test_delete_revokes_and_disconnects(client, app, stand_in_daemon):
+    add_user(app, "alice")
+    log_in(client, "alice")
+    _create(client)
+    page = client.get("/").get_data(as_text=True)
+    import re
+
+    config_id = re.search(r'/configs/(\d+)/delete', page).group(1)
+    assert client.post(f"/configs/{config_id}/delete").status_code == 400  # no CSRF token
+    response = client.post(f"/configs/{config_id}/delete", data={"csrf_token": csrf_token(page)})
+    assert response.status_code == 302
+    assert len(stand_in_daemon.disconnected) == 1
+    assert "You have no active configs" in client.get("/").get_data(as_text=True)
+
+
+def test_cannot_delete_someone_elses_config(client, app):
+    add_user(app, "alice")
+    add_user(app, "mallory")
+    log_in(client, "alice")
+    _create(client)
+    other = app.test_client()
+    log_in(other, "mallory")
+    token = csrf_token(other.get("/").get_data(as_text=True))
+    assert other.post("/configs/1/delete", data={"csrf_token": token}).status_code == 404

@@ -1,0 +1,148 @@
+"""Admin pages: connections now, node health, users and their configs, the connection log."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import or_, select
+
+from vpnfleet.controller.configs import active_configs, disable_user, disconnect_everywhere
+from vpnfleet.controller.fleet import capacity_table, live_connections
+from vpnfleet.controller.forms import ActionForm, SearchLogForm
+from vpnfleet.controller.models import ConnectionLogEntry, User, VpnConfig, utcnow
+from vpnfleet.controller.state import controller, db
+from vpnfleet.controller.web_session import admin_required
+
+blueprint = Blueprint("admin", __name__)
+
+LOG_PAGE_SIZE = 200
+
+
+@blueprint.get("/")
+@admin_required
+def connections():
+    view = live_connections(controller(), db())
+    return render_template("admin/connections.html", view=view, action_form=ActionForm(),
+                           capacity=capacity_table(controller().settings, view))
+
+
+@blueprint.get("/nodes")
+@admin_required
+def nodes():
+    return render_template("admin/nodes.html", answers=controller().daemons.node_infos())
+
+
+@blueprint.get("/users")
+@admin_required
+def users():
+    now = utcnow()
+    all_users = list(db().scalars(select(User).order_by(User.username)))
+    counts = {user.id: len(active_configs(db(), user, now)) for user in all_users}
+    return render_template("admin/users.html", users=all_users, counts=counts)
+
+
+def _user_or_404(user_id: int) -> User:
+    user = db().get(User, user_id)
+    if user is None:
+        abort(404, "no such user")
+    return user
+
+
+@blueprint.get("/users/<int:user_id>")
+@admin_required
+def user_detail(user_id: int):
+    user = _user_or_404(user_id)
+    configs = list(db().scalars(select(VpnConfig).where(VpnConfig.user_id == user.id)
+                                .order_by(VpnConfig.created_at.desc())))
+    return render_template("admin/user.html", user=user, configs=configs, now=utcnow(),
+                           action_form=ActionForm())
+
+
+def _checked_action() -> None:
+    if not ActionForm().validate_on_submit():
+        abort(400, "the form was not valid")
+
+
+def _report_unreachable(unreachable: list[str]) -> None:
+    if unreachable:
+        flash("Not reachable now: " + ", ".join(unreachable) + ".")
+
+
+@blueprint.post("/users/<int:user_id>/disconnect")
+@admin_required
+def disconnect_user(user_id: int):
+    _checked_action()
+    user = _user_or_404(user_id)
+    names = [config.common_name for config in active_configs(db(), user, utcnow())]
+    _report_unreachable(disconnect_everywhere(controller(), names))
+    flash(f"Disconnected {user.username} on every node.")
+    return redirect(request.referrer if _local(request.referrer) else url_for("admin.user_detail", user_id=user.id))
+
+
+@blueprint.post("/users/<int:user_id>/disable")
+@admin_required
+def disable(user_id: int):
+    _checked_action()
+    user = _user_or_404(user_id)
+    _report_unreachable(disable_user(controller(), db(), user))
+    flash(f"Disabled {user.username}: configs revoked, connections dropped.")
+    return redirect(url_for("admin.user_detail", user_id=user.id))
+
+
+@blueprint.post("/users/<int:user_id>/enable")
+@admin_required
+def enable(user_id: int):
+    _checked_action()
+    user = _user_or_404(user_id)
+    user.is_disabled = False
+    db().commit()
+    flash(f"Enabled {user.username}; they need to make new configs.")
+    return redirect(url_for("admin.user_detail", user_id=user.id))
+
+
+def _local(url: str | None) -> bool:
+    return bool(url) and url.startswith(request.host_url)
+
+
+def parse_moment(text: str) -> datetime:
+    """'YYYY-MM-DD HH:MM[:SS]' or ISO 8601, in UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time like 2025-03-01 14:30") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+@blueprint.get("/log")
+@admin_required
+def log():
+    form = SearchLogForm(request.args)
+    query = select(ConnectionLogEntry)
+    error = None
+    if form.user.data:
+        query = query.where(ConnectionLogEntry.username == form.user.data.strip())
+    if form.address.data:
+        try:
+            address = str(ipaddress.ip_address(form.address.data.strip()))
+        except ValueError:
+            error = f"{form.address.data!r} is not an IP address"
+        else:
+            query = query.where(or_(ConnectionLogEntry.ipv4 == address, ConnectionLogEntry.ipv6 == address,
+                                    ConnectionLogEntry.real_address == address))
+    if form.at.data and error is None:
+        try:
+            moment = parse_moment(form.at.data)
+        except ValueError as problem:
+            error = str(problem)
+        else:
+            # Who was connected at that moment: started before it and not ended before it.
+            query = query.where(ConnectionLogEntry.connected_at <= moment, or_(
+                ConnectionLogEntry.disconnected_at.is_(None), ConnectionLogEntry.disconnected_at >= moment))
+    entries = [] if error else list(db().scalars(
+        query.order_by(ConnectionLogEntry.connected_at.desc()).limit(LOG_PAGE_SIZE)))
+    return render_template("admin/log.html", form=form, entries=entries, error=error,
+                           page_size=LOG_PAGE_SIZE), 400 if error else 200

@@ -1,0 +1,98 @@
+"""The controller's Flask app factory: portal, API v3, node API and admin pages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Flask, Response, jsonify, make_response, render_template, request
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from vpnfleet.controller import admin, api, authorize, node_api, oauth, portal
+from vpnfleet.controller.accounts import LoginThrottle
+from vpnfleet.controller.certificates import ClientCertificateIssuer
+from vpnfleet.controller.daemons import NodeDaemons
+from vpnfleet.controller.database import make_engine, make_session_factory
+from vpnfleet.controller.settings import Settings
+from vpnfleet.controller.state import EXTENSION_KEY, Controller, close_db
+from vpnfleet.controller.web_session import current_user
+
+# Paths whose callers are programs: they get JSON errors, never an HTML page.
+_JSON_PREFIXES = ("/api/", "/node-api/", "/oauth/token", "/.well-known/")
+
+
+def create_app(settings: Settings) -> Flask:
+    """Build an app for these settings. Nothing happens at import; the database must be migrated."""
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        SESSION_COOKIE_NAME="vpnfleet_session",
+        PERMANENT_SESSION_LIFETIME=settings.session_expiry,
+        # The CSRF token lives as long as the login session rather than one hour.
+        WTF_CSRF_TIME_LIMIT=None,
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    if settings.behind_proxy:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+    engine = make_engine(settings.database_url)
+    app.extensions[EXTENSION_KEY] = Controller(
+        settings=settings,
+        sessions=make_session_factory(engine),
+        issuer=ClientCertificateIssuer(settings.ca_dir),
+        daemons=NodeDaemons(settings),
+        throttle=LoginThrottle(settings),
+    )
+    app.teardown_appcontext(close_db)
+
+    csrf = CSRFProtect(app)
+    server, protector = oauth.init_oauth(app)
+    app.extensions["vpnfleet_oauth_server"] = server
+    app.extensions["vpnfleet_resource_protector"] = protector
+    app.register_blueprint(portal.blueprint)
+    app.register_blueprint(authorize.blueprint)
+    app.register_blueprint(admin.blueprint, url_prefix="/admin")
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(node_api.blueprint, url_prefix="/node-api/v1")
+    # Programs authenticate with tokens, not cookies: CSRF does not apply to them.
+    for blueprint in (api.blueprint, node_api.blueprint):
+        csrf.exempt(blueprint)
+    _register_error_pages(app)
+    app.add_template_filter(_utc, "utc")
+    app.context_processor(lambda: {"current_user": current_user()})
+    return app
+
+
+def _utc(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else ""
+
+
+def _register_error_pages(app: Flask) -> None:
+    """Every error answers with its status and a reason: JSON for programs, a page for people."""
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(error: CSRFError):
+        return error_response(400, f"the form has expired or was not sent by this site ({error.description})")
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if error.code is None or error.code < 400:
+            return error
+        return error_response(error.code, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception):
+        app.logger.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal error; it has been logged")
+
+
+def error_response(status: int, reason: str) -> Response:
+    if request.path.startswith(_JSON_PREFIXES):
+        response = jsonify(error=reason)
+    else:
+        response = make_response(render_template("error.html", status=status, reason=reason))
+    response.status_code = status
+    return response

@@ -1,0 +1,56 @@
+"""Client certificates for VPN configs, issued by the controller's CA (the shared PKI code)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from vpnfleet.shared import pki
+
+
+@dataclass(frozen=True)
+class IssuedClientCertificate:
+    common_name: str
+    serial_number: str
+    certificate_pem: str
+    private_key_pem: str
+    expires_at: datetime  # naive UTC, like the database
+
+
+class ClientCertificateIssuer:
+    """Issues and revokes the certificates in users' configs; loads the CA once per process."""
+
+    def __init__(self, ca_dir: Path):
+        self.ca_dir = ca_dir
+        self._ca: pki.CertificateAuthority | None = None
+
+    @property
+    def ca(self) -> pki.CertificateAuthority:
+        if self._ca is None:
+            self._ca = pki.CertificateAuthority.load(str(self.ca_dir))
+        return self._ca
+
+    def ca_certificate_pem(self) -> str:
+        return _text(pki.certificate_pem(self.ca.cert))
+
+    def issue(self, expires_at: datetime, now: datetime) -> IssuedClientCertificate:
+        # The common name says nothing about the user: it travels in clear in TLS 1.2 handshakes.
+        common_name = secrets.token_hex(16)
+        lifetime_days = (expires_at - now).total_seconds() / 86400
+        key, cert = self.ca.issue(common_name, "client", lifetime_days=lifetime_days)
+        return IssuedClientCertificate(
+            common_name=common_name,
+            serial_number=pki.serial_hex(cert.serial_number),
+            certificate_pem=_text(pki.certificate_pem(cert)),
+            private_key_pem=_text(pki.private_key_pem(key)),
+            expires_at=pki.not_after(cert).replace(tzinfo=None),
+        )
+
+    def revoke(self, serial_number: str) -> None:
+        self.ca.revoke(serial_number, "cessation_of_operation")
+
+
+def _text(pem: bytes | str) -> str:
+    return pem.decode() if isinstance(pem, bytes) else pem

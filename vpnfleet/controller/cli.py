@@ -1,0 +1,79 @@
+"""vpnfleet-controller: the commands the role and the timers run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from vpnfleet.controller.accounts import ensure_user
+from vpnfleet.controller.app import create_app
+from vpnfleet.controller.configs import disable_user
+from vpnfleet.controller.database import migrate
+from vpnfleet.controller.housekeeping import run_housekeeping
+from vpnfleet.controller.models import User
+from vpnfleet.controller.settings import SettingsError, load_settings
+from vpnfleet.controller.state import controller, db
+
+DEFAULT_SETTINGS = "/etc/vpnfleet/controller.yml"
+SETTINGS_ENVIRONMENT = "VPNFLEET_CONTROLLER_SETTINGS"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vpnfleet-controller", description=__doc__)
+    parser.add_argument("--settings", default=os.environ.get(SETTINGS_ENVIRONMENT, DEFAULT_SETTINGS),
+                        help=f"settings file (default: ${SETTINGS_ENVIRONMENT} or {DEFAULT_SETTINGS})")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("check-settings", help="load and check the settings file")
+    commands.add_parser("migrate", help="create or upgrade the database schema")
+    user = commands.add_parser(
+        "user", help="create or update a local user; prints JSON with 'changed' (idempotent)")
+    user.add_argument("username")
+    user.add_argument("--password-stdin", action="store_true",
+                      help="read the password from standard input (never from the command line)")
+    user.add_argument("--admin", action=argparse.BooleanOptionalAction, default=False)
+    user.add_argument("--group", action="append", default=[], help="a group of the user (repeatable)")
+    user.add_argument("--disabled", action=argparse.BooleanOptionalAction, default=False)
+    commands.add_parser("housekeeping", help="disconnect what must go, close stale log rows, purge old rows")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        settings = load_settings(arguments.settings)
+    except SettingsError as error:
+        print(f"vpnfleet-controller: {error}", file=sys.stderr)
+        return 2
+    if arguments.command == "check-settings":
+        print(f"{arguments.settings}: {len(settings.profiles)} profiles, {len(settings.nodes)} nodes")
+        return 0
+    if arguments.command == "migrate":
+        migrate(settings.database_url)
+        return 0
+    app = create_app(settings)
+    with app.app_context():
+        if arguments.command == "user":
+            return _user(arguments)
+        print(json.dumps(run_housekeeping(controller(), db()).as_dict()))
+    return 0
+
+
+def _user(arguments: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\n") if arguments.password_stdin else None
+    try:
+        change = ensure_user(db(), arguments.username, password, is_admin=arguments.admin,
+                             groups=arguments.group, is_disabled=arguments.disabled)
+    except ValueError as error:
+        print(f"vpnfleet-controller: {error}", file=sys.stderr)
+        return 2
+    if arguments.disabled and change.changed:
+        user = db().query(User).filter_by(username=arguments.username).one()
+        disable_user(controller(), db(), user)
+    print(json.dumps({"changed": change.changed, "created": change.created}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

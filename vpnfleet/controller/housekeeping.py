@@ -1,0 +1,62 @@
+"""Housekeeping, run by a timer: drop what must not stay connected, close stale log rows,
+purge old rows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from vpnfleet.controller.configs import disconnect_everywhere
+from vpnfleet.controller.fleet import live_connections
+from vpnfleet.controller.models import ConnectionLogEntry, OAuthCode, utcnow
+from vpnfleet.controller.state import Controller
+
+
+@dataclass
+class HousekeepingReport:
+    disconnected: int = 0
+    log_rows_closed: int = 0
+    log_rows_purged: int = 0
+    login_failures_purged: int = 0
+    codes_purged: int = 0
+    nodes_unreachable: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_housekeeping(controller: Controller, db: Session) -> HousekeepingReport:
+    now = utcnow()
+    report = HousekeepingReport()
+    view = live_connections(controller, db)
+    report.nodes_unreachable = tuple(answer.node.name for answer in view.unreachable)
+
+    # OpenVPN checks a certificate only at connect and renegotiation: one that expired (or was
+    # revoked, or whose user was disabled) while connected is dropped here.
+    not_allowed = sorted({
+        connection.common_name for connection in view.connections
+        if connection.config is None or not connection.config.is_active(now) or connection.config.user.is_disabled
+    })
+    if not_allowed:
+        disconnect_everywhere(controller, not_allowed)
+    report.disconnected = len(not_allowed)
+
+    # A process that crashed never ran its disconnect hook: close rows the node no longer lists.
+    live = {(connection.node.name, connection.common_name) for connection in view.connections}
+    answered = [node.name for node in view.answered]
+    for entry in db.scalars(select(ConnectionLogEntry).where(
+            ConnectionLogEntry.disconnected_at.is_(None), ConnectionLogEntry.node.in_(answered))):
+        if (entry.node, entry.common_name) not in live:
+            entry.disconnected_at = now
+            entry.close_reason = "not connected (housekeeping)"
+            report.log_rows_closed += 1
+
+    retention_start = now - controller.settings.connection_log_retention
+    report.log_rows_purged = db.execute(delete(ConnectionLogEntry).where(
+        ConnectionLogEntry.disconnected_at < retention_start)).rowcount
+    report.codes_purged = db.execute(delete(OAuthCode).where(OAuthCode.expires_at < now)).rowcount
+    db.commit()
+    report.login_failures_purged = controller.throttle.purge(db, now)
+    return report

@@ -1,0 +1,165 @@
+"""The controller's database tables (SQLAlchemy 2). The schema itself is made by the migrations.
+
+Times are stored as naive UTC: SQLite keeps no time zone, so both databases see the same values.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    configs: Mapped[list[VpnConfig]] = relationship(back_populates="user")
+
+
+class LoginFailure(Base):
+    """One failed portal login; recent rows throttle further attempts."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), index=True)
+    remote_addr: Mapped[str] = mapped_column(String(64), index=True)
+    failed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class OAuthAuthorization(Base):
+    """A user's approval of one app; its tokens and VPN configs end with it (the session expiry)."""
+
+    __tablename__ = "oauth_authorizations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(String(255))
+    scope: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    user: Mapped[User] = relationship()
+
+    def is_valid(self, now: datetime) -> bool:
+        return self.revoked_at is None and now < self.expires_at
+
+
+class OAuthCode(Base):
+    """An authorization code. Only its hash is kept; a used code stays to detect replays."""
+
+    __tablename__ = "oauth_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    authorization_id: Mapped[int] = mapped_column(ForeignKey("oauth_authorizations.id", ondelete="CASCADE"))
+    redirect_uri: Mapped[str] = mapped_column(String(1024))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    authorization: Mapped[OAuthAuthorization] = relationship()
+
+    # What Authlib asks of an authorization code.
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.authorization.scope
+
+
+class OAuthToken(Base):
+    """An access token and its refresh token, as hashes."""
+
+    __tablename__ = "oauth_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    authorization_id: Mapped[int] = mapped_column(
+        ForeignKey("oauth_authorizations.id", ondelete="CASCADE"), index=True)
+    access_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    refresh_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    access_expires_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    authorization: Mapped[OAuthAuthorization] = relationship()
+
+    # What Authlib asks of a token.
+    def get_scope(self) -> str:
+        return self.authorization.scope
+
+    def get_expires_in(self) -> int:
+        return max(0, int((self.access_expires_at - utcnow()).total_seconds()))
+
+    def is_expired(self) -> bool:
+        return utcnow() >= self.access_expires_at
+
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None or not self.authorization.is_valid(utcnow())
+
+    def check_client(self, client) -> bool:
+        return client.get_client_id() == self.authorization.client_id
+
+
+class VpnConfig(Base):
+    """A client certificate handed out in an .ovpn file, from the portal or through the API."""
+
+    __tablename__ = "vpn_configs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    profile_id: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(255))
+    common_name: Mapped[str] = mapped_column(String(64), unique=True)
+    serial_number: Mapped[str] = mapped_column(String(64))
+    # Set for configs made through the API: /connect and /disconnect act on the authorization's configs.
+    authorization_id: Mapped[int | None] = mapped_column(
+        ForeignKey("oauth_authorizations.id", ondelete="SET NULL"), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    user: Mapped[User] = relationship(back_populates="configs")
+
+    def is_active(self, now: datetime) -> bool:
+        return self.revoked_at is None and now < self.expires_at
+
+
+class ConnectionLogEntry(Base):
+    """One VPN connection as the node hooks report it: opened on connect, closed on disconnect."""
+
+    __tablename__ = "connection_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    username: Mapped[str] = mapped_column(String(255), index=True)
+    common_name: Mapped[str] = mapped_column(String(64), index=True)
+    profile_id: Mapped[str] = mapped_column(String(64))
+    node: Mapped[str] = mapped_column(String(64))
+    location: Mapped[str] = mapped_column(String(64))
+    ipv4: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    ipv6: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    real_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    connected_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    disconnected_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    bytes_received: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bytes_sent: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    close_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)

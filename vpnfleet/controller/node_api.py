@@ -1,0 +1,149 @@
+"""The node API: the OpenVPN hooks on the nodes report client connect and disconnect.
+
+Each node authenticates with HTTP Basic: its name and its secret token. The settings hold only
+the token's SHA-256, compared in constant time. On connect the controller decides; the hook
+lets the client in only on an explicit {"allow": true}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from sqlalchemy import select
+
+from vpnfleet.controller.models import ConnectionLogEntry, VpnConfig, utcnow
+from vpnfleet.controller.settings import Node
+from vpnfleet.controller.state import controller, db
+
+blueprint = Blueprint("node_api", __name__)
+
+# Compared against when the node name is unknown, so that a wrong name takes as long as a wrong token.
+_NO_NODE_HASH = "0" * 64
+
+
+class BadField(ValueError):
+    pass
+
+
+@blueprint.before_request
+def authenticate_node():
+    auth = request.authorization
+    node = controller().settings.node(auth.username) if auth and auth.type == "basic" else None
+    presented = hashlib.sha256((auth.password or "").encode() if auth else b"").hexdigest()
+    expected = node.api_token_sha256 if node else _NO_NODE_HASH
+    if not hmac.compare_digest(presented, expected) or node is None:
+        response = jsonify(error="node authentication failed")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="vpnfleet node API"'
+        return response
+    g.node = node
+    return None
+
+
+def _fields() -> dict:
+    if not request.is_json:
+        return request.form
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadField("the body must be a JSON object")
+    return data
+
+
+def _text(data, name: str, *, required: bool = False, limit: int = 64) -> str | None:
+    value = data.get(name)
+    if value in (None, ""):
+        if required:
+            raise BadField(f'missing "{name}"')
+        return None
+    value = str(value)
+    if len(value) > limit:
+        raise BadField(f'"{name}" is too long')
+    return value
+
+
+def _address(data, name: str) -> str | None:
+    value = _text(data, name)
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise BadField(f'"{name}" is not an IP address: {value!r}') from None
+
+
+def _count(data, name: str) -> int | None:
+    value = _text(data, name, limit=20)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise BadField(f'"{name}" must be a whole number of bytes')
+    return int(value)
+
+
+@blueprint.errorhandler(BadField)
+def bad_field(error: BadField) -> Response:
+    response = jsonify(error=str(error))
+    response.status_code = 400
+    return response
+
+
+def _refusal(reason: str, common_name: str) -> Response:
+    current_app.logger.info("refused %s on node %s: %s", common_name, g.node.name, reason)
+    response = jsonify(allow=False, reason=reason)
+    response.status_code = 403
+    return response
+
+
+@blueprint.post("/connect")
+def client_connect():
+    data = _fields()
+    common_name = _text(data, "common_name", required=True)
+    profile_id = _text(data, "profile_id", required=True)
+    node: Node = g.node
+    session = db()
+    now = utcnow()
+    config = session.scalar(select(VpnConfig).where(VpnConfig.common_name == common_name))
+    if config is None:
+        return _refusal("unknown certificate", common_name)
+    if config.revoked_at is not None:
+        return _refusal("certificate revoked", common_name)
+    if now >= config.expires_at:
+        return _refusal("certificate expired", common_name)
+    if config.user.is_disabled:
+        return _refusal("user disabled", common_name)
+    if config.profile_id != profile_id or not node.processes_of(profile_id):
+        return _refusal(f"config is for profile {config.profile_id}, not {profile_id} on this node", common_name)
+    entry = ConnectionLogEntry(
+        user_id=config.user_id, username=config.user.username, common_name=common_name,
+        profile_id=profile_id, node=node.name, location=node.location,
+        ipv4=_address(data, "ipv4"), ipv6=_address(data, "ipv6"),
+        real_address=_address(data, "real_address"), connected_at=now)
+    session.add(entry)
+    session.commit()
+    current_app.logger.info("allowed %s (%s) on node %s", common_name, config.user.username, node.name)
+    return jsonify(allow=True, connection_id=entry.id)
+
+
+@blueprint.post("/disconnect")
+def client_disconnect():
+    data = _fields()
+    common_name = _text(data, "common_name", required=True)
+    ipv4 = _address(data, "ipv4")
+    bytes_received, bytes_sent = _count(data, "bytes_received"), _count(data, "bytes_sent")
+    session = db()
+    query = select(ConnectionLogEntry).where(
+        ConnectionLogEntry.node == g.node.name, ConnectionLogEntry.common_name == common_name,
+        ConnectionLogEntry.disconnected_at.is_(None))
+    if ipv4:
+        query = query.where(ConnectionLogEntry.ipv4 == ipv4)
+    open_entries = list(session.scalars(query))
+    now = utcnow()
+    for entry in open_entries:
+        entry.disconnected_at = now
+        entry.bytes_received, entry.bytes_sent = bytes_received, bytes_sent
+        entry.close_reason = "disconnect"
+    session.commit()
+    return jsonify(closed=len(open_entries))

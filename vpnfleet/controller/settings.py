@@ -1,0 +1,321 @@
+"""The controller's settings: one typed object, loaded from the YAML file the role writes.
+
+Everything is checked when the service starts, so that a wrong file stops the service with a
+message naming the setting, rather than failing on the first request that needs it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS, OAuthClient
+
+
+class SettingsError(ValueError):
+    """A settings file that the controller cannot run with; the message names the setting."""
+
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_duration(value: Any, setting: str) -> timedelta:
+    """'90d', '12h', '30m', '45s' (or a number of seconds) as a timedelta."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match or int(match.group(1)) == 0:
+        raise SettingsError(f"{setting}: {value!r} is not a duration like 90d, 12h, 30m or 45s")
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@dataclass(frozen=True)
+class Profile:
+    id: str
+    display_name: str
+    ipv4_range: ipaddress.IPv4Network
+    ipv6_range: ipaddress.IPv6Network | None
+    default_gateway: bool
+    routes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    dns: tuple[str, ...]
+    dns_search: tuple[str, ...]
+    groups: tuple[str, ...]  # empty: every user may use the profile
+    tls_crypt_key_file: Path
+
+    def allows(self, user_groups: list[str] | tuple[str, ...]) -> bool:
+        return not self.groups or bool(set(self.groups) & set(user_groups))
+
+
+@dataclass(frozen=True)
+class NodeProcess:
+    profile_id: str
+    proto: str  # udp or tcp
+    port: int
+    max_clients: int | None
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    location: str
+    public_address: str
+    daemon_address: str
+    api_token_sha256: str
+    processes: tuple[NodeProcess, ...]
+
+    def processes_of(self, profile_id: str) -> list[NodeProcess]:
+        return [process for process in self.processes if process.profile_id == profile_id]
+
+
+@dataclass(frozen=True)
+class DaemonClientTLS:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str
+    secret_key: str
+    database_url: str
+    ca_dir: Path
+    daemon_client: DaemonClientTLS
+    profiles: tuple[Profile, ...]
+    nodes: tuple[Node, ...]
+    daemon_port: int = 41194
+    daemon_timeout_seconds: float = 5.0
+    session_expiry: timedelta = timedelta(days=90)
+    max_configs_per_user: int = 3
+    access_token_lifetime: timedelta = timedelta(hours=1)
+    authorization_code_lifetime: timedelta = timedelta(minutes=5)
+    login_max_failures: int = 5
+    login_failure_window: timedelta = timedelta(minutes=15)
+    connection_log_retention: timedelta = timedelta(days=90)
+    oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
+    # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
+    behind_proxy: bool = True
+
+    def profile(self, profile_id: str) -> Profile | None:
+        return next((profile for profile in self.profiles if profile.id == profile_id), None)
+
+    def node(self, name: str) -> Node | None:
+        return next((node for node in self.nodes if node.name == name), None)
+
+    def oauth_client(self, client_id: str) -> OAuthClient | None:
+        return next((client for client in self.oauth_clients if client.client_id == client_id), None)
+
+
+class _Reader:
+    """Reads one mapping of the file and names the path of a bad value in its error."""
+
+    def __init__(self, data: Any, path: str):
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path or 'settings'}: must be a mapping")
+        self.data = data
+        self.path = path
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, nonempty=False) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if default is ...:
+                raise SettingsError(f"{self.where(key)}: is required")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
+            raise SettingsError(f"{self.where(key)}: must be {_kind_name(kind)}, not a boolean")
+        if not isinstance(value, kind):
+            raise SettingsError(f"{self.where(key)}: must be {_kind_name(kind)}, got {value!r}")
+        if nonempty and not value:
+            raise SettingsError(f"{self.where(key)}: must not be empty")
+        return value
+
+    def items(self, key: str, default: Any = ...) -> list[_Reader]:
+        return [_Reader(item, f"{self.where(key)}[{index}]")
+                for index, item in enumerate(self.get(key, list, default))]
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        values = self.get(key, list, [])
+        for index, value in enumerate(values):
+            if not isinstance(value, str) or not value:
+                raise SettingsError(f"{self.where(key)}[{index}]: must be a non-empty string")
+        return tuple(values)
+
+    def network(self, key: str, version: int, default: Any = ...):
+        value = self.get(key, str, default)
+        if value is None:
+            return None
+        return _network(value, version, self.where(key))
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+             list: "a list", dict: "a mapping"}
+    return " or ".join(names.get(item, item.__name__) for item in kinds)
+
+
+def _network(value: str, version: int | None, where: str):
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError as error:
+        raise SettingsError(f"{where}: {value!r} is not a network in CIDR notation ({error})") from None
+    if version and network.version != version:
+        raise SettingsError(f"{where}: {value!r} is not an IPv{version} network")
+    return network
+
+
+def _read_profile(reader: _Reader, ca_dir: Path) -> Profile:
+    profile_id = reader.get("id", str)
+    if not _PROFILE_ID.match(profile_id):
+        raise SettingsError(f"{reader.where('id')}: {profile_id!r} must be lower case letters, digits, - or _")
+    default_gateway = reader.get("default_gateway", bool, True)
+    routes = tuple(_network(route, None, f"{reader.where('routes')}[{index}]")
+                   for index, route in enumerate(reader.strings("routes")))
+    if not default_gateway and not routes:
+        raise SettingsError(f"{reader.path}: a split-tunnel profile (default_gateway: false) needs routes")
+    dns = reader.strings("dns")
+    for index, server in enumerate(dns):
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise SettingsError(f"{reader.where('dns')}[{index}]: {server!r} is not an IP address") from None
+    return Profile(
+        id=profile_id,
+        display_name=reader.get("display_name", str, profile_id, nonempty=True),
+        ipv4_range=reader.network("ipv4_range", 4),
+        ipv6_range=reader.network("ipv6_range", 6, None),
+        default_gateway=default_gateway,
+        routes=routes,
+        dns=dns,
+        dns_search=reader.strings("dns_search"),
+        groups=reader.strings("groups"),
+        tls_crypt_key_file=Path(reader.get("tls_crypt_key_file", str, str(ca_dir / f"tls-crypt-{profile_id}.key"))),
+    )
+
+
+def _read_node(reader: _Reader, profile_ids: set[str]) -> Node:
+    name = reader.get("name", str)
+    if not _NODE_NAME.match(name):
+        raise SettingsError(f"{reader.where('name')}: {name!r} is not a host name")
+    token_hash = reader.get("api_token_sha256", str).lower()
+    if not _SHA256_HEX.match(token_hash):
+        raise SettingsError(f"{reader.where('api_token_sha256')}: must be 64 hex digits (SHA-256 of the token)")
+    processes = []
+    seen_ports: set[tuple[str, int]] = set()
+    for process in reader.items("processes", []):
+        profile_id = process.get("profile", str)
+        if profile_id not in profile_ids:
+            raise SettingsError(f"{process.where('profile')}: unknown profile {profile_id!r}")
+        proto = process.get("proto", str)
+        if proto not in ("udp", "tcp"):
+            raise SettingsError(f"{process.where('proto')}: must be udp or tcp, got {proto!r}")
+        port = process.get("port", int)
+        if not 1 <= port <= 65535:
+            raise SettingsError(f"{process.where('port')}: {port} is not a port number")
+        if (proto, port) in seen_ports:
+            raise SettingsError(f"{process.where('port')}: {proto}/{port} is used twice on node {name}")
+        seen_ports.add((proto, port))
+        max_clients = process.get("max_clients", int, None)
+        processes.append(NodeProcess(profile_id, proto, port, max_clients))
+    public_address = reader.get("public_address", str, nonempty=True)
+    return Node(
+        name=name,
+        location=reader.get("location", str, nonempty=True),
+        public_address=public_address,
+        daemon_address=reader.get("daemon_address", str, public_address, nonempty=True),
+        api_token_sha256=token_hash,
+        processes=tuple(processes),
+    )
+
+
+def _read_oauth_clients(reader: _Reader) -> tuple[OAuthClient, ...]:
+    if "oauth_clients" not in reader.data:
+        return DEFAULT_OAUTH_CLIENTS
+    clients = []
+    for client in reader.items("oauth_clients"):
+        client_id = client.get("client_id", str, nonempty=True)
+        clients.append(OAuthClient(client_id, client.get("name", str, client_id), client.strings("redirect_uris")))
+        if not clients[-1].redirect_uris:
+            raise SettingsError(f"{client.where('redirect_uris')}: must list at least one URI")
+    return tuple(clients)
+
+
+def settings_from_mapping(data: Any) -> Settings:
+    """Build and check the settings; raises SettingsError naming the first wrong setting."""
+    reader = _Reader(data, "")
+    secret_key = reader.get("secret_key", str, None)
+    if secret_key is None:
+        secret_file = Path(reader.get("secret_key_file", str))
+        try:
+            secret_key = secret_file.read_text().strip()
+        except OSError as error:
+            raise SettingsError(f"secret_key_file: cannot read {secret_file}: {error.strerror}") from None
+    if len(secret_key) < 32:
+        raise SettingsError("secret_key: must be at least 32 characters")
+    base_url = reader.get("base_url", str).rstrip("/")
+    if not re.match(r"^https?://[^/]+", base_url):
+        raise SettingsError(f"base_url: {base_url!r} must be an http(s) URL")
+    ca_dir = Path(reader.get("ca_dir", str))
+    profiles = tuple(_read_profile(item, ca_dir) for item in reader.items("profiles"))
+    profile_ids = [profile.id for profile in profiles]
+    if len(set(profile_ids)) != len(profile_ids):
+        raise SettingsError(f"profiles: a profile id is used twice: {profile_ids}")
+    nodes = tuple(_read_node(item, set(profile_ids)) for item in reader.items("nodes", []))
+    node_names = [node.name for node in nodes]
+    if len(set(node_names)) != len(node_names):
+        raise SettingsError(f"nodes: a node name is used twice: {node_names}")
+    daemon = _Reader(reader.get("daemon_client", dict), "daemon_client")
+    max_configs = reader.get("max_configs_per_user", int, 3)
+    if max_configs < 1:
+        raise SettingsError("max_configs_per_user: must be at least 1")
+    return Settings(
+        base_url=base_url,
+        secret_key=secret_key,
+        database_url=reader.get("database_url", str),
+        ca_dir=ca_dir,
+        daemon_client=DaemonClientTLS(Path(daemon.get("cert", str)), Path(daemon.get("key", str)),
+                                      Path(daemon.get("ca", str))),
+        profiles=profiles,
+        nodes=nodes,
+        daemon_port=reader.get("daemon_port", int, 41194),
+        daemon_timeout_seconds=float(reader.get("daemon_timeout_seconds", (int, float), 5.0)),
+        session_expiry=parse_duration(reader.get("session_expiry", (str, int), "90d"), "session_expiry"),
+        max_configs_per_user=max_configs,
+        access_token_lifetime=parse_duration(
+            reader.get("access_token_lifetime", (str, int), "1h"), "access_token_lifetime"),
+        authorization_code_lifetime=parse_duration(
+            reader.get("authorization_code_lifetime", (str, int), "5m"), "authorization_code_lifetime"),
+        login_max_failures=reader.get("login_max_failures", int, 5),
+        login_failure_window=parse_duration(
+            reader.get("login_failure_window", (str, int), "15m"), "login_failure_window"),
+        connection_log_retention=parse_duration(
+            reader.get("connection_log_retention", (str, int), "90d"), "connection_log_retention"),
+        oauth_clients=_read_oauth_clients(reader),
+        behind_proxy=reader.get("behind_proxy", bool, True),
+    )
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Load the settings file that the role writes."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise SettingsError(f"cannot read settings file {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SettingsError(f"settings file {path} is not valid YAML: {error}") from None
+    return settings_from_mapping(data)
