@@ -54,11 +54,14 @@ def node_info(fleet: ProcessFleet, query: Parameters) -> dict:
         "cpu_count": cores,
         "load_average": load,
         "rel_load_average": node.relative_load_average(load, cores),
-        "node_uptime": node.uptime_seconds(),
         # vpnfleet has no maintenance mode; the field stays for the portal, which reads it.
         "maintenance_mode": False,
         "v": daemon_version(),
     }
+    uptime = node.uptime_seconds()
+    if uptime is not None:
+        # Left out rather than null where unknown: the portal reads it as an integer.
+        info["node_uptime"] = uptime
     if count_clients:
         reports = fleet.connection_reports()
         info["o_client_count"] = sum(len(report.clients) for report in reports)

@@ -3,6 +3,7 @@
 import datetime
 import ipaddress
 import os
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import pytest
@@ -167,3 +168,13 @@ def test_a_malformed_request_gets_json_not_html(daemon_client, controller):
     assert 400 <= response.status < 500
     assert response.headers["Content-Type"] == "application/json"
     assert response.payload["error"]
+
+
+def test_parallel_requests_take_turns_on_each_management_socket(daemon_client, controller):
+    # OpenVPN serves one management client at a time; concurrent calls must all still succeed.
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(
+            pool.map(lambda _: daemon_client.request("GET", "/o/connection_list", controller), range(6))
+        )
+    assert [response.status for response in responses] == [200] * 6
+    assert all(response.payload["unreachable_process_list"] == [] for response in responses)
