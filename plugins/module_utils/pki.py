@@ -24,6 +24,7 @@ The CA (one directory)
     CertificateAuthority.load(directory)
     CertificateAuthority.exists(directory)
     ca.issue(common_name, purpose, dns_names, ip_addresses, lifetime_days, key_type) -> (key, cert)
+    ca.sign_public_key(public_key, common_name, purpose, dns_names, ip_addresses, lifetime_days) -> cert
     ca.sign_csr(csr, purpose, common_name, dns_names, ip_addresses, lifetime_days) -> cert
     ca.revoke(serial, reason) -> bool (False when it was revoked already)
     ca.is_revoked(serial), ca.issued_by_me(cert), ca.records(), ca.record(serial)
@@ -560,7 +561,9 @@ class CertificateAuthority:
     ):
         """Make a key and a certificate for it here, on the CA host (for VPN users' configs)."""
         key = make_private_key(key_type)
-        cert = self._sign(key.public_key(), common_name, purpose, dns_names, ip_addresses, lifetime_days)
+        cert = self.sign_public_key(
+            key.public_key(), common_name, purpose, dns_names, ip_addresses, lifetime_days
+        )
         return key, cert
 
     def sign_csr(self, csr, purpose, common_name=None, dns_names=None, ip_addresses=None, lifetime_days=365):
@@ -576,7 +579,7 @@ class CertificateAuthority:
         requested = csr_facts(csr)
         if dns_names is None and ip_addresses is None:
             dns_names, ip_addresses = requested["dns_names"], requested["ip_addresses"]
-        return self._sign(
+        return self.sign_public_key(
             csr.public_key(),
             common_name or requested["common_name"],
             purpose,
@@ -585,7 +588,10 @@ class CertificateAuthority:
             lifetime_days,
         )
 
-    def _sign(self, public_key, common_name, purpose, dns_names, ip_addresses, lifetime_days):
+    def sign_public_key(
+        self, public_key, common_name, purpose, dns_names=(), ip_addresses=(), lifetime_days=365
+    ):
+        """Certify a key that exists already (a renewal that keeps the key)."""
         if key_type_of(public_key) is None:
             raise PkiError("unsupported key; use one of %s" % ", ".join(KEY_TYPES))
         usages = _purpose_extended_key_usages(purpose)
