@@ -33,6 +33,8 @@ The CA (one directory)
 
 Certificates, keys, requests
     make_private_key(key_type), key_type_of(key), make_csr(key, common_name, dns_names, ip_addresses)
+    csr_facts(csr), csr_matches(csr, key, common_name, dns_names, ip_addresses)
+    same_public_key(a, b), public_key_sha256(key)
     certificate_purpose(cert) -> "server" | "client" | "daemon_server" | "daemon_client" | "ca" | "unknown"
     certificate_facts(cert) -> dict (serial, common_name, purpose, not_before, not_after, sha256, ...)
     certificate_mismatches(cert, ca, common_name, purpose, dns_names, ip_addresses, renew_before_days)
@@ -395,6 +397,23 @@ def _public_key_der(key):
 
 def same_public_key(first, second):
     return _public_key_der(first) == _public_key_der(second)
+
+
+def public_key_sha256(key):
+    """Tells keys apart in logs and results without showing them."""
+    public_key = key.public_key() if hasattr(key, "public_key") else key
+    return hashlib.sha256(_public_key_der(public_key)).hexdigest()
+
+
+def csr_matches(csr, key, common_name, dns_names=(), ip_addresses=()):
+    """True when ``csr`` asks for ``key`` with this common name and these alternative names."""
+    facts = csr_facts(csr)
+    return (
+        same_public_key(csr.public_key(), key.public_key())
+        and facts["common_name"] == common_name
+        and facts["dns_names"] == sorted(dns_names)
+        and facts["ip_addresses"] == _normalise_ips(ip_addresses)
+    )
 
 
 # ----------------------------------------------------------------------------- the CA

@@ -1,0 +1,82 @@
+#!/usr/bin/python
+# Copyright: vpnfleet developers
+# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt)
+
+DOCUMENTATION = r"""
+module: node_facts
+short_description: Cores, AES-NI, interfaces and the capacity of a vpnfleet node
+version_added: 0.1.0
+description:
+  - Gathers what planning the OpenVPN processes needs and sets it as the fact C(vpnfleet_node).
+  - Cores are those this host lets its processes run on (CPU affinity), else those in C(/proc/cpuinfo).
+  - Interfaces come from C(ip -json address show); link speed from C(/sys/class/net/*/speed) where the kernel
+    knows it (virtual links do not say).
+  - "Capacity: one OpenVPN process per core, about 64 clients per process (eduVPN: 1000 clients per 16 cores),
+    and no more clients than the fastest known link carries at 10 Mbit/s each."
+author: vpnfleet developers
+extends_documentation_fragment:
+  - vpnfleet.server.attributes.facts
+options: {}
+"""
+
+EXAMPLES = r"""
+- name: Learn the node
+  vpnfleet.server.node_facts:
+
+- name: One process per core
+  ansible.builtin.debug:
+    msg: "{{ vpnfleet_node.cores }} cores, room for {{ vpnfleet_node.capacity.clients }} clients"
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to C(ansible_facts).
+  returned: always
+  type: dict
+  contains:
+    vpnfleet_node:
+      description: The node's facts.
+      returned: always
+      type: dict
+      contains:
+        cores:
+          description: Usable CPU cores.
+          type: int
+          returned: always
+        aes_ni:
+          description: Whether the CPU has AES instructions; null when unknown.
+          type: bool
+          returned: always
+        interfaces:
+          description: Per interface name, state, loopback, mtu, addresses (CIDR), speed_mbit (or null).
+          type: list
+          elements: dict
+          returned: always
+        capacity:
+          description: processes, clients, clients_by_cpu, clients_by_network, limited_by (cpu or network).
+          type: dict
+          returned: always
+  sample:
+    vpnfleet_node:
+      cores: 4
+      aes_ni: true
+      interfaces:
+        - {name: eth0, state: UP, loopback: false, mtu: 1500, addresses: [203.0.113.10/24], speed_mbit: 10000}
+      capacity: {processes: 4, clients: 256, clients_by_cpu: 256, clients_by_network: 1000, limited_by: cpu}
+"""
+
+# ruff: noqa: E402 - Ansible wants DOCUMENTATION, EXAMPLES and RETURN before the imports.
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vpnfleet.server.plugins.module_utils import node_facts
+
+
+def main():
+    module = AnsibleModule(argument_spec={}, supports_check_mode=True)
+    ip_command = module.get_bin_path("ip", required=True)
+    _, ip_json, _ = module.run_command([ip_command, "-json", "address", "show"], check_rc=True)
+    facts = node_facts.gather(ip_json)
+    module.exit_json(changed=False, ansible_facts={"vpnfleet_node": facts})
+
+
+if __name__ == "__main__":
+    main()
