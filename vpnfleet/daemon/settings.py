@@ -25,6 +25,8 @@ class DaemonSettings:
     tls_certificate: Path
     tls_private_key: Path
     tls_ca: Path
+    # The CA's CRL: a revoked controller certificate is refused from the next start on.
+    tls_crl: Path | None = None
     listen_address: str = "::"
     listen_port: int = DEFAULT_LISTEN_PORT
     management_socket_glob: str = DEFAULT_MANAGEMENT_SOCKET_GLOB
@@ -64,6 +66,8 @@ class DaemonSettings:
         values: dict[str, object] = {}
         for name in required:
             values[name] = _readable_file(data[name], lambda reason, name=name: fail(name, reason))
+        if data.get("tls_crl") is not None:
+            values["tls_crl"] = _readable_file(data["tls_crl"], lambda reason: fail("tls_crl", reason))
         if "listen_address" in data:
             try:
                 values["listen_address"] = str(ipaddress.ip_address(data["listen_address"]))

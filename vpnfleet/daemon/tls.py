@@ -28,6 +28,12 @@ def server_context(settings: DaemonSettings) -> ssl.SSLContext:
         context.load_verify_locations(cafile=settings.tls_ca)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"tls_ca: cannot load {settings.tls_ca}: {exc}") from None
+    if settings.tls_crl is not None:
+        try:
+            context.load_verify_locations(cafile=settings.tls_crl)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"tls_crl: cannot load {settings.tls_crl}: {exc}") from None
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 
 

@@ -129,6 +129,7 @@ class Credentials:
 
     certificate: Path
     private_key: Path
+    serial: int
 
 
 @dataclass
@@ -138,7 +139,6 @@ class LabPki:
     directory: Path
     ca_certificate: Path
     tls_crypt_key: Path
-    stranger_ca_certificate: Path
     _ca: pki.CertificateAuthority
     _stranger_ca: pki.CertificateAuthority
     _issued: dict = field(default_factory=dict)
@@ -155,7 +155,6 @@ class LabPki:
             directory=directory,
             ca_certificate=Path(ca.cert_path),
             tls_crypt_key=tls_crypt_key,
-            stranger_ca_certificate=Path(stranger.cert_path),
             _ca=ca,
             _stranger_ca=stranger,
         )
@@ -171,8 +170,17 @@ class LabPki:
             stem = self.directory / f"{'stranger-' if stranger else ''}{common_name}-{purpose}"
             pki.write_file_atomic(f"{stem}.crt", pki.certificate_pem(certificate))
             pki.write_file_atomic(f"{stem}.key", pki.private_key_pem(private_key), 0o600)
-            self._issued[key] = Credentials(Path(f"{stem}.crt"), Path(f"{stem}.key"))
+            self._issued[key] = Credentials(
+                Path(f"{stem}.crt"), Path(f"{stem}.key"), serial=certificate.serial_number
+            )
         return self._issued[key]
+
+    @property
+    def crl(self) -> Path:
+        return Path(self._ca.crl_path)
+
+    def revoke(self, credentials: Credentials) -> None:
+        self._ca.revoke(credentials.serial, "key_compromise")
 
 
 @dataclass(frozen=True)

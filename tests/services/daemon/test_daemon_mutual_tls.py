@@ -30,3 +30,8 @@ def test_a_certificate_of_our_ca_for_another_purpose_is_refused(daemon, daemon_c
 
 def test_tls_1_2_is_refused(daemon_client, controller):
     assert daemon_client.refusal(daemon_client.tls_context(controller, tls_version=ssl.TLSVersion.TLSv1_2))
+
+
+def test_a_revoked_controller_certificate_is_refused(daemon_client, lab_pki):
+    revoked = lab_pki.credentials("vfd-revoked-controller", "daemon_client")
+    assert daemon_client.refusal(daemon_client.tls_context(revoked))

@@ -94,3 +94,11 @@ def test_the_command_exits_2_with_a_clear_message(tls_files, tmp_path):
         text=True,
     )
     assert missing.returncode == 2 and "cannot read the configuration" in missing.stderr
+
+
+def test_a_file_that_is_no_crl_is_refused_at_start(tls_files, tmp_path):
+    not_a_crl = tmp_path / "crl.pem"
+    not_a_crl.write_text("not a CRL\n")
+    settings = DaemonSettings.from_mapping({**tls_files, "tls_crl": str(not_a_crl)})
+    with pytest.raises(ConfigError, match="tls_crl: cannot load"):
+        create_server(settings)
