@@ -72,3 +72,57 @@ def log_in(client, username: str, password: str = PASSWORD, next_path: str = "")
     page = client.get("/login", query_string={"next": next_path} if next_path else None)
     return client.post("/login", data={"username": username, "password": password, "next": next_path,
                                        "csrf_token": csrf_token(page.get_data(as_text=True))})
+
+
+CLIENT_ID = "org.eduvpn.app.linux"
+REDIRECT_URI = "http://127.0.0.1:41234/callback"
+
+
+def pkce_pair() -> tuple[str, str]:
+    import base64
+    import secrets
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def authorize_params(challenge: str, **overrides) -> dict:
+    params = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT_URI, "response_type": "code", "scope": "config",
+              "state": "state-1234", "code_challenge": challenge, "code_challenge_method": "S256"}
+    params.update(overrides)
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def approve(client, params: dict):
+    """The user approves the app on the consent page; returns the redirect response."""
+    page = client.get("/oauth/authorize", query_string=params)
+    assert page.status_code == 200, page.get_data(as_text=True)
+    return client.post("/oauth/authorize", query_string=params,
+                       data={"csrf_token": csrf_token(page.get_data(as_text=True)), "decision": "approve"})
+
+
+def code_from(response) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    location = urlsplit(response.headers["Location"])
+    return parse_qs(location.query)["code"][0]
+
+
+def exchange(client, code: str, verifier: str, redirect_uri: str = REDIRECT_URI, client_id: str = CLIENT_ID):
+    return client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code,
+                                             "redirect_uri": redirect_uri, "client_id": client_id,
+                                             "code_verifier": verifier})
+
+
+def app_tokens(client, username: str = "alice") -> dict:
+    """Log in, approve the app and exchange the code: the token response."""
+    log_in(client, username)
+    verifier, challenge = pkce_pair()
+    response = exchange(client, code_from(approve(client, authorize_params(challenge))), verifier)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def bearer(token: dict) -> dict:
+    return {"Authorization": f"Bearer {token['access_token']}"}
