@@ -1,0 +1,113 @@
+"""Settings are checked at start with a message naming the setting; the CLI the role calls is
+idempotent; bad requests get a 4xx with a reason, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from controller_helpers import settings_mapping
+
+from vpnfleet.controller import cli
+from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS
+from vpnfleet.controller.settings import SettingsError, load_settings, settings_from_mapping
+
+
+@pytest.fixture
+def mapping(pki_dir):
+    return settings_mapping(pki_dir, "sqlite:///unused.sqlite", 41194)
+
+
+def test_valid_settings_load(mapping, tmp_path):
+    path = tmp_path / "controller.yml"
+    path.write_text(yaml.safe_dump(mapping))
+    settings = load_settings(path)
+    assert [profile.id for profile in settings.profiles] == ["office", "internet"]
+    assert settings.max_configs_per_user == 3 and settings.session_expiry.days == 90
+    assert settings.node("node-y1").location == "location-y"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m["profiles"][0].update(ipv4_range="198.18.0.1/20"), "profiles[0].ipv4_range"),
+    (lambda m: m["profiles"][0].update(ipv4_range="2001:db8::/64"), "is not an IPv4 network"),
+    (lambda m: m["profiles"][0].update(routes=[]), "split-tunnel profile"),
+    (lambda m: m["profiles"][1].update(id="office"), "profile id is used twice"),
+    (lambda m: m["nodes"][0]["processes"][0].update(profile="nosuch"), "nodes[0].processes[0].profile"),
+    (lambda m: m["nodes"][0]["processes"][1].update(proto="udp"), "udp/1194 is used twice on node node-x1"),
+    (lambda m: m["nodes"][0]["processes"][0].update(port=70000), "is not a port number"),
+    (lambda m: m["nodes"][0].update(api_token_sha256="abc"), "nodes[0].api_token_sha256"),
+    (lambda m: m.update(session_expiry="forever"), "session_expiry"),
+    (lambda m: m.update(secret_key="short"), "secret_key"),
+    (lambda m: m.pop("daemon_client"), "daemon_client: is required"),
+    (lambda m: m.update(max_configs_per_user=True), "max_configs_per_user: must be an integer"),
+])
+def test_wrong_settings_name_the_setting(mapping, change, message):
+    change(mapping)
+    with pytest.raises(SettingsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        settings_from_mapping(mapping)
+
+
+def test_default_oauth_clients_are_the_eduvpn_and_lets_connect_apps():
+    clients = {client.client_id: client for client in DEFAULT_OAUTH_CLIENTS}
+    assert set(clients) == {f"org.{brand}.app.{platform}" for brand in ("eduvpn", "letsconnect-vpn")
+                            for platform in ("windows", "android", "ios", "macos", "linux")}
+    assert clients["org.eduvpn.app.windows"].accepts_redirect_uri("http://127.0.0.1:54321/callback")
+    assert clients["org.eduvpn.app.windows"].accepts_redirect_uri("http://[::1]:8080/callback")
+    assert not clients["org.eduvpn.app.windows"].accepts_redirect_uri("http://127.0.0.1:54321/callback/x")
+    assert not clients["org.eduvpn.app.windows"].accepts_redirect_uri("http://127.0.0.1.evil.example:1/callback")
+    assert clients["org.eduvpn.app.android"].accepts_redirect_uri("org.eduvpn.app:/api/callback")
+    assert clients["org.letsconnect-vpn.app.ios"].accepts_redirect_uri("org.letsconnect-vpn.app.ios:/api/callback")
+
+
+def test_cli_user_is_idempotent(pki_dir, database_url, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "controller.yml"
+    path.write_text(yaml.safe_dump(settings_mapping(pki_dir, database_url, 41194)))
+    assert cli.main(["--settings", str(path), "migrate"]) == 0
+    assert cli.main(["--settings", str(path), "migrate"]) == 0  # a second migrate is a no-op
+
+    def run_user(*arguments, password="a password of alice"):
+        import io
+
+        monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+        capsys.readouterr()
+        assert cli.main(["--settings", str(path), "user", "alice", "--password-stdin", *arguments]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert run_user("--group", "staff") == {"changed": True, "created": True}
+    assert run_user("--group", "staff") == {"changed": False, "created": False}
+    assert run_user("--group", "staff", "--admin") == {"changed": True, "created": False}
+    assert run_user("--group", "staff", "--admin", password="a new one") == {"changed": True, "created": False}
+    assert run_user("--group", "staff", "--admin", password="a new one") == {"changed": False, "created": False}
+    assert cli.main(["--settings", str(path), "user", "bob"]) == 2  # no password to create with
+    assert cli.main(["--settings", str(path), "check-settings"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--settings", str(path), "housekeeping"]) == 0
+    assert json.loads(capsys.readouterr().out)["nodes_unreachable"] == ["node-x1", "node-y1"]
+
+
+def test_cli_reports_a_bad_settings_file(tmp_path, capsys):
+    path = tmp_path / "controller.yml"
+    path.write_text("base_url: [unclosed")
+    assert cli.main(["--settings", str(path), "migrate"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_bad_requests_get_4xx_with_a_reason(client):
+    cases = [
+        (client.get("/api/v3/nosuch"), 404),
+        (client.get("/api/v3/connect"), 405),
+        (client.post("/oauth/token", data={"grant_type": "password"}), 400),
+        (client.post("/oauth/token", data={}), 400),
+        (client.post("/login", data={"username": "x" * 200_000}), 413),
+        (client.get("/configs/abc/delete"), 404),
+        (client.post("/login", data={"username": "x"}), 400),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, response.get_data(as_text=True)
+        body = response.get_data(as_text=True)
+        assert "Traceback" not in body
+        if response.is_json:
+            assert response.get_json()["error"]
+        else:
+            assert 'id="reason"' in body or "error" in body.lower()
