@@ -19,8 +19,8 @@ from pathlib import Path
 DISCONNECT_MESSAGE = "HALT"
 # Enough for one thread per OpenVPN process of a large node; more processes simply queue.
 MAX_PARALLEL_SESSIONS = 64
-# A status reply is about 200 bytes per client; this bounds memory if a socket talks nonsense.
-MAX_REPLY_BYTES = 16 * 1024 * 1024
+# A status line is about 200 bytes; this bounds memory if a socket talks nonsense.
+MAX_LINE_BYTES = 64 * 1024
 
 
 class ManagementError(Exception):
@@ -113,7 +113,7 @@ class ManagementSession:
     def __init__(self, socket_path: Path, deadline: float):
         self._socket_path = socket_path
         self._deadline = deadline
-        self._buffer = b""
+        self._buffer = bytearray()
         self._sock: socket.socket | None = None
 
     def __enter__(self) -> "ManagementSession":
@@ -164,15 +164,17 @@ class ManagementSession:
         return line
 
     def _read_line(self) -> str:
-        while b"\n" not in self._buffer:
-            if len(self._buffer) > MAX_REPLY_BYTES:
-                raise ManagementError("reply too long")
+        while (end := self._buffer.find(b"\n")) < 0:
+            if len(self._buffer) > MAX_LINE_BYTES:
+                raise ManagementError("reply line too long")
             self._sock.settimeout(self._remaining())
             chunk = self._sock.recv(65536)
             if not chunk:
                 raise ManagementError("the process closed the management connection")
             self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        line = bytes(self._buffer[:end])
+        # Deleting from the front of a bytearray is cheap, so long replies are not copied per line.
+        del self._buffer[: end + 1]
         return line.rstrip(b"\r").decode("utf-8", "replace")
 
     def _remaining(self) -> float:
