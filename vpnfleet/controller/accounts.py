@@ -37,8 +37,15 @@ class UserChange:
     changed: bool
 
 
-def ensure_user(db: Session, username: str, password: str | None, *, is_admin: bool,
-                groups: list[str], is_disabled: bool = False) -> UserChange:
+def ensure_user(
+    db: Session,
+    username: str,
+    password: str | None,
+    *,
+    is_admin: bool,
+    groups: list[str],
+    is_disabled: bool = False,
+) -> UserChange:
     """Create or update a user so it matches; reports whether anything changed (for Ansible).
 
     The password is only rehashed when it no longer matches, so a second run changes nothing.
@@ -54,7 +61,11 @@ def ensure_user(db: Session, username: str, password: str | None, *, is_admin: b
     if password and not created and not password_matches(user.password_hash, password):
         user.password_hash = hash_password(password)
         changed = True
-    for attribute, wanted in (("is_admin", is_admin), ("groups", sorted(groups)), ("is_disabled", is_disabled)):
+    for attribute, wanted in (
+        ("is_admin", is_admin),
+        ("groups", sorted(groups)),
+        ("is_disabled", is_disabled),
+    ):
         if getattr(user, attribute) != wanted:
             setattr(user, attribute, wanted)
             changed = True
@@ -90,8 +101,9 @@ class LoginThrottle:
         return result.rowcount
 
 
-def authenticate(db: Session, throttle: LoginThrottle, username: str, password: str,
-                 remote_addr: str) -> tuple[User | None, str | None]:
+def authenticate(
+    db: Session, throttle: LoginThrottle, username: str, password: str, remote_addr: str
+) -> tuple[User | None, str | None]:
     """The user, or None and the reason to show. A disabled user cannot log in."""
     now = utcnow()
     if throttle.is_throttled(db, username, remote_addr, now):
@@ -104,5 +116,3 @@ def authenticate(db: Session, throttle: LoginThrottle, username: str, password: 
         return None, "disabled"
     throttle.record_success(db, username)
     return user, None
-
-

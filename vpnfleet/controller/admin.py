@@ -24,8 +24,12 @@ LOG_PAGE_SIZE = 200
 @admin_required
 def connections():
     view = live_connections(controller(), db())
-    return render_template("admin/connections.html", view=view, action_form=ActionForm(),
-                           capacity=capacity_table(controller().settings, view))
+    return render_template(
+        "admin/connections.html",
+        view=view,
+        action_form=ActionForm(),
+        capacity=capacity_table(controller().settings, view),
+    )
 
 
 @blueprint.get("/nodes")
@@ -54,10 +58,14 @@ def _user_or_404(user_id: int) -> User:
 @admin_required
 def user_detail(user_id: int):
     user = _user_or_404(user_id)
-    configs = list(db().scalars(select(VpnConfig).where(VpnConfig.user_id == user.id)
-                                .order_by(VpnConfig.created_at.desc())))
-    return render_template("admin/user.html", user=user, configs=configs, now=utcnow(),
-                           action_form=ActionForm())
+    configs = list(
+        db().scalars(
+            select(VpnConfig).where(VpnConfig.user_id == user.id).order_by(VpnConfig.created_at.desc())
+        )
+    )
+    return render_template(
+        "admin/user.html", user=user, configs=configs, now=utcnow(), action_form=ActionForm()
+    )
 
 
 def _checked_action() -> None:
@@ -78,7 +86,9 @@ def disconnect_user(user_id: int):
     names = [config.common_name for config in active_configs(db(), user, utcnow())]
     _report_unreachable(disconnect_everywhere(controller(), names))
     flash(f"Disconnected {user.username} on every node.")
-    return redirect(request.referrer if _local(request.referrer) else url_for("admin.user_detail", user_id=user.id))
+    return redirect(
+        request.referrer if _local(request.referrer) else url_for("admin.user_detail", user_id=user.id)
+    )
 
 
 @blueprint.post("/users/<int:user_id>/disable")
@@ -131,8 +141,13 @@ def log():
         except ValueError:
             error = f"{form.address.data!r} is not an IP address"
         else:
-            query = query.where(or_(ConnectionLogEntry.ipv4 == address, ConnectionLogEntry.ipv6 == address,
-                                    ConnectionLogEntry.real_address == address))
+            query = query.where(
+                or_(
+                    ConnectionLogEntry.ipv4 == address,
+                    ConnectionLogEntry.ipv6 == address,
+                    ConnectionLogEntry.real_address == address,
+                )
+            )
     if form.at.data and error is None:
         try:
             moment = parse_moment(form.at.data)
@@ -140,9 +155,17 @@ def log():
             error = str(problem)
         else:
             # Who was connected at that moment: started before it and not ended before it.
-            query = query.where(ConnectionLogEntry.connected_at <= moment, or_(
-                ConnectionLogEntry.disconnected_at.is_(None), ConnectionLogEntry.disconnected_at >= moment))
-    entries = [] if error else list(db().scalars(
-        query.order_by(ConnectionLogEntry.connected_at.desc()).limit(LOG_PAGE_SIZE)))
-    return render_template("admin/log.html", form=form, entries=entries, error=error,
-                           page_size=LOG_PAGE_SIZE), 400 if error else 200
+            query = query.where(
+                ConnectionLogEntry.connected_at <= moment,
+                or_(
+                    ConnectionLogEntry.disconnected_at.is_(None), ConnectionLogEntry.disconnected_at >= moment
+                ),
+            )
+    entries = (
+        []
+        if error
+        else list(db().scalars(query.order_by(ConnectionLogEntry.connected_at.desc()).limit(LOG_PAGE_SIZE)))
+    )
+    return render_template(
+        "admin/log.html", form=form, entries=entries, error=error, page_size=LOG_PAGE_SIZE
+    ), 400 if error else 200

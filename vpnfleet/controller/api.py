@@ -36,11 +36,16 @@ def api_error(status: int, message: str) -> Response:
 @blueprint.get("/.well-known/vpn-user-portal")
 def discovery():
     base_url = controller().settings.base_url
-    return jsonify(api={API_VERSION_KEY: {
-        "api_endpoint": f"{base_url}/api/v3",
-        "authorization_endpoint": f"{base_url}/oauth/authorize",
-        "token_endpoint": f"{base_url}/oauth/token",
-    }}, v="vpnfleet-0.1.0")
+    return jsonify(
+        api={
+            API_VERSION_KEY: {
+                "api_endpoint": f"{base_url}/api/v3",
+                "authorization_endpoint": f"{base_url}/oauth/authorize",
+                "token_endpoint": f"{base_url}/oauth/token",
+            }
+        },
+        v="vpnfleet-0.1.0",
+    )
 
 
 @blueprint.post("/oauth/token")
@@ -71,15 +76,20 @@ def info():
     if refusal:
         return refusal
     user = access.authorization.user
-    return jsonify(info={"profile_list": [
-        {
-            "profile_id": profile.id,
-            "display_name": profile.display_name,
-            "default_gateway": profile.default_gateway,
-            "vpn_proto_list": ["openvpn"],
+    return jsonify(
+        info={
+            "profile_list": [
+                {
+                    "profile_id": profile.id,
+                    "display_name": profile.display_name,
+                    "default_gateway": profile.default_gateway,
+                    "vpn_proto_list": ["openvpn"],
+                }
+                for profile in controller().settings.profiles
+                if profile.allows(user.groups)
+            ]
         }
-        for profile in controller().settings.profiles if profile.allows(user.groups)
-    ]})
+    )
 
 
 def _client_accepts_openvpn() -> bool:
@@ -111,14 +121,25 @@ def connect():
     session = db()
     authorization = access.authorization
     # A new /connect invalidates the configs obtained before under the same authorization.
-    previous = list(session.scalars(select(VpnConfig).where(
-        VpnConfig.authorization_id == authorization.id, VpnConfig.revoked_at.is_(None))))
+    previous = list(
+        session.scalars(
+            select(VpnConfig).where(
+                VpnConfig.authorization_id == authorization.id, VpnConfig.revoked_at.is_(None)
+            )
+        )
+    )
     revoke_configs(controller(), session, previous)
     app = controller().settings.oauth_client(authorization.client_id)
     config, text = create_config(
-        controller(), session, user, profile_id, app.name if app else authorization.client_id,
+        controller(),
+        session,
+        user,
+        profile_id,
+        app.name if app else authorization.client_id,
         authorization.expires_at,
-        authorization=authorization, prefer_tcp=prefer_tcp == "yes")
+        authorization=authorization,
+        prefer_tcp=prefer_tcp == "yes",
+    )
     response = Response(text, status=201, mimetype=OPENVPN_PROFILE)
     response.headers["Expires"] = format_datetime(config.expires_at.replace(tzinfo=UTC), usegmt=True)
     return response
@@ -130,7 +151,12 @@ def disconnect():
     if refusal:
         return refusal
     session = db()
-    configs = list(session.scalars(select(VpnConfig).where(
-        VpnConfig.authorization_id == access.authorization.id, VpnConfig.revoked_at.is_(None))))
+    configs = list(
+        session.scalars(
+            select(VpnConfig).where(
+                VpnConfig.authorization_id == access.authorization.id, VpnConfig.revoked_at.is_(None)
+            )
+        )
+    )
     revoke_configs(controller(), session, configs)
     return Response(status=204)

@@ -29,8 +29,9 @@ def authorize():
     form = ActionForm()
     if request.method == "GET":
         registration = controller().settings.oauth_client(grant.client.get_client_id())
-        return render_template("authorize.html", app_name=registration.name, form=form, user=user,
-                               action=request.full_path)
+        return render_template(
+            "authorize.html", app_name=registration.name, form=form, user=user, action=request.full_path
+        )
     if not form.validate_on_submit():
         abort(400, "the approval form was not valid")
     approved = request.form.get("decision") == "approve"

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from sqlalchemy import select
+
 from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.configs import disable_user
@@ -22,16 +24,23 @@ SETTINGS_ENVIRONMENT = "VPNFLEET_CONTROLLER_SETTINGS"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpnfleet-controller", description=__doc__)
-    parser.add_argument("--settings", default=os.environ.get(SETTINGS_ENVIRONMENT, DEFAULT_SETTINGS),
-                        help=f"settings file (default: ${SETTINGS_ENVIRONMENT} or {DEFAULT_SETTINGS})")
+    parser.add_argument(
+        "--settings",
+        default=os.environ.get(SETTINGS_ENVIRONMENT, DEFAULT_SETTINGS),
+        help=f"settings file (default: ${SETTINGS_ENVIRONMENT} or {DEFAULT_SETTINGS})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check-settings", help="load and check the settings file")
     commands.add_parser("migrate", help="create or upgrade the database schema")
     user = commands.add_parser(
-        "user", help="create or update a local user; prints JSON with 'changed' (idempotent)")
+        "user", help="create or update a local user; prints JSON with 'changed' (idempotent)"
+    )
     user.add_argument("username")
-    user.add_argument("--password-stdin", action="store_true",
-                      help="read the password from standard input (never from the command line)")
+    user.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (never from the command line)",
+    )
     user.add_argument("--admin", action=argparse.BooleanOptionalAction, default=False)
     user.add_argument("--group", action="append", default=[], help="a group of the user (repeatable)")
     user.add_argument("--disabled", action=argparse.BooleanOptionalAction, default=False)
@@ -63,13 +72,19 @@ def main(argv: list[str] | None = None) -> int:
 def _user(arguments: argparse.Namespace) -> int:
     password = sys.stdin.readline().rstrip("\n") if arguments.password_stdin else None
     try:
-        change = ensure_user(db(), arguments.username, password, is_admin=arguments.admin,
-                             groups=arguments.group, is_disabled=arguments.disabled)
+        change = ensure_user(
+            db(),
+            arguments.username,
+            password,
+            is_admin=arguments.admin,
+            groups=arguments.group,
+            is_disabled=arguments.disabled,
+        )
     except ValueError as error:
         print(f"vpnfleet-controller: {error}", file=sys.stderr)
         return 2
     if arguments.disabled and change.changed:
-        user = db().query(User).filter_by(username=arguments.username).one()
+        user = db().scalar(select(User).where(User.username == arguments.username))
         disable_user(controller(), db(), user)
     print(json.dumps({"changed": change.changed, "created": change.created}))
     return 0

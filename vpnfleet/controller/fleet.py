@@ -34,20 +34,28 @@ def live_connections(controller: Controller, db: Session) -> FleetView:
     answers = controller.daemons.connection_lists()
     reported = [(answer.node, entry) for answer in answers if answer.ok for entry in answer.data]
     names = {str(entry.get("common_name", "")) for _, entry in reported}
-    configs = {config.common_name: config
-               for config in db.scalars(select(VpnConfig).where(VpnConfig.common_name.in_(names)))}
+    configs = {
+        config.common_name: config
+        for config in db.scalars(select(VpnConfig).where(VpnConfig.common_name.in_(names)))
+    }
     connections = [
         LiveConnection(
-            node=node, common_name=str(entry.get("common_name", "")),
-            ipv4=entry.get("ip_four"), ipv6=entry.get("ip_six"),
-            details={key: value for key, value in entry.items()
-                     if key not in ("common_name", "ip_four", "ip_six")},
+            node=node,
+            common_name=str(entry.get("common_name", "")),
+            ipv4=entry.get("ip_four"),
+            ipv6=entry.get("ip_six"),
+            details={
+                key: value for key, value in entry.items() if key not in ("common_name", "ip_four", "ip_six")
+            },
             config=configs.get(str(entry.get("common_name", ""))),
         )
         for node, entry in reported
     ]
-    return FleetView(connections=connections, answered=[a.node for a in answers if a.ok],
-                     unreachable=[a for a in answers if not a.ok])
+    return FleetView(
+        connections=connections,
+        answered=[a.node for a in answers if a.ok],
+        unreachable=[a for a in answers if not a.ok],
+    )
 
 
 @dataclass(frozen=True)
@@ -66,14 +74,24 @@ def capacity_table(settings: Settings, view: FleetView) -> list[CapacityRow]:
     for profile in settings.profiles:
         locations = sorted({node.location for node in settings.nodes if node.processes_of(profile.id)})
         for location in locations:
-            nodes = [node for node in settings.nodes
-                     if node.location == location and node.processes_of(profile.id)]
+            nodes = [
+                node for node in settings.nodes if node.location == location and node.processes_of(profile.id)
+            ]
             limits = [process.max_clients for node in nodes for process in node.processes_of(profile.id)]
-            clients = sum(1 for connection in view.connections
-                          if connection.node.location == location and connection.config is not None
-                          and connection.config.profile_id == profile.id)
-            rows.append(CapacityRow(
-                profile_id=profile.id, location=location, clients=clients,
-                capacity=None if None in limits else sum(limits),
-                nodes_unreachable=sum(1 for node in nodes if node.name in unreachable)))
+            clients = sum(
+                1
+                for connection in view.connections
+                if connection.node.location == location
+                and connection.config is not None
+                and connection.config.profile_id == profile.id
+            )
+            rows.append(
+                CapacityRow(
+                    profile_id=profile.id,
+                    location=location,
+                    clients=clients,
+                    capacity=None if None in limits else sum(limits),
+                    nodes_unreachable=sum(1 for node in nodes if node.name in unreachable),
+                )
+            )
     return rows

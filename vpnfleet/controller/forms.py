@@ -15,9 +15,14 @@ class LoginForm(FlaskForm):
 
 class CreateConfigForm(FlaskForm):
     profile_id = SelectField("Profile", validators=[DataRequired()], validate_choice=True)
-    display_name = StringField("Name", validators=[
-        DataRequired(), Length(max=64),
-        Regexp(r"^[\w .,()@+-]+$", message="use letters, digits, spaces and . , ( ) @ + - only")])
+    display_name = StringField(
+        "Name",
+        validators=[
+            DataRequired(),
+            Length(max=64),
+            Regexp(r"^[\w .,()@+-]+$", message="use letters, digits, spaces and . , ( ) @ + - only"),
+        ],
+    )
 
 
 class ActionForm(FlaskForm):

@@ -35,10 +35,15 @@ def run_housekeeping(controller: Controller, db: Session) -> HousekeepingReport:
 
     # OpenVPN checks a certificate only at connect and renegotiation: one that expired (or was
     # revoked, or whose user was disabled) while connected is dropped here.
-    not_allowed = sorted({
-        connection.common_name for connection in view.connections
-        if connection.config is None or not connection.config.is_active(now) or connection.config.user.is_disabled
-    })
+    not_allowed = sorted(
+        {
+            connection.common_name
+            for connection in view.connections
+            if connection.config is None
+            or not connection.config.is_active(now)
+            or connection.config.user.is_disabled
+        }
+    )
     if not_allowed:
         disconnect_everywhere(controller, not_allowed)
     report.disconnected = len(not_allowed)
@@ -46,16 +51,20 @@ def run_housekeeping(controller: Controller, db: Session) -> HousekeepingReport:
     # A process that crashed never ran its disconnect hook: close rows the node no longer lists.
     live = {(connection.node.name, connection.common_name) for connection in view.connections}
     answered = [node.name for node in view.answered]
-    for entry in db.scalars(select(ConnectionLogEntry).where(
-            ConnectionLogEntry.disconnected_at.is_(None), ConnectionLogEntry.node.in_(answered))):
+    for entry in db.scalars(
+        select(ConnectionLogEntry).where(
+            ConnectionLogEntry.disconnected_at.is_(None), ConnectionLogEntry.node.in_(answered)
+        )
+    ):
         if (entry.node, entry.common_name) not in live:
             entry.disconnected_at = now
             entry.close_reason = "not connected (housekeeping)"
             report.log_rows_closed += 1
 
     retention_start = now - controller.settings.connection_log_retention
-    report.log_rows_purged = db.execute(delete(ConnectionLogEntry).where(
-        ConnectionLogEntry.disconnected_at < retention_start)).rowcount
+    report.log_rows_purged = db.execute(
+        delete(ConnectionLogEntry).where(ConnectionLogEntry.disconnected_at < retention_start)
+    ).rowcount
     report.codes_purged = db.execute(delete(OAuthCode).where(OAuthCode.expires_at < now)).rowcount
     db.commit()
     report.login_failures_purged = controller.throttle.purge(db, now)

@@ -94,7 +94,8 @@ class OAuthToken(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     authorization_id: Mapped[int] = mapped_column(
-        ForeignKey("oauth_authorizations.id", ondelete="CASCADE"), index=True)
+        ForeignKey("oauth_authorizations.id", ondelete="CASCADE"), index=True
+    )
     access_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     refresh_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
     access_expires_at: Mapped[datetime] = mapped_column(DateTime)
@@ -132,7 +133,8 @@ class VpnConfig(Base):
     serial_number: Mapped[str] = mapped_column(String(64))
     # Set for configs made through the API: /connect and /disconnect act on the authorization's configs.
     authorization_id: Mapped[int | None] = mapped_column(
-        ForeignKey("oauth_authorizations.id", ondelete="SET NULL"), nullable=True, index=True)
+        ForeignKey("oauth_authorizations.id", ondelete="SET NULL"), nullable=True, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -115,12 +115,21 @@ def client_connect():
     if config.user.is_disabled:
         return _refusal("user disabled", common_name)
     if config.profile_id != profile_id or not node.processes_of(profile_id):
-        return _refusal(f"config is for profile {config.profile_id}, not {profile_id} on this node", common_name)
+        return _refusal(
+            f"config is for profile {config.profile_id}, not {profile_id} on this node", common_name
+        )
     entry = ConnectionLogEntry(
-        user_id=config.user_id, username=config.user.username, common_name=common_name,
-        profile_id=profile_id, node=node.name, location=node.location,
-        ipv4=_address(data, "ipv4"), ipv6=_address(data, "ipv6"),
-        real_address=_address(data, "real_address"), connected_at=now)
+        user_id=config.user_id,
+        username=config.user.username,
+        common_name=common_name,
+        profile_id=profile_id,
+        node=node.name,
+        location=node.location,
+        ipv4=_address(data, "ipv4"),
+        ipv6=_address(data, "ipv6"),
+        real_address=_address(data, "real_address"),
+        connected_at=now,
+    )
     session.add(entry)
     session.commit()
     current_app.logger.info("allowed %s (%s) on node %s", common_name, config.user.username, node.name)
@@ -135,8 +144,10 @@ def client_disconnect():
     bytes_received, bytes_sent = _count(data, "bytes_received"), _count(data, "bytes_sent")
     session = db()
     query = select(ConnectionLogEntry).where(
-        ConnectionLogEntry.node == g.node.name, ConnectionLogEntry.common_name == common_name,
-        ConnectionLogEntry.disconnected_at.is_(None))
+        ConnectionLogEntry.node == g.node.name,
+        ConnectionLogEntry.common_name == common_name,
+        ConnectionLogEntry.disconnected_at.is_(None),
+    )
     if ipv4:
         query = query.where(ConnectionLogEntry.ipv4 == ipv4)
     open_entries = list(session.scalars(query))

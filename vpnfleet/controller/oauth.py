@@ -8,7 +8,6 @@ it. Codes and tokens are stored only as SHA-256 hashes.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidRequestError, InvalidScopeError, grants
@@ -70,8 +69,9 @@ class RequireS256(CodeChallenge):
         if data.get("scope") != API_SCOPE:
             raise InvalidScopeError(f"'scope' must be '{API_SCOPE}'", redirect_uri=redirect_uri)
         if not data.get("code_challenge") or data.get("code_challenge_method") != "S256":
-            raise InvalidRequestError("'code_challenge' with 'code_challenge_method=S256' is required",
-                                      redirect_uri=redirect_uri)
+            raise InvalidRequestError(
+                "'code_challenge' with 'code_challenge_method=S256' is required", redirect_uri=redirect_uri
+            )
         super().validate_code_challenge(grant, redirect_uri)
 
 
@@ -87,16 +87,24 @@ class CodeGrant(grants.AuthorizationCodeGrant):
         now = utcnow()
         session = db()
         authorization = OAuthAuthorization(
-            user_id=request.user.id, client_id=request.client.get_client_id(), scope=API_SCOPE,
-            created_at=now, expires_at=now + settings.session_expiry)
+            user_id=request.user.id,
+            client_id=request.client.get_client_id(),
+            scope=API_SCOPE,
+            created_at=now,
+            expires_at=now + settings.session_expiry,
+        )
         session.add(authorization)
         session.flush()
-        session.add(OAuthCode(
-            code_hash=token_hash(code), authorization_id=authorization.id,
-            redirect_uri=request.payload.redirect_uri,
-            code_challenge=request.payload.data["code_challenge"],
-            code_challenge_method=request.payload.data["code_challenge_method"],
-            expires_at=now + settings.authorization_code_lifetime))
+        session.add(
+            OAuthCode(
+                code_hash=token_hash(code),
+                authorization_id=authorization.id,
+                redirect_uri=request.payload.redirect_uri,
+                code_challenge=request.payload.data["code_challenge"],
+                code_challenge_method=request.payload.data["code_challenge_method"],
+                expires_at=now + settings.authorization_code_lifetime,
+            )
+        )
         session.commit()
 
     def query_authorization_code(self, code, client):
@@ -126,7 +134,9 @@ class RefreshGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token):
-        row = db().scalar(select(OAuthToken).where(OAuthToken.refresh_token_hash == token_hash(refresh_token)))
+        row = db().scalar(
+            select(OAuthToken).where(OAuthToken.refresh_token_hash == token_hash(refresh_token))
+        )
         if row is None or row.revoked_at is not None or not row.authorization.is_valid(utcnow()):
             return None
         return row
@@ -148,12 +158,14 @@ def _save_token(token: dict, request) -> None:
     source = request.authorization_code or request.refresh_token
     now = utcnow()
     session = db()
-    session.add(OAuthToken(
-        authorization_id=source.authorization.id,
-        access_token_hash=token_hash(token["access_token"]),
-        refresh_token_hash=token_hash(token["refresh_token"]) if token.get("refresh_token") else None,
-        access_expires_at=now + controller().settings.access_token_lifetime,
-    ))
+    session.add(
+        OAuthToken(
+            authorization_id=source.authorization.id,
+            access_token_hash=token_hash(token["access_token"]),
+            refresh_token_hash=token_hash(token["refresh_token"]) if token.get("refresh_token") else None,
+            access_expires_at=now + controller().settings.access_token_lifetime,
+        )
+    )
     session.commit()
 
 

@@ -33,8 +33,11 @@ def _app_family(prefix: str, brand: str) -> tuple[OAuthClient, ...]:
     return (
         OAuthClient(f"{prefix}.windows", f"{brand} for Windows", _LOOPBACK),
         # The Android apps first used the family name as scheme, without ".android"; both stay valid.
-        OAuthClient(f"{prefix}.android", f"{brand} for Android",
-                    (f"{prefix}:/api/callback", f"{prefix}.android:/api/callback")),
+        OAuthClient(
+            f"{prefix}.android",
+            f"{brand} for Android",
+            (f"{prefix}:/api/callback", f"{prefix}.android:/api/callback"),
+        ),
         OAuthClient(f"{prefix}.ios", f"{brand} for iOS", (f"{prefix}.ios:/api/callback",)),
         OAuthClient(f"{prefix}.macos", f"{brand} for macOS", (f"{prefix}.macos:/api/callback", *_LOOPBACK)),
         OAuthClient(f"{prefix}.linux", f"{brand} for Linux", _LOOPBACK),

@@ -46,8 +46,12 @@ def render_client_config(
     prefer_tcp: bool = False,
 ) -> str:
     lines = [f"# {profile.display_name}", *_CLIENT_OPTIONS]
-    for tag, content in (("ca", ca_certificate_pem), ("cert", certificate.certificate_pem),
-                         ("key", certificate.private_key_pem), ("tls-crypt", tls_crypt_key)):
+    for tag, content in (
+        ("ca", ca_certificate_pem),
+        ("cert", certificate.certificate_pem),
+        ("key", certificate.private_key_pem),
+        ("tls-crypt", tls_crypt_key),
+    ):
         lines += [f"<{tag}>", content.strip(), f"</{tag}>"]
     lines += remote_lines(profile, nodes, prefer_tcp)
     return "\n".join(lines) + "\n"

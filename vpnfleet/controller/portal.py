@@ -37,8 +37,9 @@ def login():
     if not form.validate_on_submit():
         status = 400 if request.method == "POST" else 200
         return render_template("login.html", form=form), status
-    user, refusal = authenticate(db(), controller().throttle, form.username.data, form.password.data,
-                                 request.remote_addr or "unknown")
+    user, refusal = authenticate(
+        db(), controller().throttle, form.username.data, form.password.data, request.remote_addr or "unknown"
+    )
     if user is None:
         status, message = _LOGIN_REFUSALS[refusal]
         return render_template("login.html", form=form, error=message), status
@@ -74,9 +75,16 @@ def home():
 def _render_home(user, form, error: str | None = None, status: int = 200):
     now = utcnow()
     return render_template(
-        "home.html", user=user, profiles=_profiles_for(user), form=form, action_form=ActionForm(),
-        configs=active_configs(db(), user, now), session_expires_at=session_expires_at(),
-        max_configs=controller().settings.max_configs_per_user, error=error), status
+        "home.html",
+        user=user,
+        profiles=_profiles_for(user),
+        form=form,
+        action_form=ActionForm(),
+        configs=active_configs(db(), user, now),
+        session_expires_at=session_expires_at(),
+        max_configs=controller().settings.max_configs_per_user,
+        error=error,
+    ), status
 
 
 @blueprint.post("/configs")
@@ -87,15 +95,25 @@ def create():
     if not form.validate_on_submit():
         return _render_home(user, form, "Choose a profile and give the config a name.", 400)
     try:
-        config, text = create_config(controller(), db(), user, form.profile_id.data,
-                                     form.display_name.data.strip(), session_expires_at())
+        config, text = create_config(
+            controller(),
+            db(),
+            user,
+            form.profile_id.data,
+            form.display_name.data.strip(),
+            session_expires_at(),
+        )
     except ConfigRefused as refusal:
         return _render_home(user, form, str(refusal), 409)
     filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.profile_id}-{config.display_name}") + ".ovpn"
-    return Response(text, mimetype="application/x-openvpn-profile", headers={
-        "Content-Disposition": f'attachment; filename="{filename}"',
-        "Cache-Control": "no-store",
-    })
+    return Response(
+        text,
+        mimetype="application/x-openvpn-profile",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @blueprint.post("/configs/<int:config_id>/delete")

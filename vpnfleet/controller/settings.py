@@ -134,17 +134,21 @@ class _Reader:
                 raise SettingsError(f"{self.where(key)}: is required")
             return default
         value = self.data[key]
-        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # YAML's yes/no are booleans, and a bool is an int to Python: refuse it where a number is meant.
+        if isinstance(value, bool) and bool not in kinds:
             raise SettingsError(f"{self.where(key)}: must be {_kind_name(kind)}, not a boolean")
-        if not isinstance(value, kind):
+        if not isinstance(value, kinds):
             raise SettingsError(f"{self.where(key)}: must be {_kind_name(kind)}, got {value!r}")
         if nonempty and not value:
             raise SettingsError(f"{self.where(key)}: must not be empty")
         return value
 
     def items(self, key: str, default: Any = ...) -> list[_Reader]:
-        return [_Reader(item, f"{self.where(key)}[{index}]")
-                for index, item in enumerate(self.get(key, list, default))]
+        return [
+            _Reader(item, f"{self.where(key)}[{index}]")
+            for index, item in enumerate(self.get(key, list, default))
+        ]
 
     def strings(self, key: str) -> tuple[str, ...]:
         values = self.get(key, list, [])
@@ -162,8 +166,14 @@ class _Reader:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-             list: "a list", dict: "a mapping"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a mapping",
+    }
     return " or ".join(names.get(item, item.__name__) for item in kinds)
 
 
@@ -180,10 +190,14 @@ def _network(value: str, version: int | None, where: str):
 def _read_profile(reader: _Reader, ca_dir: Path) -> Profile:
     profile_id = reader.get("id", str)
     if not _PROFILE_ID.match(profile_id):
-        raise SettingsError(f"{reader.where('id')}: {profile_id!r} must be lower case letters, digits, - or _")
+        raise SettingsError(
+            f"{reader.where('id')}: {profile_id!r} must be lower case letters, digits, - or _"
+        )
     default_gateway = reader.get("default_gateway", bool, True)
-    routes = tuple(_network(route, None, f"{reader.where('routes')}[{index}]")
-                   for index, route in enumerate(reader.strings("routes")))
+    routes = tuple(
+        _network(route, None, f"{reader.where('routes')}[{index}]")
+        for index, route in enumerate(reader.strings("routes"))
+    )
     if not default_gateway and not routes:
         raise SettingsError(f"{reader.path}: a split-tunnel profile (default_gateway: false) needs routes")
     dns = reader.strings("dns")
@@ -202,7 +216,9 @@ def _read_profile(reader: _Reader, ca_dir: Path) -> Profile:
         dns=dns,
         dns_search=reader.strings("dns_search"),
         groups=reader.strings("groups"),
-        tls_crypt_key_file=Path(reader.get("tls_crypt_key_file", str, str(ca_dir / f"tls-crypt-{profile_id}.key"))),
+        tls_crypt_key_file=Path(
+            reader.get("tls_crypt_key_file", str, str(ca_dir / f"tls-crypt-{profile_id}.key"))
+        ),
     )
 
 
@@ -212,7 +228,9 @@ def _read_node(reader: _Reader, profile_ids: set[str]) -> Node:
         raise SettingsError(f"{reader.where('name')}: {name!r} is not a host name")
     token_hash = reader.get("api_token_sha256", str).lower()
     if not _SHA256_HEX.match(token_hash):
-        raise SettingsError(f"{reader.where('api_token_sha256')}: must be 64 hex digits (SHA-256 of the token)")
+        raise SettingsError(
+            f"{reader.where('api_token_sha256')}: must be 64 hex digits (SHA-256 of the token)"
+        )
     processes = []
     seen_ports: set[tuple[str, int]] = set()
     for process in reader.items("processes", []):
@@ -247,7 +265,9 @@ def _read_oauth_clients(reader: _Reader) -> tuple[OAuthClient, ...]:
     clients = []
     for client in reader.items("oauth_clients"):
         client_id = client.get("client_id", str, nonempty=True)
-        clients.append(OAuthClient(client_id, client.get("name", str, client_id), client.strings("redirect_uris")))
+        clients.append(
+            OAuthClient(client_id, client.get("name", str, client_id), client.strings("redirect_uris"))
+        )
         if not clients[-1].redirect_uris:
             raise SettingsError(f"{client.where('redirect_uris')}: must list at least one URI")
     return tuple(clients)
@@ -286,8 +306,9 @@ def settings_from_mapping(data: Any) -> Settings:
         secret_key=secret_key,
         database_url=reader.get("database_url", str),
         ca_dir=ca_dir,
-        daemon_client=DaemonClientTLS(Path(daemon.get("cert", str)), Path(daemon.get("key", str)),
-                                      Path(daemon.get("ca", str))),
+        daemon_client=DaemonClientTLS(
+            Path(daemon.get("cert", str)), Path(daemon.get("key", str)), Path(daemon.get("ca", str))
+        ),
         profiles=profiles,
         nodes=nodes,
         daemon_port=reader.get("daemon_port", int, 41194),
@@ -295,14 +316,18 @@ def settings_from_mapping(data: Any) -> Settings:
         session_expiry=parse_duration(reader.get("session_expiry", (str, int), "90d"), "session_expiry"),
         max_configs_per_user=max_configs,
         access_token_lifetime=parse_duration(
-            reader.get("access_token_lifetime", (str, int), "1h"), "access_token_lifetime"),
+            reader.get("access_token_lifetime", (str, int), "1h"), "access_token_lifetime"
+        ),
         authorization_code_lifetime=parse_duration(
-            reader.get("authorization_code_lifetime", (str, int), "5m"), "authorization_code_lifetime"),
+            reader.get("authorization_code_lifetime", (str, int), "5m"), "authorization_code_lifetime"
+        ),
         login_max_failures=reader.get("login_max_failures", int, 5),
         login_failure_window=parse_duration(
-            reader.get("login_failure_window", (str, int), "15m"), "login_failure_window"),
+            reader.get("login_failure_window", (str, int), "15m"), "login_failure_window"
+        ),
         connection_log_retention=parse_duration(
-            reader.get("connection_log_retention", (str, int), "90d"), "connection_log_retention"),
+            reader.get("connection_log_retention", (str, int), "90d"), "connection_log_retention"
+        ),
         oauth_clients=_read_oauth_clients(reader),
         behind_proxy=reader.get("behind_proxy", bool, True),
     )

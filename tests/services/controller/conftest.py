@@ -9,12 +9,12 @@ import postgres_cluster
 import pytest
 from controller_helpers import settings_mapping
 from stand_in_daemon import StandInDaemon
+from vpnfleet.shared import pki
 
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.database import migrate
 from vpnfleet.controller.settings import settings_from_mapping
 from vpnfleet.controller.state import EXTENSION_KEY
-from vpnfleet.shared import pki
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +22,10 @@ def pki_dir(tmp_path_factory) -> Path:
     """A CA with the daemon TLS pair and the profiles' tls-crypt keys."""
     directory = tmp_path_factory.mktemp("pki")
     ca = pki.CertificateAuthority.create(str(directory / "ca"), common_name="test CA")
-    for purpose, name, addresses in (("daemon_server", "node", ["127.0.0.1"]),
-                                     ("daemon_client", "controller", [])):
+    for purpose, name, addresses in (
+        ("daemon_server", "node", ["127.0.0.1"]),
+        ("daemon_client", "controller", []),
+    ):
         key, cert = ca.issue(name, purpose, ip_addresses=addresses, lifetime_days=2)
         (directory / f"{purpose}.key").write_bytes(pki.private_key_pem(key))
         (directory / f"{purpose}.crt").write_bytes(pki.certificate_pem(cert))
@@ -34,8 +36,9 @@ def pki_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def stand_in_daemon(pki_dir):
-    daemon = StandInDaemon(pki_dir / "daemon_server.crt", pki_dir / "daemon_server.key",
-                           pki_dir / "ca" / "ca.crt").start()
+    daemon = StandInDaemon(
+        pki_dir / "daemon_server.crt", pki_dir / "daemon_server.key", pki_dir / "ca" / "ca.crt"
+    ).start()
     yield daemon
     daemon.stop()
 

@@ -10,7 +10,7 @@ from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.state import EXTENSION_KEY
 
 NODE_TOKENS = {"node-x1": "token-of-node-x1-" + "a" * 20, "node-y1": "token-of-node-y1-" + "b" * 20}
-PASSWORD = "correct horse battery staple"
+PASSWORD = "correct horse battery staple"  # noqa: S105 - the test users' password
 
 
 def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict:
@@ -19,37 +19,62 @@ def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict
         "secret_key": "s" * 40,
         "database_url": database_url,
         "ca_dir": str(pki_dir / "ca"),
-        "daemon_client": {"cert": str(pki_dir / "daemon_client.crt"), "key": str(pki_dir / "daemon_client.key"),
-                          "ca": str(pki_dir / "ca" / "ca.crt")},
+        "daemon_client": {
+            "cert": str(pki_dir / "daemon_client.crt"),
+            "key": str(pki_dir / "daemon_client.key"),
+            "ca": str(pki_dir / "ca" / "ca.crt"),
+        },
         "daemon_port": daemon_port,
         "daemon_timeout_seconds": 3,
         "behind_proxy": False,
         "profiles": [
-            {"id": "office", "display_name": "Office", "ipv4_range": "198.18.0.0/20",
-             "ipv6_range": "2001:db8:10::/64", "default_gateway": False,
-             "routes": ["203.0.113.0/24", "2001:db8:ff::/48"], "dns": ["203.0.113.53"],
-             "tls_crypt_key_file": str(pki_dir / "tls-crypt-office.key")},
-            {"id": "internet", "display_name": "Internet", "ipv4_range": "198.18.16.0/20",
-             "default_gateway": True, "groups": ["staff"],
-             "tls_crypt_key_file": str(pki_dir / "tls-crypt-internet.key")},
+            {
+                "id": "office",
+                "display_name": "Office",
+                "ipv4_range": "198.18.0.0/20",
+                "ipv6_range": "2001:db8:10::/64",
+                "default_gateway": False,
+                "routes": ["203.0.113.0/24", "2001:db8:ff::/48"],
+                "dns": ["203.0.113.53"],
+                "tls_crypt_key_file": str(pki_dir / "tls-crypt-office.key"),
+            },
+            {
+                "id": "internet",
+                "display_name": "Internet",
+                "ipv4_range": "198.18.16.0/20",
+                "default_gateway": True,
+                "groups": ["staff"],
+                "tls_crypt_key_file": str(pki_dir / "tls-crypt-internet.key"),
+            },
         ],
         "nodes": [
             # node-x1's daemon is the stand-in on 127.0.0.1; nothing listens for node-y1 on 127.0.0.2.
-            {"name": "node-x1", "location": "location-x", "public_address": "198.51.100.11",
-             "daemon_address": "127.0.0.1",
-             "api_token_sha256": hashlib.sha256(NODE_TOKENS["node-x1"].encode()).hexdigest(),
-             "processes": [{"profile": "office", "proto": "udp", "port": 1194, "max_clients": 60},
-                           {"profile": "office", "proto": "tcp", "port": 1194, "max_clients": 60},
-                           {"profile": "office", "proto": "udp", "port": 1195, "max_clients": 60},
-                           {"profile": "internet", "proto": "udp", "port": 1200, "max_clients": 60}]},
-            {"name": "node-y1", "location": "location-y", "public_address": "203.0.113.21",
-             "daemon_address": "127.0.0.2",
-             "api_token_sha256": hashlib.sha256(NODE_TOKENS["node-y1"].encode()).hexdigest(),
-             "processes": [{"profile": "office", "proto": "tcp", "port": 443, "max_clients": 30},
-                           {"profile": "office", "proto": "udp", "port": 1194, "max_clients": 60}]},
+            {
+                "name": "node-x1",
+                "location": "location-x",
+                "public_address": "198.51.100.11",
+                "daemon_address": "127.0.0.1",
+                "api_token_sha256": hashlib.sha256(NODE_TOKENS["node-x1"].encode()).hexdigest(),
+                "processes": [
+                    {"profile": "office", "proto": "udp", "port": 1194, "max_clients": 60},
+                    {"profile": "office", "proto": "tcp", "port": 1194, "max_clients": 60},
+                    {"profile": "office", "proto": "udp", "port": 1195, "max_clients": 60},
+                    {"profile": "internet", "proto": "udp", "port": 1200, "max_clients": 60},
+                ],
+            },
+            {
+                "name": "node-y1",
+                "location": "location-y",
+                "public_address": "203.0.113.21",
+                "daemon_address": "127.0.0.2",
+                "api_token_sha256": hashlib.sha256(NODE_TOKENS["node-y1"].encode()).hexdigest(),
+                "processes": [
+                    {"profile": "office", "proto": "tcp", "port": 443, "max_clients": 30},
+                    {"profile": "office", "proto": "udp", "port": 1194, "max_clients": 60},
+                ],
+            },
         ],
     }
-
 
 
 def add_user(app, username: str, *, admin: bool = False, groups=(), password: str = PASSWORD):
@@ -63,15 +88,23 @@ def add_user(app, username: str, *, admin: bool = False, groups=(), password: st
 
 def csrf_token(html: str) -> str:
     match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html) or re.search(
-        r'name="csrf_token" value="([^"]+)"', html)
+        r'name="csrf_token" value="([^"]+)"', html
+    )
     assert match, "no CSRF token on the page"
     return match.group(1)
 
 
 def log_in(client, username: str, password: str = PASSWORD, next_path: str = ""):
     page = client.get("/login", query_string={"next": next_path} if next_path else None)
-    return client.post("/login", data={"username": username, "password": password, "next": next_path,
-                                       "csrf_token": csrf_token(page.get_data(as_text=True))})
+    return client.post(
+        "/login",
+        data={
+            "username": username,
+            "password": password,
+            "next": next_path,
+            "csrf_token": csrf_token(page.get_data(as_text=True)),
+        },
+    )
 
 
 CLIENT_ID = "org.eduvpn.app.linux"
@@ -88,8 +121,15 @@ def pkce_pair() -> tuple[str, str]:
 
 
 def authorize_params(challenge: str, **overrides) -> dict:
-    params = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT_URI, "response_type": "code", "scope": "config",
-              "state": "state-1234", "code_challenge": challenge, "code_challenge_method": "S256"}
+    params = {
+        "client_id": CLIENT_ID,
+        "redirect_uri": REDIRECT_URI,
+        "response_type": "code",
+        "scope": "config",
+        "state": "state-1234",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
     params.update(overrides)
     return {key: value for key, value in params.items() if value is not None}
 
@@ -98,8 +138,11 @@ def approve(client, params: dict):
     """The user approves the app on the consent page; returns the redirect response."""
     page = client.get("/oauth/authorize", query_string=params)
     assert page.status_code == 200, page.get_data(as_text=True)
-    return client.post("/oauth/authorize", query_string=params,
-                       data={"csrf_token": csrf_token(page.get_data(as_text=True)), "decision": "approve"})
+    return client.post(
+        "/oauth/authorize",
+        query_string=params,
+        data={"csrf_token": csrf_token(page.get_data(as_text=True)), "decision": "approve"},
+    )
 
 
 def code_from(response) -> str:
@@ -110,9 +153,16 @@ def code_from(response) -> str:
 
 
 def exchange(client, code: str, verifier: str, redirect_uri: str = REDIRECT_URI, client_id: str = CLIENT_ID):
-    return client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code,
-                                             "redirect_uri": redirect_uri, "client_id": client_id,
-                                             "code_verifier": verifier})
+    return client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "client_id": client_id,
+            "code_verifier": verifier,
+        },
+    )
 
 
 def app_tokens(client, username: str = "alice") -> dict:

@@ -37,8 +37,16 @@ class StandInDaemon:
                 if self.path == "/o/connection_list":
                     self._answer(200, {"connection_list": list(daemon.connections)})
                 elif self.path == "/i/node":
-                    self._answer(200, {"rel_load_average": [1, 2, 3], "load_average": [0.01, 0.02, 0.03],
-                                       "cpu_count": 2, "node_uptime": 100, "v": "stand-in"})
+                    self._answer(
+                        200,
+                        {
+                            "rel_load_average": [1, 2, 3],
+                            "load_average": [0.01, 0.02, 0.03],
+                            "cpu_count": 2,
+                            "node_uptime": 100,
+                            "v": "stand-in",
+                        },
+                    )
                 else:
                     self._answer(404, {"error": "not found"})
 

@@ -32,8 +32,14 @@ def test_admin_pages_refused_to_users_and_strangers(client, app):
 
 def test_connections_now_and_a_node_that_does_not_answer(client, app, stand_in_daemon):
     common_name = portal_config(client, app)
-    stand_in_daemon.connections.append({"common_name": common_name, "ip_four": "198.18.0.2",
-                                        "ip_six": "2001:db8:10::1000", "real_address": "203.0.113.99"})
+    stand_in_daemon.connections.append(
+        {
+            "common_name": common_name,
+            "ip_four": "198.18.0.2",
+            "ip_six": "2001:db8:10::1000",
+            "real_address": "203.0.113.99",
+        }
+    )
     add_user(app, "root", admin=True)
     log_in(client, "root")
     page = client.get("/admin/").get_data(as_text=True)
@@ -57,18 +63,27 @@ def test_disable_user_revokes_disconnects_and_blocks_login(client, app, stand_in
     assert common_name in stand_in_daemon.disconnected
     assert client.get("/").status_code == 302  # alice's session ended with it
     assert log_in(client, "alice").status_code == 403
-    response = client.post("/node-api/v1/connect", auth=NODE_X1, data={"common_name": common_name, "profile_id": "office"})
+    response = client.post(
+        "/node-api/v1/connect", auth=NODE_X1, data={"common_name": common_name, "profile_id": "office"}
+    )
     assert response.status_code == 403
 
 
 def test_log_search_who_had_an_address_at_a_time(client, app):
     common_name = portal_config(client, app)
-    client.post("/node-api/v1/connect", auth=NODE_X1,
-                data={"common_name": common_name, "profile_id": "office", "ipv4": "198.18.0.7"})
+    client.post(
+        "/node-api/v1/connect",
+        auth=NODE_X1,
+        data={"common_name": common_name, "profile_id": "office", "ipv4": "198.18.0.7"},
+    )
     client.post("/node-api/v1/disconnect", auth=NODE_X1, data={"common_name": common_name})
     with app.app_context():
-        run_sql(app, update(ConnectionLogEntry).values(connected_at=datetime(2025, 3, 1, 14),
-                                                       disconnected_at=datetime(2025, 3, 1, 15)))
+        run_sql(
+            app,
+            update(ConnectionLogEntry).values(
+                connected_at=datetime(2025, 3, 1, 14), disconnected_at=datetime(2025, 3, 1, 15)
+            ),
+        )
     add_user(app, "root", admin=True)
     admin = app.test_client()
     log_in(admin, "root")
@@ -84,7 +99,9 @@ def test_log_search_who_had_an_address_at_a_time(client, app):
 
 def test_housekeeping(client, app, stand_in_daemon):
     common_name = portal_config(client, app)
-    client.post("/node-api/v1/connect", auth=NODE_X1, data={"common_name": common_name, "profile_id": "office"})
+    client.post(
+        "/node-api/v1/connect", auth=NODE_X1, data={"common_name": common_name, "profile_id": "office"}
+    )
     # The process crashed: the node lists nothing, but the log row is open.
     stand_in_daemon.connections.append({"common_name": "f" * 32, "ip_four": "198.18.0.9", "ip_six": ""})
     with app.app_context():

@@ -28,9 +28,11 @@ from vpnfleet.controller.state import EXTENSION_KEY
 def test_discovery_document(client):
     document = client.get("/.well-known/vpn-user-portal").get_json()
     endpoints = document["api"]["http://eduvpn.org/api#3"]
-    assert endpoints == {"api_endpoint": "http://127.0.0.1:8080/api/v3",
-                         "authorization_endpoint": "http://127.0.0.1:8080/oauth/authorize",
-                         "token_endpoint": "http://127.0.0.1:8080/oauth/token"}
+    assert endpoints == {
+        "api_endpoint": "http://127.0.0.1:8080/api/v3",
+        "authorization_endpoint": "http://127.0.0.1:8080/oauth/authorize",
+        "token_endpoint": "http://127.0.0.1:8080/oauth/token",
+    }
     assert "v" in document
 
 
@@ -47,9 +49,18 @@ def test_full_flow_info_connect_disconnect(client, app, stand_in_daemon):
 
     info = client.get("/api/v3/info", headers=bearer(token))
     assert info.status_code == 200
-    assert info.get_json() == {"info": {"profile_list": [
-        {"profile_id": "office", "display_name": "Office", "default_gateway": False,
-         "vpn_proto_list": ["openvpn"]}]}}
+    assert info.get_json() == {
+        "info": {
+            "profile_list": [
+                {
+                    "profile_id": "office",
+                    "display_name": "Office",
+                    "default_gateway": False,
+                    "vpn_proto_list": ["openvpn"],
+                }
+            ]
+        }
+    }
 
     connect = client.post("/api/v3/connect", headers=bearer(token), data={"profile_id": "office"})
     assert connect.status_code == 201
@@ -60,8 +71,9 @@ def test_full_flow_info_connect_disconnect(client, app, stand_in_daemon):
     assert "<tls-crypt>" in text and "<cert>" in text
     assert text.splitlines()[-1].endswith(" tcp")
 
-    tcp_first = client.post("/api/v3/connect", headers=bearer(token),
-                            data={"profile_id": "office", "prefer_tcp": "yes"}).get_data(as_text=True)
+    tcp_first = client.post(
+        "/api/v3/connect", headers=bearer(token), data={"profile_id": "office", "prefer_tcp": "yes"}
+    ).get_data(as_text=True)
     remotes = [line for line in tcp_first.splitlines() if line.startswith("remote ")]
     assert remotes[0].endswith(" tcp") and remotes[-1].endswith(" udp")
     # The second /connect invalidated the first config of the same authorization.
@@ -75,14 +87,26 @@ def test_full_flow_info_connect_disconnect(client, app, stand_in_daemon):
 def test_refresh_token_rotates(client, app):
     add_user(app, "alice")
     token = app_tokens(client)
-    refreshed = client.post("/oauth/token", data={"grant_type": "refresh_token", "client_id": "org.eduvpn.app.linux",
-                                                  "refresh_token": token["refresh_token"]})
+    refreshed = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": "org.eduvpn.app.linux",
+            "refresh_token": token["refresh_token"],
+        },
+    )
     assert refreshed.status_code == 200
     new = refreshed.get_json()
     assert new["access_token"] != token["access_token"] and new["refresh_token"] != token["refresh_token"]
     assert client.get("/api/v3/info", headers=bearer(new)).status_code == 200
-    again = client.post("/oauth/token", data={"grant_type": "refresh_token", "client_id": "org.eduvpn.app.linux",
-                                              "refresh_token": token["refresh_token"]})
+    again = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": "org.eduvpn.app.linux",
+            "refresh_token": token["refresh_token"],
+        },
+    )
     assert again.status_code == 400 and again.get_json()["error"] == "invalid_grant"
 
 
@@ -100,8 +124,15 @@ def test_missing_code_verifier_is_refused(client, app):
     log_in(client, "alice")
     _, challenge = pkce_pair()
     code = code_from(approve(client, authorize_params(challenge)))
-    response = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code,
-                                                 "redirect_uri": REDIRECT_URI, "client_id": "org.eduvpn.app.linux"})
+    response = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT_URI,
+            "client_id": "org.eduvpn.app.linux",
+        },
+    )
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_request"
 
 
@@ -109,8 +140,10 @@ def test_unregistered_redirect_uri_is_refused_without_redirecting(client, app):
     add_user(app, "alice")
     log_in(client, "alice")
     _, challenge = pkce_pair()
-    response = client.get("/oauth/authorize", query_string=authorize_params(
-        challenge, redirect_uri="https://attacker.example/callback"))
+    response = client.get(
+        "/oauth/authorize",
+        query_string=authorize_params(challenge, redirect_uri="https://attacker.example/callback"),
+    )
     assert response.status_code == 400
     assert "Location" not in response.headers
     assert "not supported by client" in response.get_data(as_text=True)
@@ -155,8 +188,11 @@ def test_pkce_is_required_and_only_s256(client, app):
     add_user(app, "alice")
     log_in(client, "alice")
     _, challenge = pkce_pair()
-    for overrides in ({"code_challenge": None, "code_challenge_method": None},
-                      {"code_challenge_method": "plain"}, {"scope": "other"}):
+    for overrides in (
+        {"code_challenge": None, "code_challenge_method": None},
+        {"code_challenge_method": "plain"},
+        {"scope": "other"},
+    ):
         response = client.get("/oauth/authorize", query_string=authorize_params(challenge, **overrides))
         assert response.status_code == 302, overrides
         query = parse_qs(urlsplit(response.headers["Location"]).query)
@@ -168,7 +204,9 @@ def test_unknown_client_is_refused(client, app):
     add_user(app, "alice")
     log_in(client, "alice")
     _, challenge = pkce_pair()
-    response = client.get("/oauth/authorize", query_string=authorize_params(challenge, client_id="com.example.other"))
+    response = client.get(
+        "/oauth/authorize", query_string=authorize_params(challenge, client_id="com.example.other")
+    )
     assert response.status_code == 400
 
 
@@ -180,8 +218,9 @@ def test_denying_the_app_redirects_with_access_denied(client, app):
     page = client.get("/oauth/authorize", query_string=params).get_data(as_text=True)
     from controller_helpers import csrf_token
 
-    response = client.post("/oauth/authorize", query_string=params,
-                           data={"csrf_token": csrf_token(page), "decision": "deny"})
+    response = client.post(
+        "/oauth/authorize", query_string=params, data={"csrf_token": csrf_token(page), "decision": "deny"}
+    )
     assert parse_qs(urlsplit(response.headers["Location"]).query)["error"] == ["access_denied"]
 
 
@@ -189,7 +228,9 @@ def test_approval_without_csrf_token_is_refused(client, app):
     add_user(app, "alice")
     log_in(client, "alice")
     _, challenge = pkce_pair()
-    response = client.post("/oauth/authorize", query_string=authorize_params(challenge), data={"decision": "approve"})
+    response = client.post(
+        "/oauth/authorize", query_string=authorize_params(challenge), data={"decision": "approve"}
+    )
     assert response.status_code == 400
 
 
@@ -213,12 +254,18 @@ def test_connect_documented_errors(client, app):
     for form, status, message in cases:
         response = client.post("/api/v3/connect", headers=headers, data=form)
         assert (response.status_code, response.get_json()) == (status, {"error": message}), form
-    wireguard_only = client.post("/api/v3/connect", data={"profile_id": "office", "public_key": "x" * 44},
-                                 headers={**headers, "Accept": "application/x-wireguard-profile"})
+    wireguard_only = client.post(
+        "/api/v3/connect",
+        data={"profile_id": "office", "public_key": "x" * 44},
+        headers={**headers, "Accept": "application/x-wireguard-profile"},
+    )
     assert wireguard_only.status_code == 406
     assert wireguard_only.get_json() == {"error": 'profile "office" does not support WireGuard'}
-    both = client.post("/api/v3/connect", data={"profile_id": "office", "public_key": "x" * 44},
-                       headers={**headers, "Accept": "application/x-openvpn-profile, application/x-wireguard-profile"})
+    both = client.post(
+        "/api/v3/connect",
+        data={"profile_id": "office", "public_key": "x" * 44},
+        headers={**headers, "Accept": "application/x-openvpn-profile, application/x-wireguard-profile"},
+    )
     assert both.status_code == 201
 
 
@@ -232,12 +279,22 @@ def test_old_api_config_is_refused_by_node_after_new_connect(client, app):
         cert = pki.load_certificate(text.split("<cert>\n")[1].split("</cert>")[0].encode())
         return pki.certificate_facts(cert)["common_name"]
 
-    first = common_name(client.post("/api/v3/connect", headers=headers, data={"profile_id": "office"})
-                        .get_data(as_text=True))
-    second = common_name(client.post("/api/v3/connect", headers=headers, data={"profile_id": "office"})
-                         .get_data(as_text=True))
+    first = common_name(
+        client.post("/api/v3/connect", headers=headers, data={"profile_id": "office"}).get_data(as_text=True)
+    )
+    second = common_name(
+        client.post("/api/v3/connect", headers=headers, data={"profile_id": "office"}).get_data(as_text=True)
+    )
     auth = ("node-x1", NODE_TOKENS["node-x1"])
-    assert client.post("/node-api/v1/connect", auth=auth,
-                       data={"common_name": first, "profile_id": "office"}).status_code == 403
-    assert client.post("/node-api/v1/connect", auth=auth,
-                       data={"common_name": second, "profile_id": "office"}).status_code == 200
+    assert (
+        client.post(
+            "/node-api/v1/connect", auth=auth, data={"common_name": first, "profile_id": "office"}
+        ).status_code
+        == 403
+    )
+    assert (
+        client.post(
+            "/node-api/v1/connect", auth=auth, data={"common_name": second, "profile_id": "office"}
+        ).status_code
+        == 200
+    )

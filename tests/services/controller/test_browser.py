@@ -19,8 +19,9 @@ from vpnfleet.controller import cli
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver"
+)
 # Bounds on waiting for things that happen by themselves; none of them is asserted on.
 STARTUP_LIMIT_SECONDS = 60
 DOWNLOAD_LIMIT_SECONDS = 30
@@ -62,16 +63,42 @@ def served_controller(tmp_path, pki_dir, stand_in_daemon):
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD + "\n")
     with password_file.open() as stdin:
-        subprocess.run([sys.executable, "-m", "vpnfleet.controller.cli", "--settings", str(settings_file),
-                        "user", "alice", "--password-stdin"], stdin=stdin, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vpnfleet.controller.cli",
+                "--settings",
+                str(settings_file),
+                "user",
+                "alice",
+                "--password-stdin",
+            ],
+            stdin=stdin,
+            check=True,
+            capture_output=True,
+        )
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "vpnfleet.controller.wsgi:app"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "vpnfleet.controller.wsgi:app",
+        ],
         env={**os.environ, "VPNFLEET_CONTROLLER_SETTINGS": str(settings_file)},
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "gunicorn.log").open("w"))
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "gunicorn.log").open("w"),
+    )
     try:
-        _wait_for(lambda: server.poll() is not None or _accepts_connections(port), STARTUP_LIMIT_SECONDS,
-                  "gunicorn to listen")
+        _wait_for(
+            lambda: server.poll() is not None or _accepts_connections(port),
+            STARTUP_LIMIT_SECONDS,
+            "gunicorn to listen",
+        )
         assert server.poll() is None, (tmp_path / "gunicorn.log").read_text()
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -86,14 +113,23 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=420,900"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=420,900",
+    ):
         options.add_argument(flag)
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = downloads

@@ -41,23 +41,53 @@ def log_rows(app) -> list[ConnectionLogEntry]:
 
 
 def test_node_authentication(client):
-    for auth in (None, ("node-x1", "wrong"), ("node-zz", NODE_TOKENS["node-x1"]), ("node-y1", NODE_TOKENS["node-x1"])):
-        response = client.post("/node-api/v1/connect", auth=auth, data={"common_name": "x", "profile_id": "office"})
+    for auth in (
+        None,
+        ("node-x1", "wrong"),
+        ("node-zz", NODE_TOKENS["node-x1"]),
+        ("node-y1", NODE_TOKENS["node-x1"]),
+    ):
+        response = client.post(
+            "/node-api/v1/connect", auth=auth, data={"common_name": "x", "profile_id": "office"}
+        )
         assert response.status_code == 401, auth
         assert response.get_json() == {"error": "node authentication failed"}
 
 
 def test_connect_allowed_logged_and_closed(client, app):
     common_name = portal_config(client, app)
-    response = client.post("/node-api/v1/connect", auth=NODE_X1, json={
-        "common_name": common_name, "profile_id": "office", "ipv4": "198.18.0.2", "ipv6": "2001:db8:10::1000",
-        "real_address": "203.0.113.99"})
+    response = client.post(
+        "/node-api/v1/connect",
+        auth=NODE_X1,
+        json={
+            "common_name": common_name,
+            "profile_id": "office",
+            "ipv4": "198.18.0.2",
+            "ipv6": "2001:db8:10::1000",
+            "real_address": "203.0.113.99",
+        },
+    )
     assert response.status_code == 200 and response.get_json()["allow"] is True
     [row] = log_rows(app)
-    assert (row.username, row.node, row.location, row.ipv4, row.ipv6, row.real_address, row.disconnected_at) == (
-        "alice", "node-x1", "location-x", "198.18.0.2", "2001:db8:10::1000", "203.0.113.99", None)
-    closed = client.post("/node-api/v1/disconnect", auth=NODE_X1, data={
-        "common_name": common_name, "ipv4": "198.18.0.2", "bytes_received": "1234", "bytes_sent": "5678"})
+    assert (
+        row.username,
+        row.node,
+        row.location,
+        row.ipv4,
+        row.ipv6,
+        row.real_address,
+        row.disconnected_at,
+    ) == ("alice", "node-x1", "location-x", "198.18.0.2", "2001:db8:10::1000", "203.0.113.99", None)
+    closed = client.post(
+        "/node-api/v1/disconnect",
+        auth=NODE_X1,
+        data={
+            "common_name": common_name,
+            "ipv4": "198.18.0.2",
+            "bytes_received": "1234",
+            "bytes_sent": "5678",
+        },
+    )
     assert closed.get_json() == {"closed": 1}
     [row] = log_rows(app)
     assert row.disconnected_at is not None and (row.bytes_received, row.bytes_sent) == (1234, 5678)
@@ -67,7 +97,9 @@ def test_connect_refusals(client, app):
     common_name = portal_config(client, app)
 
     def decide(name=common_name, profile="office", auth=NODE_X1):
-        response = client.post("/node-api/v1/connect", auth=auth, data={"common_name": name, "profile_id": profile})
+        response = client.post(
+            "/node-api/v1/connect", auth=auth, data={"common_name": name, "profile_id": profile}
+        )
         return response.status_code, response.get_json().get("reason")
 
     assert decide(name="0" * 32) == (403, "unknown certificate")
@@ -88,7 +120,9 @@ def test_config_deleted_in_portal_is_refused_at_next_connect(client, app):
     page = client.get("/").get_data(as_text=True)
     config_id = re.search(r"/configs/(\d+)/delete", page).group(1)
     client.post(f"/configs/{config_id}/delete", data={"csrf_token": csrf_token(page)})
-    response = client.post("/node-api/v1/connect", auth=NODE_X1, data={"common_name": common_name, "profile_id": "office"})
+    response = client.post(
+        "/node-api/v1/connect", auth=NODE_X1, data={"common_name": common_name, "profile_id": "office"}
+    )
     assert response.status_code == 403
 
 
@@ -96,15 +130,20 @@ def test_bad_fields_are_400_with_a_reason(client, app):
     common_name = portal_config(client, app)
     cases = [
         ({"profile_id": "office"}, 'missing "common_name"'),
-        ({"common_name": common_name, "profile_id": "office", "ipv4": "not-an-ip"}, '"ipv4" is not an IP address'),
+        (
+            {"common_name": common_name, "profile_id": "office", "ipv4": "not-an-ip"},
+            '"ipv4" is not an IP address',
+        ),
         ({"common_name": "x" * 300, "profile_id": "office"}, '"common_name" is too long'),
     ]
     for form, reason in cases:
         response = client.post("/node-api/v1/connect", auth=NODE_X1, data=form)
         assert response.status_code == 400 and reason in response.get_json()["error"], form
-    response = client.post("/node-api/v1/disconnect", auth=NODE_X1, data={"common_name": common_name,
-                                                                        "bytes_sent": "-5"})
+    response = client.post(
+        "/node-api/v1/disconnect", auth=NODE_X1, data={"common_name": common_name, "bytes_sent": "-5"}
+    )
     assert response.status_code == 400
-    broken_json = client.post("/node-api/v1/connect", auth=NODE_X1, data="[1, 2",
-                              content_type="application/json")
+    broken_json = client.post(
+        "/node-api/v1/connect", auth=NODE_X1, data="[1, 2", content_type="application/json"
+    )
     assert broken_json.status_code == 400 and "JSON object" in broken_json.get_json()["error"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from controller_helpers import PASSWORD, add_user, csrf_token, log_in
-
 from vpnfleet.shared import pki
 
 
@@ -64,9 +63,15 @@ def test_create_config_downloads_ovpn(client, app, pki_dir):
     assert (pki_dir / "tls-crypt-office.key").read_text().strip() in text
     assert "<key>\n-----BEGIN PRIVATE KEY-----" in text
     remotes = [line for line in text.splitlines() if line.startswith("remote ")]
-    assert sorted(remotes) == sorted([
-        "remote 198.51.100.11 1194 udp", "remote 198.51.100.11 1195 udp", "remote 198.51.100.11 1194 tcp",
-        "remote 203.0.113.21 1194 udp", "remote 203.0.113.21 443 tcp"])
+    assert sorted(remotes) == sorted(
+        [
+            "remote 198.51.100.11 1194 udp",
+            "remote 198.51.100.11 1195 udp",
+            "remote 198.51.100.11 1194 tcp",
+            "remote 203.0.113.21 1194 udp",
+            "remote 203.0.113.21 443 tcp",
+        ]
+    )
     protos = [line.split()[-1] for line in remotes]
     assert protos == sorted(protos, key=lambda proto: proto != "udp")  # UDP before TCP
     cert_pem = text.split("<cert>\n")[1].split("</cert>")[0]
@@ -115,7 +120,7 @@ def test_delete_revokes_and_disconnects(client, app, stand_in_daemon):
     page = client.get("/").get_data(as_text=True)
     import re
 
-    config_id = re.search(r'/configs/(\d+)/delete', page).group(1)
+    config_id = re.search(r"/configs/(\d+)/delete", page).group(1)
     assert client.post(f"/configs/{config_id}/delete").status_code == 400  # no CSRF token
     response = client.post(f"/configs/{config_id}/delete", data={"csrf_token": csrf_token(page)})
     assert response.status_code == 302

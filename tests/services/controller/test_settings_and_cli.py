@@ -28,20 +28,26 @@ def test_valid_settings_load(mapping, tmp_path):
     assert settings.node("node-y1").location == "location-y"
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda m: m["profiles"][0].update(ipv4_range="198.18.0.1/20"), "profiles[0].ipv4_range"),
-    (lambda m: m["profiles"][0].update(ipv4_range="2001:db8::/64"), "is not an IPv4 network"),
-    (lambda m: m["profiles"][0].update(routes=[]), "split-tunnel profile"),
-    (lambda m: m["profiles"][1].update(id="office"), "profile id is used twice"),
-    (lambda m: m["nodes"][0]["processes"][0].update(profile="nosuch"), "nodes[0].processes[0].profile"),
-    (lambda m: m["nodes"][0]["processes"][1].update(proto="udp"), "udp/1194 is used twice on node node-x1"),
-    (lambda m: m["nodes"][0]["processes"][0].update(port=70000), "is not a port number"),
-    (lambda m: m["nodes"][0].update(api_token_sha256="abc"), "nodes[0].api_token_sha256"),
-    (lambda m: m.update(session_expiry="forever"), "session_expiry"),
-    (lambda m: m.update(secret_key="short"), "secret_key"),
-    (lambda m: m.pop("daemon_client"), "daemon_client: is required"),
-    (lambda m: m.update(max_configs_per_user=True), "max_configs_per_user: must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["profiles"][0].update(ipv4_range="198.18.0.1/20"), "profiles[0].ipv4_range"),
+        (lambda m: m["profiles"][0].update(ipv4_range="2001:db8::/64"), "is not an IPv4 network"),
+        (lambda m: m["profiles"][0].update(routes=[]), "split-tunnel profile"),
+        (lambda m: m["profiles"][1].update(id="office"), "profile id is used twice"),
+        (lambda m: m["nodes"][0]["processes"][0].update(profile="nosuch"), "nodes[0].processes[0].profile"),
+        (
+            lambda m: m["nodes"][0]["processes"][1].update(proto="udp"),
+            "udp/1194 is used twice on node node-x1",
+        ),
+        (lambda m: m["nodes"][0]["processes"][0].update(port=70000), "is not a port number"),
+        (lambda m: m["nodes"][0].update(api_token_sha256="abc"), "nodes[0].api_token_sha256"),  # noqa: S106
+        (lambda m: m.update(session_expiry="forever"), "session_expiry"),
+        (lambda m: m.update(secret_key="short"), "secret_key"),  # noqa: S106
+        (lambda m: m.pop("daemon_client"), "daemon_client: is required"),
+        (lambda m: m.update(max_configs_per_user=True), "max_configs_per_user: must be an integer"),
+    ],
+)
 def test_wrong_settings_name_the_setting(mapping, change, message):
     change(mapping)
     with pytest.raises(SettingsError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -50,14 +56,21 @@ def test_wrong_settings_name_the_setting(mapping, change, message):
 
 def test_default_oauth_clients_are_the_eduvpn_and_lets_connect_apps():
     clients = {client.client_id: client for client in DEFAULT_OAUTH_CLIENTS}
-    assert set(clients) == {f"org.{brand}.app.{platform}" for brand in ("eduvpn", "letsconnect-vpn")
-                            for platform in ("windows", "android", "ios", "macos", "linux")}
+    assert set(clients) == {
+        f"org.{brand}.app.{platform}"
+        for brand in ("eduvpn", "letsconnect-vpn")
+        for platform in ("windows", "android", "ios", "macos", "linux")
+    }
     assert clients["org.eduvpn.app.windows"].accepts_redirect_uri("http://127.0.0.1:54321/callback")
     assert clients["org.eduvpn.app.windows"].accepts_redirect_uri("http://[::1]:8080/callback")
     assert not clients["org.eduvpn.app.windows"].accepts_redirect_uri("http://127.0.0.1:54321/callback/x")
-    assert not clients["org.eduvpn.app.windows"].accepts_redirect_uri("http://127.0.0.1.evil.example:1/callback")
+    assert not clients["org.eduvpn.app.windows"].accepts_redirect_uri(
+        "http://127.0.0.1.evil.example:1/callback"
+    )
     assert clients["org.eduvpn.app.android"].accepts_redirect_uri("org.eduvpn.app:/api/callback")
-    assert clients["org.letsconnect-vpn.app.ios"].accepts_redirect_uri("org.letsconnect-vpn.app.ios:/api/callback")
+    assert clients["org.letsconnect-vpn.app.ios"].accepts_redirect_uri(
+        "org.letsconnect-vpn.app.ios:/api/callback"
+    )
 
 
 def test_cli_user_is_idempotent(pki_dir, database_url, tmp_path, monkeypatch, capsys):
@@ -66,7 +79,7 @@ def test_cli_user_is_idempotent(pki_dir, database_url, tmp_path, monkeypatch, ca
     assert cli.main(["--settings", str(path), "migrate"]) == 0
     assert cli.main(["--settings", str(path), "migrate"]) == 0  # a second migrate is a no-op
 
-    def run_user(*arguments, password="a password of alice"):
+    def run_user(*arguments, password="a password of alice"):  # noqa: S107
         import io
 
         monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
@@ -77,8 +90,14 @@ def test_cli_user_is_idempotent(pki_dir, database_url, tmp_path, monkeypatch, ca
     assert run_user("--group", "staff") == {"changed": True, "created": True}
     assert run_user("--group", "staff") == {"changed": False, "created": False}
     assert run_user("--group", "staff", "--admin") == {"changed": True, "created": False}
-    assert run_user("--group", "staff", "--admin", password="a new one") == {"changed": True, "created": False}
-    assert run_user("--group", "staff", "--admin", password="a new one") == {"changed": False, "created": False}
+    assert run_user("--group", "staff", "--admin", password="a new one") == {  # noqa: S106
+        "changed": True,
+        "created": False,
+    }
+    assert run_user("--group", "staff", "--admin", password="a new one") == {  # noqa: S106
+        "changed": False,
+        "created": False,
+    }
     assert cli.main(["--settings", str(path), "user", "bob"]) == 2  # no password to create with
     assert cli.main(["--settings", str(path), "check-settings"]) == 0
     capsys.readouterr()
