@@ -1,5 +1,6 @@
 # Copyright: vpnfleet developers
-# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt)
+# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt):
+# the GNU General Public License v3.0 plus its section 13 on use over a network.
 
 """The same words for check mode, diff mode and idempotence in every vpnfleet module."""
 
@@ -27,9 +28,11 @@ attributes:
     description: The module only reads; check mode returns the same facts.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to diff.
   idempotent:
     support: full
     description: The module never changes the host.
   facts:
     support: full
+    description: Sets the fact C(vpnfleet_node).
 """

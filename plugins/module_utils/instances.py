@@ -37,9 +37,12 @@ Protocols: with ``tcp_share`` t (0.25 by default, eduVPN's 75/25), floor(n*t) pr
 but at least one once there are two processes, so networks that block UDP are always served.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import ipaddress
+import itertools
 import math
 import re
 
@@ -150,7 +153,7 @@ def _auto_listeners(protocols, udp_port_base, tcp_port_base):
     for proto in protocols:
         listeners.append((proto, next_port[proto]))
         next_port[proto] += 1
-    if any(port > 65535 for _, port in listeners):
+    if any(port > 65535 for unused_proto, port in listeners):
         raise PlanError("ports run past 65535: lower udp_port_base/tcp_port_base")
     return listeners
 
@@ -219,8 +222,7 @@ def split_ipv6(network, count):
                 IPV6_SLICE - math.ceil(math.log2(count)) if count > 1 else IPV6_SLICE,
             )
         )
-    slices = network.subnets(new_prefix=IPV6_SLICE)
-    return [next(slices) for _ in range(count)]
+    return list(itertools.islice(network.subnets(new_prefix=IPV6_SLICE), count))
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -46,7 +46,7 @@ def cpu_has_aes(proc_root="/proc"):
     if cpuinfo is None:
         return None
     for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
+        key, unused_colon, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             return "aes" in value.split()
     return None

@@ -212,11 +212,11 @@ def make_private_key(key_type=DEFAULT_KEY_TYPE):
 
 def key_type_of(key):
     """The key type name of a private or public key, or None when it is none of ours."""
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
         return "ecdsa-p256" if isinstance(key.curve, ec.SECP256R1) else None
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
         return "ed25519"
-    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
         return "rsa3072" if key.key_size == 3072 else None
     return None
 
@@ -334,7 +334,7 @@ def certificate_purpose(cert):
     The daemon OIDs win over the plain TLS usages, so a daemon certificate is never taken for an
     OpenVPN one. Returns "ca" for a CA certificate and "unknown" when nothing matches.
     """
-    if isinstance(cert, bytes | str):
+    if isinstance(cert, (bytes, str)):
         cert = load_certificate(cert)
     try:
         if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
@@ -591,7 +591,7 @@ class CertificateAuthority:
         The purpose decides the usages; the CSR only proposes the common name and the
         subject alternative names, and arguments given here override it.
         """
-        if isinstance(csr, bytes | str):
+        if isinstance(csr, (bytes, str)):
             csr = load_csr(csr)
         if not csr.is_signature_valid:
             raise PkiError("the CSR's signature is not valid")

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: vpnfleet developers
-# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt)
+# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt):
+# the GNU General Public License v3.0 plus its section 13 on use over a network.
 
 DOCUMENTATION = r"""
 module: ca
@@ -15,7 +16,7 @@ description:
   - "Layout of O(path): C(ca.key) (mode 0600), C(ca.crt), C(crl.pem), C(index.json), C(issued/<SERIAL>.pem)."
   - The CA certificate has BasicConstraints CA:TRUE pathlen:0, KeyUsage keyCertSign and cRLSign,
     and subject and authority key identifiers.
-author: vpnfleet developers
+author: vpnfleet developers (@vpnfleet)
 extends_documentation_fragment:
   - vpnfleet.server.attributes
 requirements:

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: vpnfleet developers
-# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt)
+# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt):
+# the GNU General Public License v3.0 plus its section 13 on use over a network.
 
 DOCUMENTATION = r"""
 module: certificate
@@ -24,7 +25,7 @@ description:
   - "The certificate is (re)issued when it is missing, not issued by this CA, revoked, when its
     common name, purpose or alternative names differ, when its key is not the requested one, or
     when less than O(renew_before_days) are left. RV(reasons) says which."
-author: vpnfleet developers
+author: vpnfleet developers (@vpnfleet)
 extends_documentation_fragment:
   - vpnfleet.server.attributes
 requirements:

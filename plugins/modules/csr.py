@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: vpnfleet developers
-# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt)
+# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt):
+# the GNU General Public License v3.0 plus its section 13 on use over a network.
 
 DOCUMENTATION = r"""
 module: csr
@@ -12,7 +13,7 @@ description:
     host; the key never leaves.
   - The CSR only proposes the common name and alternative names; the CA decides the usages from the purpose.
   - The CSR is rewritten only when the key, the common name or the alternative names change.
-author: vpnfleet developers
+author: vpnfleet developers (@vpnfleet)
 extends_documentation_fragment:
   - vpnfleet.server.attributes
 requirements:
@@ -136,7 +137,7 @@ def main():
         csr_changed = csr is None or not pki.csr_matches(csr, key, *wanted)
         if csr_changed:
             csr = pki.make_csr(key, *wanted)
-            _, csr_diff = ensure_file(module, params["csr_path"], pki.csr_pem(csr), 0o644)
+            unused_changed, csr_diff = ensure_file(module, params["csr_path"], pki.csr_pem(csr), 0o644)
             diffs.append(csr_diff)
         if not (module.check_mode and (key_changed or csr_changed)):
             # In check mode a new key or CSR is not written, so there is nothing true to return.

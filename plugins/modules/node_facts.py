@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: vpnfleet developers
-# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt)
+# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt):
+# the GNU General Public License v3.0 plus its section 13 on use over a network.
 
 DOCUMENTATION = r"""
 module: node_facts
@@ -13,7 +14,7 @@ description:
     knows it (virtual links do not say).
   - "Capacity: one OpenVPN process per core, about 64 clients per process (eduVPN: 1000 clients per 16 cores),
     and no more clients than the fastest known link carries at 10 Mbit/s each."
-author: vpnfleet developers
+author: vpnfleet developers (@vpnfleet)
 extends_documentation_fragment:
   - vpnfleet.server.attributes.facts
 options: {}
@@ -73,7 +74,9 @@ from ansible_collections.vpnfleet.server.plugins.module_utils import node_facts
 def main():
     module = AnsibleModule(argument_spec={}, supports_check_mode=True)
     ip_command = module.get_bin_path("ip", required=True)
-    _, ip_json, _ = module.run_command([ip_command, "-json", "address", "show"], check_rc=True)
+    unused_rc, ip_json, unused_err = module.run_command(
+        [ip_command, "-json", "address", "show"], check_rc=True
+    )
     facts = node_facts.gather(ip_json)
     module.exit_json(changed=False, ansible_facts={"vpnfleet_node": facts})
 

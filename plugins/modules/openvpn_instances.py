@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: vpnfleet developers
-# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt)
+# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt):
+# the GNU General Public License v3.0 plus its section 13 on use over a network.
 
 DOCUMENTATION = r"""
 module: openvpn_instances
@@ -29,7 +30,7 @@ description:
     so the diff of a config shows no secret."
   - A drop-in for C(openvpn-server@.service) raises C(LimitNPROC) (Debian ships 10, too few for hooks).
   - An impossible plan (range too small, port taken, bad CIDR) fails before anything changes.
-author: vpnfleet developers
+author: vpnfleet developers (@vpnfleet)
 extends_documentation_fragment:
   - vpnfleet.server.attributes
 options:
@@ -265,7 +266,7 @@ class Systemd:
         self.systemctl = module.get_bin_path("systemctl", required=True)
 
     def query(self, verb, unit):
-        rc, out, _ = self.module.run_command([self.systemctl, verb, unit])
+        rc, out, unused_err = self.module.run_command([self.systemctl, verb, unit])
         return rc == 0, out.strip()
 
     def run(self, *args):
