@@ -26,5 +26,5 @@ def test_host_record_names_its_place(host):
 
 
 def test_packages_from_the_image(host):
-    for package in ("openssl", "ca-certificates", "python3-venv"):
+    for package in ("openssl", "ca-certificates", "python3-cryptography", "python3-venv"):
         assert host.package(package).is_installed
