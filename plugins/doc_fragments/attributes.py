@@ -1,6 +1,5 @@
 # Copyright: vpnfleet developers
-# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt):
-# the GNU General Public License v3.0 plus its section 13 on use over a network.
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 """The same words for check mode, diff mode and idempotence in every vpnfleet module."""
 

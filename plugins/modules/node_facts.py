@@ -1,7 +1,6 @@
 #!/usr/bin/python
 # Copyright: vpnfleet developers
-# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt):
-# the GNU General Public License v3.0 plus its section 13 on use over a network.
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 DOCUMENTATION = r"""
 module: node_facts
