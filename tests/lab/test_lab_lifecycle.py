@@ -28,7 +28,9 @@ def traces_of_the_lab() -> dict[str, list[str]]:
         "links": [line for line in links.splitlines() if any(p in line for p in ("vfl-", "vfr-", "vb-"))],
         "namespaces": [line for line in namespaces.splitlines() if line.startswith("vfl-")],
         "mounts": [line for line in mounts.splitlines() if "vpnfleet-lab" in line],
-        "processes": [line for line in processes.splitlines() if "systemd-nspawn" in line and "vpnfleet-lab" in line],
+        "processes": [
+            line for line in processes.splitlines() if "systemd-nspawn" in line and "vpnfleet-lab" in line
+        ],
     }
 
 
@@ -58,8 +60,9 @@ def test_hosts_reach_each_other_through_the_router_and_nothing_else(lab_up):
     reach = lab("exec", "client", "--", "ping", "-c1", "-W2", "198.51.100.10")
     assert reach.returncode == 0, reach.stdout
     # The router has no default route: an address outside the lab is unreachable at once.
-    routes = subprocess.run(["ip", "-n", "vfl-router", "route", "show", "default"],
-                            capture_output=True, text=True, check=True)
+    routes = subprocess.run(
+        ["ip", "-n", "vfl-router", "route", "show", "default"], capture_output=True, text=True, check=True
+    )
     assert routes.stdout.strip() == ""
 
 

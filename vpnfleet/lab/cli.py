@@ -52,7 +52,9 @@ def lab_key(folder: Path) -> str:
     key = folder / "ssh" / "id_ed25519"
     if not key.exists():
         key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vpnfleet-lab", "-f", str(key)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vpnfleet-lab", "-f", str(key)], check=True
+        )
     return key.with_suffix(".pub").read_text()
 
 
@@ -113,7 +115,9 @@ def command_up(spec: LabSpec, names: list[str] | None, progress: Progress) -> in
                 progress.status("waiting for " + ", ".join(sorted(waiting)))
                 time.sleep(0.5)
         if waiting:
-            progress.say("timed out waiting for " + ", ".join(sorted(waiting)) + "; see `vpnfleet-lab status`")
+            progress.say(
+                "timed out waiting for " + ", ".join(sorted(waiting)) + "; see `vpnfleet-lab status`"
+            )
             return 1
     print_status(spec, hosts)
     return 0
@@ -130,7 +134,9 @@ def command_down(spec: LabSpec | None, progress: Progress) -> int:
             progress.say(f"{name}: stopped and removed")
         networks = {n.name: n for n in _recorded_networks(folder)}
         networks.update({n.name: n for n in (spec.networks if spec else ())})
-        scratch = LabSpec(inventory=Path("."), suite="", packages=(), networks=tuple(networks.values()), hosts=())
+        scratch = LabSpec(
+            inventory=Path("."), suite="", packages=(), networks=tuple(networks.values()), hosts=()
+        )
         removed = LabNetwork(scratch).down()
         (folder / "networks.json").unlink(missing_ok=True)
         progress.say("removed " + (", ".join(removed) if removed else "no links (none were up)"))
@@ -143,8 +149,16 @@ def print_status(spec: LabSpec, hosts: tuple[Host, ...] | None = None) -> None:
     for machine in _machines(folder, hosts or spec.hosts):
         state = machine.system_state()
         ssh = "yes" if state in BOOTED_STATES and machine.ssh_answers() else "no"
-        rows.append((machine.host.name, machine.host.role, str(machine.host.ipv4), machine.host.network.bridge,
-                     state, ssh))
+        rows.append(
+            (
+                machine.host.name,
+                machine.host.role,
+                str(machine.host.ipv4),
+                machine.host.network.bridge,
+                state,
+                ssh,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -154,9 +168,13 @@ def print_status(spec: LabSpec, hosts: tuple[Host, ...] | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vpnfleet-lab", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-i", "--inventory", type=Path,
-                        default=Path(os.environ.get("VPNFLEET_LAB_INVENTORY", "inventories/lab")),
-                        help="the Ansible inventory that describes the lab (default: inventories/lab)")
+    parser.add_argument(
+        "-i",
+        "--inventory",
+        type=Path,
+        default=Path(os.environ.get("VPNFLEET_LAB_INVENTORY", "inventories/lab")),
+        help="the Ansible inventory that describes the lab (default: inventories/lab)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="build and boot the lab (idempotent)")
     up.add_argument("--hosts", help="comma-separated subset of the inventory's hosts")

@@ -34,10 +34,14 @@ def debian_mirror() -> str:
         for stanza in path.read_text().split("\n\n"):
             fields = dict(
                 (key.strip().lower(), value.strip())
-                for key, _, value in (line.partition(":") for line in stanza.splitlines() if not line.startswith("#"))
+                for key, _, value in (
+                    line.partition(":") for line in stanza.splitlines() if not line.startswith("#")
+                )
             )
             suites = fields.get("suites", "").split()
-            if fields.get("types", "").split()[:1] == ["deb"] and not any(s.endswith("-security") for s in suites):
+            if fields.get("types", "").split()[:1] == ["deb"] and not any(
+                s.endswith("-security") for s in suites
+            ):
                 candidates.extend(fields.get("uris", "").split())
     sources_list = Path("/etc/apt/sources.list")
     if sources_list.is_file():
@@ -95,11 +99,13 @@ class BaseImage:
             str(target),
             debian_mirror(),
         ]
-        progress.say(f"base image {self.root.name}: debootstrap {self.spec.suite} with {len(self.spec.packages)} packages")
+        count = len(self.spec.packages)
+        progress.say(f"base image {self.root.name}: debootstrap {self.spec.suite} with {count} packages")
         log_path = target.parent / "debootstrap.log"
-        with open(log_path, "w") as log, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        ) as process:
+        with (
+            open(log_path, "w") as log,
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process,
+        ):
             assert process.stdout is not None
             for line in process.stdout:
                 log.write(line)
@@ -113,7 +119,9 @@ class BaseImage:
 
     def _prepare_for_lab(self, rootfs: Path) -> None:
         def in_image(*args: str) -> None:
-            subprocess.run(["chroot", str(rootfs), *args], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["chroot", str(rootfs), *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
 
         in_image("systemctl", "enable", "systemd-networkd.service")
         in_image("systemctl", "mask", *UNITS_MASKED_IN_IMAGE)

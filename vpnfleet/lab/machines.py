@@ -117,8 +117,15 @@ class Machine:
             folder.mkdir(parents=True, exist_ok=True)
         if not is_mounted(self.root):
             subprocess.run(
-                ["mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={image.rootfs},upperdir={upper},workdir={work}", str(self.root)],
+                [
+                    "mount",
+                    "-t",
+                    "overlay",
+                    "overlay",
+                    "-o",
+                    f"lowerdir={image.rootfs},upperdir={upper},workdir={work}",
+                    str(self.root),
+                ],
                 check=True,
             )
         (self.folder / "image").write_text(image.root.name + "\n")
@@ -145,7 +152,18 @@ class Machine:
         host_key = root / "etc/ssh/ssh_host_ed25519_key"
         if not host_key.exists():
             subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{self.host.name}", "-f", str(host_key)],
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    f"root@{self.host.name}",
+                    "-f",
+                    str(host_key),
+                ],
                 check=True,
             )
 
@@ -168,7 +186,11 @@ class Machine:
             cgroup.mkdir(parents=True, exist_ok=True)
         with open(self.console_log, "ab") as log:
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=self._enter_own_cgroup,
             )
         self.pid_file.write_text(f"{process.pid}\n")
@@ -180,7 +202,10 @@ class Machine:
             raise RuntimeError(f"lab host {self.name} is not running")
         return subprocess.run(
             ["nsenter", "-t", str(leader), "-m", "-u", "-i", "-n", "-p", "--", *command],
-            check=check, capture_output=True, text=True, timeout=timeout,
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def system_state(self) -> str:
@@ -222,7 +247,9 @@ def _remove_cgroup(cgroup: Path) -> None:
     """cgroups are removed with rmdir, innermost first, once no process is left in them."""
     if not cgroup.is_dir():
         return
-    for child in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    for child in sorted(
+        (p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+    ):
         child.rmdir()
     cgroup.rmdir()
     parent = cgroup.parent

@@ -60,15 +60,39 @@ class LabNetwork:
                 check=True,
             )
         if not link_exists(UPLINK_HOST_SIDE):
-            ip("link", "add", UPLINK_HOST_SIDE, "type", "veth", "peer", "name", UPLINK_ROUTER_SIDE,
-               "netns", ROUTER_NAMESPACE)
+            ip(
+                "link",
+                "add",
+                UPLINK_HOST_SIDE,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                UPLINK_ROUTER_SIDE,
+                "netns",
+                ROUTER_NAMESPACE,
+            )
             made.append(f"uplink {UPLINK_HOST_SIDE}")
         prefix4, prefix6 = UPLINK_NETWORK.prefixlen, UPLINK_NETWORK6.prefixlen
         ip("address", "replace", f"{UPLINK_HOST4}/{prefix4}", "dev", UPLINK_HOST_SIDE)
         ip("address", "replace", f"{UPLINK_HOST6}/{prefix6}", "nodad", "dev", UPLINK_HOST_SIDE)
-        ip("address", "replace", f"{UPLINK_ROUTER4}/{prefix4}", "dev", UPLINK_ROUTER_SIDE, netns=ROUTER_NAMESPACE)
-        ip("address", "replace", f"{UPLINK_ROUTER6}/{prefix6}", "nodad", "dev", UPLINK_ROUTER_SIDE,
-           netns=ROUTER_NAMESPACE)
+        ip(
+            "address",
+            "replace",
+            f"{UPLINK_ROUTER4}/{prefix4}",
+            "dev",
+            UPLINK_ROUTER_SIDE,
+            netns=ROUTER_NAMESPACE,
+        )
+        ip(
+            "address",
+            "replace",
+            f"{UPLINK_ROUTER6}/{prefix6}",
+            "nodad",
+            "dev",
+            UPLINK_ROUTER_SIDE,
+            netns=ROUTER_NAMESPACE,
+        )
         ip("link", "set", UPLINK_HOST_SIDE, "up")
         ip("link", "set", UPLINK_ROUTER_SIDE, "up", netns=ROUTER_NAMESPACE)
 
@@ -78,18 +102,50 @@ class LabNetwork:
                 made.append(f"bridge {network.bridge}")
             ip("link", "set", network.bridge, "up")
             if not link_exists(network.router_leg):
-                ip("link", "add", network.router_leg, "type", "veth", "peer", "name", _router_side(network),
-                   "netns", ROUTER_NAMESPACE)
+                ip(
+                    "link",
+                    "add",
+                    network.router_leg,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    _router_side(network),
+                    "netns",
+                    ROUTER_NAMESPACE,
+                )
             ip("link", "set", network.router_leg, "master", network.bridge, "up")
             inside = _router_side(network)
-            ip("address", "replace", f"{network.gateway4}/{network.ipv4.prefixlen}", "dev", inside,
-               netns=ROUTER_NAMESPACE)
-            ip("address", "replace", f"{network.gateway6}/{network.ipv6.prefixlen}", "nodad", "dev", inside,
-               netns=ROUTER_NAMESPACE)
+            ip(
+                "address",
+                "replace",
+                f"{network.gateway4}/{network.ipv4.prefixlen}",
+                "dev",
+                inside,
+                netns=ROUTER_NAMESPACE,
+            )
+            ip(
+                "address",
+                "replace",
+                f"{network.gateway6}/{network.ipv6.prefixlen}",
+                "nodad",
+                "dev",
+                inside,
+                netns=ROUTER_NAMESPACE,
+            )
             ip("link", "set", inside, "up", netns=ROUTER_NAMESPACE)
             # Only the lab's own prefixes go into the lab; nothing else is routed there or out.
             ip("route", "replace", str(network.ipv4), "via", str(UPLINK_ROUTER4), "dev", UPLINK_HOST_SIDE)
-            ip("-6", "route", "replace", str(network.ipv6), "via", str(UPLINK_ROUTER6), "dev", UPLINK_HOST_SIDE)
+            ip(
+                "-6",
+                "route",
+                "replace",
+                str(network.ipv6),
+                "via",
+                str(UPLINK_ROUTER6),
+                "dev",
+                UPLINK_HOST_SIDE,
+            )
         return made
 
     def down(self) -> list[str]:

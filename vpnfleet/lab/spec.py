@@ -103,7 +103,9 @@ class LabSpec:
         known = {host.name: host for host in self.hosts}
         unknown = [name for name in names if name not in known]
         if unknown:
-            raise LabSpecError(f"unknown lab host(s) {', '.join(unknown)}; the inventory has {', '.join(known)}")
+            raise LabSpecError(
+                f"unknown lab host(s) {', '.join(unknown)}; the inventory has {', '.join(known)}"
+            )
         return tuple(known[name] for name in names)
 
 
@@ -111,7 +113,11 @@ def load_inventory(inventory: Path) -> dict:
     """The inventory as Ansible sees it (group_vars and host_vars applied)."""
     # Prefer the ansible-inventory of our own virtual environment, even when it is not on PATH.
     beside_python = Path(sys.executable).parent / "ansible-inventory"
-    program = str(beside_python) if beside_python.exists() else shutil.which("ansible-inventory") or "ansible-inventory"
+    program = (
+        str(beside_python)
+        if beside_python.exists()
+        else shutil.which("ansible-inventory") or "ansible-inventory"
+    )
     try:
         result = subprocess.run(
             [program, "-i", str(inventory), "--list"],
@@ -120,9 +126,13 @@ def load_inventory(inventory: Path) -> dict:
             text=True,
         )
     except FileNotFoundError as error:
-        raise LabSpecError("ansible-inventory not found: run the lab from the project's virtual environment") from error
+        raise LabSpecError(
+            "ansible-inventory not found: run the lab from the project's virtual environment"
+        ) from error
     except subprocess.CalledProcessError as error:
-        raise LabSpecError(f"ansible-inventory could not read {inventory}:\n{error.stderr.strip()}") from error
+        raise LabSpecError(
+            f"ansible-inventory could not read {inventory}:\n{error.stderr.strip()}"
+        ) from error
     return json.loads(result.stdout)
 
 
@@ -160,7 +170,9 @@ def _network(raw: dict) -> Network:
         ipv4 = ipaddress.IPv4Network(raw["ipv4"])
         ipv6 = ipaddress.IPv6Network(raw["ipv6"])
     except (KeyError, ValueError) as error:
-        raise LabSpecError(f"vpnfleet_lab_networks[{name}]: ipv4 and ipv6 must be network CIDRs ({error})") from error
+        raise LabSpecError(
+            f"vpnfleet_lab_networks[{name}]: ipv4 and ipv6 must be network CIDRs ({error})"
+        ) from error
     for net in (ipv4, ipv6):
         if not any(net.version == allowed.version and net.subnet_of(allowed) for allowed in ALLOWED_UNDERLAY):
             raise LabSpecError(
@@ -168,7 +180,9 @@ def _network(raw: dict) -> Network:
                 f"({', '.join(map(str, ALLOWED_UNDERLAY))})"
             )
         if net.version == 4 and net.overlaps(UPLINK_NETWORK):
-            raise LabSpecError(f"vpnfleet_lab_networks[{name}]: {net} overlaps the lab uplink {UPLINK_NETWORK}")
+            raise LabSpecError(
+                f"vpnfleet_lab_networks[{name}]: {net} overlaps the lab uplink {UPLINK_NETWORK}"
+            )
     return Network(name=name, ipv4=ipv4, ipv6=ipv6)
 
 
@@ -214,7 +228,9 @@ def build_spec(inventory_path: Path, inventory: dict) -> LabSpec:
                 f"({network.ipv4}, gateway {network.gateway4})"
             )
         if address in seen_addresses:
-            raise LabSpecError(f"host {name}: ansible_host {address} is already used by {seen_addresses[address]}")
+            raise LabSpecError(
+                f"host {name}: ansible_host {address} is already used by {seen_addresses[address]}"
+            )
         seen_addresses[address] = name
         groups = tuple(group for group in membership.get(name, []) if group not in ("all", "ungrouped"))
         hosts.append(Host(name=name, groups=groups, network=network, ipv4=address))
