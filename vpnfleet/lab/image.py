@@ -119,9 +119,8 @@ class BaseImage:
 
     def _prepare_for_lab(self, rootfs: Path) -> None:
         def in_image(*args: str) -> None:
-            subprocess.run(
-                ["chroot", str(rootfs), *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            subprocess.run(["chroot", str(rootfs), *args], check=True, **quiet)
 
         in_image("systemctl", "enable", "systemd-networkd.service")
         in_image("systemctl", "mask", *UNITS_MASKED_IN_IMAGE)

@@ -121,7 +121,7 @@ def test_inventory_mistakes_name_the_host_and_the_variable(hosts, networks, mess
 def test_the_embedded_lab_inventory_builds():
     from vpnfleet.lab.spec import read_spec
 
-    spec = read_spec(Path(__file__).parents[4] / "inventories" / "lab")
+    spec = read_spec(Path(__file__).parents[3] / "inventories" / "lab")
     names = {host.name for host in spec.hosts}
     assert {"controller", "node-x1", "node-y1", "client", "internet"} <= names
     assert {host.role for host in spec.hosts if host.name.startswith("node-")} == {"node x", "node y"}
