@@ -3,12 +3,17 @@ and a fresh app per test."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import postgres_cluster
-import pytest
-from controller_helpers import settings_mapping
-from stand_in_daemon import StandInDaemon
+# pytest runs with --import-mode=importlib, which puts no test directory on sys.path; the test
+# modules import their helpers (controller_helpers, stand_in_daemon, ...) from this directory.
+sys.path.insert(0, str(Path(__file__).parent))
+
+import postgres_cluster  # noqa: E402
+import pytest  # noqa: E402
+from controller_helpers import settings_mapping  # noqa: E402
+from stand_in_daemon import StandInDaemon  # noqa: E402
 from vpnfleet.shared import pki
 
 from vpnfleet.controller.app import create_app

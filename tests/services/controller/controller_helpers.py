@@ -6,7 +6,10 @@ import hashlib
 import re
 from pathlib import Path
 
+from sqlalchemy import select
+
 from vpnfleet.controller.accounts import ensure_user
+from vpnfleet.controller.models import ConnectionLogEntry, VpnConfig
 from vpnfleet.controller.state import EXTENSION_KEY
 
 NODE_TOKENS = {"node-x1": "token-of-node-x1-" + "a" * 20, "node-y1": "token-of-node-y1-" + "b" * 20}
@@ -176,3 +179,30 @@ def app_tokens(client, username: str = "alice") -> dict:
 
 def bearer(token: dict) -> dict:
     return {"Authorization": f"Bearer {token['access_token']}"}
+
+
+def portal_config(client, app, username="alice") -> str:
+    """Make a config through the portal; its common name."""
+    add_user(app, username)
+    log_in(client, username)
+    token = csrf_token(client.get("/").get_data(as_text=True))
+    client.post("/configs", data={"profile_id": "office", "display_name": "laptop", "csrf_token": token})
+    with app.app_context():
+        session = app.extensions[EXTENSION_KEY].sessions()
+        name = session.scalars(select(VpnConfig.common_name).order_by(VpnConfig.id.desc())).first()
+        session.close()
+    return name
+
+
+def run_sql(app, statement):
+    session = app.extensions[EXTENSION_KEY].sessions()
+    session.execute(statement)
+    session.commit()
+    session.close()
+
+
+def log_rows(app) -> list[ConnectionLogEntry]:
+    session = app.extensions[EXTENSION_KEY].sessions()
+    rows = list(session.scalars(select(ConnectionLogEntry)))
+    session.close()
+    return rows

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from controller_helpers import NODE_TOKENS, add_user, csrf_token, log_in
+from controller_helpers import NODE_TOKENS, add_user, csrf_token, log_in, log_rows, portal_config, run_sql
 from sqlalchemy import select, update
-from test_node_api import log_rows, portal_config, run_sql
 
 from vpnfleet.controller.housekeeping import run_housekeeping
 from vpnfleet.controller.models import ConnectionLogEntry, VpnConfig, utcnow

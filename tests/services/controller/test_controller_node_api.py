@@ -4,40 +4,12 @@ from __future__ import annotations
 
 import re
 
-from controller_helpers import NODE_TOKENS, add_user, csrf_token, log_in
-from sqlalchemy import select, update
+from controller_helpers import NODE_TOKENS, csrf_token, log_rows, portal_config, run_sql
+from sqlalchemy import update
 
-from vpnfleet.controller.models import ConnectionLogEntry, User, VpnConfig, utcnow
-from vpnfleet.controller.state import EXTENSION_KEY
+from vpnfleet.controller.models import User, VpnConfig, utcnow
 
 NODE_X1 = ("node-x1", NODE_TOKENS["node-x1"])
-
-
-def portal_config(client, app, username="alice") -> str:
-    """Make a config through the portal; its common name."""
-    add_user(app, username)
-    log_in(client, username)
-    token = csrf_token(client.get("/").get_data(as_text=True))
-    client.post("/configs", data={"profile_id": "office", "display_name": "laptop", "csrf_token": token})
-    with app.app_context():
-        session = app.extensions[EXTENSION_KEY].sessions()
-        name = session.scalars(select(VpnConfig.common_name).order_by(VpnConfig.id.desc())).first()
-        session.close()
-    return name
-
-
-def run_sql(app, statement):
-    session = app.extensions[EXTENSION_KEY].sessions()
-    session.execute(statement)
-    session.commit()
-    session.close()
-
-
-def log_rows(app) -> list[ConnectionLogEntry]:
-    session = app.extensions[EXTENSION_KEY].sessions()
-    rows = list(session.scalars(select(ConnectionLogEntry)))
-    session.close()
-    return rows
 
 
 def test_node_authentication(client):

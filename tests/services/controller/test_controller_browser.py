@@ -139,14 +139,18 @@ def browser(tmp_path):
 
 def test_log_in_create_and_download_a_config(served_controller, browser, pki_dir):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     browser.get(served_controller + "/")
     assert "/login" in browser.current_url
     browser.find_element(By.NAME, "username").send_keys("alice")
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "login").click()
-    assert browser.find_element(By.TAG_NAME, "h1").text == "My VPN"
+    # The click returns before the next page has loaded; wait for it (bounded) before going on.
+    WebDriverWait(browser, STARTUP_LIMIT_SECONDS).until(
+        expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "h1"), "My VPN")
+    )
 
     Select(browser.find_element(By.NAME, "profile_id")).select_by_value("office")
     browser.find_element(By.NAME, "display_name").send_keys("phone")
