@@ -1,0 +1,833 @@
+"""bench/dataplane: iperf3 through OpenVPN tunnels between the lab hosts node-x1 and client.
+
+    python -m bench.dataplane [--seconds S] [--rounds R] [--quick] [--max-processes N]
+
+What it measures, each pair side by side in one run (see docs/bench.md):
+
+(a) the throughput of one OpenVPN server process of ours (its config rendered by the collection's
+    planner/renderer, ``plugins/module_utils/instances.py``, key material from ``pki.py``) against a
+    minimal hand-written OpenVPN server config with the same data cipher (AES-256-GCM), on the same
+    hosts at the same time; runs alternate ours/hand-written (ABBA), the median of the rounds counts;
+(b) the node's CPU seconds per GB moved, from the server process's own accounting
+    (``/proc/PID/stat`` utime+stime before and after each run, bytes from iperf3's JSON);
+(c) ``openssl speed -evp aes-256-gcm`` per core (16 KiB blocks) on the same machine as the ceiling;
+(d) the aggregate throughput of 1, 2, ... of our processes, each pinned to its own core.
+
+It holds the lab's session lock (/run/vpnfleet-lab.session) for the whole run, boots node-x1 and
+client itself and takes the lab down at the end, also on failure. It prints a table and writes
+bench/results/dataplane-<timestamp>.json and bench/results/dataplane-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fcntl
+import gzip
+import ipaddress
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+SESSION_LOCK = Path("/run/vpnfleet-lab.session")
+LAB_STATE = Path(os.environ.get("VPNFLEET_LAB_DIR", "/var/lib/vpnfleet-lab"))
+INVENTORY = Path(os.environ.get("VPNFLEET_LAB_INVENTORY", REPO / "inventories" / "lab")).resolve()
+
+NODE, CLIENT = "node-x1", "client"
+NODE_ADDRESS = "198.51.100.10"
+# Tunnel ranges: inside 198.18.0.0/15 (benchmarking), IPv6 in 2001:db8::/32 outside the lab's /48.
+OURS_IPV4, OURS_IPV6 = "198.18.200.0/24", "2001:db8:200::/64"
+HAND_IPV4 = "198.18.201.0/24"
+SCALE_IPV4, SCALE_IPV6 = "198.18.202.0/24", "2001:db8:202::/64"
+OURS_PORT, HAND_PORT, SCALE_PORT_BASE = 1194, 1294, 1394
+IPERF_PORT_BASE = 5201
+CIPHER = "AES-256-GCM"
+
+# Where the files go inside the hosts.
+REMOTE_DIR = "/etc/vpnfleet-bench"
+RUN_DIR = "/run/vpnfleet-bench"
+
+
+def say(message: str) -> None:
+    print(f"[dataplane {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- the lab
+
+
+def lab_tool() -> str:
+    beside = Path(sys.executable).parent / "vpnfleet-lab"
+    return str(beside) if beside.exists() else (shutil.which("vpnfleet-lab") or "vpnfleet-lab")
+
+
+def lab(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [lab_tool(), "-i", str(INVENTORY), *args], capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise BenchError(
+            "vpnfleet-lab %s failed (%d):\n%s%s"
+            % (" ".join(args), result.returncode, result.stdout, result.stderr)
+        )
+    return result
+
+
+def run_on(host: str, *command: str, check: bool = True, timeout: float = 300) -> str:
+    return lab("exec", host, "--", *command, check=check, timeout=timeout).stdout
+
+
+def sh_on(host: str, script: str, check: bool = True, timeout: float = 300) -> str:
+    return run_on(host, "sh", "-c", script, check=check, timeout=timeout)
+
+
+def host_root(host: str) -> Path:
+    return LAB_STATE / "hosts" / host / "root"
+
+
+def put(host: str, path: str, text: str, mode: int = 0o644) -> None:
+    """Write a file into a running host through its root (an overlay mount)."""
+    target = host_root(host) / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    os.chmod(target, mode)
+
+
+@contextlib.contextmanager
+def session_lock():
+    SESSION_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(SESSION_LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"the lab is in use by another session ({SESSION_LOCK}); waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        say("holding the lab session lock")
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            say("released the lab session lock")
+
+
+class Processes:
+    """Every process this benchmark started inside the hosts, by host and PID, so that exactly
+    these (and nothing else) are stopped at the end."""
+
+    def __init__(self):
+        self.started: list[tuple[str, int, str]] = []
+
+    def add(self, host: str, pid: int, what: str) -> None:
+        self.started.append((host, pid, what))
+
+    def stop(self, host: str, pid: int) -> None:
+        sh_on(
+            host,
+            f"kill {pid} 2>/dev/null; for i in $(seq 50); do kill -0 {pid} 2>/dev/null || exit 0; "
+            "sleep 0.1; done; kill -9 %d 2>/dev/null; true" % pid,
+            check=False,
+        )
+        self.started = [entry for entry in self.started if entry[:2] != (host, pid)]
+
+    def stop_all(self) -> None:
+        for host, pid, _ in list(reversed(self.started)):
+            try:
+                self.stop(host, pid)
+            except Exception as error:  # noqa: BLE001 - cleanup goes on; the lab goes down anyway
+                say(f"could not stop {pid} on {host}: {error}")
+
+
+def start_daemon(procs: Processes, host: str, command: str, pidfile: str, what: str) -> int:
+    """Start a self-daemonising command (openvpn --daemon, iperf3 -D) and record its PID."""
+    sh_on(host, f"rm -f {pidfile}; {command} </dev/null >/dev/null 2>&1")
+    for _ in range(100):
+        text = sh_on(host, f"cat {pidfile} 2>/dev/null", check=False).strip()
+        if text.isdigit():
+            pid = int(text)
+            procs.add(host, pid, what)
+            return pid
+        time.sleep(0.1)
+    raise BenchError(f"{what} on {host} wrote no pid file {pidfile}")
+
+
+def cpu_ticks(host: str, pids: list[int]) -> dict[int, int]:
+    """utime+stime of each process (clock ticks), read from /proc/PID/stat inside the host."""
+    out = sh_on(host, " ; ".join(f"echo {pid} $(cat /proc/{pid}/stat)" for pid in pids))
+    ticks = {}
+    for line in out.splitlines():
+        pid, rest = line.split(" ", 1)
+        fields = rest.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
+        ticks[int(pid)] = int(fields[11]) + int(fields[12])  # utime (14th), stime (15th)
+    return ticks
+
+
+# ----------------------------------------------------------------------------- PKI and configs
+
+
+def make_pki(folder: Path):
+    from vpnfleet.shared import pki
+
+    ca = pki.CertificateAuthority.create(str(folder / "ca"), common_name="vpnfleet bench CA")
+    server_key, server_cert = ca.issue("node-x1.bench", "server", dns_names=["node-x1.bench"])
+    client_key, client_cert = ca.issue("bench-client", "client")
+    return {
+        "ca.crt": pki.certificate_pem(ca.cert),
+        "crl.pem": pki.read_file(ca.crl_path),
+        "server.crt": pki.certificate_pem(server_cert),
+        "server.key": pki.private_key_pem(server_key),
+        "client.crt": pki.certificate_pem(client_cert),
+        "client.key": pki.private_key_pem(client_key),
+        "tls-crypt.key": pki.make_tls_crypt_key(),
+    }
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def server_options():
+    from vpnfleet.shared import instances
+
+    return instances.ServerOptions(
+        ca_path=f"{REMOTE_DIR}/ca.crt",
+        cert_path=f"{REMOTE_DIR}/server.crt",
+        key_path=f"{REMOTE_DIR}/server.key",
+        crl_path=f"{REMOTE_DIR}/crl.pem",
+        tls_crypt_path=f"{REMOTE_DIR}/tls-crypt.key",
+        # Split tunnel without routes: the benchmark's client must keep its own default route.
+        full_tunnel=False,
+    )
+
+
+def our_configs(profile_id: str, ipv4: str, ipv6: str, count: int, port_base: int):
+    """(process plan dict, rendered config) for each process of a UDP-only profile, from the
+    collection's own planner and renderer."""
+    from vpnfleet.shared import instances
+
+    plan = instances.plan_profile(
+        profile_id, ipv4, ipv6, processes=count, tcp_share=0, udp_port_base=port_base
+    )
+    options = server_options()
+    return [
+        (process.as_dict(), instances.render_server_config(plan, process, options))
+        for process in plan.processes
+    ]
+
+
+def hand_written_config() -> str:
+    """What an administrator would write by hand for the same cipher: the minimum that works."""
+    network = ipaddress.ip_network(HAND_IPV4)
+    return "\n".join(
+        [
+            "# minimal hand-written OpenVPN server, for comparison",
+            "verb 3",
+            "dev tun-hand",
+            "dev-type tun",
+            "proto udp",
+            f"port {HAND_PORT}",
+            "topology subnet",
+            f"server {network.network_address} {network.netmask}",
+            f"ca {REMOTE_DIR}/ca.crt",
+            f"cert {REMOTE_DIR}/server.crt",
+            f"key {REMOTE_DIR}/server.key",
+            "dh none",
+            f"data-ciphers {CIPHER}",
+            "",
+        ]
+    )
+
+
+def client_config(port: int, dev: str, tls_crypt: bool) -> str:
+    lines = [
+        "client",
+        "verb 3",
+        f"dev {dev}",
+        "dev-type tun",
+        "proto udp",
+        f"remote {NODE_ADDRESS} {port}",
+        "nobind",
+        f"ca {REMOTE_DIR}/ca.crt",
+        f"cert {REMOTE_DIR}/client.crt",
+        f"key {REMOTE_DIR}/client.key",
+        "remote-cert-tls server",
+        f"data-ciphers {CIPHER}",
+    ]
+    if tls_crypt:
+        lines.append(f"tls-crypt {REMOTE_DIR}/tls-crypt.key")
+    return "\n".join(lines) + "\n"
+
+
+class Tunnel:
+    """One OpenVPN server process on the node and its client on the client host."""
+
+    def __init__(
+        self,
+        name: str,
+        server_config: str,
+        client_conf: str,
+        server_ip: str,
+        iperf_port: int,
+        server_core: int | None,
+        client_core: int | None,
+    ):
+        self.name = name
+        self.server_config = server_config
+        self.client_conf = client_conf
+        self.server_ip = server_ip
+        self.iperf_port = iperf_port
+        self.server_core = server_core
+        self.client_core = client_core
+        self.server_pid = self.client_pid = self.iperf_pid = None
+
+    def _taskset(self, core):
+        return f"taskset -c {core} " if core is not None else ""
+
+    def start(self, procs: Processes) -> None:
+        put(NODE, f"{REMOTE_DIR}/{self.name}.conf", self.server_config)
+        put(CLIENT, f"{REMOTE_DIR}/{self.name}.conf", self.client_conf)
+        self.server_pid = start_daemon(
+            procs,
+            NODE,
+            f"{self._taskset(self.server_core)}openvpn --config {REMOTE_DIR}/{self.name}.conf --daemon "
+            f"--writepid {RUN_DIR}/{self.name}.pid --log {RUN_DIR}/{self.name}.log",
+            f"{RUN_DIR}/{self.name}.pid",
+            f"openvpn server {self.name}",
+        )
+        self.iperf_pid = start_daemon(
+            procs,
+            NODE,
+            f"iperf3 -s -p {self.iperf_port} -D --pidfile {RUN_DIR}/iperf-{self.name}.pid",
+            f"{RUN_DIR}/iperf-{self.name}.pid",
+            f"iperf3 server {self.name}",
+        )
+        self.client_pid = start_daemon(
+            procs,
+            CLIENT,
+            f"{self._taskset(self.client_core)}openvpn --config {REMOTE_DIR}/{self.name}.conf --daemon "
+            f"--writepid {RUN_DIR}/{self.name}.pid --log {RUN_DIR}/{self.name}.log",
+            f"{RUN_DIR}/{self.name}.pid",
+            f"openvpn client {self.name}",
+        )
+
+    def wait_connected(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = sh_on(CLIENT, f"cat {RUN_DIR}/{self.name}.log", check=False)
+            if "Initialization Sequence Completed" in log:
+                if sh_on(CLIENT, f"ping -c1 -W2 {self.server_ip} >/dev/null && echo ok", check=False).strip():
+                    return
+            time.sleep(0.5)
+        raise BenchError(
+            f"tunnel {self.name} did not come up in {timeout:.0f} s.\nserver log:\n"
+            + sh_on(NODE, f"tail -n 30 {RUN_DIR}/{self.name}.log", check=False)
+            + "\nclient log:\n"
+            + sh_on(CLIENT, f"tail -n 30 {RUN_DIR}/{self.name}.log", check=False)
+        )
+
+    def server_log(self) -> str:
+        return sh_on(NODE, f"cat {RUN_DIR}/{self.name}.log", check=False)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def iperf_command(target: str, port: int, seconds: float, reverse: bool) -> list[str]:
+    command = ["iperf3", "-c", target, "-p", str(port), "-t", str(seconds), "-J"]
+    return command + (["-R"] if reverse else [])
+
+
+def iperf_figures(text: str) -> dict:
+    data = json.loads(text)
+    if "error" in data:
+        raise BenchError("iperf3: " + data["error"])
+    received = data["end"]["sum_received"]
+    return {
+        "bytes": received["bytes"],
+        "seconds": received["seconds"],
+        "bits_per_second": received["bits_per_second"],
+        "retransmits": data["end"].get("sum_sent", {}).get("retransmits"),
+    }
+
+
+def measure(tunnels: list[Tunnel], seconds: float, reverse: bool, hz: int) -> dict:
+    """Run iperf3 through every given tunnel at once; the node's server CPU from /proc."""
+    pids = [tunnel.server_pid for tunnel in tunnels]
+    before = cpu_ticks(NODE, pids)
+    wall = time.monotonic()
+    runs = [
+        subprocess.Popen(
+            [
+                lab_tool(),
+                "-i",
+                str(INVENTORY),
+                "exec",
+                CLIENT,
+                "--",
+                *iperf_command(tunnel.server_ip, tunnel.iperf_port, seconds, reverse),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tunnel in tunnels
+    ]
+    outputs = [run.communicate(timeout=seconds + 120) for run in runs]
+    wall = time.monotonic() - wall
+    after = cpu_ticks(NODE, pids)
+    per_tunnel = []
+    for tunnel, (out, err) in zip(tunnels, outputs, strict=True):
+        try:
+            figures = iperf_figures(out)
+        except (ValueError, KeyError) as error:
+            raise BenchError(
+                f"iperf3 through {tunnel.name} gave no result: {error}\n{out[-2000:]}{err}"
+            ) from None
+        figures["server_cpu_seconds"] = (after[tunnel.server_pid] - before[tunnel.server_pid]) / hz
+        figures["tunnel"] = tunnel.name
+        per_tunnel.append(figures)
+    total_bytes = sum(f["bytes"] for f in per_tunnel)
+    cpu = sum(f["server_cpu_seconds"] for f in per_tunnel)
+    return {
+        "bits_per_second": sum(f["bits_per_second"] for f in per_tunnel),
+        "bytes": total_bytes,
+        "server_cpu_seconds": cpu,
+        "cpu_seconds_per_gb": cpu / (total_bytes / 1e9) if total_bytes else None,
+        "wall_seconds": wall,
+        "tunnels": per_tunnel,
+    }
+
+
+def measure_plain(seconds: float, reverse: bool) -> dict:
+    """The lab network itself, without a tunnel: what the hosts' path can carry."""
+    out = run_on(
+        CLIENT, *iperf_command(NODE_ADDRESS, IPERF_PORT_BASE, seconds, reverse), timeout=seconds + 120
+    )
+    return iperf_figures(out)
+
+
+def openssl_ceiling(seconds: int, cores: int) -> dict:
+    """`openssl speed -evp aes-256-gcm`, one process pinned to each core in turn (16 KiB blocks)."""
+    per_core = []
+    for core in range(cores):
+        out = run_on(
+            NODE,
+            "taskset",
+            "-c",
+            str(core),
+            "openssl",
+            "speed",
+            "-mr",
+            "-evp",
+            "aes-256-gcm",
+            "-bytes",
+            "16384",
+            "-seconds",
+            str(seconds),
+            timeout=seconds * 10 + 60,
+        )
+        match = re.search(r"^\+F:\d+:[^:]+:([0-9.]+)", out, re.MULTILINE)
+        if not match:
+            raise BenchError("openssl speed printed no +F line:\n" + out)
+        per_core.append(float(match.group(1)))
+    return {
+        "command": f"taskset -c CORE openssl speed -mr -evp aes-256-gcm -bytes 16384 -seconds {seconds}",
+        "bytes_per_second_per_core": per_core,
+        "bytes_per_second": statistics.median(per_core),
+        "bits_per_second": statistics.median(per_core) * 8,
+        "openssl_version": run_on(NODE, "openssl", "version").strip(),
+    }
+
+
+def dco_report(tunnels: list[Tunnel]) -> dict:
+    version = run_on(NODE, "openvpn", "--version", check=False)
+    modules = sh_on(NODE, "ls -d /sys/module/ovpn* 2>/dev/null", check=False).split()
+    config = ""
+    with contextlib.suppress(OSError):
+        with gzip.open("/proc/config.gz", "rt") as handle:
+            config = "\n".join(line for line in handle.read().splitlines() if "OVPN" in line)
+    # The log's lines start with a date ("2025-01-01 12:00:00 "); keep what follows.
+    log_lines = sorted(
+        {
+            re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", line)
+            for tunnel in tunnels
+            for line in tunnel.server_log().splitlines()
+            if "dco" in line.lower()
+        }
+    )
+    in_use = bool(modules) and not any(
+        "disabling" in line.lower() or "missing" in line.lower() for line in log_lines
+    )
+    built = "[DCO]" in version.splitlines()[0] if version else False
+    if in_use:
+        verdict = "in use (ovpn module loaded, the server log does not disable it)"
+    elif built and not modules:
+        verdict = (
+            "unavailable: openvpn is built with DCO, but the kernel has no ovpn/ovpn-dco module "
+            "(%s); the data channel runs in user space" % (config.strip() or "no ovpn in /sys/module")
+        )
+    else:
+        verdict = "unavailable: this openvpn is built without DCO"
+    return {
+        "in_use": in_use,
+        "verdict": verdict,
+        "openvpn_version": version.splitlines()[:3],
+        "sys_module_ovpn": modules,
+        "kernel_config": config.strip(),
+        "server_log_dco_lines": log_lines,
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def gbit(bits: float) -> str:
+    return "%.3f" % (bits / 1e9)
+
+
+def run_benchmark(args) -> dict:
+    hz = os.sysconf("SC_CLK_TCK")
+    cores = os.cpu_count() or 1
+    max_processes = min(args.max_processes or cores, 64)
+    procs = Processes()
+    results: dict = {
+        "benchmark": "dataplane",
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "parameters": {
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "direction": "node->client (iperf3 -R: the node's server encrypts)"
+            if args.reverse
+            else "client->node (the node's server decrypts)",
+            "cipher": CIPHER,
+            "max_processes": max_processes,
+        },
+        "machine": {
+            "cores": cores,
+            "cpu": _cpu_model(),
+            "kernel": platform.release(),
+            "clock_ticks_per_second": hz,
+        },
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-"))
+    try:
+        say("bringing up the lab hosts node-x1 and client (vpnfleet-lab up)")
+        lab("up", "--hosts", f"{NODE},{CLIENT}")
+        for host in (NODE, CLIENT):
+            sh_on(host, f"mkdir -p {REMOTE_DIR} {RUN_DIR} /run/openvpn-server")
+        say("making a CA, certificates and a tls-crypt key with plugins/module_utils/pki.py")
+        material = make_pki(tmp)
+        for name, text in material.items():
+            secret = name.endswith(".key")
+            if not name.startswith("client"):
+                put(NODE, f"{REMOTE_DIR}/{name}", _text(text), 0o600 if secret else 0o644)
+            if name in ("ca.crt", "tls-crypt.key") or name.startswith("client"):
+                put(CLIENT, f"{REMOTE_DIR}/{name}", _text(text), 0o600 if secret else 0o644)
+
+        say(f"openssl speed ceiling on each of {cores} cores")
+        results["openssl"] = openssl_ceiling(args.openssl_seconds, cores)
+        ceiling = results["openssl"]["bits_per_second"]
+
+        # (a)+(b): one process of ours and the hand-written one, both up, measured in turn.
+        ((ours_plan, ours_conf),) = our_configs("bench", OURS_IPV4, OURS_IPV6, 1, OURS_PORT)
+        server_core, client_core = 0, (1 if cores > 1 else 0)
+        ours = Tunnel(
+            "ours",
+            ours_conf,
+            client_config(OURS_PORT, "tunc-ours", True),
+            ours_plan["ipv4_gateway"],
+            IPERF_PORT_BASE + 1,
+            server_core,
+            client_core,
+        )
+        hand_ip = str(ipaddress.ip_network(HAND_IPV4).network_address + 1)
+        hand = Tunnel(
+            "hand",
+            hand_written_config(),
+            client_config(HAND_PORT, "tunc-hand", False),
+            hand_ip,
+            IPERF_PORT_BASE + 2,
+            server_core,
+            client_core,
+        )
+        plain_pid = start_daemon(
+            procs,
+            NODE,
+            f"iperf3 -s -p {IPERF_PORT_BASE} -D --pidfile {RUN_DIR}/iperf-plain.pid",
+            f"{RUN_DIR}/iperf-plain.pid",
+            "iperf3 plain",
+        )
+        for tunnel in (ours, hand):
+            tunnel.start(procs)
+        for tunnel in (ours, hand):
+            tunnel.wait_connected()
+        say("tunnels up; DCO: " + (dco := dco_report([ours, hand]))["verdict"])
+        results["dco"] = dco
+        results["configs"] = {
+            "ours": ours_conf,
+            "hand_written": hand_written_config(),
+            "ours_plan": ours_plan,
+        }
+        runs = {"ours": [], "hand_written": [], "plain": []}
+        for round_number in range(args.rounds):
+            order = [("ours", ours), ("hand_written", hand)]
+            if round_number % 2:
+                order.reverse()  # ABBA: neither config always goes first
+            for label, tunnel in order:
+                say(f"round {round_number + 1}/{args.rounds}: {label}, {args.seconds} s")
+                runs[label].append(measure([tunnel], args.seconds, args.reverse, hz))
+            say(f"round {round_number + 1}/{args.rounds}: plain lab network, {args.seconds} s")
+            runs["plain"].append(measure_plain(args.seconds, args.reverse))
+        procs.stop(NODE, plain_pid)
+        pair = {}
+        for label in ("ours", "hand_written"):
+            pair[label] = {
+                "bits_per_second": median_of(runs[label], "bits_per_second"),
+                "cpu_seconds_per_gb": median_of(runs[label], "cpu_seconds_per_gb"),
+                "fraction_of_openssl_core": median_of(runs[label], "bits_per_second") / ceiling,
+                "runs": runs[label],
+            }
+        pair["plain"] = {
+            "bits_per_second": median_of(runs["plain"], "bits_per_second"),
+            "runs": runs["plain"],
+        }
+        # Ratios per round (the two runs of a round are neighbours in time), then the median.
+        pair["throughput_ratio"] = statistics.median(
+            o["bits_per_second"] / h["bits_per_second"]
+            for o, h in zip(runs["ours"], runs["hand_written"], strict=True)
+        )
+        pair["cpu_per_gb_ratio"] = statistics.median(
+            o["cpu_seconds_per_gb"] / h["cpu_seconds_per_gb"]
+            for o, h in zip(runs["ours"], runs["hand_written"], strict=True)
+        )
+        results["one_process"] = pair
+        for tunnel in (ours, hand):
+            for pid in (tunnel.client_pid, tunnel.iperf_pid, tunnel.server_pid):
+                procs.stop(CLIENT if pid == tunnel.client_pid else NODE, pid)
+
+        # (d): 1..N processes of ours, server i pinned to core i, client i to the core counted from
+        # the other end, all measured at once.
+        scaling = []
+        for count in range(1, max_processes + 1):
+            configs = our_configs("scale", SCALE_IPV4, SCALE_IPV6, count, SCALE_PORT_BASE)
+            tunnels = [
+                Tunnel(
+                    f"scale{count}-{i}",
+                    conf,
+                    client_config(plan["port"], f"tunc-s{i}", True),
+                    plan["ipv4_gateway"],
+                    IPERF_PORT_BASE + 10 + i,
+                    i % cores,
+                    (cores - 1 - i) % cores,
+                )
+                for i, (plan, conf) in enumerate(configs)
+            ]
+            for tunnel in tunnels:
+                tunnel.start(procs)
+            for tunnel in tunnels:
+                tunnel.wait_connected()
+            rows = []
+            for round_number in range(args.rounds):
+                say(f"scaling: {count} process(es), round {round_number + 1}/{args.rounds}, {args.seconds} s")
+                rows.append(measure(tunnels, args.seconds, args.reverse, hz))
+            scaling.append(
+                {
+                    "processes": count,
+                    "server_cores": [t.server_core for t in tunnels],
+                    "client_cores": [t.client_core for t in tunnels],
+                    "bits_per_second": median_of(rows, "bits_per_second"),
+                    "cpu_seconds_per_gb": median_of(rows, "cpu_seconds_per_gb"),
+                    "fraction_of_openssl_cores": median_of(rows, "bits_per_second") / (ceiling * count),
+                    "runs": rows,
+                }
+            )
+            for tunnel in tunnels:
+                procs.stop(CLIENT, tunnel.client_pid)
+                procs.stop(NODE, tunnel.iperf_pid)
+                procs.stop(NODE, tunnel.server_pid)
+        results["scaling"] = scaling
+        results["limits"] = limits_note(cores, scaling)
+        results["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        return results
+    finally:
+        procs.stop_all()
+        say("taking the lab down (vpnfleet-lab down)")
+        lab("down", check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def limits_note(cores: int, scaling: list[dict]) -> str:
+    if cores >= 2 * len(scaling) + 2:
+        return (
+            f"{cores} cores: every server process had a core of its own; the clients ran on the "
+            "remaining cores of the same machine."
+        )
+    return (
+        f"This machine has {cores} core(s) and runs both ends: the node's OpenVPN servers, the client's "
+        "OpenVPN processes and both iperf3 ends share them (server i pinned to core i, client i to core "
+        f"{cores}-1-i, iperf3 unpinned). So a tunnel here is limited by the client's and iperf3's work as "
+        "much as by the server's, and more processes cannot add throughput once the cores are busy: the "
+        "scaling rows show the per-core cost (CPU s/GB) and that the planner's processes run side by "
+        "side, not how a node with its own cores and remote clients scales. The ceiling is openssl's "
+        "AES-256-GCM on one core; a tunnel also pays for tun I/O, UDP sockets and copies."
+    )
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def table(results: dict) -> str:
+    pair = results["one_process"]
+    ceiling = results["openssl"]["bits_per_second"]
+    lines = []
+    add = lines.append
+    m = results["machine"]
+    p = results["parameters"]
+    add(
+        f"vpnfleet dataplane benchmark  {results['started']}  ({m['cores']} cores, {m['cpu']}, "
+        f"kernel {m['kernel']})"
+    )
+    add(f"iperf3 TCP, {p['seconds']} s per run, {p['rounds']} round(s), median; direction {p['direction']}")
+    add(f"DCO: {results['dco']['verdict']}")
+    add("")
+    add("(a)+(b)+(c) one OpenVPN process, UDP, AES-256-GCM, server pinned to core 0")
+    header = f"  {'config':<22}{'Gbit/s':>9}{'node CPU s/GB':>15}{'of openssl core':>17}"
+    add(header)
+    for label, name in (("ours", "ours (instances.py)"), ("hand_written", "hand-written minimal")):
+        row = pair[label]
+        add(
+            f"  {name:<22}{gbit(row['bits_per_second']):>9}{row['cpu_seconds_per_gb']:>15.2f}"
+            f"{row['fraction_of_openssl_core'] * 100:>16.1f}%"
+        )
+    add(
+        f"  {'ratio ours/hand':<22}{pair['throughput_ratio']:>9.3f}{pair['cpu_per_gb_ratio']:>15.3f}"
+        f"{'':>17}   (goal: >= 0.95, <= 1.05)"
+    )
+    add(f"  {'lab network, no VPN':<22}{gbit(pair['plain']['bits_per_second']):>9}")
+    add(
+        f"  {'openssl speed 1 core':<22}{gbit(ceiling):>9}   (AES-256-GCM, 16 KiB blocks, "
+        f"per core: {', '.join(gbit(v * 8) for v in results['openssl']['bytes_per_second_per_core'])})"
+    )
+    add("")
+    add("(d) processes of ours side by side, server i pinned to core i")
+    add(
+        f"  {'processes':<11}{'aggregate Gbit/s':>17}{'per process':>13}{'node CPU s/GB':>15}"
+        f"{'of openssl cores':>18}"
+    )
+    for row in results["scaling"]:
+        per = [
+            gbit(t["bits_per_second"])
+            for t in min(row["runs"], key=lambda r: abs(r["bits_per_second"] - row["bits_per_second"]))[
+                "tunnels"
+            ]
+        ]
+        add(
+            f"  {row['processes']:<11}{gbit(row['bits_per_second']):>17}{'/'.join(per):>13}"
+            f"{row['cpu_seconds_per_gb']:>15.2f}{row['fraction_of_openssl_cores'] * 100:>17.1f}%"
+        )
+    add("")
+    for chunk in _wrap(results["limits"], 100):
+        add(chunk)
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def write_results(results: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"dataplane-{stamp}.json"
+    text = json.dumps(results, indent=2, sort_keys=False) + "\n"
+    path.write_text(text)
+    (RESULTS / "dataplane-latest.json").write_text(text)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10, help="length of each iperf3 run (default 10)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of ours/hand-written runs (default 5)")
+    parser.add_argument("--quick", action="store_true", help="3 s runs, 2 rounds: checks it works")
+    parser.add_argument(
+        "--max-processes",
+        type=int,
+        default=0,
+        help="largest process count for the scaling rows (default: the machine's cores)",
+    )
+    parser.add_argument(
+        "--upload", dest="reverse", action="store_false", help="measure client->node instead of node->client"
+    )
+    parser.add_argument("--openssl-seconds", type=int, default=3)
+    parser.add_argument(
+        "--inventory",
+        type=Path,
+        default=None,
+        help="the lab's inventory (default: $VPNFLEET_LAB_INVENTORY or inventories/lab)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds, args.openssl_seconds = 3, 2, 1
+    if args.seconds < 1 or args.rounds < 1:
+        parser.error("--seconds must be at least 1 and --rounds at least 1")
+    if args.seconds == int(args.seconds):
+        args.seconds = int(args.seconds)
+    if os.geteuid() != 0:
+        parser.error("the lab needs root")
+    os.chdir(REPO)
+    if args.inventory:
+        global INVENTORY
+        INVENTORY = args.inventory.resolve()
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        with session_lock():
+            results = run_benchmark(args)
+    except BenchError as error:
+        say(f"failed: {error}")
+        return 1
+    path = write_results(results)
+    print(table(results))
+    print(f"\nfigures: {path.relative_to(REPO)} (and bench/results/dataplane-latest.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
