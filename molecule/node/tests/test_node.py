@@ -1,0 +1,371 @@
+"""The node role on real lab hosts: every process, a real OpenVPN client through each, NAT and
+split tunnel, the VPN daemon over mutual TLS, and scaling the process count up and down.
+
+The tests run in file order: the scaling test converges the node again and comes last.
+"""
+
+import base64
+import http.client
+import ipaddress
+import json
+import os
+import pathlib
+import socket
+import ssl
+import subprocess
+import time
+import urllib.parse
+
+import pytest
+import testinfra
+import yaml
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+PKI = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki"
+SCENARIO = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+NODE_ADDRESS = "198.51.100.10"
+CLIENT_ADDRESS = "203.0.113.70"
+INTERNET_ADDRESS = "203.0.113.130"
+PROBE_PORT = 8080
+DAEMON_PORT = 41194
+WORK = "/root/vfl-test"
+
+testinfra_hosts = ["node-x1"]
+
+
+def lab_host(name):
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
+
+
+@pytest.fixture(scope="module")
+def node():
+    return lab_host("node-x1")
+
+
+@pytest.fixture(scope="module")
+def client():
+    host = lab_host("client")
+    host.check_output(f"mkdir -p {WORK}")
+    return host
+
+
+def read_plan(node):
+    return json.loads(node.file("/etc/vpnfleet/openvpn-plan.json").content_string)
+
+
+def processes_of(plan):
+    return [(profile, process) for profile in plan["profiles"] for process in profile["processes"]]
+
+
+@pytest.fixture(scope="module")
+def internet():
+    """An HTTP server on the internet host whose log shows the source address of every request."""
+    host = lab_host("internet")
+    host.run("systemctl stop vfl-probe; systemctl reset-failed vfl-probe; rm -f /run/vfl-probe.log")
+    host.check_output(
+        "systemd-run --unit vfl-probe -p StandardError=file:/run/vfl-probe.log "
+        f"python3 -m http.server {PROBE_PORT} --bind ::"
+    )
+    wait_for(lambda: host.socket(f"tcp://:::{PROBE_PORT}").is_listening, "the probe on the internet host")
+    yield host
+    host.run("systemctl stop vfl-probe")
+
+
+def wait_for(condition, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def seen_by_probe(internet, path):
+    """The source address the internet host saw for a request of ``path``."""
+    for line in internet.file("/run/vfl-probe.log").content_string.splitlines():
+        if f"GET {path} " in line:
+            return ipaddress.ip_address(line.split()[0].removeprefix("::ffff:"))
+    return None
+
+
+class VpnClient:
+    """The real openvpn client on the client host, run in the background, stopped by its PID."""
+
+    def __init__(self, host, profile_id, process, common_name="alice"):
+        self.host = host
+        self.name = process["name"]
+        self.process = process
+        self.pid_file = f"{WORK}/{self.name}.pid"
+        self.log = f"{WORK}/{self.name}.log"
+        proto = "udp" if process["proto"] == "udp" else "tcp-client"
+        inline = {
+            "ca": (PKI / "ca/ca.crt").read_text(),
+            "cert": (PKI / f"{common_name}.crt").read_text(),
+            "key": (PKI / f"{common_name}.key").read_text(),
+            "tls-crypt": (PKI / f"ca/tls-crypt-{profile_id}.key").read_text(),
+        }
+        config = [
+            "client",
+            "dev tun",
+            f"proto {proto}",
+            f"remote {NODE_ADDRESS} {process['port']}",
+            "nobind",
+            "remote-cert-tls server",
+            "tls-version-min 1.3",
+            "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
+            "connect-retry-max 2",
+            "verb 3",
+        ] + [f"<{tag}>\n{text.strip()}\n</{tag}>" for tag, text in inline.items()]
+        self.config = "\n".join(config) + "\n"
+
+    def start(self):
+        encoded = base64.b64encode(self.config.encode()).decode()
+        path = f"{WORK}/{self.name}.ovpn"
+        self.host.check_output(f"echo {encoded} | base64 -d > {path}")
+        self.host.check_output(f"rm -f {self.log} {self.pid_file}")
+        self.host.check_output(
+            f"openvpn --config {path} --daemon vfl-{self.name} --writepid {self.pid_file} --log {self.log}"
+        )
+        wait_for(
+            lambda: "Initialization Sequence Completed" in self.log_text(),
+            f"the client to connect to {self.name}:\n{self.log_text()}",
+        )
+        return self
+
+    def log_text(self):
+        return self.host.run(f"cat {self.log}").stdout
+
+    def pid(self):
+        return self.host.run(f"cat {self.pid_file}").stdout.strip()
+
+    def running(self):
+        pid = self.pid()
+        return bool(pid) and self.host.run(f"kill -0 {pid}").rc == 0
+
+    def device(self):
+        for line in self.log_text().splitlines():
+            if "TUN/TAP device" in line and "opened" in line:
+                return line.split("TUN/TAP device")[1].split()[0]
+        raise AssertionError("no tun device in the client log:\n" + self.log_text())
+
+    def address(self, family):
+        out = self.host.check_output(f"ip -{family} -json address show dev {self.device()} scope global")
+        info = json.loads(out)[0]["addr_info"][0]
+        return ipaddress.ip_address(info["local"])
+
+    def stop(self):
+        pid = self.pid()
+        if pid and self.running():
+            self.host.run(f"kill {pid}")
+            wait_for(lambda: not self.running(), f"client {self.name} to stop")
+
+
+@pytest.fixture
+def connected(client):
+    started = []
+
+    def connect(profile_id, process, common_name="alice"):
+        vpn = VpnClient(client, profile_id, process, common_name).start()
+        started.append(vpn)
+        return vpn
+
+    yield connect
+    for vpn in started:
+        vpn.stop()
+
+
+def daemon_request(method, path, cert=None, body=None):
+    """An HTTPS request to the node's daemon from the control machine, as the controller makes it."""
+    context = ssl.create_default_context(cafile=str(PKI / "ca/ca.crt"))
+    context.check_hostname = False  # the lab reaches the node by address; the chain is checked
+    if cert:
+        context.load_cert_chain(str(PKI / f"{cert}.crt"), str(PKI / f"{cert}.key"))
+    connection = http.client.HTTPSConnection(NODE_ADDRESS, DAEMON_PORT, context=context, timeout=10)
+    headers = {"Content-Type": "application/x-www-form-urlencoded"} if body is not None else {}
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+# ----------------------------------------------------------------------------- the node itself
+
+
+def test_every_process_runs_and_listens_on_its_planned_port(node):
+    plan = read_plan(node)
+    assert [profile["profile_id"] for profile in plan["profiles"]] == ["internet", "office"]
+    internet = plan["profiles"][0]
+    assert internet["listeners"] == ["udp/1194", "tcp/1194"]
+    for _, process in processes_of(plan):
+        assert node.service(process["unit"]).is_running, process["unit"]
+        listening = node.check_output(f"ss -H -ln{process['proto'][0]}p sport = :{process['port']}")
+        assert "openvpn" in listening, (
+            f"{process['name']} does not listen on {process['proto']}/{process['port']}"
+        )
+
+
+def test_the_firewall_opens_exactly_the_planned_ports_and_masquerades_the_full_tunnel(node):
+    ruleset = node.check_output("nft list table inet vpnfleet")
+    plan = read_plan(node)
+    listeners = [listener for profile in plan["profiles"] for listener in profile["listeners"]]
+    udp = sorted({int(item.split("/")[1]) for item in listeners if item.startswith("udp/")})
+    tcp = sorted({int(item.split("/")[1]) for item in listeners if item.startswith("tcp/")})
+    assert f"udp dport {{ {', '.join(map(str, udp))} }} accept" in ruleset
+    assert f"tcp dport {{ {', '.join(map(str, tcp))} }} accept" in ruleset
+    assert "tcp dport 41194 accept" in ruleset and "203.0.113.252/30" in ruleset
+    assert 'ip saddr 198.18.0.0/24 oifname != "tun-*" masquerade' in ruleset
+    assert "198.18.1.0/24 oifname" not in ruleset, "the split-tunnel profile is not masqueraded"
+    assert node.check_output("sysctl -n net.ipv4.ip_forward net.ipv6.conf.all.forwarding").split() == [
+        "1",
+        "1",
+    ]
+
+
+def test_the_keys_stay_on_the_node_with_tight_modes(node):
+    for path, owner in (
+        ("/etc/openvpn/server/pki/server.key", "root"),
+        ("/etc/vpnfleet/daemon/daemon.key", "vpnfleet-daemon"),
+        ("/etc/openvpn/server/pki/tls-crypt-internet.key", "root"),
+    ):
+        key = node.file(path)
+        assert (key.user, key.mode) == (owner, 0o600), path
+    assert not list(PKI.glob("ca/hosts/*.key")), "no node key on the CA host"
+
+
+# ----------------------------------------------------------------------------- real clients
+
+
+def test_a_real_client_connects_to_every_process_and_gets_an_address_of_its_slice(node, connected):
+    for profile, process in processes_of(read_plan(node)):
+        vpn = connected(profile["profile_id"], process)
+        address = vpn.address(4)
+        assert address in ipaddress.ip_network(process["ipv4"]), f"{process['name']}: {address}"
+        assert vpn.address(6) in ipaddress.ip_network(process["ipv6"])
+        vpn.host.check_output(f"ping -c 2 -W 2 {process['ipv4_gateway']}")
+        vpn.host.check_output(f"ping -6 -c 2 -W 2 {process['ipv6_gateway']}")
+        vpn.stop()
+
+
+def test_full_tunnel_reaches_the_internet_host_through_the_nodes_nat(node, connected, internet):
+    internet_v6 = json.loads(internet.check_output("ip -6 -json address show dev host0 scope global"))[0]
+    internet_v6 = internet_v6["addr_info"][0]["local"]
+    node_v6 = json.loads(node.check_output("ip -6 -json address show dev host0 scope global"))[0]
+    node_v6 = ipaddress.ip_address(node_v6["addr_info"][0]["local"])
+    for profile, process in processes_of(read_plan(node)):
+        if profile["profile_id"] != "internet":
+            continue
+        vpn = connected("internet", process)
+        route = vpn.host.check_output(f"ip route get {INTERNET_ADDRESS}")
+        assert f"dev {vpn.device()}" in route, route
+        path = f"/full-{process['name']}"
+        vpn.host.check_output(
+            f"curl -sf -o /dev/null --max-time 10 http://{INTERNET_ADDRESS}:{PROBE_PORT}{path}"
+        )
+        assert seen_by_probe(internet, path) == ipaddress.ip_address(NODE_ADDRESS)
+        vpn.host.check_output(
+            f"curl -6 -sf -o /dev/null --max-time 10 http://[{internet_v6}]:{PROBE_PORT}{path}-v6"
+        )
+        assert seen_by_probe(internet, f"{path}-v6") == node_v6
+        vpn.stop()
+
+
+def test_split_tunnel_pushes_only_its_routes_and_leaves_the_internet_host_outside(node, connected, internet):
+    for profile, process in processes_of(read_plan(node)):
+        if profile["profile_id"] != "office":
+            continue
+        vpn = connected("office", process)
+        device = vpn.device()
+        tunnel_routes = vpn.host.check_output(f"ip route show dev {device}")
+        assert "198.51.100.64/26" in tunnel_routes
+        assert "0.0.0.0/1" not in tunnel_routes and "default" not in tunnel_routes, tunnel_routes
+        assert "2001:db8:1f00:12::/64" in vpn.host.check_output(f"ip -6 route show dev {device}")
+        assert f"dev {device}" not in vpn.host.check_output(f"ip route get {INTERNET_ADDRESS}")
+        path = f"/split-{process['name']}"
+        vpn.host.check_output(
+            f"curl -sf -o /dev/null --max-time 10 http://{INTERNET_ADDRESS}:{PROBE_PORT}{path}"
+        )
+        assert seen_by_probe(internet, path) == ipaddress.ip_address(CLIENT_ADDRESS)
+        vpn.stop()
+
+
+# ----------------------------------------------------------------------------- the VPN daemon
+
+
+def test_the_daemon_lists_the_connected_client_and_disconnects_it(node, connected):
+    plan = read_plan(node)
+    process = plan["profiles"][0]["processes"][0]
+    vpn = connected("internet", process)
+    address = str(vpn.address(4))
+
+    status, answer = daemon_request("GET", "/o/connection_list", cert="controller")
+    assert status == 200, answer
+    mine = [entry for entry in answer["connection_list"] if entry["common_name"] == "alice"]
+    assert len(mine) == 1, answer
+    assert (mine[0]["ip_four"], mine[0]["profile_id"], mine[0]["process"]) == (
+        address,
+        "internet",
+        process["name"],
+    )
+    assert mine[0]["real_address"].startswith(CLIENT_ADDRESS)
+
+    status, info = daemon_request("GET", "/i/node?include_client_peer_count=yes", cert="controller")
+    assert status == 200 and info["o_client_count"] == 1, info
+    assert len(info["o_process_list"]) == len(processes_of(plan))
+
+    body = urllib.parse.urlencode({"common_name": "alice"})
+    status, answer = daemon_request("POST", "/o/disconnect_client", cert="controller", body=body)
+    assert (status, answer["disconnected_count"]) == (200, 1), answer
+    wait_for(lambda: not vpn.running(), "the client to stop after the disconnect")
+    assert "Halt command was pushed by server" in vpn.log_text() or "HALT" in vpn.log_text()
+
+
+@pytest.mark.parametrize("cert", [None, "stranger", "alice"], ids=["no-cert", "other-ca", "client-purpose"])
+def test_the_daemon_refuses_everyone_but_the_controller(cert):
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException, socket.timeout, OSError)):
+        status, answer = daemon_request("GET", "/o/connection_list", cert=cert)
+        pytest.fail(f"answered {status} {answer} to {cert or 'no certificate'}")
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def converge_with_internet_processes(count):
+    profiles_file = (
+        pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "inventories/lab/group_vars/all/profiles.yml"
+    )
+    profiles = yaml.safe_load(profiles_file.read_text())["vpnfleet_profiles"]
+    for profile in profiles:
+        if profile["id"] == "internet":
+            profile["processes"] = count
+    extra = SCENARIO / f".scale-{count}.json"
+    extra.write_text(json.dumps({"node_profiles": profiles}))
+    try:
+        subprocess.run(
+            ["ansible-playbook", "-i", INVENTORY, str(SCENARIO / "converge.yml"), "-e", f"@{extra}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise AssertionError(f"converge with {count} processes failed:\n{exc.stdout[-4000:]}") from None
+    finally:
+        extra.unlink()
+
+
+def test_changing_the_process_count_adds_and_removes_processes_ports_and_openings(node):
+    converge_with_internet_processes(3)
+    plan = read_plan(node)
+    assert plan["profiles"][0]["listeners"] == ["udp/1194", "udp/1195", "tcp/1194"]
+    assert node.service("openvpn-server@internet-2").is_running
+    assert "openvpn" in node.check_output("ss -H -lnup sport = :1195")
+    assert "udp dport { 1194, 1195, 1294" in node.check_output("nft list table inet vpnfleet")
+
+    converge_with_internet_processes(2)
+    plan = read_plan(node)
+    assert plan["profiles"][0]["listeners"] == ["udp/1194", "tcp/1194"]
+    assert not node.file("/etc/openvpn/server/internet-2.conf").exists
+    assert not node.service("openvpn-server@internet-2").is_running
+    assert node.check_output("ss -H -lnup sport = :1195") == ""
+    assert "1195" not in node.check_output("nft list table inet vpnfleet")
