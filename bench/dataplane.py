@@ -51,7 +51,8 @@ NODE_ADDRESS = "198.51.100.10"
 OURS_IPV4, OURS_IPV6 = "198.18.200.0/24", "2001:db8:200::/64"
 HAND_IPV4 = "198.18.201.0/24"
 SCALE_IPV4, SCALE_IPV6 = "198.18.202.0/24", "2001:db8:202::/64"
-OURS_PORT, HAND_PORT, SCALE_PORT_BASE = 1194, 1294, 1394
+DIAG_IPV4, DIAG_IPV6 = "198.18.203.0/24", "2001:db8:203::/64"
+OURS_PORT, HAND_PORT, SCALE_PORT_BASE, DIAG_PORT = 1194, 1294, 1394, 1494
 IPERF_PORT_BASE = 5201
 CIPHER = "AES-256-GCM"
 
@@ -270,6 +271,22 @@ def client_config(port: int, dev: str, tls_crypt: bool) -> str:
     if tls_crypt:
         lines.append(f"tls-crypt {REMOTE_DIR}/tls-crypt.key")
     return "\n".join(lines) + "\n"
+
+
+def diagnostic_tunnel(server_core, client_core):
+    """Ours with one difference to the hand-written config taken out: an IPv4 UDP socket
+    (``proto udp``) instead of the dual-stack ``proto udp6`` the renderer writes."""
+    ((plan, conf),) = our_configs("diag", DIAG_IPV4, DIAG_IPV6, 1, DIAG_PORT)
+    conf = conf.replace("\nproto udp6\n", "\nproto udp\n")
+    return Tunnel(
+        "diag",
+        conf,
+        client_config(DIAG_PORT, "tunc-diag", True),
+        plan["ipv4_gateway"],
+        IPERF_PORT_BASE + 3,
+        server_core,
+        client_core,
+    )
 
 
 class Tunnel:
@@ -568,6 +585,9 @@ def run_benchmark(args) -> dict:
             server_core,
             client_core,
         )
+        contenders = [("ours", ours), ("hand_written", hand)]
+        if args.diagnose:
+            contenders.append(("ours_udp4", diagnostic_tunnel(server_core, client_core)))
         plain_pid = start_daemon(
             procs,
             NODE,
@@ -575,22 +595,20 @@ def run_benchmark(args) -> dict:
             f"{RUN_DIR}/iperf-plain.pid",
             "iperf3 plain",
         )
-        for tunnel in (ours, hand):
+        for _, tunnel in contenders:
             tunnel.start(procs)
-        for tunnel in (ours, hand):
+        for _, tunnel in contenders:
             tunnel.wait_connected()
-        say("tunnels up; DCO: " + (dco := dco_report([ours, hand]))["verdict"])
+        say("tunnels up; DCO: " + (dco := dco_report([t for _, t in contenders]))["verdict"])
         results["dco"] = dco
-        results["configs"] = {
-            "ours": ours_conf,
-            "hand_written": hand_written_config(),
-            "ours_plan": ours_plan,
-        }
-        runs = {"ours": [], "hand_written": [], "plain": []}
+        results["configs"] = {label: tunnel.server_config for label, tunnel in contenders}
+        results["configs"]["ours_plan"] = ours_plan
+        runs = {label: [] for label, _ in contenders}
+        runs["plain"] = []
         for round_number in range(args.rounds):
-            order = [("ours", ours), ("hand_written", hand)]
+            order = list(contenders)
             if round_number % 2:
-                order.reverse()  # ABBA: neither config always goes first
+                order.reverse()  # ABBA: no config always goes first
             for label, tunnel in order:
                 say(f"round {round_number + 1}/{args.rounds}: {label}, {args.seconds} s")
                 runs[label].append(measure([tunnel], args.seconds, args.reverse, hz))
@@ -598,28 +616,30 @@ def run_benchmark(args) -> dict:
             runs["plain"].append(measure_plain(args.seconds, args.reverse))
         procs.stop(NODE, plain_pid)
         pair = {}
-        for label in ("ours", "hand_written"):
+        for label, _ in contenders:
             pair[label] = {
                 "bits_per_second": median_of(runs[label], "bits_per_second"),
                 "cpu_seconds_per_gb": median_of(runs[label], "cpu_seconds_per_gb"),
                 "fraction_of_openssl_core": median_of(runs[label], "bits_per_second") / ceiling,
                 "runs": runs[label],
             }
+            # Ratios per round (the runs of a round are neighbours in time), then the median.
+            pair[label]["throughput_ratio_to_hand_written"] = statistics.median(
+                o["bits_per_second"] / h["bits_per_second"]
+                for o, h in zip(runs[label], runs["hand_written"], strict=True)
+            )
+            pair[label]["cpu_per_gb_ratio_to_hand_written"] = statistics.median(
+                o["cpu_seconds_per_gb"] / h["cpu_seconds_per_gb"]
+                for o, h in zip(runs[label], runs["hand_written"], strict=True)
+            )
         pair["plain"] = {
             "bits_per_second": median_of(runs["plain"], "bits_per_second"),
             "runs": runs["plain"],
         }
-        # Ratios per round (the two runs of a round are neighbours in time), then the median.
-        pair["throughput_ratio"] = statistics.median(
-            o["bits_per_second"] / h["bits_per_second"]
-            for o, h in zip(runs["ours"], runs["hand_written"], strict=True)
-        )
-        pair["cpu_per_gb_ratio"] = statistics.median(
-            o["cpu_seconds_per_gb"] / h["cpu_seconds_per_gb"]
-            for o, h in zip(runs["ours"], runs["hand_written"], strict=True)
-        )
+        pair["throughput_ratio"] = pair["ours"]["throughput_ratio_to_hand_written"]
+        pair["cpu_per_gb_ratio"] = pair["ours"]["cpu_per_gb_ratio_to_hand_written"]
         results["one_process"] = pair
-        for tunnel in (ours, hand):
+        for _, tunnel in contenders:
             for pid in (tunnel.client_pid, tunnel.iperf_pid, tunnel.server_pid):
                 procs.stop(CLIENT if pid == tunnel.client_pid else NODE, pid)
 
@@ -719,8 +739,15 @@ def table(results: dict) -> str:
     add("(a)+(b)+(c) one OpenVPN process, UDP, AES-256-GCM, server pinned to core 0")
     header = f"  {'config':<22}{'Gbit/s':>9}{'node CPU s/GB':>15}{'of openssl core':>17}"
     add(header)
-    for label, name in (("ours", "ours (instances.py)"), ("hand_written", "hand-written minimal")):
-        row = pair[label]
+    names = (
+        ("ours", "ours (instances.py)"),
+        ("hand_written", "hand-written minimal"),
+        ("ours_udp4", "ours, proto udp (diag)"),
+    )
+    for label, name in names:
+        row = pair.get(label)
+        if row is None:
+            continue
         add(
             f"  {name:<22}{gbit(row['bits_per_second']):>9}{row['cpu_seconds_per_gb']:>15.2f}"
             f"{row['fraction_of_openssl_core'] * 100:>16.1f}%"
@@ -729,6 +756,12 @@ def table(results: dict) -> str:
         f"  {'ratio ours/hand':<22}{pair['throughput_ratio']:>9.3f}{pair['cpu_per_gb_ratio']:>15.3f}"
         f"{'':>17}   (goal: >= 0.95, <= 1.05)"
     )
+    if "ours_udp4" in pair:
+        diag = pair["ours_udp4"]
+        add(
+            f"  {'ratio diag/hand':<22}{diag['throughput_ratio_to_hand_written']:>9.3f}"
+            f"{diag['cpu_per_gb_ratio_to_hand_written']:>15.3f}"
+        )
     add(f"  {'lab network, no VPN':<22}{gbit(pair['plain']['bits_per_second']):>9}")
     add(
         f"  {'openssl speed 1 core':<22}{gbit(ceiling):>9}   (AES-256-GCM, 16 KiB blocks, "
