@@ -827,6 +827,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--openssl-seconds", type=int, default=3)
     parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also run ours with `proto udp` instead of `udp6` as a third contender, to explain a gap",
+    )
+    parser.add_argument(
         "--inventory",
         type=Path,
         default=None,
