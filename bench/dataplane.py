@@ -52,7 +52,8 @@ OURS_IPV4, OURS_IPV6 = "198.18.200.0/24", "2001:db8:200::/64"
 HAND_IPV4 = "198.18.201.0/24"
 SCALE_IPV4, SCALE_IPV6 = "198.18.202.0/24", "2001:db8:202::/64"
 DIAG_IPV4, DIAG_IPV6 = "198.18.203.0/24", "2001:db8:203::/64"
-OURS_PORT, HAND_PORT, SCALE_PORT_BASE, DIAG_PORT = 1194, 1294, 1394, 1494
+# Ports away from the node role's 1194 and up: nothing of ours may answer by accident.
+OURS_PORT, HAND_PORT, SCALE_PORT_BASE, DIAG_PORT = 21194, 21294, 21394, 21494
 IPERF_PORT_BASE = 5201
 CIPHER = "AES-256-GCM"
 
@@ -546,7 +547,10 @@ def run_benchmark(args) -> dict:
     }
     tmp = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-"))
     try:
-        say("bringing up the lab hosts node-x1 and client (vpnfleet-lab up)")
+        # A lab left up by an earlier session may run a deployed node (OpenVPN, firewall) that
+        # would share the cores: start from freshly booted hosts.
+        say("starting from a clean lab (vpnfleet-lab down), then up node-x1 and client")
+        lab("down")
         lab("up", "--hosts", f"{NODE},{CLIENT}")
         for host in (NODE, CLIENT):
             sh_on(host, f"mkdir -p {REMOTE_DIR} {RUN_DIR} /run/openvpn-server")
