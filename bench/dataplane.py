@@ -865,6 +865,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as error:
         say(f"failed: {error}")
         return 1
+    except KeyboardInterrupt as interrupt:
+        say(f"interrupted ({interrupt or 'SIGINT'}); the lab was taken down")
+        return 130
     path = write_results(results)
     print(table(results))
     print(f"\nfigures: {path.relative_to(REPO)} (and bench/results/dataplane-latest.json)")
