@@ -1,0 +1,164 @@
+"""How long a connect blocks the OpenVPN process: numbers, not assertions.
+
+    sudo .venv/bin/pytest tests/services/hooks/bench_hooks.py -s     (not collected by default)
+
+1. the shim as OpenVPN runs it (fork, exec, wait), with OpenVPN's environment: what every connect
+   costs the process with our deferred hook;
+2. a synchronous Python hook doing the same HTTPS call (what a plain client-connect script costs);
+3. the real OpenVPN server under strace: from its fork of the shim to its wait4() returning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from hooks_lab import _CLONE_NEWNET, _libc, stop_process, wait_for
+
+ROUNDS = 40
+
+
+def _table(rows: list[tuple[str, list[float]]]) -> str:
+    lines = [f"{'what':58} {'n':>4} {'median ms':>10} {'p90 ms':>8} {'max ms':>8}"]
+    for what, samples in rows:
+        ordered = sorted(samples)
+        p90 = ordered[int(0.9 * (len(ordered) - 1))]
+        lines.append(
+            f"{what:58} {len(samples):>4} {statistics.median(samples) * 1000:>10.2f} "
+            f"{p90 * 1000:>8.2f} {ordered[-1] * 1000:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _environment(lab, common_name: str, script_type: str, deferred_file: str | None) -> dict:
+    environment = {
+        "script_type": script_type,
+        "common_name": common_name,
+        "VPNFLEET_PROFILE": "office",
+        "ifconfig_pool_remote_ip": "198.19.128.200",
+        "trusted_ip": "198.51.100.194",
+    }
+    if deferred_file:
+        environment["client_connect_deferred_file"] = deferred_file
+    return environment
+
+
+def _in_namespace(namespace: str, work):
+    """Run ``work()`` in a thread that joined ``namespace``: the processes it starts live there."""
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            with open(f"/run/netns/{namespace}") as handle:
+                if _libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {namespace}")
+            result["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _timed(command: list, environment: dict, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        subprocess.run(command, env=environment, check=True, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def test_bench_blocking(lab, hooks, vpn_client):
+    common_name, ovpn = lab.new_config()
+    files = []
+
+    def shim_rounds(paced: bool) -> list[float]:
+        times = []
+        for _ in range(ROUNDS):
+            handle, deferred = tempfile.mkstemp(prefix="vfk-ccr-")
+            os.close(handle)
+            files.append(deferred)
+            environment = _environment(lab, common_name, "client-connect", deferred)
+            times += _timed([str(lab.shim), "/dev/null"], environment, 1)
+            if paced:
+                # One connect at a time, as when clients arrive seconds apart.
+                wait_for(lambda path=deferred: Path(path).read_text() != "2", "the worker's decision")
+        return times
+
+    baseline = _timed(["/bin/true"], {}, ROUNDS)
+    paced_times = _in_namespace(lab.namespaces.server, lambda: shim_rounds(True))
+    burst_times = _in_namespace(lab.namespaces.server, lambda: shim_rounds(False))
+    # Every background worker delivers its decision (the real controller answers).
+    wait_for(lambda: all(Path(path).read_text() in ("0", "1") for path in files), "the workers' decisions")
+    decisions = {Path(path).read_text() for path in files}
+    for path in files:
+        os.unlink(path)
+
+    python = lab.shim.read_text().split("PYTHON=", 1)[1].split("\n", 1)[0].strip("'")
+    command = [python, "-I", "-m", "vpnfleet.hooks", "--config", str(lab.hooks_config), "run"]
+    environment = _environment(lab, common_name, "client-connect", None)
+    sync_times = _in_namespace(lab.namespaces.server, lambda: _timed(command, environment, ROUNDS // 2))
+
+    openvpn_times = _under_strace(lab, vpn_client, ovpn)
+    print()
+    print(
+        _table(
+            [
+                ("harness baseline: /bin/true via subprocess", baseline),
+                ("shim, one connect at a time (incl. baseline)", paced_times),
+                (f"shim, {ROUNDS} connects back to back, workers running", burst_times),
+                ("synchronous Python hook + HTTPS call (incl. baseline)", sync_times),
+                ("real OpenVPN under strace: fork of the shim to wait4()", openvpn_times),
+            ]
+        )
+    )
+    print(f"workers' decisions: {sorted(decisions)}; python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+
+
+def _under_strace(lab, vpn_client, ovpn: str) -> list[float]:
+    """Connect clients one after another while strace records the server's clone and wait4."""
+    trace = lab.workdir / "server.strace"
+    strace = subprocess.Popen(
+        [
+            "strace",
+            "-ttt",
+            "-e",
+            "trace=clone,clone3,vfork,wait4,execve",
+            "-o",
+            str(trace),
+            "-p",
+            str(lab.server.process.pid),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: trace.exists(), "strace to attach")
+        for _ in range(8):
+            client = vpn_client(ovpn)
+            client.wait_until_up()
+            client.stop()
+    finally:
+        stop_process(strace)
+    times, forked = [], None
+    for line in trace.read_text().splitlines():
+        stamp = float(line.split()[0])
+        if re.search(r"\b(clone3?|vfork)\(", line):
+            forked = stamp
+        elif "--- SIGCHLD" in line and forked is not None:
+            # -ttt stamps a call when it starts; the blocking wait4() returns with the child's exit.
+            times.append(stamp - forked)
+            forked = None
+    return times

@@ -1,0 +1,195 @@
+"""What one hook run does: read OpenVPN's environment, ask the controller, decide, log one line.
+
+client-connect: allow only on the controller's explicit ``{"allow": true}``. A 4xx or
+``allow: false`` always denies. No usable answer (unreachable, timeout, TLS failure, 5xx) follows
+``unreachable_policy``. In deferred mode the decision goes to OpenVPN's
+``client_connect_deferred_file`` ("1" allow, "0" deny) instead of the exit status.
+
+client-disconnect: tell the controller (bytes, address); nothing to decide.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import syslog
+import time
+from dataclasses import dataclass
+
+from . import node_api
+from .settings import HookSettings, profile_from
+
+CONNECT, DISCONNECT = "client-connect", "client-disconnect"
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    """The client as OpenVPN describes it to a client-connect/-disconnect script."""
+
+    script_type: str
+    common_name: str | None
+    profile_id: str | None
+    ipv4: str | None
+    ipv6: str | None
+    real_address: str | None
+    bytes_received: str | None
+    bytes_sent: str | None
+    deferred_file: str | None
+
+    @classmethod
+    def from_environment(cls, environment: dict, settings: HookSettings | None, profile: str | None = None):
+        def get(name: str) -> str | None:
+            return environment.get(name) or None
+
+        return cls(
+            script_type=environment.get("script_type", ""),
+            common_name=get("common_name"),
+            profile_id=profile_from(settings, profile, environment),
+            ipv4=get("ifconfig_pool_remote_ip"),
+            ipv6=get("ifconfig_pool_remote_ip6"),
+            real_address=get("trusted_ip") or get("trusted_ip6"),
+            bytes_received=get("bytes_received"),
+            bytes_sent=get("bytes_sent"),
+            deferred_file=get("client_connect_deferred_file"),
+        )
+
+    def describe(self) -> str:
+        parts = [f"cn={self.common_name or '-'}", f"profile={self.profile_id or '-'}"]
+        parts += [
+            f"{label}={value}"
+            for label, value in (
+                ("ipv4", self.ipv4),
+                ("ipv6", self.ipv6),
+                ("real", self.real_address),
+                ("bytes_received", self.bytes_received if self.script_type == DISCONNECT else None),
+                ("bytes_sent", self.bytes_sent if self.script_type == DISCONNECT else None),
+            )
+            if value
+        ]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    reason: str
+
+
+def decide_connect(settings: HookSettings, event: ClientEvent) -> Decision:
+    if not event.common_name:
+        return Decision(False, "OpenVPN passed no common_name")
+    if not event.profile_id:
+        return Decision(False, "no profile id: set VPNFLEET_PROFILE (setenv), profile_id or --profile")
+    try:
+        answer = node_api.post(
+            settings,
+            "connect",
+            {
+                "common_name": event.common_name,
+                "profile_id": event.profile_id,
+                "ipv4": event.ipv4,
+                "ipv6": event.ipv6,
+                "real_address": event.real_address,
+            },
+        )
+    except node_api.ControllerUnavailable as exc:
+        allow = settings.unreachable_policy == "allow"
+        return Decision(
+            allow, f"controller unavailable ({exc}); unreachable_policy is {settings.unreachable_policy}"
+        )
+    said = answer.body.get("reason") or answer.body.get("error")
+    if answer.status < 300 and answer.body.get("allow") is True:
+        connection = answer.body.get("connection_id")
+        return Decision(True, "controller allowed" + (f" (connection {connection})" if connection else ""))
+    if answer.status < 300:
+        return Decision(False, f"controller did not allow: {said or 'no reason given'}")
+    return Decision(False, f"controller refused (HTTP {answer.status}): {said or 'no reason given'}")
+
+
+def report_disconnect(settings: HookSettings, event: ClientEvent) -> str:
+    if not event.common_name:
+        return "not reported: OpenVPN passed no common_name"
+    try:
+        answer = node_api.post(
+            settings,
+            "disconnect",
+            {
+                "common_name": event.common_name,
+                "ipv4": event.ipv4,
+                "bytes_received": event.bytes_received,
+                "bytes_sent": event.bytes_sent,
+            },
+        )
+    except node_api.ControllerUnavailable as exc:
+        return f"not reported: controller unavailable ({exc})"
+    if answer.status >= 300:
+        said = answer.body.get("error") or answer.body.get("reason") or "no reason given"
+        return f"not reported: controller refused (HTTP {answer.status}): {said}"
+    return f"reported; controller closed {answer.body.get('closed', '?')} connection-log row(s)"
+
+
+def write_deferred_result(path: str, allow: bool) -> None:
+    """Overwrite the "2" the shim wrote with "1" or "0".
+
+    One byte written in place, never truncated: OpenVPN reads an empty file as "no status yet",
+    and right after the shim returns it would take an empty file for success. No O_CREAT: the file
+    is OpenVPN's, and it is gone only when OpenVPN is done with this client.
+    """
+    descriptor = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(descriptor, b"1" if allow else b"0", 0)
+    finally:
+        os.close(descriptor)
+
+
+class DecisionLog:
+    """One line per decision to stderr (OpenVPN's log / the journal) and optionally syslog."""
+
+    def __init__(self, use_syslog: bool = False):
+        self.use_syslog = use_syslog
+        if use_syslog:
+            syslog.openlog("vpnfleet-hook", syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def line(self, message: str, *, warning: bool = False) -> None:
+        print(f"vpnfleet-hook[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+        if self.use_syslog:
+            syslog.syslog(syslog.LOG_WARNING if warning else syslog.LOG_INFO, message)
+
+
+def run_connect(settings: HookSettings, event: ClientEvent, log: DecisionLog, *, deferred: bool) -> bool:
+    started = time.monotonic()
+    decision = decide_connect(settings, event)
+    elapsed = time.monotonic() - started
+    verdict = "ALLOW" if decision.allow else "DENY"
+    log.line(
+        f"connect {verdict} {event.describe()} node={settings.node_name}: "
+        f"{decision.reason} [{elapsed:.3f} s]",
+        warning=not decision.allow,
+    )
+    if deferred:
+        deliver(event, decision.allow, log)
+    return decision.allow
+
+
+def deliver(event: ClientEvent, allow: bool, log: DecisionLog) -> None:
+    if not event.deferred_file:
+        log.line(f"connect {event.describe()}: no client_connect_deferred_file to write to", warning=True)
+        return
+    try:
+        write_deferred_result(event.deferred_file, allow)
+    except FileNotFoundError:
+        log.line(f"connect {event.describe()}: OpenVPN no longer waits for this client", warning=True)
+    except OSError as exc:
+        log.line(
+            f"connect {event.describe()}: cannot write {event.deferred_file}: {exc.strerror}", warning=True
+        )
+
+
+def run_disconnect(settings: HookSettings, event: ClientEvent, log: DecisionLog) -> None:
+    started = time.monotonic()
+    outcome = report_disconnect(settings, event)
+    log.line(
+        f"disconnect {event.describe()} node={settings.node_name}: {outcome} "
+        f"[{time.monotonic() - started:.3f} s]",
+        warning=outcome.startswith("not"),
+    )
