@@ -1,28 +1,35 @@
 """Fixtures of the daemon tests: a namespace lab with two real OpenVPN servers and the daemon."""
 
-import itertools
-import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-import yaml
-from daemon_lab import (
+# pytest may run with --import-mode=importlib, which puts no test directory on sys.path.
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from daemon_lab import (  # noqa: E402
     DAEMON_PORT,
     SERVER_UNDERLAY_ADDRESS,
-    Credentials,
     DaemonClient,
     LabPki,
-    Namespaces,
-    OpenVpnProcess,
     ServerInstance,
+    create_namespaces,
     daemon_command,
     openvpn_client_config,
     openvpn_server_config,
+)
+from openvpn_netlab import (  # noqa: E402
+    Credentials,
+    Namespaces,
+    OpenVpnProcess,
+    VpnClients,
+    require_lab,
     stop_process,
     wait_for,
 )
@@ -33,8 +40,6 @@ SERVER_INSTANCES = (
     ServerInstance("default-1", "tcp", "198.19.0.128", "255.255.255.128", "2001:db8:f0:1::/64"),
 )
 MANAGEMENT_TIMEOUT = 2.0
-# Numbers the clients' files across all tests of the session.
-_client_numbers = itertools.count()
 
 
 @dataclass
@@ -64,9 +69,8 @@ def lab_pki(workdir: Path) -> LabPki:
 
 @pytest.fixture(scope="session")
 def namespaces() -> Iterator[Namespaces]:
-    if os.geteuid() != 0 or not shutil.which("openvpn") or not shutil.which("ip"):
-        pytest.skip("the daemon lab needs root, iproute2 and openvpn")
-    lab = Namespaces.create()
+    require_lab("the daemon lab")
+    lab = create_namespaces()
     yield lab
     lab.remove()
 
@@ -166,15 +170,11 @@ def vpn_client(
     namespaces: Namespaces, lab_pki: LabPki, workdir: Path, openvpn_servers: dict[str, OpenVpnProcess]
 ) -> Iterator[Callable[[str, str], OpenVpnProcess]]:
     """Starts real openvpn clients in the client namespace; stops whichever are still running."""
-    started: list[OpenVpnProcess] = []
+    clients = VpnClients(namespaces.client, workdir)
 
     def start(common_name: str, protocol: str) -> OpenVpnProcess:
         config = openvpn_client_config(protocol, lab_pki, lab_pki.credentials(common_name, "client"))
-        config_path = workdir / f"client-{next(_client_numbers)}-{common_name}-{protocol}.conf"
-        client = OpenVpnProcess.start(namespaces.client, config, config_path)
-        started.append(client)
-        return client
+        return clients.start(config, f"{common_name}-{protocol}")
 
     yield start
-    for client in started:
-        client.stop()
+    clients.stop_all()

@@ -1,135 +1,30 @@
-"""A small lab for the daemon tests: network namespaces, real OpenVPN processes, an HTTPS client.
+"""The daemon suite's part of the lab: its addresses, PKI, hand-written OpenVPN configs, an HTTPS client.
 
-Everything here is real: the namespaces and veth pair are kernel objects, the servers and
-clients are Debian's `openvpn`, and the daemon runs as its own process. Every name starts
-with "vfd-" and every process is stopped by the PID we started it with.
+The namespaces, processes and waiting come from the shared ``openvpn_netlab``. Every name starts
+with "vfd-", the underlay is 198.51.100.128/26.
 """
 
-import ctypes
 import http.client
 import json
-import secrets
 import socket
 import ssl
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from openvpn_netlab import WAIT_SECONDS, Credentials, Namespaces, issue_files, without_tun_setup
 from vpnfleet.shared import pki
 
+NAME_PREFIX = "vfd"
 UNDERLAY_PREFIX = 26
 SERVER_UNDERLAY_ADDRESS = "198.51.100.129"
 CLIENT_UNDERLAY_ADDRESS = "198.51.100.130"
 DAEMON_PORT = 41194
 OPENVPN_PORT = 1194
-# Waiting for a process to come up or go away; generous, because a 2-core CI machine is slow.
-WAIT_SECONDS = 45.0
-
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT_SECONDS):
-    """Poll until ``condition()`` returns something truthy and return it; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
-
-
-def run(*command: str) -> None:
-    subprocess.run(command, check=True, capture_output=True)
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@dataclass
-class Namespaces:
-    """Two network namespaces joined by a veth pair on the underlay 198.51.100.128/26."""
-
-    server: str
-    client: str
-    token: str
-
-    @classmethod
-    def create(cls) -> "Namespaces":
-        token = secrets.token_hex(3)
-        namespaces = cls(server=f"vfd-s{token}", client=f"vfd-c{token}", token=token)
-        try:
-            namespaces._build()
-        except BaseException:
-            namespaces.remove()
-            raise
-        return namespaces
-
-    def _build(self) -> None:
-        server_link, client_link = f"vfd-{self.token}s", f"vfd-{self.token}c"
-        run("ip", "netns", "add", self.server)
-        run("ip", "netns", "add", self.client)
-        run("ip", "link", "add", server_link, "type", "veth", "peer", "name", client_link)
-        run("ip", "link", "set", server_link, "netns", self.server)
-        run("ip", "link", "set", client_link, "netns", self.client)
-        for namespace, link, address in (
-            (self.server, server_link, SERVER_UNDERLAY_ADDRESS),
-            (self.client, client_link, CLIENT_UNDERLAY_ADDRESS),
-        ):
-            run("ip", "-n", namespace, "addr", "add", f"{address}/{UNDERLAY_PREFIX}", "dev", link)
-            run("ip", "-n", namespace, "link", "set", link, "up")
-            run("ip", "-n", namespace, "link", "set", "lo", "up")
-
-    def remove(self) -> None:
-        # Deleting a namespace deletes the veth end inside it, and with it the peer.
-        for namespace in (self.server, self.client):
-            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
-
-    def socket_in(self, namespace: str) -> socket.socket:
-        """A TCP socket that lives in ``namespace``, made by a short-lived thread that joins it.
-
-        setns() moves only the calling thread, and a socket stays in the namespace it was made
-        in, so the test process itself never leaves its own namespace.
-        """
-        made: dict = {}
-
-        def make() -> None:
-            try:
-                with open(f"/run/netns/{namespace}") as handle:
-                    if _libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns {namespace}")
-                made["socket"] = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            except OSError as exc:
-                made["error"] = exc
-
-        thread = threading.Thread(target=make)
-        thread.start()
-        thread.join()
-        if "error" in made:
-            raise made["error"]
-        return made["socket"]
-
-
-@dataclass
-class Credentials:
-    """The files of one TLS identity."""
-
-    certificate: Path
-    private_key: Path
-    serial: int
+def create_namespaces() -> Namespaces:
+    return Namespaces.create(NAME_PREFIX, SERVER_UNDERLAY_ADDRESS, CLIENT_UNDERLAY_ADDRESS, UNDERLAY_PREFIX)
 
 
 @dataclass
@@ -166,13 +61,8 @@ class LabPki:
         key = (common_name, purpose, stranger)
         if key not in self._issued:
             ca = self._stranger_ca if stranger else self._ca
-            private_key, certificate = ca.issue(common_name, purpose, ip_addresses=ip_addresses)
             stem = self.directory / f"{'stranger-' if stranger else ''}{common_name}-{purpose}"
-            pki.write_file_atomic(f"{stem}.crt", pki.certificate_pem(certificate))
-            pki.write_file_atomic(f"{stem}.key", pki.private_key_pem(private_key), 0o600)
-            self._issued[key] = Credentials(
-                Path(f"{stem}.crt"), Path(f"{stem}.key"), serial=certificate.serial_number
-            )
+            self._issued[key] = issue_files(ca, stem, common_name, purpose, ip_addresses, lifetime_days=365)
         return self._issued[key]
 
     @property
@@ -233,64 +123,13 @@ def openvpn_client_config(protocol: str, lab_pki: LabPki, credentials: Credentia
         f"key {credentials.private_key}",
         f"tls-crypt {lab_pki.tls_crypt_key}",
         "remote-cert-tls server",
-        # Several clients share one namespace; leaving their tun devices unconfigured keeps
-        # their pushed addresses from clashing. The server assigns and reports them all the same.
-        "ifconfig-noexec",
-        "route-noexec",
         "verb 3",
     ]
     if protocol == "udp":
         # Tell the server at once when the test stops the client, so no stale entry lingers.
         lines.append("explicit-exit-notify 1")
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class OpenVpnProcess:
-    """A running `openvpn` and its log file."""
-
-    process: subprocess.Popen
-    log_path: Path
-
-    @classmethod
-    def start(cls, namespace: str, config_text: str, config_path: Path) -> "OpenVpnProcess":
-        config_path.write_text(config_text)
-        log_path = config_path.with_suffix(".log")
-        # `ip netns exec` execs openvpn in place, so the PID we hold is openvpn's own.
-        process = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                namespace,
-                "openvpn",
-                "--config",
-                str(config_path),
-                "--log",
-                str(log_path),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        return cls(process, log_path)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_until_up(self) -> None:
-        def up() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"openvpn exited with {self.process.returncode}:\n{self.log()}")
-            return "Initialization Sequence Completed" in self.log()
-
-        wait_for(up, f"openvpn to come up ({self.log_path})")
-
-    def stop(self) -> None:
-        stop_process(self.process)
+    # Several clients share the client namespace.
+    return without_tun_setup("\n".join(lines))
 
 
 @dataclass

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import pytest
-from daemon_lab import CLIENT_UNDERLAY_ADDRESS, silent_management_socket, stale_management_socket, wait_for
+from daemon_lab import CLIENT_UNDERLAY_ADDRESS, silent_management_socket, stale_management_socket
+from openvpn_netlab import wait_for
 
 PROCESS_NETWORKS = {
     "default-0": (ipaddress.ip_network("198.19.0.0/25"), ipaddress.ip_network("2001:db8:f0::/64")),
@@ -63,8 +64,7 @@ def test_lists_clients_of_every_process_and_disconnects_by_common_name(daemon_cl
     }
     # Both of alice's clients are told to halt, and they do: they exit on their own.
     for client in (alice_udp, alice_tcp):
-        assert client.process.wait(timeout=60) == 0
-        assert "Halt command was pushed by server" in client.log()
+        client.wait_until_halted()
     wait_for(
         lambda: (
             [entry["common_name"] for entry in connections(daemon_client, controller, names)] == ["vfd-bob"]

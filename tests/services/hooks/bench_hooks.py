@@ -10,18 +10,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from hooks_lab import _CLONE_NEWNET, _libc, stop_process, wait_for
+from openvpn_netlab import in_namespace, stop_process, wait_for
 
 ROUNDS = 40
 
@@ -51,27 +49,6 @@ def _environment(lab, common_name: str, script_type: str, deferred_file: str | N
     return environment
 
 
-def _in_namespace(namespace: str, work):
-    """Run ``work()`` in a thread that joined ``namespace``: the processes it starts live there."""
-    result: dict = {}
-
-    def target() -> None:
-        try:
-            with open(f"/run/netns/{namespace}") as handle:
-                if _libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {namespace}")
-            result["value"] = work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            result["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def _timed(command: list, environment: dict, rounds: int) -> list[float]:
     times = []
     for _ in range(rounds):
@@ -99,8 +76,8 @@ def test_bench_blocking(lab, hooks, vpn_client):
         return times
 
     baseline = _timed(["/bin/true"], {}, ROUNDS)
-    paced_times = _in_namespace(lab.namespaces.server, lambda: shim_rounds(True))
-    burst_times = _in_namespace(lab.namespaces.server, lambda: shim_rounds(False))
+    paced_times = in_namespace(lab.namespaces.server, lambda: shim_rounds(True))
+    burst_times = in_namespace(lab.namespaces.server, lambda: shim_rounds(False))
     # Every background worker delivers its decision (the real controller answers).
     wait_for(lambda: all(Path(path).read_text() in ("0", "1") for path in files), "the workers' decisions")
     decisions = {Path(path).read_text() for path in files}
@@ -110,7 +87,7 @@ def test_bench_blocking(lab, hooks, vpn_client):
     python = lab.shim.read_text().split("PYTHON=", 1)[1].split("\n", 1)[0].strip("'")
     command = [python, "-I", "-m", "vpnfleet.hooks", "--config", str(lab.hooks_config), "run"]
     environment = _environment(lab, common_name, "client-connect", None)
-    sync_times = _in_namespace(lab.namespaces.server, lambda: _timed(command, environment, ROUNDS // 2))
+    sync_times = in_namespace(lab.namespaces.server, lambda: _timed(command, environment, ROUNDS // 2))
 
     openvpn_times = _under_strace(lab, vpn_client, ovpn)
     print()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import grp
 import hashlib
-import itertools
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-# pytest runs with --import-mode=importlib, which puts no test directory on sys.path.
+# pytest may run with --import-mode=importlib, which puts no test directory on sys.path.
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
@@ -29,10 +28,10 @@ from hooks_lab import (  # noqa: E402
     VPN_IPV6_RANGE,
     ControllerFront,
     HttpsController,
-    Namespaces,
-    OpenVpnProcess,
+    create_namespaces,
     replace_credentials,
 )
+from openvpn_netlab import Namespaces, OpenVpnProcess, VpnClients, require_lab, without_tun_setup  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 from vpnfleet.shared import instances, pki  # noqa: E402
 
@@ -49,7 +48,6 @@ from vpnfleet.hooks.cli import install_shim  # noqa: E402
 NODE_NAME = "node-k1"
 NODE_TOKEN = "token-of-node-k1-" + "c" * 24
 PROFILE = "office"
-_client_numbers = itertools.count()
 
 
 @dataclass
@@ -190,15 +188,14 @@ def _hook_venv(workdir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0 or not shutil.which("openvpn") or not shutil.which("ip"):
-        pytest.skip("the hooks lab needs root, iproute2 and openvpn")
+    require_lab("the hooks lab")
     # Directly under /tmp: unix socket paths stay short. OpenVPN runs the hooks as nobody:nogroup,
     # so the directory must be searchable and the node's files readable by that user.
     workdir = Path(tempfile.mkdtemp(prefix="vfk-"))
     os.chmod(workdir, 0o755)  # noqa: S103 - nobody must reach the node's files
     node_dir = workdir / "node"
     node_dir.mkdir(mode=0o755)
-    namespaces = Namespaces.create()
+    namespaces = create_namespaces()
     # VFK_KEEP=1 keeps the files (configs, logs) for a look after a failure.
     keep = os.environ.get("VFK_KEEP") == "1"
     stack: list[Callable[[], None]] = [
@@ -282,15 +279,10 @@ def hooks(lab: Lab) -> Iterator[Callable[..., None]]:
 @pytest.fixture
 def vpn_client(lab: Lab) -> Iterator[Callable[..., OpenVpnProcess]]:
     """Starts real openvpn clients in the client namespace; stops whichever are still running."""
-    started: list[OpenVpnProcess] = []
+    clients = VpnClients(lab.namespaces.client, lab.workdir)
 
     def start(ovpn: str, *, configure_tun: bool = False) -> OpenVpnProcess:
-        extra = [] if configure_tun else ["ifconfig-noexec", "route-noexec"]
-        path = lab.workdir / f"client-{next(_client_numbers)}.conf"
-        client = OpenVpnProcess.start(lab.namespaces.client, ovpn + "\n".join(extra) + "\n", path)
-        started.append(client)
-        return client
+        return clients.start(ovpn if configure_tun else without_tun_setup(ovpn))
 
     yield start
-    for client in started:
-        client.stop()
+    clients.stop_all()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-from hooks_lab import SERVER_ADDRESS, WAIT_SECONDS, hook_lines, wait_for
+from hooks_lab import SERVER_ADDRESS, hook_lines
+from openvpn_netlab import WAIT_SECONDS, wait_for
 from sqlalchemy import update
 
 from vpnfleet.controller.models import VpnConfig, utcnow
