@@ -114,6 +114,8 @@ class VpnClient:
             "tls-version-min 1.3",
             "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
             "connect-retry-max 2",
+            # The control machine (the lab's uplink) stays outside the tunnel, or testinfra loses the host.
+            "route 203.0.113.252 255.255.255.252 net_gateway",
             "verb 3",
         ] + [f"<{tag}>\n{text.strip()}\n</{tag}>" for tag, text in inline.items()]
         self.config = "\n".join(config) + "\n"

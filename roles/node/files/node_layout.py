@@ -1,16 +1,26 @@
 # Copyright: vpnfleet developers
 # GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt)
-"""Filters of the node role: check the profiles of the inventory and lay them out on one node.
+"""Check the inventory's profiles for one node and lay them out: the node role runs this on the
+control machine, before any host changes.
 
-They run on the control machine before any host changes. The planning itself is the
-collection's (module_utils/instances), the same code the openvpn_instances module runs, so the
-check and the node agree on every process, port and slice.
+Reads JSON on stdin: profiles, host, location, known_locations, cores, variable.
+Writes JSON: problems (one sentence each, naming host, variable and cause), profiles (those the
+node serves, defaults filled in, with the ports the other profiles take) and absent (the ids of
+the profiles it does not serve).
+
+The planning is the collection's own (plugins/module_utils/instances.py, plain Python), the same
+code the openvpn_instances module runs, so the check and the node agree on every process, port
+and slice.
 """
 
 import ipaddress
+import json
+import pathlib
+import sys
 
-from ansible.errors import AnsibleFilterError
-from ansible_collections.vpnfleet.server.plugins.module_utils import instances
+# The collection root is two levels above the role; module_utils/instances.py needs only the stdlib.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "plugins" / "module_utils"))
+import instances  # noqa: E402
 
 # Every field a profile may have, with its default (None: required or optional without one).
 PROFILE_DEFAULTS = {
@@ -163,10 +173,7 @@ def node_layout(profiles, location, cores):
     before them, and the ids of the profiles it does not serve."""
     normalised = [_normalised(profile) for profile in profiles]
     here = [profile for profile in normalised if _serves(profile, location)]
-    try:
-        plans = _plan_all(here, cores)
-    except instances.PlanError as exc:
-        raise AnsibleFilterError("node_layout: %s" % exc) from None
+    plans = _plan_all(here, cores)
     for profile in here:
         profile["ports_in_use"] = {
             other: plan.listeners() for other, plan in plans.items() if other != profile["id"]
@@ -177,9 +184,22 @@ def node_layout(profiles, location, cores):
     }
 
 
-class FilterModule:
-    def filters(self):
-        return {
-            "node_profile_problems": node_profile_problems,
-            "node_layout": node_layout,
-        }
+def main():
+    request = json.load(sys.stdin)
+    problems = node_profile_problems(
+        request["profiles"],
+        request["host"],
+        request["location"],
+        request["known_locations"],
+        request["cores"],
+        request.get("variable", "node_profiles"),
+    )
+    answer = {"problems": problems, "profiles": [], "absent": []}
+    if not problems:
+        answer.update(node_layout(request["profiles"], request["location"], request["cores"]))
+    json.dump(answer, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
