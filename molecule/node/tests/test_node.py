@@ -263,11 +263,11 @@ def test_full_tunnel_reaches_the_internet_host_through_the_nodes_nat(node, conne
         assert f"dev {vpn.device()}" in route, route
         path = f"/full-{process['name']}"
         vpn.host.check_output(
-            f"curl -sf -o /dev/null --max-time 10 http://{INTERNET_ADDRESS}:{PROBE_PORT}{path}"
+            f"curl -s -o /dev/null --max-time 10 http://{INTERNET_ADDRESS}:{PROBE_PORT}{path}"
         )
         assert seen_by_probe(internet, path) == ipaddress.ip_address(NODE_ADDRESS)
         vpn.host.check_output(
-            f"curl -6 -sf -o /dev/null --max-time 10 http://[{internet_v6}]:{PROBE_PORT}{path}-v6"
+            f"curl -6 -s -o /dev/null --max-time 10 http://[{internet_v6}]:{PROBE_PORT}{path}-v6"
         )
         assert seen_by_probe(internet, f"{path}-v6") == node_v6
         vpn.stop()
@@ -286,7 +286,7 @@ def test_split_tunnel_pushes_only_its_routes_and_leaves_the_internet_host_outsid
         assert f"dev {device}" not in vpn.host.check_output(f"ip route get {INTERNET_ADDRESS}")
         path = f"/split-{process['name']}"
         vpn.host.check_output(
-            f"curl -sf -o /dev/null --max-time 10 http://{INTERNET_ADDRESS}:{PROBE_PORT}{path}"
+            f"curl -s -o /dev/null --max-time 10 http://{INTERNET_ADDRESS}:{PROBE_PORT}{path}"
         )
         assert seen_by_probe(internet, path) == ipaddress.ip_address(CLIENT_ADDRESS)
         vpn.stop()
