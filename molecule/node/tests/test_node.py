@@ -345,13 +345,25 @@ def converge_with_internet_processes(count):
     extra.write_text(json.dumps({"node_profiles": profiles}))
     try:
         subprocess.run(
-            ["ansible-playbook", "-i", INVENTORY, str(SCENARIO / "converge.yml"), "-e", f"@{extra}"],
+            [
+                "ansible-playbook",
+                "-i",
+                INVENTORY,
+                "-l",
+                "node-x1",
+                str(SCENARIO / "converge.yml"),
+                "-e",
+                f"@{extra}",
+            ],
+            cwd=os.environ["MOLECULE_PROJECT_DIRECTORY"],
             check=True,
             capture_output=True,
             text=True,
         )
     except subprocess.CalledProcessError as exc:
-        raise AssertionError(f"converge with {count} processes failed:\n{exc.stdout[-4000:]}") from None
+        raise AssertionError(
+            f"converge with {count} processes failed:\n{exc.stdout[-4000:]}{exc.stderr[-2000:]}"
+        ) from None
     finally:
         extra.unlink()
 
