@@ -1,5 +1,5 @@
-"""Fixtures: a CA, a stand-in node daemon, a fresh migrated database (SQLite and PostgreSQL)
-and a fresh app per test."""
+"""Fixtures: a CA, node-x1 for real (OpenVPN servers and the real daemon, see controller_node_lab),
+real VPN clients, a fresh migrated database (SQLite and PostgreSQL) and a fresh app per test."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 # pytest runs with --import-mode=importlib, which puts no test directory on sys.path; the test
-# modules import their helpers (controller_helpers, stand_in_daemon, ...) from this directory.
+# modules import their helpers (controller_helpers, controller_node_lab, ...) from this directory.
 sys.path.insert(0, str(Path(__file__).parent))
 
 import postgres_cluster  # noqa: E402
 import pytest  # noqa: E402
 from controller_helpers import settings_mapping  # noqa: E402
-from stand_in_daemon import StandInDaemon  # noqa: E402
+from controller_node_lab import NodeLab, client_config, start_node_lab, vpn_clients  # noqa: E402
+from openvpn_netlab import OpenVpnProcess, require_lab  # noqa: E402
 from vpnfleet.shared import pki
 
 from vpnfleet.controller.app import create_app
@@ -40,12 +41,26 @@ def pki_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stand_in_daemon(pki_dir):
-    daemon = StandInDaemon(
-        pki_dir / "daemon_server.crt", pki_dir / "daemon_server.key", pki_dir / "ca" / "ca.crt"
-    ).start()
-    yield daemon
-    daemon.stop()
+def node_lab(pki_dir) -> NodeLab:
+    """node-x1 for real: its OpenVPN servers, its daemon (on 127.0.0.1) and a client namespace."""
+    require_lab("the controller's node lab")
+    lab = start_node_lab(pki_dir, settings_mapping(pki_dir, "sqlite://", 0))
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture
+def vpn_client(node_lab):
+    """Connects real openvpn clients with .ovpn files the controller issued; afterwards stops
+    whichever still run and waits until node-x1 lists nobody, so the next test starts clean."""
+    clients = vpn_clients(node_lab)
+
+    def start(ovpn: str, proto: str | None = "tcp") -> OpenVpnProcess:
+        return clients.start(client_config(ovpn, proto))
+
+    yield start
+    clients.stop_all()
+    node_lab.wait_until_empty()
 
 
 @pytest.fixture(scope="session")
@@ -65,20 +80,18 @@ def database_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def make_app(pki_dir, database_url, stand_in_daemon):
+def make_app(pki_dir, database_url, node_lab):
     """Build an app on the fresh database; keyword arguments override settings."""
     migrate(database_url)
 
     def build(**overrides):
-        mapping = settings_mapping(pki_dir, database_url, stand_in_daemon.port)
+        mapping = settings_mapping(pki_dir, database_url, node_lab.daemon_port)
         mapping.update(overrides)
         app = create_app(settings_from_mapping(mapping))
         app.config["TESTING"] = True
         return app
 
-    yield build
-    stand_in_daemon.connections.clear()
-    stand_in_daemon.disconnected.clear()
+    return build
 
 
 @pytest.fixture

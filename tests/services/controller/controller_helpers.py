@@ -6,6 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from controller_node_lab import DAEMON_ADDRESS, NODE_X1_ADDRESS, SILENT_DAEMON_ADDRESS
 from sqlalchemy import select
 
 from vpnfleet.controller.accounts import ensure_user
@@ -34,8 +35,8 @@ def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict
             {
                 "id": "office",
                 "display_name": "Office",
-                "ipv4_range": "198.18.0.0/20",
-                "ipv6_range": "2001:db8:10::/64",
+                "ipv4_range": "198.19.64.0/20",
+                "ipv6_range": "2001:db8:f2::/64",
                 "default_gateway": False,
                 "routes": ["203.0.113.0/24", "2001:db8:ff::/48"],
                 "dns": ["203.0.113.53"],
@@ -44,19 +45,19 @@ def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict
             {
                 "id": "internet",
                 "display_name": "Internet",
-                "ipv4_range": "198.18.16.0/20",
+                "ipv4_range": "198.19.80.0/20",
                 "default_gateway": True,
                 "groups": ["staff"],
                 "tls_crypt_key_file": str(pki_dir / "tls-crypt-internet.key"),
             },
         ],
         "nodes": [
-            # node-x1's daemon is the stand-in on 127.0.0.1; nothing listens for node-y1 on 127.0.0.2.
+            # node-x1 is real (controller_node_lab); nothing listens for node-y1's daemon.
             {
                 "name": "node-x1",
                 "location": "location-x",
-                "public_address": "198.51.100.11",
-                "daemon_address": "127.0.0.1",
+                "public_address": NODE_X1_ADDRESS,
+                "daemon_address": DAEMON_ADDRESS,
                 "api_token_sha256": hashlib.sha256(NODE_TOKENS["node-x1"].encode()).hexdigest(),
                 "processes": [
                     {"profile": "office", "proto": "udp", "port": 1194, "max_clients": 60},
@@ -69,7 +70,7 @@ def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict
                 "name": "node-y1",
                 "location": "location-y",
                 "public_address": "203.0.113.21",
-                "daemon_address": "127.0.0.2",
+                "daemon_address": SILENT_DAEMON_ADDRESS,
                 "api_token_sha256": hashlib.sha256(NODE_TOKENS["node-y1"].encode()).hexdigest(),
                 "processes": [
                     {"profile": "office", "proto": "tcp", "port": 443, "max_clients": 30},
@@ -181,17 +182,25 @@ def bearer(token: dict) -> dict:
     return {"Authorization": f"Bearer {token['access_token']}"}
 
 
-def portal_config(client, app, username="alice") -> str:
-    """Make a config through the portal; its common name."""
+def portal_ovpn(client, app, username="alice", display_name="laptop") -> tuple[str, str]:
+    """Make a config through the portal: its common name and the .ovpn handed out."""
     add_user(app, username)
     log_in(client, username)
     token = csrf_token(client.get("/").get_data(as_text=True))
-    client.post("/configs", data={"profile_id": "office", "display_name": "laptop", "csrf_token": token})
+    response = client.post(
+        "/configs", data={"profile_id": "office", "display_name": display_name, "csrf_token": token}
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
     with app.app_context():
         session = app.extensions[EXTENSION_KEY].sessions()
         name = session.scalars(select(VpnConfig.common_name).order_by(VpnConfig.id.desc())).first()
         session.close()
-    return name
+    return name, response.get_data(as_text=True)
+
+
+def portal_config(client, app, username="alice") -> str:
+    """Make a config through the portal; its common name."""
+    return portal_ovpn(client, app, username)[0]
 
 
 def run_sql(app, statement):

@@ -42,7 +42,7 @@ def test_authorize_needs_login_first(client, app):
     assert response.status_code == 302 and response.headers["Location"].startswith("/login?next=")
 
 
-def test_full_flow_info_connect_disconnect(client, app, stand_in_daemon):
+def test_full_flow_info_connect_disconnect(client, app, vpn_client):
     add_user(app, "alice")
     token = app_tokens(client)
     assert token["token_type"].lower() == "bearer" and token["refresh_token"] and token["expires_in"] > 0
@@ -70,18 +70,23 @@ def test_full_flow_info_connect_disconnect(client, app, stand_in_daemon):
     text = connect.get_data(as_text=True)
     assert "<tls-crypt>" in text and "<cert>" in text
     assert text.splitlines()[-1].endswith(" tcp")
+    first = vpn_client(text)
+    first.wait_until_up()
 
     tcp_first = client.post(
         "/api/v3/connect", headers=bearer(token), data={"profile_id": "office", "prefer_tcp": "yes"}
     ).get_data(as_text=True)
     remotes = [line for line in tcp_first.splitlines() if line.startswith("remote ")]
     assert remotes[0].endswith(" tcp") and remotes[-1].endswith(" udp")
-    # The second /connect invalidated the first config of the same authorization.
-    assert len(stand_in_daemon.disconnected) == 1
+    # The second /connect invalidated the first config of the same authorization: its client,
+    # connected to node-x1 for real, is dropped.
+    first.wait_until_halted()
+    second = vpn_client(tcp_first)
+    second.wait_until_up()
 
     disconnect = client.post("/api/v3/disconnect", headers=bearer(token))
     assert disconnect.status_code == 204 and disconnect.get_data() == b""
-    assert len(stand_in_daemon.disconnected) == 2
+    second.wait_until_halted()
 
 
 def test_refresh_token_rotates(client, app):

@@ -52,9 +52,9 @@ def _accepts_connections(port: int) -> bool:
 
 
 @pytest.fixture
-def served_controller(tmp_path, pki_dir, stand_in_daemon):
+def served_controller(tmp_path, pki_dir, node_lab):
     port = _free_port()
-    mapping = settings_mapping(pki_dir, f"sqlite:///{tmp_path / 'controller.sqlite'}", stand_in_daemon.port)
+    mapping = settings_mapping(pki_dir, f"sqlite:///{tmp_path / 'controller.sqlite'}", node_lab.daemon_port)
     mapping["base_url"] = f"http://127.0.0.1:{port}"
     settings_file = tmp_path / "controller.yml"
     settings_file.write_text(yaml.safe_dump(mapping))

@@ -34,8 +34,8 @@ def test_connect_allowed_logged_and_closed(client, app):
         json={
             "common_name": common_name,
             "profile_id": "office",
-            "ipv4": "198.18.0.2",
-            "ipv6": "2001:db8:10::1000",
+            "ipv4": "198.19.64.2",
+            "ipv6": "2001:db8:f2::1000",
             "real_address": "203.0.113.99",
         },
     )
@@ -49,13 +49,13 @@ def test_connect_allowed_logged_and_closed(client, app):
         row.ipv6,
         row.real_address,
         row.disconnected_at,
-    ) == ("alice", "node-x1", "location-x", "198.18.0.2", "2001:db8:10::1000", "203.0.113.99", None)
+    ) == ("alice", "node-x1", "location-x", "198.19.64.2", "2001:db8:f2::1000", "203.0.113.99", None)
     closed = client.post(
         "/node-api/v1/disconnect",
         auth=NODE_X1,
         data={
             "common_name": common_name,
-            "ipv4": "198.18.0.2",
+            "ipv4": "198.19.64.2",
             "bytes_received": "1234",
             "bytes_sent": "5678",
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from controller_helpers import PASSWORD, add_user, csrf_token, log_in
+from controller_node_lab import NODE_X1_ADDRESS
 from vpnfleet.shared import pki
 
 
@@ -65,9 +66,9 @@ def test_create_config_downloads_ovpn(client, app, pki_dir):
     remotes = [line for line in text.splitlines() if line.startswith("remote ")]
     assert sorted(remotes) == sorted(
         [
-            "remote 198.51.100.11 1194 udp",
-            "remote 198.51.100.11 1195 udp",
-            "remote 198.51.100.11 1194 tcp",
+            f"remote {NODE_X1_ADDRESS} 1194 udp",
+            f"remote {NODE_X1_ADDRESS} 1195 udp",
+            f"remote {NODE_X1_ADDRESS} 1194 tcp",
             "remote 203.0.113.21 1194 udp",
             "remote 203.0.113.21 443 tcp",
         ]
@@ -113,18 +114,20 @@ def test_config_never_outlives_the_session(make_app):
     assert lifetime.total_seconds() <= 2 * 3600 + 5 * 60 + 1
 
 
-def test_delete_revokes_and_disconnects(client, app, stand_in_daemon):
+def test_delete_revokes_and_disconnects(client, app, vpn_client):
     add_user(app, "alice")
     log_in(client, "alice")
-    _create(client)
+    vpn = vpn_client(_create(client).get_data(as_text=True))
+    vpn.wait_until_up()
     page = client.get("/").get_data(as_text=True)
     import re
 
     config_id = re.search(r"/configs/(\d+)/delete", page).group(1)
     assert client.post(f"/configs/{config_id}/delete").status_code == 400  # no CSRF token
+    assert vpn.process.poll() is None
     response = client.post(f"/configs/{config_id}/delete", data={"csrf_token": csrf_token(page)})
     assert response.status_code == 302
-    assert len(stand_in_daemon.disconnected) == 1
+    vpn.wait_until_halted()  # connected to node-x1 for real, and dropped there
     assert "You have no active configs" in client.get("/").get_data(as_text=True)
 
 

@@ -31,7 +31,7 @@ def test_valid_settings_load(mapping, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda m: m["profiles"][0].update(ipv4_range="198.18.0.1/20"), "profiles[0].ipv4_range"),
+        (lambda m: m["profiles"][0].update(ipv4_range="198.19.64.1/20"), "profiles[0].ipv4_range"),
         (lambda m: m["profiles"][0].update(ipv4_range="2001:db8::/64"), "is not an IPv4 network"),
         (lambda m: m["profiles"][0].update(routes=[]), "split-tunnel profile"),
         (lambda m: m["profiles"][1].update(id="office"), "profile id is used twice"),

@@ -1,0 +1,220 @@
+"""node-x1 for real: OpenVPN servers, the real VPN daemon, real clients with configs the controller issued.
+
+From the shared ``openvpn_netlab``: a server namespace holds one real `openvpn` server per process
+that the controller's settings plan for node-x1 (configs rendered by ``vpnfleet.shared.instances``
+as the node role renders them, certificates from the controller's own CA, its live CRL), and real
+clients in the client namespace use the .ovpn files the controller hands out. The real daemon
+(``vpnfleet.daemon``, its HTTPS server with mutual TLS) serves the processes' management sockets.
+It runs on 127.0.0.1 in the test's own namespace, where the controller reaches it; a unix socket
+is reached through the file system, so the daemon needs no place in the server namespace.
+node-y1's daemon address, 127.0.0.2, has nothing listening: a node that does not answer.
+
+Every name starts with "vfn-", the underlay is 198.51.100.224/28; the profiles' ranges (in
+controller_helpers) are 198.19.64.0/19 and 2001:db8:f2::/64.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openvpn_netlab import (
+    Namespaces,
+    OpenVpnProcess,
+    VpnClients,
+    issue_files,
+    wait_for,
+    without_tun_setup,
+)
+from vpnfleet.shared import instances, pki
+
+from vpnfleet.daemon.server import DaemonHTTPServer, create_server
+from vpnfleet.daemon.settings import ConfigError, DaemonSettings
+
+NAME_PREFIX = "vfn"
+UNDERLAY_PREFIX = 28
+NODE_X1_ADDRESS = "198.51.100.225"  # node-x1's public address: its OpenVPN processes listen here
+CLIENT_ADDRESS = "198.51.100.226"
+DAEMON_ADDRESS = "127.0.0.1"  # node-x1's daemon
+SILENT_DAEMON_ADDRESS = "127.0.0.2"  # node-y1's daemon: nothing listens there
+
+
+@dataclass
+class NodeLab:
+    workdir: Path
+    namespaces: Namespaces
+    pki_dir: Path
+    servers: dict[str, OpenVpnProcess] = field(default_factory=dict)
+    daemon: DaemonHTTPServer | None = None
+    daemon_thread: threading.Thread | None = None
+
+    @property
+    def daemon_port(self) -> int:
+        return self.daemon.server_address[1]
+
+    def listed(self) -> list[dict]:
+        """node-x1's connections, as its daemon lists them (asked as the controller would)."""
+        context = ssl.create_default_context(cafile=str(self.pki_dir / "ca" / "ca.crt"))
+        context.load_cert_chain(self.pki_dir / "daemon_client.crt", self.pki_dir / "daemon_client.key")
+        url = f"https://{DAEMON_ADDRESS}:{self.daemon_port}/o/connection_list"
+        with urllib.request.urlopen(url, context=context, timeout=30) as response:  # noqa: S310 - https
+            answer = json.load(response)
+        assert answer["unreachable_process_list"] == [], answer
+        return answer["connection_list"]
+
+    def wait_until_listed(self, *common_names: str) -> list[dict]:
+        """Wait until the daemon lists a connection of each of these names; their entries."""
+        return wait_for(
+            lambda: (
+                (entries := [entry for entry in self.listed() if entry["common_name"] in common_names])
+                and {entry["common_name"] for entry in entries} == set(common_names)
+                and entries
+            ),
+            f"the daemon to list {', '.join(common_names)}",
+        )
+
+    def wait_until_refused_by_crl(self, common_name: str) -> None:
+        """Wait until a process of node-x1 turned this certificate away as revoked (its CRL check)."""
+        refusal = f"error=certificate revoked: CN={common_name},"
+        wait_for(
+            lambda: any(refusal in server.log() for server in self.servers.values()),
+            f"node-x1 to refuse the revoked certificate of {common_name}",
+        )
+
+    def wait_until_only(self, *common_names: str) -> None:
+        """Wait until the daemon lists exactly these names (a client told to halt leaves the
+        server's list a moment after it was killed)."""
+        wait_for(
+            lambda: sorted(entry["common_name"] for entry in self.listed()) == sorted(common_names),
+            f"node-x1 to list only {', '.join(common_names) or 'nobody'}",
+        )
+
+    def wait_until_empty(self) -> None:
+        self.wait_until_only()
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.shutdown()
+            self.daemon.server_close()
+        for server in self.servers.values():
+            server.stop()
+        self.namespaces.remove()
+        # VFN_KEEP=1 keeps the files (configs, logs) for a look after a failure.
+        if os.environ.get("VFN_KEEP") != "1":
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def client_config(ovpn: str, proto: str | None = "tcp") -> str:
+    """The .ovpn as a client in location-x uses it: node-x1's remotes only (node-y1 is not in
+    this lab), of one protocol unless ``proto`` is None, and the tun device left unconfigured
+    (clients share the client namespace).
+
+    TCP unless a test is about UDP: the server drops a TCP client the moment it goes, while a
+    UDP client's exit notification leaves its entry listed for some seconds more."""
+    lines = [
+        line
+        for line in ovpn.splitlines()
+        if not line.startswith("remote ")
+        or (line.split()[1] == NODE_X1_ADDRESS and proto in (None, line.split()[3]))
+    ]
+    return without_tun_setup("\n".join(lines))
+
+
+def _server_configs(lab: NodeLab, settings: dict, socket_dir: Path) -> dict[str, str]:
+    """The config of every process node-x1 has in the controller's settings, as the node role renders it."""
+    [node] = [node for node in settings["nodes"] if node["name"] == "node-x1"]
+    ca = pki.CertificateAuthority.load(str(lab.pki_dir / "ca"))
+    server = issue_files(ca, lab.workdir / "node-x1", "node-x1", "server")
+    configs = {}
+    for profile in settings["profiles"]:
+        listen = [f"{p['proto']}/{p['port']}" for p in node["processes"] if p["profile"] == profile["id"]]
+        if not listen:
+            continue
+        plan = instances.plan_profile(
+            profile["id"],
+            profile["ipv4_range"],
+            profile.get("ipv6_range"),
+            listen=listen,
+            listen_address=NODE_X1_ADDRESS,
+        )
+        options = instances.ServerOptions(
+            ca_path=str(lab.pki_dir / "ca" / "ca.crt"),
+            cert_path=str(server.certificate),
+            key_path=str(server.private_key),
+            crl_path=str(lab.pki_dir / "ca" / "crl.pem"),  # the CA's own: a node whose CRL is current
+            tls_crypt_path=profile["tls_crypt_key_file"],
+            full_tunnel=profile["default_gateway"],
+            routes=tuple(profile.get("routes", ())),
+            user=None,  # the files live in the test's private directories
+            group=None,
+        )
+        for process in plan.processes:
+            text = instances.render_server_config(plan, process, options)
+            socket_path = instances.management_socket(profile["id"], process.index)
+            configs[process.name] = text.replace(
+                f"management {socket_path} unix", f"management {socket_dir / f'{process.name}.sock'} unix"
+            )
+    return configs
+
+
+def _start_daemon(lab: NodeLab, socket_dir: Path) -> None:
+    """The real daemon's HTTPS server on a free port of 127.0.0.1, serving in a thread."""
+    for _ in range(10):
+        with socket.socket() as probe:
+            probe.bind((DAEMON_ADDRESS, 0))
+            port = probe.getsockname()[1]
+        settings = DaemonSettings.from_mapping(
+            {
+                "listen_address": DAEMON_ADDRESS,
+                "listen_port": port,
+                "tls_certificate": str(lab.pki_dir / "daemon_server.crt"),
+                "tls_private_key": str(lab.pki_dir / "daemon_server.key"),
+                "tls_ca": str(lab.pki_dir / "ca" / "ca.crt"),
+                "management_socket_glob": f"{socket_dir}/*.sock",
+                "management_timeout": 2,
+            }
+        )
+        try:
+            lab.daemon = create_server(settings)
+            break
+        except ConfigError:  # someone took the port in between: take another
+            continue
+    else:
+        raise AssertionError("found no free port for the daemon")
+    lab.daemon_thread = threading.Thread(target=lab.daemon.serve_forever, name="vpnfleet-daemon", daemon=True)
+    lab.daemon_thread.start()
+
+
+def start_node_lab(pki_dir: Path, settings: dict) -> NodeLab:
+    # Directly under /tmp: unix socket paths must stay below 108 bytes.
+    workdir = Path(tempfile.mkdtemp(prefix=f"{NAME_PREFIX}-"))
+    try:
+        namespaces = Namespaces.create(NAME_PREFIX, NODE_X1_ADDRESS, CLIENT_ADDRESS, UNDERLAY_PREFIX)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    lab = NodeLab(workdir, namespaces, pki_dir)
+    try:
+        socket_dir = workdir / "sockets"
+        socket_dir.mkdir()
+        for name, text in _server_configs(lab, settings, socket_dir).items():
+            lab.servers[name] = OpenVpnProcess.start(namespaces.server, text, workdir / f"{name}.conf")
+        for server in lab.servers.values():
+            server.wait_until_up()
+        _start_daemon(lab, socket_dir)
+        return lab
+    except BaseException:
+        lab.stop()
+        raise
+
+
+def vpn_clients(lab: NodeLab) -> VpnClients:
+    return VpnClients(lab.namespaces.client, lab.workdir)
