@@ -1,5 +1,5 @@
 # Copyright: vpnfleet developers
-# GNU Affero General Public License v3.0+ (see https://www.gnu.org/licenses/agpl-3.0.txt)
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Check the inventory's profiles for one node and lay them out: the node role runs this on the
 control machine, before any host changes.
 
