@@ -1,0 +1,279 @@
+"""The whole fleet on real lab hosts: the controller behind nginx, nodes in two locations whose
+OpenVPN processes ask the controller through their hooks, and a real OpenVPN client.
+
+A user logs in over HTTPS, downloads a config, connects and pings the node's tunnel address; the
+admin sees the connection with its node and location and disconnects it; after the user deletes
+the config, a reconnect with it is refused. The tests run in file order.
+"""
+
+import base64
+import http.cookiejar
+import ipaddress
+import json
+import os
+import re
+import ssl
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import testinfra
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+PORTAL = "https://203.0.113.10"
+NODES = {"198.51.100.10": ("node-x1", "x"), "198.51.100.74": ("node-y1", "y")}
+WORK = "/root/vfl-controller-test"
+# The lab's users (inventories/lab/group_vars/vpnfleet_controllers.yml).
+ALICE = ("alice", "lab-alice-password")
+ADMIN = ("admin", "lab-admin-password")
+
+testinfra_hosts = ["controller"]
+
+
+def lab_host(name):
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
+
+
+def wait_for(condition, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def controller():
+    return lab_host("controller")
+
+
+@pytest.fixture(scope="module")
+def client():
+    host = lab_host("client")
+    host.check_output(f"mkdir -p {WORK}")
+    return host
+
+
+@pytest.fixture(scope="module")
+def tls_context(controller):
+    """Trust only the fleet's CA: the portal's certificate must be ours and name 203.0.113.10."""
+    ca_pem = controller.file("/var/lib/vpnfleet/ca/ca.crt").content_string
+    return ssl.create_default_context(cadata=ca_pem)
+
+
+class Browser:
+    """A person with a cookie jar: forms with their CSRF token, the Referer a browser sends."""
+
+    def __init__(self, tls_context):
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=tls_context), urllib.request.HTTPCookieProcessor(self.jar)
+        )
+
+    def get(self, path):
+        with self.opener.open(PORTAL + path, timeout=30) as answer:
+            return answer.status, answer.headers, answer.read().decode()
+
+    def post(self, path, fields, referer_path="/"):
+        request = urllib.request.Request(  # noqa: S310 - PORTAL is a fixed https URL
+            PORTAL + path,
+            data=urllib.parse.urlencode(fields).encode(),
+            headers={"Referer": PORTAL + referer_path},
+        )
+        with self.opener.open(request, timeout=60) as answer:
+            return answer.status, answer.headers, answer.read().decode()
+
+    def login(self, username, password):
+        _, _, page = self.get("/login")
+        status, _, home = self.post(
+            "/login",
+            {"csrf_token": csrf(page), "username": username, "password": password, "next": ""},
+            "/login",
+        )
+        assert status == 200 and "logout" in home.lower(), home
+        return home
+
+
+def csrf(page):
+    found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert found, "no CSRF token in the page:\n" + page
+    return found.group(1)
+
+
+class VpnClient:
+    """The real openvpn client on the client host, with a config as the portal gave it."""
+
+    def __init__(self, host, name, config):
+        self.host, self.name = host, name
+        self.log = f"{WORK}/{name}.log"
+        self.pid_file = f"{WORK}/{name}.pid"
+        # One line the test adds: the control machine (the lab's uplink) stays outside the tunnel,
+        # or testinfra loses the client host.
+        self.config = config + "\nroute 203.0.113.252 255.255.255.252 net_gateway\n"
+
+    def start(self):
+        path = f"{WORK}/{self.name}.ovpn"
+        encoded = base64.b64encode(self.config.encode()).decode()
+        self.host.check_output(f"echo {encoded} | base64 -d > {path} && chmod 600 {path}")
+        self.host.check_output(f"rm -f {self.log} {self.pid_file}")
+        self.host.check_output(
+            f"openvpn --config {path} --daemon vfl-{self.name} --writepid {self.pid_file} --log {self.log}"
+        )
+        return self
+
+    def log_text(self):
+        return self.host.run(f"cat {self.log}").stdout
+
+    def running(self):
+        pid = self.host.run(f"cat {self.pid_file}").stdout.strip()
+        return bool(pid) and self.host.run(f"kill -0 {pid}").rc == 0
+
+    def stop(self):
+        self.host.run(f"test -s {self.pid_file} && kill $(cat {self.pid_file})")
+        wait_for(lambda: not self.running(), f"client {self.name} to stop")
+
+    def node(self):
+        found = re.findall(
+            r"Peer Connection Initiated with \[AF_INET6?\](?:::ffff:)?([0-9.]+):", self.log_text()
+        )
+        assert found, self.log_text()
+        return NODES[found[-1]]
+
+    def device(self):
+        for line in self.log_text().splitlines():
+            if "TUN/TAP device" in line and "opened" in line:
+                return line.split("TUN/TAP device")[1].split()[0]
+        raise AssertionError("no tun device in the client log:\n" + self.log_text())
+
+    def interface(self):
+        out = self.host.check_output(f"ip -4 -json address show dev {self.device()} scope global")
+        info = json.loads(out)[0]["addr_info"][0]
+        return ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}")
+
+
+@pytest.fixture(scope="module")
+def state():
+    """What one test leaves for the next (they tell one story, in file order)."""
+    return {}
+
+
+def test_the_services_run_hardened_and_nginx_redirects_http(controller, client):
+    for unit in (
+        "vpnfleet-controller.socket",
+        "vpnfleet-controller.service",
+        "nginx.service",
+        "vpnfleet-controller-housekeeping.timer",
+        "vpnfleet-controller-backup.timer",
+        "vpnfleet-controller-ca-access.path",
+    ):
+        assert controller.service(unit).is_running, unit
+    assert controller.user("vpnfleet-controller").shell == "/usr/sbin/nologin"
+    gunicorn = controller.check_output(
+        "systemctl show -p User,ProtectSystem,NoNewPrivileges vpnfleet-controller"
+    )
+    assert "User=vpnfleet-controller" in gunicorn and "ProtectSystem=strict" in gunicorn
+    # The app listens only on the socket nginx may use; the outside sees 80 and 443.
+    assert not controller.socket("tcp://0.0.0.0:8080").is_listening
+    assert controller.file("/run/vpnfleet-controller.sock").group == "www-data"
+    assert controller.file("/run/vpnfleet-controller.sock").mode == 0o660
+    redirect = client.check_output(
+        "curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://203.0.113.10/login"
+    )
+    assert redirect == "301 https://203.0.113.10/login"
+    # The CA, the database and the settings are the service's, secrets closed to others.
+    for path, owner, mode in (
+        ("/var/lib/vpnfleet/ca/ca.key", "vpnfleet-controller", 0o600),
+        ("/var/lib/vpnfleet/ca/index.json", "vpnfleet-controller", 0o600),
+        ("/var/lib/vpnfleet-controller/controller.sqlite", "vpnfleet-controller", None),
+        ("/etc/vpnfleet/controller/secret", "root", 0o640),
+        ("/etc/vpnfleet/controller/web.key", "root", 0o600),
+    ):
+        info = controller.file(path)
+        assert info.user == owner, path
+        if mode is not None:
+            assert info.mode == mode, path
+    settings = controller.file("/etc/vpnfleet/controller.yml").content_string
+    tokens = controller.check_output("cat /etc/vpnfleet/controller/node-tokens/node-x1.token")
+    assert tokens not in settings and "api_token_sha256" in settings
+
+
+def test_every_openvpn_process_calls_the_controller_through_its_hooks():
+    for name in ("node-x1", "node-y1"):
+        node = lab_host(name)
+        plan = json.loads(node.file("/etc/vpnfleet/openvpn-plan.json").content_string)
+        for profile in plan["profiles"]:
+            for process in profile["processes"]:
+                config = node.file(process["config_path"]).content_string
+                assert "client-connect /usr/local/libexec/vpnfleet/openvpn-hook" in config
+                assert "client-disconnect /usr/local/libexec/vpnfleet/openvpn-hook" in config
+        token = node.file("/etc/vpnfleet/hooks.token")
+        assert (token.user, token.group, token.mode) == ("root", "nogroup", 0o640)
+        assert (
+            node.run(
+                "/opt/vpnfleet/daemon/bin/vpnfleet-hook --config /etc/vpnfleet/hooks.yaml check-config"
+            ).rc
+            == 0
+        )
+
+
+def test_a_user_logs_in_downloads_a_config_connects_and_reaches_the_node(tls_context, client, state):
+    alice = Browser(tls_context)
+    home = alice.login(*ALICE)
+    _, headers, config = alice.post(
+        "/configs", {"csrf_token": csrf(home), "profile_id": "internet", "display_name": "laptop"}
+    )
+    assert headers.get_content_type() == "application/x-openvpn-profile"
+    remotes = re.findall(r"^remote (\S+) (\d+) (\S+)", config, re.MULTILINE)
+    assert {address for address, _, _ in remotes} == set(NODES), config
+    assert [proto for _, _, proto in remotes] == sorted(
+        (proto for _, _, proto in remotes), key=lambda p: p != "udp"
+    )
+    vpn = VpnClient(client, "laptop", config).start()
+    state.update(alice=alice, vpn=vpn, config=config)
+    wait_for(
+        lambda: "Initialization Sequence Completed" in vpn.log_text(),
+        "the client to connect:\n" + vpn.log_text(),
+    )
+    gateway = vpn.interface().network.network_address + 1
+    client.check_output(f"ping -c 3 -W 2 {gateway}")
+    state["node"] = vpn.node()
+
+
+def test_the_admin_sees_the_connection_with_its_node_and_location(tls_context, state):
+    admin = Browser(tls_context)
+    admin.login(*ADMIN)
+    _, _, page = admin.get("/admin/")
+    node, location = state["node"]
+    row = next((row for row in re.findall(r"<tr>(.*?)</tr>", page, re.DOTALL) if "laptop" in row), None)
+    assert row, page
+    assert f"<td>{node}</td><td>{location}</td>" in row
+    assert ">alice<" in row
+    state.update(admin=admin, admin_page=page, admin_row=row)
+
+
+def test_the_admin_disconnects_it_and_the_client_is_dropped(state):
+    vpn, admin, row = state["vpn"], state["admin"], state["admin_row"]
+    before = len(vpn.log_text())
+    action = re.search(r'action="(/admin/users/\d+/disconnect)"', row).group(1)
+    status, _, _ = admin.post(action, {"csrf_token": csrf(state["admin_page"])}, "/admin/")
+    assert status == 200
+    wait_for(
+        lambda: re.search(r"SIGUSR1|SIGTERM|Connection reset|AUTH_FAILED|RESTART", vpn.log_text()[before:]),
+        "the node to drop the client:\n" + vpn.log_text()[before:],
+    )
+    vpn.stop()
+
+
+def test_a_deleted_config_is_refused_at_reconnect(client, state):
+    alice = state["alice"]
+    _, _, home = alice.get("/")
+    action = re.search(r'action="(/configs/\d+/delete)"', home).group(1)
+    status, _, after = alice.post(action, {"csrf_token": csrf(home)})
+    assert status == 200 and action not in after
+    # The node learns of it from its CRL only at the next run: the hook asks the controller, which refuses.
+    again = VpnClient(client, "laptop-again", state["config"]).start()
+    wait_for(lambda: "AUTH_FAILED" in again.log_text(), "the refusal:\n" + again.log_text(), timeout=45)
+    assert "Initialization Sequence Completed" not in again.log_text()
+    again.host.run(f"test -s {again.pid_file} && kill $(cat {again.pid_file})")
