@@ -66,6 +66,16 @@ def test_hosts_reach_each_other_through_the_router_and_nothing_else(lab_up):
     assert routes.stdout.strip() == ""
 
 
+def test_control_machine_routes_only_the_lab_hosts(lab_up):
+    # Whole lab networks would also catch the registries this machine reaches in the same ranges.
+    routes = subprocess.run(
+        ["ip", "route", "show", "dev", "vfl-uplink"], capture_output=True, text=True, check=True
+    )
+    via_router = [line.split()[0] for line in routes.stdout.splitlines() if " via " in line]
+    assert via_router, routes.stdout
+    assert all("/" not in destination for destination in via_router), via_router
+
+
 def test_status_prints_a_table(lab_up):
     status = lab("status")
     header, *rows = status.stdout.splitlines()

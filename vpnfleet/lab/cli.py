@@ -22,9 +22,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .image import BaseImage
+from .image import BaseImage, debian_mirror
 from .machines import BOOTED_STATES, Machine
-from .network import LabNetwork
+from .network import LabNetwork, check_no_clash_with
 from .progress import Progress
 from .spec import Host, LabSpec, LabSpecError, Network, read_spec
 
@@ -87,6 +87,7 @@ def command_up(spec: LabSpec, names: list[str] | None, progress: Progress) -> in
     with lab_lock(folder, progress):
         image = BaseImage(folder, spec)
         image.ensure(progress)
+        check_no_clash_with(spec, debian_mirror())
         made = LabNetwork(spec).up()
         _record_networks(folder, spec)
         progress.say("networks: " + (", ".join(made) if made else "already up"))

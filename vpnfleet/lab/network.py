@@ -2,13 +2,15 @@
 
 The router namespace is the only way between lab networks and it has no default route,
 so lab traffic can reach lab hosts and nothing else. The control machine reaches the lab
-through one veth into that namespace (the "uplink") and routes only the lab's prefixes.
+through one veth into that namespace (the "uplink") and routes only the lab hosts' addresses.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import subprocess
+from urllib.parse import urlparse
 
 from .spec import (
     ROUTER_NAMESPACE,
@@ -16,6 +18,7 @@ from .spec import (
     UPLINK_NETWORK,
     UPLINK_ROUTER_SIDE,
     LabSpec,
+    LabSpecError,
     Network,
 )
 
@@ -29,6 +32,36 @@ UPLINK_ROUTER6 = UPLINK_NETWORK6.network_address + 2
 def ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     command = ["ip", *(["-n", netns] if netns else []), *args]
     return subprocess.run(command, check=check, capture_output=True, text=True)
+
+
+def addresses_of(names: list[str]) -> dict[str, str]:
+    """address -> name, for the names that resolve; resolving sends nothing to the names' hosts."""
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            for *_, sockaddr in socket.getaddrinfo(name, None):
+                found[str(ipaddress.ip_address(sockaddr[0]))] = name
+        except OSError:
+            continue
+    return found
+
+
+def check_no_clash_with(spec: LabSpec, mirror: str) -> None:
+    """A lab host must not take the address of a registry this machine installs from."""
+    names = [urlparse(mirror).hostname or "", "pypi.org", "files.pythonhosted.org"]
+    needed = addresses_of([name for name in names if name])
+    for address in (UPLINK_HOST4, UPLINK_ROUTER4, UPLINK_HOST6, UPLINK_ROUTER6):
+        if str(address) in needed:
+            raise LabSpecError(
+                f"the lab uplink {address} is where this machine reaches {needed[str(address)]}"
+            )
+    for host in spec.hosts:
+        for address in (str(host.ipv4), str(host.ipv6)):
+            if address in needed:
+                raise LabSpecError(
+                    f"host {host.name}: ansible_host {address} is where this machine reaches "
+                    f"{needed[address]}; give the host another address"
+                )
 
 
 def link_exists(name: str, netns: str | None = None) -> bool:
@@ -134,13 +167,15 @@ class LabNetwork:
                 netns=ROUTER_NAMESPACE,
             )
             ip("link", "set", inside, "up", netns=ROUTER_NAMESPACE)
-            # Only the lab's own prefixes go into the lab; nothing else is routed there or out.
-            ip("route", "replace", str(network.ipv4), "via", str(UPLINK_ROUTER4), "dev", UPLINK_HOST_SIDE)
+        # The control machine routes only the lab hosts' own addresses into the lab, not whole
+        # networks: its package registries may sit inside the same documentation ranges.
+        for host in self.spec.hosts:
+            ip("route", "replace", f"{host.ipv4}/32", "via", str(UPLINK_ROUTER4), "dev", UPLINK_HOST_SIDE)
             ip(
                 "-6",
                 "route",
                 "replace",
-                str(network.ipv6),
+                f"{host.ipv6}/128",
                 "via",
                 str(UPLINK_ROUTER6),
                 "dev",
@@ -150,9 +185,8 @@ class LabNetwork:
 
     def down(self) -> list[str]:
         removed: list[str] = []
+        # The routes to lab hosts go with the uplink.
         for network in self.spec.networks:
-            ip("route", "del", str(network.ipv4), check=False)
-            ip("-6", "route", "del", str(network.ipv6), check=False)
             for name in (network.router_leg, network.bridge):
                 if link_exists(name):
                     ip("link", "del", name)
