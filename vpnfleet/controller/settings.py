@@ -13,9 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS, OAuthClient
+from vpnfleet.settings_file import read_settings_file
 
 
 class SettingsError(ValueError):
@@ -335,12 +334,4 @@ def settings_from_mapping(data: Any) -> Settings:
 
 def load_settings(path: str | Path) -> Settings:
     """Load the settings file that the role writes."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise SettingsError(f"cannot read settings file {path}: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SettingsError(f"settings file {path} is not valid YAML: {error}") from None
-    return settings_from_mapping(data)
+    return settings_from_mapping(read_settings_file(path, SettingsError, "settings"))

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
+from vpnfleet.settings_file import read_settings_file
 
 DEFAULT_CONFIG_PATH = Path("/etc/vpnfleet/daemon.yaml")
 # The port eduVPN's vpn-daemon listens on; the controller expects it there.
@@ -34,15 +34,7 @@ class DaemonSettings:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "DaemonSettings":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from None
+        data = read_settings_file(path, ConfigError, "configuration")
         return cls.from_mapping(data, source=str(path))
 
     @classmethod

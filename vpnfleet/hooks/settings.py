@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
+from vpnfleet.settings_file import read_settings_file
 
 DEFAULT_CONFIG_PATH = Path("/etc/vpnfleet/hooks.yaml")
 DEFAULT_TIMEOUT_SECONDS = 3.0
@@ -68,15 +68,7 @@ class HookSettings:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> HookSettings:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the hooks configuration: {exc.strerror}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = read_settings_file(path, ConfigError, "hooks configuration")
         return cls.from_mapping(data, source=str(path))
 
     @classmethod
