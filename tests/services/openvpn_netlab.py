@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -61,6 +62,15 @@ def stop_process(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def stop_processes(processes: list[subprocess.Popen]) -> None:
+    """Stop them all at once: an openvpn that tells its peers it leaves takes a moment to exit."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        stop_process(process)
 
 
 def in_namespace(namespace: str, work: Callable[[], object]):
@@ -251,12 +261,7 @@ class VpnClients:
         return client
 
     def stop_all(self) -> None:
-        # All told at once: a UDP client takes a moment to tell the server it leaves.
-        for client in self.started:
-            if client.process.poll() is None:
-                client.process.terminate()
-        for client in self.started:
-            client.stop()
+        stop_processes([client.process for client in self.started])
         self.started.clear()
 
 
@@ -265,3 +270,11 @@ def without_tun_setup(client_config: str) -> str:
     unconfigured, so their pushed addresses and routes cannot clash. The server assigns and
     reports the addresses all the same."""
     return client_config.rstrip("\n") + "\nifconfig-noexec\nroute-noexec\n"
+
+
+def replace_credentials(ovpn: str, certificate_pem: str, key_pem: str) -> str:
+    """The same .ovpn with another certificate and key (a certificate the controller never issued)."""
+    ovpn = re.sub(
+        r"<cert>.*?</cert>", lambda _m: f"<cert>\n{certificate_pem.strip()}\n</cert>", ovpn, flags=re.S
+    )
+    return re.sub(r"<key>.*?</key>", lambda _m: f"<key>\n{key_pem.strip()}\n</key>", ovpn, flags=re.S)

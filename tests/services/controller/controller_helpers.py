@@ -29,7 +29,7 @@ def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict
             "ca": str(pki_dir / "ca" / "ca.crt"),
         },
         "daemon_port": daemon_port,
-        "daemon_timeout_seconds": 3,
+        "daemon_timeout_seconds": 15,  # node-x1 is real and this machine may be busy
         "behind_proxy": False,
         "profiles": [
             {

@@ -31,6 +31,7 @@ from openvpn_netlab import (  # noqa: E402
     VpnClients,
     require_lab,
     stop_process,
+    stop_processes,
     wait_for,
 )
 
@@ -100,8 +101,7 @@ def openvpn_servers(
             server.wait_until_up()
         yield servers
     finally:
-        for server in servers.values():
-            server.stop()
+        stop_processes([server.process for server in servers.values()])
 
 
 @pytest.fixture(scope="session")

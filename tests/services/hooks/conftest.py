@@ -29,9 +29,15 @@ from hooks_lab import (  # noqa: E402
     ControllerFront,
     HttpsController,
     create_namespaces,
-    replace_credentials,
 )
-from openvpn_netlab import Namespaces, OpenVpnProcess, VpnClients, require_lab, without_tun_setup  # noqa: E402
+from openvpn_netlab import (  # noqa: E402
+    Namespaces,
+    OpenVpnProcess,
+    VpnClients,
+    replace_credentials,
+    require_lab,
+    without_tun_setup,
+)
 from sqlalchemy import select  # noqa: E402
 from vpnfleet.shared import instances, pki  # noqa: E402
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import socket
 import ssl
 import threading
@@ -102,14 +101,6 @@ class HttpsController:
         self.server.shutdown()
         self.server.server_close()
         self.listener.close()
-
-
-def replace_credentials(ovpn: str, certificate_pem: str, key_pem: str) -> str:
-    """The same .ovpn with another certificate and key (a certificate the controller never issued)."""
-    ovpn = re.sub(
-        r"<cert>.*?</cert>", lambda _m: f"<cert>\n{certificate_pem.strip()}\n</cert>", ovpn, flags=re.S
-    )
-    return re.sub(r"<key>.*?</key>", lambda _m: f"<key>\n{key_pem.strip()}\n</key>", ovpn, flags=re.S)
 
 
 def hook_lines(log: str) -> list[str]:
