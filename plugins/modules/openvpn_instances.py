@@ -406,6 +406,9 @@ def main():
             if systemd:
                 systemd.run("disable", "--now", unit)
             remove_path(module, instances.config_path(profile_id, index, config_dir))
+            # OpenVPN runs as nobody by then and cannot remove its own socket; the daemon would
+            # list a dead process for it.
+            remove_path(module, instances.management_socket(profile_id, index))
             result["removed"].append(unit)
 
     result["changed"] = bool(result["changed"] or result["diff"] or result["started"] or result["removed"])
