@@ -240,6 +240,27 @@ class OpenVpnProcess:
         assert self.process.returncode == 0, self.log()
         assert "Halt command was pushed by server" in self.log(), self.log()
 
+    def log_size(self) -> int:
+        return len(self.log())
+
+    def wait_until_dropped(self, since: int) -> None:
+        """The server ended this client's connection: it was told to halt, or (seen with TCP
+        clients when the server closes the connection right behind the HALT message) it lost
+        the connection and restarts. Either way the connection it had is gone. ``since``: the
+        log's size when the server was asked to drop it."""
+
+        def dropped() -> bool:
+            log = self.log()[since:]
+            return (
+                self.process.poll() is not None
+                or "Halt command was pushed by server" in log
+                or "process restarting" in log
+            )
+
+        wait_for(dropped, f"the server to drop the client ({self.log_path})")
+        if self.process.poll() is not None:
+            assert "Halt command was pushed by server" in self.log(), self.log()
+
     def stop(self) -> None:
         stop_process(self.process)
 

@@ -99,12 +99,14 @@ def test_disconnect_user_everywhere_drops_every_client_of_theirs_only(client, ap
     admin = _admin(app)
     user_id = _user_id(app, "alice")
     token = csrf_token(admin.get(f"/admin/users/{user_id}").get_data(as_text=True))
+    logged_before = [vpn.log_size() for vpn in (*alice_clients, bob)]
     response = admin.post(f"/admin/users/{user_id}/disconnect", data={"csrf_token": token})
     assert response.status_code == 302
-    for vpn in alice_clients:
-        vpn.wait_until_halted()
-    node_lab.wait_until_only(bob_laptop)
+    for vpn, since in zip(alice_clients, logged_before[:2], strict=True):
+        vpn.wait_until_dropped(since)
     assert bob.process.poll() is None
+    bob_since_then = bob.log()[logged_before[-1] :]
+    assert "process restarting" not in bob_since_then and "Halt command" not in bob_since_then, bob.log()
     # Only disconnected: alice may come back at once.
     page = admin.get(f"/admin/users/{user_id}").get_data(as_text=True)
     assert "Disconnected alice on every node." in page and "Not reachable now: node-y1." in page
