@@ -4,6 +4,7 @@ Public interface
 ----------------
     require_cryptography(module)           fail with missing_required_lib unless it is usable
     fail_on(module, *errors)               context manager: a domain error becomes fail_json
+    read_pem(path, loader)                 what ``loader`` makes of the file, or None (missing, garbage)
     FileState / ensure_file(module, path, content, mode, secret)
     remove_path(module, path)
 """
@@ -42,6 +43,18 @@ def read_bytes(path):
         with open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
+        return None
+
+
+def read_pem(path, loader):
+    """The object ``loader`` (a pki.load_* function) reads from ``path``; None when the file is
+    missing or holds something else, so the module makes it anew."""
+    pem = read_bytes(path)
+    if pem is None:
+        return None
+    try:
+        return loader(pem)
+    except pki.PkiError:
         return None
 
 

@@ -168,18 +168,13 @@ from ansible_collections.vpnfleet.server.plugins.module_utils._module_support im
     ensure_file,
     fail_on,
     read_bytes,
+    read_pem,
     require_cryptography,
 )
 
 
 def load_existing(path):
-    pem = read_bytes(path)
-    if pem is None:
-        return None
-    try:
-        return pki.load_certificate(pem)
-    except pki.PkiError:
-        return None  # garbage in the file: replace it
+    return read_pem(path, pki.load_certificate)
 
 
 def requested(module):

@@ -79,29 +79,18 @@ from ansible_collections.vpnfleet.server.plugins.module_utils._module_support im
     ensure_file,
     fail_on,
     read_bytes,
+    read_pem,
     require_cryptography,
 )
 
 
 def usable_key(path, key_type):
-    pem = read_bytes(path)
-    if pem is None:
-        return None
-    try:
-        key = pki.load_private_key(pem)
-    except pki.PkiError:
-        return None
-    return key if pki.key_type_of(key) == key_type else None
+    key = read_pem(path, pki.load_private_key)
+    return key if key is not None and pki.key_type_of(key) == key_type else None
 
 
 def existing_csr(path):
-    pem = read_bytes(path)
-    if pem is None:
-        return None
-    try:
-        return pki.load_csr(pem)
-    except pki.PkiError:
-        return None
+    return read_pem(path, pki.load_csr)
 
 
 def main():
