@@ -1,7 +1,7 @@
 """Ansible glue shared by the vpnfleet modules; only modules import it (the services do not).
 
-It needs neither ``cryptography`` nor the PKI, so a module that does not sign anything
-(``openvpn_instances``, ``node_facts``) runs with the host's own Python.
+It imports neither ``cryptography`` nor the PKI, so a module that does not sign anything
+(``openvpn_instances``) runs with the host's own Python.
 
 Public interface
 ----------------
@@ -17,12 +17,15 @@ import os
 from ansible.module_utils.basic import missing_required_lib
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
-from . import _cryptography_dep
 from .files import read_bytes, write_file_atomic
 
 
 def require_cryptography(module):
     """Called first in main(), before any PKI code runs, so the user reads this, not a traceback."""
+    # Imported here, not at the top: a module that never calls this (openvpn_instances) must not
+    # even try to import cryptography, so a broken one on the host cannot touch it.
+    from . import _cryptography_dep
+
     problem = _cryptography_dep.cryptography_problem()
     if problem:
         module.fail_json(

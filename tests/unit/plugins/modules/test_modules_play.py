@@ -133,6 +133,9 @@ PLAN_PLAY = """
         config_dir: "{{ d }}/conf"
         systemd_dir: "{{ d }}/systemd"
         manage_services: false
+      # Any import of cryptography would crash the module: it must run on a host without it.
+      environment:
+        PYTHONPATH: "{{ d }}/shadow"
       register: r_inst
       ignore_errors: "{{ expect_failure | default(false) }}"
     - name: Hand the result to the test (written in check mode too)
@@ -147,6 +150,9 @@ PLAN_PLAY = """
 def run_plan(tmp_path, plan, check=False, **extra):
     play = tmp_path / "plan-play.yml"
     play.write_text(PLAN_PLAY)
+    shadow = tmp_path / "shadow" / "cryptography"
+    shadow.mkdir(parents=True, exist_ok=True)
+    (shadow / "__init__.py").write_text('raise RuntimeError("openvpn_instances imported cryptography")\n')
     variables = {"d": str(tmp_path), "plan": plan, **extra}
     command = [ANSIBLE_PLAYBOOK, str(play), "-e", json.dumps(variables)] + (["--check"] if check else [])
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
