@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Flask, Response, jsonify, make_response, render_template, request
+from flask import Flask, Response, abort, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
 from vpnfleet.controller import admin, api, authorize, node_api, oauth, portal
 from vpnfleet.controller.accounts import LoginThrottle
@@ -22,9 +23,18 @@ from vpnfleet.controller.web_session import current_user
 _JSON_PREFIXES = ("/api/", "/node-api/", "/oauth/token", "/.well-known/")
 
 
+class DatabaseId(IntegerConverter):
+    """A row id in a URL: a larger number cannot name a row (both databases use 32-bit integer
+    keys), so it is a 404 rather than an overflow in the database driver."""
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=2**31 - 1)
+
+
 def create_app(settings: Settings) -> Flask:
     """Build an app for these settings. Nothing happens at import; the database must be migrated."""
     app = Flask(__name__)
+    app.url_map.converters["db_id"] = DatabaseId
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SESSION_COOKIE_HTTPONLY=True,
@@ -60,10 +70,19 @@ def create_app(settings: Settings) -> Flask:
     # Programs authenticate with tokens, not cookies: CSRF does not apply to them.
     for blueprint in (api.blueprint, node_api.blueprint):
         csrf.exempt(blueprint)
+    app.before_request(_refuse_nul_characters)
     _register_error_pages(app)
     app.add_template_filter(_utc, "utc")
     app.context_processor(lambda: {"current_user": current_user()})
     return app
+
+
+def _refuse_nul_characters():
+    # PostgreSQL cannot store a NUL in text and SQLite cuts it short: no parameter carries one.
+    for values in (request.args, request.form):
+        for name, value in values.items(multi=True):
+            if "\x00" in name or "\x00" in value:
+                abort(400, f"parameter {name.replace(chr(0), '')!r} holds a NUL character")
 
 
 def _utc(moment: datetime | None) -> str:

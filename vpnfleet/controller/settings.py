@@ -100,6 +100,9 @@ class Settings:
     authorization_code_lifetime: timedelta = timedelta(minutes=5)
     login_max_failures: int = 5
     login_failure_window: timedelta = timedelta(minutes=15)
+    login_delay_max: timedelta = timedelta(minutes=5)
+    api_connect_limit: int = 20
+    api_connect_window: timedelta = timedelta(hours=1)
     connection_log_retention: timedelta = timedelta(days=90)
     oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
     # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
@@ -324,12 +327,23 @@ def settings_from_mapping(data: Any) -> Settings:
         login_failure_window=parse_duration(
             reader.get("login_failure_window", (str, int), "15m"), "login_failure_window"
         ),
+        login_delay_max=parse_duration(reader.get("login_delay_max", (str, int), "5m"), "login_delay_max"),
+        api_connect_limit=_at_least_one(reader.get("api_connect_limit", int, 20), "api_connect_limit"),
+        api_connect_window=parse_duration(
+            reader.get("api_connect_window", (str, int), "1h"), "api_connect_window"
+        ),
         connection_log_retention=parse_duration(
             reader.get("connection_log_retention", (str, int), "90d"), "connection_log_retention"
         ),
         oauth_clients=_read_oauth_clients(reader),
         behind_proxy=reader.get("behind_proxy", bool, True),
     )
+
+
+def _at_least_one(value: int, setting: str) -> int:
+    if value < 1:
+        raise SettingsError(f"{setting}: must be at least 1")
+    return value
 
 
 def load_settings(path: str | Path) -> Settings:
