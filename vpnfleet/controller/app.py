@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from flask import Flask, Response, abort, jsonify, make_response, render_template, request
@@ -70,19 +71,29 @@ def create_app(settings: Settings) -> Flask:
     # Programs authenticate with tokens, not cookies: CSRF does not apply to them.
     for blueprint in (api.blueprint, node_api.blueprint):
         csrf.exempt(blueprint)
-    app.before_request(_refuse_nul_characters)
+    app.before_request(_refuse_control_characters)
     _register_error_pages(app)
     app.add_template_filter(_utc, "utc")
     app.context_processor(lambda: {"current_user": current_user()})
     return app
 
 
-def _refuse_nul_characters():
-    # PostgreSQL cannot store a NUL in text and SQLite cuts it short: no parameter carries one.
-    for values in (request.args, request.form):
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _refuse_control_characters():
+    """PostgreSQL cannot store a NUL in text and SQLite cuts it short, so no parameter carries
+    one; a query string or an OAuth form (redirect_uri, state, code) has no use for any control
+    character, and one there would end up in a Location header or an error text."""
+    oauth = request.path.startswith("/oauth/")
+    for source, values in (("query", request.args), ("form", request.form)):
+        strict = source == "query" or oauth
         for name, value in values.items(multi=True):
-            if "\x00" in name or "\x00" in value:
-                abort(400, f"parameter {name.replace(chr(0), '')!r} holds a NUL character")
+            found = _CONTROL_CHARACTER.search(name + value) if strict else "\x00" in name + value
+            if found:
+                abort(
+                    400, f"{source} parameter {_CONTROL_CHARACTER.sub('?', name)!r} holds a control character"
+                )
 
 
 def _utc(moment: datetime | None) -> str:
