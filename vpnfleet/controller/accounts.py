@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
@@ -99,6 +99,13 @@ def _key_hash(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Attempt:
+    at: datetime
+    wait_seconds: int | None = None  # set when the try is refused for a delay
+    previous_failure_at: dict[str, datetime | None] = field(default_factory=dict)
+
+
 class LoginThrottle:
     """Slows password guessing without a lock anyone could set off for long.
 
@@ -137,9 +144,12 @@ class LoginThrottle:
         # Past 2**20 s the cap has long been reached; the bound keeps the number small.
         return min(timedelta(seconds=2 ** min(failures - free_failures, 20)), self.max_delay)
 
-    def begin_attempt(self, db: Session, keys: list[ThrottleKey], now: datetime) -> int | None:
-        """Count this try as a failure, or return the seconds to wait (the try is not counted)."""
+    def begin_attempt(self, db: Session, keys: list[ThrottleKey]) -> Attempt:
+        """Count this try as a failure, or say how many seconds to wait (the try is not counted)."""
         rows = _locked_rows(db, [key.key_hash for key in keys])
+        # The time is read once the rows are ours: a try that waited for them comes after the
+        # failure it waited for, never before it.
+        now = utcnow()
         wait = timedelta(0)
         for key in keys:
             row = rows[key.key_hash]
@@ -150,19 +160,26 @@ class LoginThrottle:
                 wait = max(wait, ready_at - now)
         if wait > timedelta(0):
             db.rollback()
-            return max(1, math.ceil(wait.total_seconds()))
+            return Attempt(now, wait_seconds=max(1, math.ceil(wait.total_seconds())))
+        previous = {key_hash: row.last_failure_at for key_hash, row in rows.items()}
         for row in rows.values():
             row.failures += 1
             row.last_failure_at = now
         db.commit()
-        return None
+        return Attempt(now, previous_failure_at=previous)
 
-    def forgive(self, db: Session, keys: list[ThrottleKey]) -> None:
-        """A right password: the user's keys start over; the address only drops this try."""
+    def forgive(self, db: Session, keys: list[ThrottleKey], attempt: Attempt) -> None:
+        """A right password: the user's keys start over; the address only drops this try, and
+        gets back the time of its last real failure unless another came since."""
         rows = _locked_rows(db, [key.key_hash for key in keys])
         for key in keys:
             row = rows[key.key_hash]
-            row.failures = max(0, row.failures - 1) if key.kind == "address" else 0
+            if key.kind != "address":
+                row.failures, row.last_failure_at = 0, None
+                continue
+            row.failures = max(0, row.failures - 1)
+            if row.last_failure_at == attempt.at:
+                row.last_failure_at = attempt.previous_failure_at.get(key.key_hash)
         db.commit()
 
     def purge(self, db: Session, now: datetime) -> int:
@@ -212,12 +229,12 @@ def authenticate(
     """The user, or why not. A disabled account is refused exactly as a wrong password: the
     same answer, after the same hash check, so that neither tells the account is disabled."""
     keys = throttle.keys(username, remote_addr, known_device=known_device)
-    wait = throttle.begin_attempt(db, keys, utcnow())
-    if wait is not None:
-        return LoginResult(None, "throttled", wait)
+    attempt = throttle.begin_attempt(db, keys)
+    if attempt.wait_seconds is not None:
+        return LoginResult(None, "throttled", attempt.wait_seconds)
     user = db.scalar(select(User).where(User.username == username))
     matches = password_matches(user.password_hash if user else _DUMMY_HASH, password)
     if user is None or not matches or user.is_disabled:
         return LoginResult(None, "invalid")
-    throttle.forgive(db, keys)
+    throttle.forgive(db, keys, attempt)
     return LoginResult(user)
