@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> Flask:
     # Programs authenticate with tokens, not cookies: CSRF does not apply to them.
     for blueprint in (api.blueprint, node_api.blueprint):
         csrf.exempt(blueprint)
-    app.before_request(_refuse_control_characters)
+    app.before_request(_refuse_unusable_characters)
     _register_error_pages(app)
     app.add_template_filter(_utc, "utc")
     app.context_processor(lambda: {"current_user": current_user()})
@@ -79,21 +79,25 @@ def create_app(settings: Settings) -> Flask:
 
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 6749 (appendix A) builds every OAuth parameter from printable ASCII; Authlib refuses to
+# put anything else into an error description, so it is refused here with a reason instead.
+_NOT_OAUTH_TEXT = re.compile(r"[^\x20-\x7e]")
 
 
-def _refuse_control_characters():
+def _refuse_unusable_characters():
     """PostgreSQL cannot store a NUL in text and SQLite cuts it short, so no parameter carries
-    one; a query string or an OAuth form (redirect_uri, state, code) has no use for any control
-    character, and one there would end up in a Location header or an error text."""
+    one; a query string has no use for any control character, and one there would end up in a
+    Location header or an error text; OAuth parameters are printable ASCII."""
     oauth = request.path.startswith("/oauth/")
     for source, values in (("query", request.args), ("form", request.form)):
-        strict = source == "query" or oauth
         for name, value in values.items(multi=True):
-            found = _CONTROL_CHARACTER.search(name + value) if strict else "\x00" in name + value
-            if found:
-                abort(
-                    400, f"{source} parameter {_CONTROL_CHARACTER.sub('?', name)!r} holds a control character"
-                )
+            if oauth and _NOT_OAUTH_TEXT.search(name + value):
+                problem = "a character other than printable ASCII (RFC 6749)"
+            elif (source == "query" and _CONTROL_CHARACTER.search(name + value)) or "\x00" in name + value:
+                problem = "a control character"
+            else:
+                continue
+            abort(400, f"{source} parameter {_NOT_OAUTH_TEXT.sub('?', name)!r} holds {problem}")
 
 
 def _utc(moment: datetime | None) -> str:

@@ -166,7 +166,7 @@ def test_bad_inputs_get_a_4xx_with_a_reason(client, app):
         response = client.get(
             "/oauth/authorize", query_string=authorize_params(challenge, redirect_uri=redirect_uri)
         )
-        assert response.status_code == 400 and "control character" in response.get_data(as_text=True)
+        assert response.status_code == 400 and "printable ASCII" in response.get_data(as_text=True)
         assert "Location" not in response.headers
     token_answer = client.post(
         "/oauth/token",
@@ -177,7 +177,7 @@ def test_bad_inputs_get_a_4xx_with_a_reason(client, app):
             "client_id": "c",
         },
     )
-    assert token_answer.status_code == 400 and "control character" in token_answer.get_json()["error"]
+    assert token_answer.status_code == 400 and "printable ASCII" in token_answer.get_json()["error"]
 
     def node(path: str, **kwargs):
         response = client.post(f"/node-api/v1/{path}", auth=NODE_X1, **kwargs)
