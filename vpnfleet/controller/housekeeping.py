@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from vpnfleet.controller.configs import disconnect_everywhere
 from vpnfleet.controller.fleet import live_connections
-from vpnfleet.controller.models import ConnectionLogEntry, OAuthCode, utcnow
+from vpnfleet.controller.models import ConnectionLogEntry, OAuthCode, PortalSession, utcnow
 from vpnfleet.controller.state import Controller
 
 
@@ -20,6 +20,7 @@ class HousekeepingReport:
     log_rows_closed: int = 0
     log_rows_purged: int = 0
     login_failures_purged: int = 0
+    sessions_purged: int = 0
     codes_purged: int = 0
     nodes_unreachable: tuple[str, ...] = ()
 
@@ -66,6 +67,7 @@ def run_housekeeping(controller: Controller, db: Session) -> HousekeepingReport:
         delete(ConnectionLogEntry).where(ConnectionLogEntry.disconnected_at < retention_start)
     ).rowcount
     report.codes_purged = db.execute(delete(OAuthCode).where(OAuthCode.expires_at < now)).rowcount
+    report.sessions_purged = db.execute(delete(PortalSession).where(PortalSession.expires_at < now)).rowcount
     db.commit()
     report.login_failures_purged = controller.throttle.purge(db, now)
     return report
