@@ -13,9 +13,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from vpnfleet.settings_file import SettingsError
+
 from .api import ROUTES, ApiError, Parameters
 from .management import ProcessFleet
-from .settings import ConfigError, DaemonSettings
+from .settings import DaemonSettings
 from .tls import peer_common_name, peer_refusal, server_context
 
 log = logging.getLogger("vpnfleet.daemon")
@@ -159,13 +161,14 @@ class DaemonHTTPServer(ThreadingHTTPServer):
 
 
 def create_server(settings: DaemonSettings) -> DaemonHTTPServer:
-    """The app factory: everything the daemon needs, from its settings; raises ConfigError."""
+    """The app factory: everything the daemon needs, from its settings; raises SettingsError."""
     tls_context = server_context(settings)
     fleet = ProcessFleet(settings.management_socket_glob, settings.management_timeout)
     try:
         return DaemonHTTPServer(settings, tls_context, fleet)
     except OSError as exc:
         fleet.close()
-        raise ConfigError(
-            f"cannot listen on [{settings.listen_address}]:{settings.listen_port}: {exc.strerror or exc}"
+        raise SettingsError(
+            f"listen_address/listen_port: cannot listen on [{settings.listen_address}]:"
+            f"{settings.listen_port}: {exc.strerror or exc}"
         ) from None

@@ -4,9 +4,10 @@ import ssl
 
 from cryptography import x509
 
+from vpnfleet.settings_file import SettingsError
 from vpnfleet.shared import pki
 
-from .settings import ConfigError, DaemonSettings
+from .settings import DaemonSettings
 
 ACCEPTED_CLIENT_PURPOSE = "daemon_client"
 
@@ -20,19 +21,19 @@ def server_context(settings: DaemonSettings) -> ssl.SSLContext:
     try:
         context.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
+        raise SettingsError(
             f"tls_certificate/tls_private_key: cannot use {settings.tls_certificate} with "
             f"{settings.tls_private_key}: {exc}"
         ) from None
     try:
         context.load_verify_locations(cafile=settings.tls_ca)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"tls_ca: cannot load {settings.tls_ca}: {exc}") from None
+        raise SettingsError(f"tls_ca: cannot load {settings.tls_ca}: {exc}") from None
     if settings.tls_crl is not None:
         try:
             context.load_verify_locations(cafile=settings.tls_crl)
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"tls_crl: cannot load {settings.tls_crl}: {exc}") from None
+            raise SettingsError(f"tls_crl: cannot load {settings.tls_crl}: {exc}") from None
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 

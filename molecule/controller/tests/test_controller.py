@@ -212,7 +212,7 @@ def test_every_openvpn_process_calls_the_controller_through_its_hooks():
         assert (token.user, token.group, token.mode) == ("root", "nogroup", 0o640)
         assert (
             node.run(
-                "/opt/vpnfleet/daemon/bin/vpnfleet-hook --config /etc/vpnfleet/hooks.yaml check-config"
+                "/opt/vpnfleet/daemon/bin/vpnfleet-hook --settings /etc/vpnfleet/hooks.yaml check-settings"
             ).rc
             == 0
         )

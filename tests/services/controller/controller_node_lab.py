@@ -38,7 +38,8 @@ from openvpn_netlab import (
 from vpnfleet.shared import instances, pki
 
 from vpnfleet.daemon.server import DaemonHTTPServer, create_server
-from vpnfleet.daemon.settings import ConfigError, DaemonSettings
+from vpnfleet.daemon.settings import DaemonSettings
+from vpnfleet.settings_file import SettingsError
 
 NAME_PREFIX = "vfn"
 UNDERLAY_PREFIX = 28
@@ -186,7 +187,7 @@ def _start_daemon(lab: NodeLab, socket_dir: Path) -> None:
         try:
             lab.daemon = create_server(settings)
             break
-        except ConfigError:  # someone took the port in between: take another
+        except SettingsError:  # someone took the port in between: take another
             continue
     else:
         raise AssertionError("found no free port for the daemon")
