@@ -75,7 +75,7 @@ try:
 except ImportError:
     HAS_CRYPTOGRAPHY = False
     CRYPTOGRAPHY_VERSION = None
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()  # type: str | None
 else:
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_VERSION = cryptography.__version__

@@ -80,7 +80,7 @@ def _user(arguments: argparse.Namespace) -> int:
         print(f"vpnfleet-controller: {error}", file=sys.stderr)
         return 2
     if arguments.disabled and change.changed:
-        user = db().scalar(select(User).where(User.username == arguments.username))
+        user = db().scalars(select(User).where(User.username == arguments.username)).one()
         disable_user(controller(), db(), user)
     print(json.dumps({"changed": change.changed, "created": change.created}))
     return 0

@@ -135,9 +135,11 @@ class DaemonHTTPServer(ThreadingHTTPServer):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         # HTTPServer.server_bind would resolve our own name, which hangs where DNS is unreachable.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
-    def finish_request(self, request: socket.socket, client_address) -> None:
+    # A TCP server's requests are its accepted sockets, never the datagrams the base class allows.
+    def finish_request(self, request: socket.socket, client_address) -> None:  # type: ignore[override]
         """Runs in the connection's own thread, so a slow handshake never blocks accepting others."""
         request.settimeout(HANDSHAKE_TIMEOUT)
         try:
@@ -151,7 +153,7 @@ class DaemonHTTPServer(ThreadingHTTPServer):
             if refusal:
                 log.warning("refused %s (%s): %s", client_address[0], peer_common_name(tls_socket), refusal)
                 return
-            self.RequestHandlerClass(tls_socket, client_address, self)
+            DaemonRequestHandler(tls_socket, client_address, self)
         finally:
             tls_socket.close()
 

@@ -1,6 +1,7 @@
 """Mutual TLS for the daemon: TLS 1.3 only, and only the controller's `daemon_client` certificate."""
 
 import ssl
+from typing import cast
 
 from cryptography import x509
 
@@ -54,6 +55,9 @@ def peer_refusal(tls_socket: ssl.SSLSocket) -> str | None:
 
 
 def peer_common_name(tls_socket: ssl.SSLSocket) -> str:
-    subject = (tls_socket.getpeercert() or {}).get("subject", ())
+    # ssl's getpeercert() gives the subject as RDNs of (key, value) pairs.
+    subject = cast(
+        "tuple[tuple[tuple[str, str], ...], ...]", (tls_socket.getpeercert() or {}).get("subject", ())
+    )
     names = [value for rdn in subject for key, value in rdn if key == "commonName"]
     return names[0] if names else "?"
