@@ -6,7 +6,7 @@ from typing import cast
 from cryptography import x509
 
 from vpnfleet.settings_file import SettingsError
-from vpnfleet.shared import pki
+from vpnfleet.shared.pki import keys
 
 from .settings import DaemonSettings
 
@@ -48,7 +48,7 @@ def peer_refusal(tls_socket: ssl.SSLSocket) -> str | None:
     der = tls_socket.getpeercert(binary_form=True)
     if der is None:
         return "no client certificate"
-    purpose = pki.certificate_purpose(x509.load_der_x509_certificate(der))
+    purpose = keys.certificate_purpose(x509.load_der_x509_certificate(der))
     if purpose != ACCEPTED_CLIENT_PURPOSE:
         return f"certificate purpose is {purpose}, not {ACCEPTED_CLIENT_PURPOSE}"
     return None
