@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from vpnfleet.controller.database import delete_rows
 from vpnfleet.controller.models import LoginThrottleEntry, PortalSession, User, utcnow
 from vpnfleet.controller.settings import Settings
 
@@ -37,7 +38,7 @@ def password_matches(password_hash: str, password: str) -> bool:
 
 def end_user_sessions(database: Session, user_id: int) -> int:
     """Every portal login of this user ends (password change, disable, an admin's "end sessions")."""
-    return database.execute(delete(PortalSession).where(PortalSession.user_id == user_id)).rowcount
+    return delete_rows(database, delete(PortalSession).where(PortalSession.user_id == user_id))
 
 
 @dataclass(frozen=True)
@@ -183,11 +184,11 @@ class LoginThrottle:
         db.commit()
 
     def purge(self, db: Session, now: datetime) -> int:
-        result = db.execute(
-            delete(LoginThrottleEntry).where(LoginThrottleEntry.last_failure_at <= now - self.window)
+        purged = delete_rows(
+            db, delete(LoginThrottleEntry).where(LoginThrottleEntry.last_failure_at <= now - self.window)
         )
         db.commit()
-        return result.rowcount
+        return purged
 
 
 def _locked_rows(db: Session, key_hashes: list[str]) -> dict[str, LoginThrottleEntry]:

@@ -35,6 +35,7 @@ from vpnfleet.controller.web_session import (
     login_required,
     safe_next,
     session_expires_at,
+    signed_in_user,
     start_session,
 )
 
@@ -83,7 +84,7 @@ def login():
         known_device=_known_device(username),
     )
     if result.user is None:
-        status, message = _LOGIN_REFUSALS[result.refusal]
+        status, message = _LOGIN_REFUSALS[result.refusal or "invalid"]
         response = make_response(
             render_template("login.html", form=form, error=message.format(retry_after=result.retry_after)),
             status,
@@ -126,7 +127,7 @@ def _create_form(user) -> CreateConfigForm:
 @blueprint.get("/")
 @login_required
 def home():
-    user = current_user()
+    user = signed_in_user()
     return _render_home(user, _create_form(user))
 
 
@@ -149,7 +150,7 @@ def _render_home(user, form, error: str | None = None, status: int = 200):
 @blueprint.post("/configs")
 @login_required
 def create():
-    user = current_user()
+    user = signed_in_user()
     form = _create_form(user)
     if not form.validate_on_submit():
         return _render_home(user, form, "Choose a profile and give the config a name.", 400)
@@ -182,7 +183,7 @@ def delete(config_id: int):
     if not ActionForm().validate_on_submit():
         abort(400, "the delete form was not valid")
     config = db().get(VpnConfig, config_id)
-    if config is None or config.user_id != current_user().id:
+    if config is None or config.user_id != signed_in_user().id:
         abort(404, "no such config")
     unreachable = revoke_configs(controller(), db(), [config])
     message = f"Deleted “{config.display_name}”."
