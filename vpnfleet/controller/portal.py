@@ -30,7 +30,6 @@ from vpnfleet.controller.forms import ActionForm, CreateConfigForm, LoginForm
 from vpnfleet.controller.models import OAuthAuthorization, VpnConfig, utcnow
 from vpnfleet.controller.state import controller, db
 from vpnfleet.controller.web_session import (
-    current_user,
     end_session,
     login_required,
     safe_next,
@@ -93,7 +92,7 @@ def login():
             response.headers["Retry-After"] = str(result.retry_after)
         return response
     start_session(result.user)
-    response = redirect(safe_next(form.next.data))
+    response = make_response(redirect(safe_next(form.next.data)))
     settings = controller().settings
     response.set_cookie(
         DEVICE_COOKIE,
@@ -236,7 +235,7 @@ def revoke_authorization(authorization_id: int):
     if not ActionForm().validate_on_submit():
         abort(400, "the revoke form was not valid")
     authorization = db().get(OAuthAuthorization, authorization_id)
-    if authorization is None or authorization.user_id != current_user().id:
+    if authorization is None or authorization.user_id != signed_in_user().id:
         abort(404, "no such app authorization")
     registration = controller().settings.oauth_client(authorization.client_id)
     unreachable = end_authorization(controller(), db(), authorization, utcnow())

@@ -69,7 +69,10 @@ def _portal_session() -> PortalSession | None:
 
 def session_expires_at() -> datetime:
     """When this login ends (naive UTC); a config made in it never outlives it."""
-    return _portal_session().expires_at
+    row = _portal_session()
+    if row is None:
+        abort(401, "not logged in")
+    return row.expires_at
 
 
 def current_user() -> User | None:
