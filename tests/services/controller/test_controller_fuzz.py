@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from urllib.parse import quote
 
 import pytest
 from controller_helpers import (
@@ -66,8 +67,10 @@ _SHARP = st.sampled_from(
     ]
 )
 TEXT = st.one_of(_SHARP, st.text(st.characters(exclude_categories=("Cs",)), max_size=40))
+# A path segment as a client sends it: percent-encoded ("?" or "/" in it would not be one).
 SEGMENT = st.one_of(
-    st.integers(-(2**70), 2**70).map(str), TEXT.filter(lambda value: value not in ("", ".", ".."))
+    st.integers(-(2**70), 2**70).map(str),
+    TEXT.filter(lambda value: value not in ("", ".", "..")).map(lambda value: quote(value, safe="")),
 )
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats() | st.text(max_size=20),
