@@ -11,6 +11,7 @@ import os
 import pathlib
 import re
 import ssl
+import subprocess
 
 import pytest
 
@@ -86,6 +87,30 @@ def test_each_node_runs_debian_13_and_reports_the_openvpn_it_runs(name):
         assert expected["package_suffix"] in package
     else:
         assert "~bpo" not in package
+
+
+def test_wanting_backports_where_the_hosts_apt_has_none_stops_naming_host_and_variable():
+    node = story.lab_host("node-y1")
+    before = node.check_output("dpkg-query -W -f '${Version}' openvpn")
+    scenario = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+    run = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            str(pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent),
+            str(scenario / "want_backports.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode != 0, run.stdout
+    assert (
+        "host node-y1: node_openvpn_backports is true, but its apt offers no OpenVPN from trixie-backports"
+        in " ".join(run.stdout.split())
+    ), run.stdout
+    assert node.check_output("dpkg-query -W -f '${Version}' openvpn") == before
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
