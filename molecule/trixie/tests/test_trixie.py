@@ -104,6 +104,8 @@ def test_wanting_backports_where_the_hosts_apt_has_none_stops_naming_host_and_va
         text=True,
         timeout=300,
         check=False,
+        # molecule forces colours on; the message is matched as plain text.
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
     )
     assert run.returncode != 0, run.stdout
     assert (
