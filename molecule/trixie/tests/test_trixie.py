@@ -107,11 +107,13 @@ def test_wanting_backports_where_the_hosts_apt_has_none_stops_naming_host_and_va
         # molecule forces colours on; the message is matched as plain text.
         env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
     )
-    assert run.returncode != 0, run.stdout
+    # ansible-core 2.19 writes the failure to stderr, the play to stdout.
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output
     assert (
         "host node-y1: node_openvpn_backports is true, but its apt offers no OpenVPN from trixie-backports"
-        in " ".join(run.stdout.split())
-    ), run.stdout
+        in " ".join(output.split())
+    ), output
     assert node.check_output("dpkg-query -W -f '${Version}' openvpn") == before
 
 
