@@ -5,7 +5,6 @@ config from the portal; the admin page shows the connection, so the controller r
 node's daemon too.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -14,18 +13,8 @@ import ssl
 import subprocess
 
 import pytest
-
-# The portal's client-side story (a browser with its cookies and CSRF tokens, the real OpenVPN
-# client, the lab hosts) is the controller scenario's: loaded from there rather than copied.
-_story = importlib.util.spec_from_file_location(
-    "controller_story",
-    pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]).parent
-    / "controller"
-    / "tests"
-    / "test_controller.py",
-)
-story = importlib.util.module_from_spec(_story)
-_story.loader.exec_module(story)
+from lab_portal import ADMIN, ALICE, NODES, Browser, PortalClient, csrf
+from lab_testinfra import lab_host, wait_for
 
 # What each node must run: the suite its image has and where its OpenVPN comes from.
 EXPECTED = {
@@ -37,34 +26,27 @@ testinfra_hosts = ["controller"]
 
 
 @pytest.fixture(scope="module")
-def client():
-    host = story.lab_host("client")
-    host.check_output(f"mkdir -p {story.WORK}")
-    return host
-
-
-@pytest.fixture(scope="module")
 def tls_context():
     """Trust only the fleet's CA."""
-    ca_pem = story.lab_host("controller").file("/var/lib/vpnfleet/ca/ca.crt").content_string
+    ca_pem = lab_host("controller").file("/var/lib/vpnfleet/ca/ca.crt").content_string
     return ssl.create_default_context(cadata=ca_pem)
 
 
 @pytest.fixture(scope="module")
 def config(tls_context):
     """The config alice downloads from the portal."""
-    alice = story.Browser(tls_context)
-    home = alice.login(*story.ALICE)
+    alice = Browser(tls_context)
+    home = alice.login(*ALICE)
     _, _, text = alice.post(
-        "/configs", {"csrf_token": story.csrf(home), "profile_id": "internet", "display_name": "trixie"}
+        "/configs", {"csrf_token": csrf(home), "profile_id": "internet", "display_name": "trixie"}
     )
     return text
 
 
 @pytest.fixture(scope="module")
 def admin(tls_context):
-    browser = story.Browser(tls_context)
-    browser.login(*story.ADMIN)
+    browser = Browser(tls_context)
+    browser.login(*ADMIN)
     return browser
 
 
@@ -75,7 +57,7 @@ def node_facts(node):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_each_node_runs_debian_13_and_reports_the_openvpn_it_runs(name):
-    node, expected = story.lab_host(name), EXPECTED[name]
+    node, expected = lab_host(name), EXPECTED[name]
     assert node.system_info.codename == expected["release"]
     reported = node_facts(node)["openvpn"]
     banner = node.check_output("openvpn --version | head -n1")
@@ -90,7 +72,7 @@ def test_each_node_runs_debian_13_and_reports_the_openvpn_it_runs(name):
 
 
 def test_wanting_backports_where_the_hosts_apt_has_none_stops_naming_host_and_variable():
-    node = story.lab_host("node-y1")
+    node = lab_host("node-y1")
     before = node.check_output("dpkg-query -W -f '${Version}' openvpn")
     scenario = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
     run = subprocess.run(
@@ -119,7 +101,7 @@ def test_wanting_backports_where_the_hosts_apt_has_none_stops_naming_host_and_va
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_planned_process_and_the_daemon_run(name):
-    node = story.lab_host(name)
+    node = lab_host(name)
     plan = json.loads(node.file("/etc/vpnfleet/openvpn-plan.json").content_string)
     for profile in plan["profiles"]:
         for process in profile["processes"]:
@@ -135,15 +117,15 @@ def test_every_planned_process_and_the_daemon_run(name):
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_a_client_with_the_portals_config_connects_through_the_node(name, client, config, admin):
     """The portal's config lists every node; the test keeps the remotes of one, so each node is tried."""
-    address = next(address for address, (node, _) in story.NODES.items() if node == name)
+    address = next(address for address, (node, _) in NODES.items() if node == name)
     remotes = re.findall(r"^remote \S+ .*$", config, re.MULTILINE)
-    assert {line.split()[1] for line in remotes} == set(story.NODES), config
+    assert {line.split()[1] for line in remotes} == set(NODES), config
     only_this_node = "\n".join(
         line for line in config.splitlines() if not line.startswith("remote ") or line.split()[1] == address
     )
-    vpn = story.VpnClient(client, f"trixie-{name}", only_this_node).start()
+    vpn = PortalClient(client, f"trixie-{name}", only_this_node).start()
     try:
-        story.wait_for(
+        wait_for(
             lambda: "Initialization Sequence Completed" in vpn.log_text(),
             f"the client to connect through {name}:\n" + vpn.log_text(),
             timeout=45,
@@ -152,7 +134,7 @@ def test_a_client_with_the_portals_config_connects_through_the_node(name, client
         gateway = vpn.interface().network.network_address + 1
         client.check_output(f"ping -c 3 -W 2 {gateway}")
         # The admin page lists it with its node: the controller asked the node's daemon.
-        story.wait_for(
+        wait_for(
             lambda: any(
                 "trixie" in row and f"<td>{name}</td>" in row
                 for row in re.findall(r"<tr>(.*?)</tr>", admin.get("/admin/")[2], re.DOTALL)
