@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import or_, select
 
+from vpnfleet.controller.accounts import end_user_sessions
 from vpnfleet.controller.configs import active_configs, disable_user, disconnect_everywhere
 from vpnfleet.controller.fleet import capacity_table, live_connections
 from vpnfleet.controller.forms import ActionForm, SearchLogForm
@@ -54,7 +55,7 @@ def _user_or_404(user_id: int) -> User:
     return user
 
 
-@blueprint.get("/users/<int:user_id>")
+@blueprint.get("/users/<db_id:user_id>")
 @admin_required
 def user_detail(user_id: int):
     user = _user_or_404(user_id)
@@ -78,7 +79,7 @@ def _report_unreachable(unreachable: list[str]) -> None:
         flash("Not reachable now: " + ", ".join(unreachable) + ".")
 
 
-@blueprint.post("/users/<int:user_id>/disconnect")
+@blueprint.post("/users/<db_id:user_id>/disconnect")
 @admin_required
 def disconnect_user(user_id: int):
     _checked_action()
@@ -91,7 +92,7 @@ def disconnect_user(user_id: int):
     )
 
 
-@blueprint.post("/users/<int:user_id>/disable")
+@blueprint.post("/users/<db_id:user_id>/disable")
 @admin_required
 def disable(user_id: int):
     _checked_action()
@@ -101,7 +102,19 @@ def disable(user_id: int):
     return redirect(url_for("admin.user_detail", user_id=user.id))
 
 
-@blueprint.post("/users/<int:user_id>/enable")
+@blueprint.post("/users/<db_id:user_id>/end-sessions")
+@admin_required
+def end_sessions(user_id: int):
+    """Every portal login of the user ends (a stolen cookie, a shared computer)."""
+    _checked_action()
+    user = _user_or_404(user_id)
+    ended = end_user_sessions(db(), user.id)
+    db().commit()
+    flash(f"Ended {ended} portal session(s) of {user.username}.")
+    return redirect(url_for("admin.user_detail", user_id=user.id))
+
+
+@blueprint.post("/users/<db_id:user_id>/enable")
 @admin_required
 def enable(user_id: int):
     _checked_action()
@@ -120,10 +133,10 @@ def parse_moment(text: str) -> datetime:
     """'YYYY-MM-DD HH:MM[:SS]' or ISO 8601, in UTC."""
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):
         raise ValueError(f"{text!r} is not a time like 2025-03-01 14:30") from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
 
 

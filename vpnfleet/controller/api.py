@@ -14,7 +14,7 @@ from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 
-from vpnfleet.controller.configs import create_config, revoke_configs
+from vpnfleet.controller.configs import ConfigRefused, ConnectThrottled, create_config, revoke_configs
 from vpnfleet.controller.models import OAuthToken, VpnConfig
 from vpnfleet.controller.oauth import API_SCOPE
 from vpnfleet.controller.state import controller, db
@@ -118,28 +118,26 @@ def connect():
     if not _client_accepts_openvpn():
         # Our profiles serve OpenVPN only (WireGuard comes later).
         return api_error(406, f'profile "{profile_id}" does not support WireGuard')
-    session = db()
     authorization = access.authorization
-    # A new /connect invalidates the configs obtained before under the same authorization.
-    previous = list(
-        session.scalars(
-            select(VpnConfig).where(
-                VpnConfig.authorization_id == authorization.id, VpnConfig.revoked_at.is_(None)
-            )
-        )
-    )
-    revoke_configs(controller(), session, previous)
     app = controller().settings.oauth_client(authorization.client_id)
-    config, text = create_config(
-        controller(),
-        session,
-        user,
-        profile_id,
-        app.name if app else authorization.client_id,
-        authorization.expires_at,
-        authorization=authorization,
-        prefer_tcp=prefer_tcp == "yes",
-    )
+    try:
+        made = create_config(
+            controller(),
+            db(),
+            user,
+            profile_id,
+            app.name if app else authorization.client_id,
+            authorization.expires_at,
+            authorization=authorization,
+            prefer_tcp=prefer_tcp == "yes",
+        )
+    except ConnectThrottled as throttled:
+        response = api_error(429, str(throttled))
+        response.headers["Retry-After"] = str(throttled.retry_after)
+        return response
+    except ConfigRefused as refusal:
+        return api_error(403, str(refusal))
+    config, text = made.config, made.text
     response = Response(text, status=201, mimetype=OPENVPN_PROFILE)
     response.headers["Expires"] = format_datetime(config.expires_at.replace(tzinfo=UTC), usegmt=True)
     return response

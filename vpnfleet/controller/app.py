@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
-from flask import Flask, Response, jsonify, make_response, render_template, request
+from flask import Flask, Response, abort, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
 from vpnfleet.controller import admin, api, authorize, node_api, oauth, portal
 from vpnfleet.controller.accounts import LoginThrottle
@@ -22,9 +24,18 @@ from vpnfleet.controller.web_session import current_user
 _JSON_PREFIXES = ("/api/", "/node-api/", "/oauth/token", "/.well-known/")
 
 
+class DatabaseId(IntegerConverter):
+    """A row id in a URL: a larger number cannot name a row (both databases use 32-bit integer
+    keys), so it is a 404 rather than an overflow in the database driver."""
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=2**31 - 1)
+
+
 def create_app(settings: Settings) -> Flask:
     """Build an app for these settings. Nothing happens at import; the database must be migrated."""
     app = Flask(__name__)
+    app.url_map.converters["db_id"] = DatabaseId
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SESSION_COOKIE_HTTPONLY=True,
@@ -61,10 +72,33 @@ def create_app(settings: Settings) -> Flask:
     # Programs authenticate with tokens, not cookies: CSRF does not apply to them.
     for blueprint in (api.blueprint, node_api.blueprint):
         csrf.exempt(blueprint)
+    app.before_request(_refuse_unusable_characters)
     _register_error_pages(app)
     app.add_template_filter(_utc, "utc")
     app.context_processor(lambda: {"current_user": current_user()})
     return app
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 6749 (appendix A) builds every OAuth parameter from printable ASCII; Authlib refuses to
+# put anything else into an error description, so it is refused here with a reason instead.
+_NOT_OAUTH_TEXT = re.compile(r"[^\x20-\x7e]")
+
+
+def _refuse_unusable_characters():
+    """PostgreSQL cannot store a NUL in text and SQLite cuts it short, so no parameter carries
+    one; a query string has no use for any control character, and one there would end up in a
+    Location header or an error text; OAuth parameters are printable ASCII."""
+    oauth = request.path.startswith("/oauth/")
+    for source, values in (("query", request.args), ("form", request.form)):
+        for name, value in values.items(multi=True):
+            if oauth and _NOT_OAUTH_TEXT.search(name + value):
+                problem = "a character other than printable ASCII (RFC 6749)"
+            elif (source == "query" and _CONTROL_CHARACTER.search(name + value)) or "\x00" in name + value:
+                problem = "a control character"
+            else:
+                continue
+            abort(400, f"{source} parameter {_NOT_OAUTH_TEXT.sub('?', name)!r} holds {problem}")
 
 
 def _utc(moment: datetime | None) -> str:

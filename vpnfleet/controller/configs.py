@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from vpnfleet.controller.accounts import end_user_sessions
 from vpnfleet.controller.models import OAuthAuthorization, OAuthToken, User, VpnConfig, utcnow
 from vpnfleet.controller.ovpn import render_client_config
 from vpnfleet.controller.state import Controller
@@ -16,13 +19,38 @@ class ConfigRefused(Exception):
     """A config that may not be made; the message is shown to the user."""
 
 
-def active_configs(db: Session, user: User, now: datetime, *, portal_only: bool = False) -> list[VpnConfig]:
+class ConnectThrottled(ConfigRefused):
+    """Too many configs made under one authorization lately; the app may try again later."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class NewConfig:
+    config: VpnConfig
+    text: str
+    replaced: list[VpnConfig] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)  # nodes not told of the replaced configs
+
+
+def active_configs(db: Session, user: User, now: datetime) -> list[VpnConfig]:
     query = select(VpnConfig).where(
         VpnConfig.user_id == user.id, VpnConfig.revoked_at.is_(None), VpnConfig.expires_at > now
     )
-    if portal_only:
-        query = query.where(VpnConfig.authorization_id.is_(None))
-    return list(db.scalars(query.order_by(VpnConfig.created_at)))
+    return list(db.scalars(query.order_by(VpnConfig.created_at, VpnConfig.id)))
+
+
+def lock_user(db: Session, user: User) -> None:
+    """Hold the user's row until the transaction ends, so that one user's config changes run one
+    after the other. An UPDATE rather than SELECT ... FOR UPDATE: SQLite has no row locks, but an
+    UPDATE takes its write lock (and waits for it); PostgreSQL locks the row. Rows read after
+    this are current on both."""
+    db.execute(
+        update(User).where(User.id == user.id).values(id=User.id).execution_options(synchronize_session=False)
+    )
+    db.refresh(user)
 
 
 def create_config(
@@ -35,44 +63,51 @@ def create_config(
     *,
     authorization: OAuthAuthorization | None = None,
     prefer_tcp: bool = False,
-) -> tuple[VpnConfig, str]:
-    """Issue a certificate and return the config row and its .ovpn text.
+) -> NewConfig:
+    """Issue a certificate; the config row, its .ovpn text and the configs it replaced.
 
-    The certificate ends when the user's session (portal login or app authorization) ends.
+    The certificate ends when the user's session (portal login or app authorization) ends. A user
+    has at most max_configs_per_user active configs, portal and API together: the portal refuses
+    one more; an app's /connect replaces its authorization's config and, at the limit, the user's
+    oldest config, API-made ones first (eduVPN's maxActiveConfigurations).
     """
     settings = controller.settings
     profile = settings.profile(profile_id)
     if profile is None or not profile.allows(user.groups):
         raise ConfigRefused(f"no such profile: {profile_id}")
-    if user.is_disabled:
-        raise ConfigRefused("this account is disabled")
-    now = utcnow()
-    if expires_at <= now:
-        raise ConfigRefused("your session has expired; log in again")
-    if (
-        authorization is None
-        and len(active_configs(db, user, now, portal_only=True)) >= settings.max_configs_per_user
-    ):
-        raise ConfigRefused(
-            f"you have {settings.max_configs_per_user} active configs already; delete one first"
-        )
     try:
         tls_crypt_key = profile.tls_crypt_key_file.read_text()
     except OSError as error:
         raise RuntimeError(f"cannot read the tls-crypt key of profile {profile.id}: {error}") from error
-    certificate = controller.issuer.issue(expires_at, now)
-    config = VpnConfig(
-        user_id=user.id,
-        profile_id=profile.id,
-        display_name=display_name,
-        common_name=certificate.common_name,
-        serial_number=certificate.serial_number,
-        authorization_id=authorization.id if authorization else None,
-        created_at=now,
-        expires_at=certificate.expires_at,
-    )
-    db.add(config)
-    db.commit()
+    lock_user(db, user)
+    try:
+        now = utcnow()
+        if user.is_disabled:
+            raise ConfigRefused("this account is disabled")
+        if expires_at <= now:
+            raise ConfigRefused("your session has expired; log in again")
+        replaced = _configs_to_replace(settings, db, user, authorization, now)
+        for config in replaced:
+            controller.issuer.revoke(config.serial_number)
+            config.revoked_at = now
+        # The replaced rows leave the one-active-config index before the new row enters it.
+        db.flush()
+        certificate = controller.issuer.issue(expires_at, now)
+        config = VpnConfig(
+            user_id=user.id,
+            profile_id=profile.id,
+            display_name=display_name,
+            common_name=certificate.common_name,
+            serial_number=certificate.serial_number,
+            authorization_id=authorization.id if authorization else None,
+            created_at=now,
+            expires_at=certificate.expires_at,
+        )
+        db.add(config)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
     text = render_client_config(
         profile,
         settings.nodes,
@@ -81,7 +116,59 @@ def create_config(
         tls_crypt_key,
         prefer_tcp,
     )
-    return config, text
+    unreachable = disconnect_everywhere(controller, [old.common_name for old in replaced]) if replaced else []
+    return NewConfig(config, text, replaced, unreachable)
+
+
+def _configs_to_replace(
+    settings, db: Session, user: User, authorization: OAuthAuthorization | None, now: datetime
+) -> list[VpnConfig]:
+    """Under the user's lock: what the new config replaces, or ConfigRefused."""
+    fresh = {"populate_existing": True}
+    active = list(
+        db.scalars(
+            select(VpnConfig)
+            .where(VpnConfig.user_id == user.id, VpnConfig.revoked_at.is_(None), VpnConfig.expires_at > now)
+            .order_by(VpnConfig.created_at, VpnConfig.id)
+            .execution_options(**fresh)
+        )
+    )
+    limit = settings.max_configs_per_user
+    if authorization is None:
+        if len(active) >= limit:
+            raise ConfigRefused(f"you have {limit} active configs already; delete one first")
+        return []
+    window_start = now - settings.api_connect_window
+    recent = list(
+        db.scalars(
+            select(VpnConfig.created_at)
+            .where(VpnConfig.authorization_id == authorization.id, VpnConfig.created_at > window_start)
+            .order_by(VpnConfig.created_at)
+        )
+    )
+    if len(recent) >= settings.api_connect_limit:
+        wait = recent[-settings.api_connect_limit] + settings.api_connect_window - now
+        raise ConnectThrottled(
+            f"{settings.api_connect_limit} configs made by this app within "
+            f"{int(settings.api_connect_window.total_seconds())} s already; try again later",
+            retry_after=max(1, math.ceil(wait.total_seconds())),
+        )
+    # A new /connect invalidates what the same authorization obtained before (expired ones too:
+    # the one-active-config index counts every row that is not revoked).
+    replaced = list(
+        db.scalars(
+            select(VpnConfig)
+            .where(VpnConfig.authorization_id == authorization.id, VpnConfig.revoked_at.is_(None))
+            .execution_options(**fresh)
+        )
+    )
+    others = sorted(
+        (config for config in active if config not in replaced),
+        key=lambda config: (config.authorization_id is None, config.created_at, config.id),
+    )
+    while len(others) >= limit:
+        replaced.append(others.pop(0))
+    return replaced
 
 
 def revoke_configs(controller: Controller, db: Session, configs: list[VpnConfig]) -> list[str]:
@@ -106,15 +193,17 @@ def disconnect_everywhere(controller: Controller, common_names: list[str]) -> li
 
 def end_authorization(
     controller: Controller, db: Session, authorization: OAuthAuthorization, now: datetime
-) -> None:
-    """Revoke an app authorization: its tokens stop working and its configs are revoked."""
+) -> list[str]:
+    """Revoke an app authorization: its tokens stop working and its configs are revoked.
+
+    Returns the nodes that could not be told (see revoke_configs)."""
     authorization.revoked_at = authorization.revoked_at or now
     db.execute(
         update(OAuthToken)
         .where(OAuthToken.authorization_id == authorization.id, OAuthToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
-    revoke_configs(
+    return revoke_configs(
         controller,
         db,
         list(db.scalars(select(VpnConfig).where(VpnConfig.authorization_id == authorization.id))),
@@ -125,10 +214,15 @@ def disable_user(controller: Controller, db: Session, user: User) -> list[str]:
     """Disable a user: every config revoked and disconnected, every app authorization ended."""
     now = utcnow()
     user.is_disabled = True
-    for authorization in db.scalars(
-        select(OAuthAuthorization).where(
-            OAuthAuthorization.user_id == user.id, OAuthAuthorization.revoked_at.is_(None)
+    end_user_sessions(db, user.id)
+    unreachable: set[str] = set()
+    for authorization in list(
+        db.scalars(
+            select(OAuthAuthorization).where(
+                OAuthAuthorization.user_id == user.id, OAuthAuthorization.revoked_at.is_(None)
+            )
         )
     ):
-        end_authorization(controller, db, authorization, now)
-    return revoke_configs(controller, db, active_configs(db, user, now))
+        unreachable.update(end_authorization(controller, db, authorization, now))
+    unreachable.update(revoke_configs(controller, db, active_configs(db, user, now)))
+    return sorted(unreachable)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from vpnfleet.controller.configs import disconnect_everywhere
 from vpnfleet.controller.database import delete_rows
 from vpnfleet.controller.fleet import live_connections
-from vpnfleet.controller.models import ConnectionLogEntry, OAuthCode, utcnow
+from vpnfleet.controller.models import ConnectionLogEntry, OAuthCode, PortalSession, utcnow
 from vpnfleet.controller.state import Controller
 
 
@@ -21,6 +21,7 @@ class HousekeepingReport:
     log_rows_closed: int = 0
     log_rows_purged: int = 0
     login_failures_purged: int = 0
+    sessions_purged: int = 0
     codes_purged: int = 0
     nodes_unreachable: tuple[str, ...] = ()
 
@@ -67,6 +68,7 @@ def run_housekeeping(controller: Controller, db: Session) -> HousekeepingReport:
         db, delete(ConnectionLogEntry).where(ConnectionLogEntry.disconnected_at < retention_start)
     )
     report.codes_purged = delete_rows(db, delete(OAuthCode).where(OAuthCode.expires_at < now))
+    report.sessions_purged = delete_rows(db, delete(PortalSession).where(PortalSession.expires_at < now))
     db.commit()
     report.login_failures_purged = controller.throttle.purge(db, now)
     return report

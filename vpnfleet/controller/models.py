@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -33,15 +33,31 @@ class User(Base):
     configs: Mapped[list[VpnConfig]] = relationship(back_populates="user")
 
 
-class LoginFailure(Base):
-    """One failed portal login; recent rows throttle further attempts."""
+class PortalSession(Base):
+    """One portal login. The cookie holds only a random token whose hash is this row's key, so
+    deleting the row ends every copy of that cookie (logout, password change, disable, an admin)."""
 
-    __tablename__ = "login_failures"
+    __tablename__ = "portal_sessions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    username: Mapped[str] = mapped_column(String(255), index=True)
-    remote_addr: Mapped[str] = mapped_column(String(64), index=True)
-    failed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+    user: Mapped[User] = relationship()
+
+
+class LoginThrottleEntry(Base):
+    """Failed logins of one throttle key (a user at an address, an address, a user), counted
+    until the key has been quiet for the failure window."""
+
+    __tablename__ = "login_throttle"
+
+    # SHA-256 of the key's kind and values: any user name fits, and none is stored in clear.
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
 
 
 class OAuthAuthorization(Base):
@@ -124,6 +140,17 @@ class VpnConfig(Base):
     """A client certificate handed out in an .ovpn file, from the portal or through the API."""
 
     __tablename__ = "vpn_configs"
+    # An authorization has at most one config that is not revoked: parallel /connect calls of
+    # one app cannot leave two, whatever the code above the database does.
+    __table_args__ = (
+        Index(
+            "uq_vpn_configs_one_active_per_authorization",
+            "authorization_id",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
@@ -22,6 +23,10 @@ blueprint = Blueprint("node_api", __name__)
 
 # Compared against when the node name is unknown, so that a wrong name takes as long as a wrong token.
 _NO_NODE_HASH = "0" * 64
+
+
+_BYTE_COUNT = re.compile(r"[0-9]{1,19}")
+_BIGINT_MAX = 2**63 - 1
 
 
 class BadField(ValueError):
@@ -46,7 +51,10 @@ def authenticate_node():
 def _fields() -> dict:
     if not request.is_json:
         return request.form
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        raise BadField("the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadField("the body must be a JSON object")
     return data
@@ -56,10 +64,23 @@ def _text(data, name: str, *, limit: int = 64) -> str | None:
     value = data.get(name)
     if value in (None, ""):
         return None
-    value = str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadField(f'"{name}" must be a string')
     if len(value) > limit:
         raise BadField(f'"{name}" is too long')
+    if not value.isprintable() or not _encodable(value):
+        raise BadField(f'"{name}" holds a control character or an unpaired surrogate')
     return value
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _required_text(data, name: str) -> str:
@@ -83,8 +104,9 @@ def _count(data, name: str) -> int | None:
     value = _text(data, name, limit=20)
     if value is None:
         return None
-    if not value.isdigit():
-        raise BadField(f'"{name}" must be a whole number of bytes')
+    # ASCII digits only (str.isdigit() takes "²" and "١"), and what a BIGINT column holds.
+    if not _BYTE_COUNT.fullmatch(value) or int(value) > _BIGINT_MAX:
+        raise BadField(f'"{name}" must be a whole number of bytes, at most {_BIGINT_MAX}')
     return int(value)
 
 

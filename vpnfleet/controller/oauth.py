@@ -134,10 +134,19 @@ class RefreshGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token):
-        row = db().scalar(
+        session = db()
+        row = session.scalar(
             select(OAuthToken).where(OAuthToken.refresh_token_hash == token_hash(refresh_token))
         )
-        if row is None or row.revoked_at is not None or not row.authorization.is_valid(utcnow()):
+        now = utcnow()
+        if row is None:
+            return None
+        if row.revoked_at is not None:
+            # A refresh token used after its rotation was copied, by the app or by a thief: the
+            # authorization ends with every token and config issued under it (RFC 9700 4.14.2).
+            end_authorization(controller(), session, row.authorization, now)
+            return None
+        if not row.authorization.is_valid(now):
             return None
         return row
 

@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from itsdangerous import BadData, URLSafeTimedSerializer
+from sqlalchemy import func, select
 
 from vpnfleet.controller.accounts import authenticate
-from vpnfleet.controller.configs import ConfigRefused, active_configs, create_config, revoke_configs
+from vpnfleet.controller.configs import (
+    ConfigRefused,
+    active_configs,
+    create_config,
+    end_authorization,
+    revoke_configs,
+)
 from vpnfleet.controller.forms import ActionForm, CreateConfigForm, LoginForm
-from vpnfleet.controller.models import VpnConfig, utcnow
+from vpnfleet.controller.models import OAuthAuthorization, VpnConfig, utcnow
 from vpnfleet.controller.state import controller, db
 from vpnfleet.controller.web_session import (
+    end_session,
     login_required,
     safe_next,
     session_expires_at,
@@ -23,9 +42,26 @@ blueprint = Blueprint("portal", __name__)
 
 _LOGIN_REFUSALS = {
     "invalid": (401, "Wrong user name or password."),
-    "throttled": (429, "Too many failed logins; wait a few minutes and try again."),
-    "disabled": (403, "This account is disabled."),
+    "throttled": (429, "Too many failed logins; wait {retry_after} s and try again."),
 }
+# Set after a login: this browser may skip the throttle key that counts a user's failures from
+# every address, so an attack on the user from elsewhere does not slow the user down here.
+DEVICE_COOKIE = "vpnfleet_device"
+
+
+def _device_signer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(controller().settings.secret_key, salt="vpnfleet known device")
+
+
+def _known_device(username: str) -> bool:
+    cookie = request.cookies.get(DEVICE_COOKIE)
+    if not cookie:
+        return False
+    max_age = int(controller().settings.session_expiry.total_seconds())
+    try:
+        return _device_signer().loads(cookie, max_age=max_age) == username
+    except BadData:
+        return False
 
 
 @blueprint.get("/login")
@@ -37,21 +73,43 @@ def login():
     if not form.validate_on_submit():
         status = 400 if request.method == "POST" else 200
         return render_template("login.html", form=form), status
-    user, refusal = authenticate(
-        db(), controller().throttle, form.username.data, form.password.data, request.remote_addr or "unknown"
+    username = form.username.data
+    result = authenticate(
+        db(),
+        controller().throttle,
+        username,
+        form.password.data,
+        request.remote_addr or "unknown",
+        known_device=_known_device(username),
     )
-    if user is None:
-        status, message = _LOGIN_REFUSALS[refusal or "invalid"]
-        return render_template("login.html", form=form, error=message), status
-    start_session(user)
-    return redirect(safe_next(form.next.data))
+    if result.user is None:
+        status, message = _LOGIN_REFUSALS[result.refusal or "invalid"]
+        response = make_response(
+            render_template("login.html", form=form, error=message.format(retry_after=result.retry_after)),
+            status,
+        )
+        if result.retry_after:
+            response.headers["Retry-After"] = str(result.retry_after)
+        return response
+    start_session(result.user)
+    response = make_response(redirect(safe_next(form.next.data)))
+    settings = controller().settings
+    response.set_cookie(
+        DEVICE_COOKIE,
+        _device_signer().dumps(username),
+        max_age=int(settings.session_expiry.total_seconds()),
+        secure=settings.base_url.startswith("https://"),
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
 
 
 @blueprint.post("/logout")
 def logout():
     if not ActionForm().validate_on_submit():
         abort(400, "the logout form was not valid")
-    session.clear()
+    end_session()
     return redirect(url_for("portal.login"))
 
 
@@ -81,6 +139,7 @@ def _render_home(user, form, error: str | None = None, status: int = 200):
         form=form,
         action_form=ActionForm(),
         configs=active_configs(db(), user, now),
+        authorizations=_authorizations_of(user, now),
         session_expires_at=session_expires_at(),
         max_configs=controller().settings.max_configs_per_user,
         error=error,
@@ -95,7 +154,7 @@ def create():
     if not form.validate_on_submit():
         return _render_home(user, form, "Choose a profile and give the config a name.", 400)
     try:
-        config, text = create_config(
+        made = create_config(
             controller(),
             db(),
             user,
@@ -105,6 +164,7 @@ def create():
         )
     except ConfigRefused as refusal:
         return _render_home(user, form, str(refusal), 409)
+    config, text = made.config, made.text
     filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.profile_id}-{config.display_name}") + ".ovpn"
     return Response(
         text,
@@ -116,7 +176,7 @@ def create():
     )
 
 
-@blueprint.post("/configs/<int:config_id>/delete")
+@blueprint.post("/configs/<db_id:config_id>/delete")
 @login_required
 def delete(config_id: int):
     if not ActionForm().validate_on_submit():
@@ -128,5 +188,59 @@ def delete(config_id: int):
     message = f"Deleted “{config.display_name}”."
     if unreachable:
         message += " Some nodes could not be told now; it is refused there at its next connect."
+    flash(message)
+    return redirect(url_for("portal.home"))
+
+
+def _authorizations_of(user, now) -> list[dict]:
+    """The apps this user approved that still hold tokens, with their active configs."""
+    rows = db().scalars(
+        select(OAuthAuthorization)
+        .where(
+            OAuthAuthorization.user_id == user.id,
+            OAuthAuthorization.revoked_at.is_(None),
+            OAuthAuthorization.expires_at > now,
+        )
+        .order_by(OAuthAuthorization.created_at)
+    )
+    settings = controller().settings
+    listed = []
+    for authorization in rows:
+        registration = settings.oauth_client(authorization.client_id)
+        configs = db().scalar(
+            select(func.count())
+            .select_from(VpnConfig)
+            .where(
+                VpnConfig.authorization_id == authorization.id,
+                VpnConfig.revoked_at.is_(None),
+                VpnConfig.expires_at > now,
+            )
+        )
+        listed.append(
+            {
+                "id": authorization.id,
+                "app": registration.name if registration else authorization.client_id,
+                "created_at": authorization.created_at,
+                "expires_at": authorization.expires_at,
+                "configs": configs,
+            }
+        )
+    return listed
+
+
+@blueprint.post("/authorizations/<db_id:authorization_id>/revoke")
+@login_required
+def revoke_authorization(authorization_id: int):
+    """The user ends an app's approval: its tokens stop working and its configs are revoked."""
+    if not ActionForm().validate_on_submit():
+        abort(400, "the revoke form was not valid")
+    authorization = db().get(OAuthAuthorization, authorization_id)
+    if authorization is None or authorization.user_id != signed_in_user().id:
+        abort(404, "no such app authorization")
+    registration = controller().settings.oauth_client(authorization.client_id)
+    unreachable = end_authorization(controller(), db(), authorization, utcnow())
+    message = f"Revoked “{registration.name if registration else authorization.client_id}”."
+    if unreachable:
+        message += " Some nodes could not be told now; its configs are refused there at their next connect."
     flash(message)
     return redirect(url_for("portal.home"))

@@ -96,6 +96,9 @@ class Settings:
     authorization_code_lifetime: timedelta = timedelta(minutes=5)
     login_max_failures: int = 5
     login_failure_window: timedelta = timedelta(minutes=15)
+    login_delay_max: timedelta = timedelta(minutes=5)
+    api_connect_limit: int = 20
+    api_connect_window: timedelta = timedelta(hours=1)
     connection_log_retention: timedelta = timedelta(days=90)
     oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
     # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
@@ -240,6 +243,9 @@ _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] 
     "authorization_code_lifetime": ((str, int), parse_duration),
     "login_max_failures": (int, _as_read),
     "login_failure_window": ((str, int), parse_duration),
+    "login_delay_max": ((str, int), parse_duration),
+    "api_connect_limit": (int, _at_least_one),
+    "api_connect_window": ((str, int), parse_duration),
     "connection_log_retention": ((str, int), parse_duration),
     "behind_proxy": (bool, _as_read),
 }

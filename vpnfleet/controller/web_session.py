@@ -1,42 +1,85 @@
-"""The portal's login session: who is logged in, and until when (the session expiry)."""
+"""The portal's login session: who is logged in, and until when (the session expiry).
+
+Sessions live in the database (portal_sessions); the signed cookie carries only a random token.
+"""
 
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
+import hashlib
+import secrets
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from flask import abort, g, redirect, request, session, url_for
+from sqlalchemy import delete, select
 
-from vpnfleet.controller.models import User, utcnow
+from vpnfleet.controller.models import PortalSession, User, utcnow
 from vpnfleet.controller.state import controller, db
 
 
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def start_session(user: User) -> None:
+    """A new login: a fresh token (never one the browser brought along) and its row."""
     session.clear()
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    database = db()
+    database.add(
+        PortalSession(
+            token_hash=_token_hash(token),
+            user_id=user.id,
+            created_at=now,
+            expires_at=now + controller().settings.session_expiry,
+        )
+    )
+    database.commit()
     session.permanent = True
-    session["user_id"] = user.id
-    session["login_at"] = utcnow().replace(tzinfo=UTC).timestamp()
+    session["token"] = token
+
+
+def end_session() -> None:
+    """Logout: this login's row goes, so a copy of the cookie is worth nothing either."""
+    token = session.get("token")
+    session.clear()
+    g.pop("current_user", None)
+    g.pop("portal_session", None)
+    if isinstance(token, str):
+        database = db()
+        database.execute(delete(PortalSession).where(PortalSession.token_hash == _token_hash(token)))
+        database.commit()
+
+
+def _portal_session() -> PortalSession | None:
+    if "portal_session" not in g:
+        token = session.get("token")
+        row = None
+        if isinstance(token, str):
+            row = db().scalar(select(PortalSession).where(PortalSession.token_hash == _token_hash(token)))
+        if row is not None and (utcnow() >= row.expires_at or row.user.is_disabled):
+            row = None
+        if row is None and token is not None:
+            session.clear()  # a login that ended: its token is worth nothing, so it goes
+        g.portal_session = row
+    return g.portal_session
 
 
 def session_expires_at() -> datetime:
     """When this login ends (naive UTC); a config made in it never outlives it."""
-    login_at = datetime.fromtimestamp(session["login_at"], UTC).replace(tzinfo=None)
-    return login_at + controller().settings.session_expiry
+    row = _portal_session()
+    if row is None:
+        abort(401, "not logged in")
+    return row.expires_at
 
 
 def current_user() -> User | None:
-    if "current_user" in g:
-        return g.current_user
-    user = None
-    if "user_id" in session and "login_at" in session:
-        candidate = db().get(User, session["user_id"])
-        if candidate is not None and not candidate.is_disabled and utcnow() < session_expires_at():
-            user = candidate
-        else:
-            session.clear()
-    g.current_user = user
-    return user
+    if "current_user" not in g:
+        row = _portal_session()
+        g.current_user = row.user if row is not None else None
+    return g.current_user
 
 
 def signed_in_user() -> User:

@@ -215,3 +215,70 @@ def log_rows(app) -> list[ConnectionLogEntry]:
     rows = list(session.scalars(select(ConnectionLogEntry)))
     session.close()
     return rows
+
+
+class LiveServer:
+    """The app on a real threaded HTTP server on 127.0.0.1, for requests that truly run in
+    parallel (each on its own thread and database connection)."""
+
+    def __init__(self, app):
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def post(self, path: str, data: dict, headers: dict) -> tuple[int, dict, bytes]:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        request = urllib.request.Request(  # noqa: S310 - always http://127.0.0.1, our own server
+            self.url + path, data=urllib.parse.urlencode(data).encode(), headers=headers, method="POST"
+        )
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(request, timeout=60) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
+    def post_in_parallel(self, count: int, path: str, data: dict, headers: dict) -> list[int]:
+        """`count` identical POSTs released at once; their statuses."""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        start = threading.Barrier(count)
+
+        def one(_):
+            start.wait()
+            return self.post(path, data, headers)[0]
+
+        with ThreadPoolExecutor(count) as pool:
+            return list(pool.map(one, range(count)))
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join()
+
+
+def _no_redirect_handler():
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    return NoRedirect
+
+
+_NoRedirect = _no_redirect_handler()
+
+
+def session_cookie(client) -> str:
+    """The test client's portal cookie as a Cookie header value."""
+    cookie = client.get_cookie("vpnfleet_session")
+    return f"vpnfleet_session={cookie.value}"

@@ -130,7 +130,8 @@ def test_disable_user_revokes_disconnects_and_blocks_login(client, app, node_lab
     vpn.wait_until_halted()
     node_lab.wait_until_empty()
     assert client.get("/").status_code == 302  # alice's session ended with it
-    assert log_in(client, "alice").status_code == 403
+    # Refused as a wrong password would be: nothing tells that the account exists and is disabled.
+    assert log_in(client, "alice").status_code == 401
     response = client.post(
         "/node-api/v1/connect", auth=NODE_X1, data={"common_name": common_name, "profile_id": "office"}
     )

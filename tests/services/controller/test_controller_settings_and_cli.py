@@ -26,6 +26,8 @@ def test_valid_settings_load(mapping, tmp_path):
     assert [profile.id for profile in settings.profiles] == ["office", "internet"]
     assert settings.max_configs_per_user == 3 and settings.session_expiry.days == 90
     assert settings.node("node-y1").location == "location-y"
+    assert (settings.api_connect_limit, settings.api_connect_window.total_seconds()) == (20, 3600)
+    assert settings.login_delay_max.total_seconds() == 300
 
 
 @pytest.mark.parametrize(
@@ -46,6 +48,9 @@ def test_valid_settings_load(mapping, tmp_path):
         (lambda m: m.update(secret_key="short"), "secret_key"),  # noqa: S106
         (lambda m: m.pop("daemon_client"), "daemon_client: is required"),
         (lambda m: m.update(max_configs_per_user=True), "max_configs_per_user: must be an integer"),
+        (lambda m: m.update(api_connect_limit=0), "api_connect_limit: must be at least 1"),
+        (lambda m: m.update(api_connect_window="soon"), "api_connect_window"),
+        (lambda m: m.update(login_delay_max="0s"), "login_delay_max"),
     ],
 )
 def test_wrong_settings_name_the_setting(mapping, change, message):

@@ -75,10 +75,10 @@ class Lab:
             session = self.session()
             try:
                 user = session.scalar(select(User).where(User.username == username))
-                row, text = create_config(
+                made = create_config(
                     controller, session, user, PROFILE, "laptop", utcnow() + timedelta(days=1)
                 )
-                return row.common_name, text
+                return made.config.common_name, made.text
             finally:
                 session.close()
 
