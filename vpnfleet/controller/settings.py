@@ -6,7 +6,6 @@ message naming the setting, rather than failing on the first request that needs 
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,6 +14,7 @@ from typing import Any
 
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS, OAuthClient
 from vpnfleet.settings_file import read_settings_file
+from vpnfleet.shared.profiles import PROTOCOLS, ProfileError, check_profile_id
 
 
 class SettingsError(ValueError):
@@ -23,7 +23,6 @@ class SettingsError(ValueError):
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-_PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -40,14 +39,12 @@ def parse_duration(value: Any, setting: str) -> timedelta:
 
 @dataclass(frozen=True)
 class Profile:
+    """What the controller needs of a profile. The client ranges, routes and DNS servers are the
+    nodes' business: their server configs push them (the fleet plan checked them)."""
+
     id: str
     display_name: str
-    ipv4_range: ipaddress.IPv4Network
-    ipv6_range: ipaddress.IPv6Network | None
     default_gateway: bool
-    routes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    dns: tuple[str, ...]
-    dns_search: tuple[str, ...]
     groups: tuple[str, ...]  # empty: every user may use the profile
     tls_crypt_key_file: Path
 
@@ -156,12 +153,6 @@ class _Reader:
                 raise SettingsError(f"{self.where(key)}[{index}]: must be a non-empty string")
         return tuple(values)
 
-    def network(self, key: str, version: int, default: Any = ...):
-        value = self.get(key, str, default)
-        if value is None:
-            return None
-        return _network(value, version, self.where(key))
-
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -176,44 +167,16 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(item, item.__name__) for item in kinds)
 
 
-def _network(value: str, version: int | None, where: str):
-    try:
-        network = ipaddress.ip_network(value, strict=True)
-    except ValueError as error:
-        raise SettingsError(f"{where}: {value!r} is not a network in CIDR notation ({error})") from None
-    if version and network.version != version:
-        raise SettingsError(f"{where}: {value!r} is not an IPv{version} network")
-    return network
-
-
 def _read_profile(reader: _Reader, ca_dir: Path) -> Profile:
     profile_id = reader.get("id", str)
-    if not _PROFILE_ID.match(profile_id):
-        raise SettingsError(
-            f"{reader.where('id')}: {profile_id!r} must be lower case letters, digits, - or _"
-        )
-    default_gateway = reader.get("default_gateway", bool, True)
-    routes = tuple(
-        _network(route, None, f"{reader.where('routes')}[{index}]")
-        for index, route in enumerate(reader.strings("routes"))
-    )
-    if not default_gateway and not routes:
-        raise SettingsError(f"{reader.path}: a split-tunnel profile (default_gateway: false) needs routes")
-    dns = reader.strings("dns")
-    for index, server in enumerate(dns):
-        try:
-            ipaddress.ip_address(server)
-        except ValueError:
-            raise SettingsError(f"{reader.where('dns')}[{index}]: {server!r} is not an IP address") from None
+    try:
+        check_profile_id(profile_id)
+    except ProfileError as error:
+        raise SettingsError(f"{reader.where('id')}: {error}") from None
     return Profile(
         id=profile_id,
         display_name=reader.get("display_name", str, profile_id, nonempty=True),
-        ipv4_range=reader.network("ipv4_range", 4),
-        ipv6_range=reader.network("ipv6_range", 6, None),
-        default_gateway=default_gateway,
-        routes=routes,
-        dns=dns,
-        dns_search=reader.strings("dns_search"),
+        default_gateway=reader.get("default_gateway", bool, True),
         groups=reader.strings("groups"),
         tls_crypt_key_file=Path(
             reader.get("tls_crypt_key_file", str, str(ca_dir / f"tls-crypt-{profile_id}.key"))
@@ -237,7 +200,7 @@ def _read_node(reader: _Reader, profile_ids: set[str]) -> Node:
         if profile_id not in profile_ids:
             raise SettingsError(f"{process.where('profile')}: unknown profile {profile_id!r}")
         proto = process.get("proto", str)
-        if proto not in ("udp", "tcp"):
+        if proto not in PROTOCOLS:
             raise SettingsError(f"{process.where('proto')}: must be udp or tcp, got {proto!r}")
         port = process.get("port", int)
         if not 1 <= port <= 65535:

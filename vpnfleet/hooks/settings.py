@@ -15,13 +15,13 @@ profile_id: office                             # optional; default: $VPNFLEET_PR
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from vpnfleet.settings_file import read_settings_file
+from vpnfleet.shared.profiles import ProfileError, check_profile_id
 
 DEFAULT_CONFIG_PATH = Path("/etc/vpnfleet/hooks.yaml")
 DEFAULT_TIMEOUT_SECONDS = 3.0
@@ -30,7 +30,6 @@ MIN_TIMEOUT_SECONDS = 0.1
 MAX_TIMEOUT_SECONDS = 30.0
 POLICIES = ("allow", "deny")
 DEFAULT_POLICY = "allow"
-_PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _KNOWN = (
     "controller_url",
     "node_name",
@@ -132,8 +131,11 @@ class HookSettings:
             raise fail("syslog", f"must be true or false, got {use_syslog!r}")
 
         profile_id = text("profile_id", required=False)
-        if profile_id is not None and not _PROFILE_ID.match(profile_id):
-            raise fail("profile_id", f"{profile_id!r} is not a profile id (a-z, 0-9, '_', '-')")
+        if profile_id is not None:
+            try:
+                check_profile_id(profile_id)
+            except ProfileError as exc:
+                raise fail("profile_id", str(exc)) from None
 
         return cls(
             controller_url=url,
