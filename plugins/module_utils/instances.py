@@ -46,11 +46,10 @@ import itertools
 import math
 import re
 
-# The profile's own checks and defaults live in profiles.py; the names stay importable from here.
-from .profiles import (  # noqa: F401 - re-exported
+# The profile's own checks and defaults live in profiles.py.
+from .profiles import (
     DEFAULT_PORT_BASE,
     DEFAULT_TCP_SHARE,
-    PROTOCOLS,
     ProfileError,
     check_profile_id,
     parse_dns_server,

@@ -303,7 +303,7 @@ def read_profile(value, host, label, known_locations=None):
             reason = str(exc)
             # A list item's problem reads "routes[2]: ..."; any other "routes: ...".
             if reason.startswith("["):
-                index, _, rest = reason.partition(": ")
+                index, unused_colon, rest = reason.partition(": ")
                 refusals.append(Refusal(host, "%s.%s%s" % (label, field.name, index), rest))
             else:
                 refuse(field.name, reason)
