@@ -133,6 +133,7 @@ CASES = [
 
 
 def write_inventory(inventory, directory):
+    directory.mkdir()
     (directory / "hosts.yml").write_text(yaml.safe_dump(inventory["hosts"]))
     for relative, content in inventory["group_vars"].items():
         path = directory / "group_vars" / relative
