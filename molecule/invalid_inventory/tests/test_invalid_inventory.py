@@ -44,7 +44,10 @@ def control_state():
 def before():
     """The hosts as create left them, and the control machine, before the first broken run."""
     hosts = {name: testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY) for name in HOSTS}
-    return hosts, {name: host_state(host) for name, host in hosts.items()}, control_state()
+    states = {name: host_state(host) for name, host in hosts.items()}
+    # The base image's OpenVPN: the listing really reads the watched places and the packages.
+    assert all("/etc/openvpn " in state and "\nopenvpn " in state for state in states.values()), states
+    return hosts, states, control_state()
 
 
 def lab_inventory():
@@ -175,3 +178,14 @@ def test_a_broken_inventory_fails_first_and_changes_nothing(before, tmp_path, ch
     assert control_state() == control_before
     assert list(scratch_tmp.iterdir()) == []
     shutil.rmtree(tmp_path / "inventory")
+
+
+def test_the_comparison_sees_a_change_on_a_host(before):
+    hosts, hosts_before, unused_control = before
+    node = hosts["node-x1"]
+    node.check_output("mkdir /etc/vpnfleet && touch /etc/vpnfleet/host.yml")
+    try:
+        assert host_state(node) != hosts_before["node-x1"]
+    finally:
+        node.check_output("rm -r /etc/vpnfleet")
+    assert host_state(node) == hosts_before["node-x1"]
