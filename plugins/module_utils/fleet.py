@@ -33,6 +33,8 @@ NODES_GROUP = "vpnfleet_nodes"
 LOCATION_GROUP_PREFIX = "vpnfleet_location_"
 PROFILES_VARIABLE = "vpnfleet_profiles"
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
+# Where a refusal of a value that the play sets (play or role vars) says it comes from.
+PLAY_VARIABLES = "(play vars)"
 
 # Fleet-level values two roles must agree on, each with its one default (None: computed).
 CONTRACT = {
@@ -212,7 +214,7 @@ def _fleet_value(variable, fleet, hosts, play_variables, default):
     A play's value holds for every host. Otherwise every host must have the same (set in
     group_vars/all): a value set on some hosts only is the way two roles come to disagree."""
     if variable in play_variables:
-        return "(play)", play_variables[variable], []
+        return PLAY_VARIABLES, play_variables[variable], []
     values = [(name, hosts[name].variables.get(variable, _MISSING)) for name in fleet if name in hosts]
     given = [(name, value) for name, value in values if value is not _MISSING]
     if not given:
@@ -237,8 +239,8 @@ def _fleet_value(variable, fleet, hosts, play_variables, default):
 def _retired_variables(fleet, hosts, play_variables):
     """One refusal per retired variable, naming every host that sets it."""
     setters = {}
-    for name in ["(play)"] + fleet:
-        variables = play_variables if name == "(play)" else hosts.get(name, HostInput(name)).variables
+    for name in [PLAY_VARIABLES] + fleet:
+        variables = play_variables if name == PLAY_VARIABLES else hosts.get(name, HostInput(name)).variables
         for old in RETIRED:
             if old in variables:
                 setters.setdefault(old, []).append(name)
@@ -259,12 +261,12 @@ def _absolute_path(host, variable, value):
 
 
 def _contract(fleet, hosts, groups, controllers, nodes, play_variables, playbook_python):
-    contract, refusals = {}, []
+    contract, sources, refusals = {}, {}, []
     for variable, default in CONTRACT.items():
-        source, value, found = _fleet_value(variable, fleet, hosts, play_variables, default)
+        sources[variable], value, found = _fleet_value(variable, fleet, hosts, play_variables, default)
         refusals += found
         if value is not None and variable != "vpnfleet_ca_host":
-            refusals += _absolute_path(source, variable, value)
+            refusals += _absolute_path(sources[variable], variable, value)
         contract[variable] = value
     ca_host = contract["vpnfleet_ca_host"]
     if ca_host is None and nodes:
@@ -285,7 +287,7 @@ def _contract(fleet, hosts, groups, controllers, nodes, play_variables, playbook
         if not isinstance(ca_host, str) or (ca_host not in known and ca_host not in LOCAL_HOSTS):
             refusals.append(
                 Refusal(
-                    fleet[0] if fleet else "(play)",
+                    sources["vpnfleet_ca_host"],
                     "vpnfleet_ca_host",
                     "%r is not a host of the inventory" % (ca_host,),
                 )

@@ -332,7 +332,9 @@ MISTAKES = [
     ),
     (
         "CA host that is not in the inventory",
-        lambda inventory: inventory.play_variables.update(vpnfleet_ca_host="ca.example.org"),
+        lambda inventory: [
+            variables.update(vpnfleet_ca_host="ca.example.org") for variables in inventory.variables.values()
+        ],
         "controller",
         "vpnfleet_ca_host",
         "'ca.example.org' is not a host of the inventory",
@@ -340,7 +342,7 @@ MISTAKES = [
     (
         "relative CA path",
         lambda inventory: inventory.play_variables.update(vpnfleet_ca_path="ca"),
-        "(play)",
+        "(play vars)",
         "vpnfleet_ca_path",
         "must be an absolute path, got 'ca'",
     ),
