@@ -4,7 +4,7 @@ import ssl
 
 from cryptography import x509
 
-from vpnfleet.shared import pki
+from vpnfleet.shared.pki import keys
 
 from .settings import ConfigError, DaemonSettings
 
@@ -46,7 +46,7 @@ def peer_refusal(tls_socket: ssl.SSLSocket) -> str | None:
     der = tls_socket.getpeercert(binary_form=True)
     if der is None:
         return "no client certificate"
-    purpose = pki.certificate_purpose(x509.load_der_x509_certificate(der))
+    purpose = keys.certificate_purpose(x509.load_der_x509_certificate(der))
     if purpose != ACCEPTED_CLIENT_PURPOSE:
         return f"certificate purpose is {purpose}, not {ACCEPTED_CLIENT_PURPOSE}"
     return None

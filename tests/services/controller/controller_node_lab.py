@@ -35,7 +35,8 @@ from openvpn_netlab import (
     wait_for,
     without_tun_setup,
 )
-from vpnfleet.shared import instances, pki
+from vpnfleet.shared import instances
+from vpnfleet.shared.pki import authority
 
 from vpnfleet.daemon.server import DaemonHTTPServer, create_server
 from vpnfleet.daemon.settings import ConfigError, DaemonSettings
@@ -132,7 +133,7 @@ def client_config(ovpn: str, proto: str | None = "tcp") -> str:
 def _server_configs(lab: NodeLab, settings: dict, socket_dir: Path) -> dict[str, str]:
     """The config of every process node-x1 has in the controller's settings, as the node role renders it."""
     [node] = [node for node in settings["nodes"] if node["name"] == "node-x1"]
-    ca = pki.CertificateAuthority.load(str(lab.pki_dir / "ca"))
+    ca = authority.CertificateAuthority.load(str(lab.pki_dir / "ca"))
     server = issue_files(ca, lab.workdir / "node-x1", "node-x1", "server")
     configs = {}
     for profile in settings["profiles"]:

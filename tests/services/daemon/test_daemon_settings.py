@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vpnfleet.shared import pki
+from vpnfleet.shared import files
+from vpnfleet.shared.pki import authority, keys
 
 from vpnfleet.daemon.server import create_server
 from vpnfleet.daemon.settings import ConfigError, DaemonSettings
@@ -14,10 +15,10 @@ from vpnfleet.daemon.settings import ConfigError, DaemonSettings
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> dict[str, str]:
-    ca = pki.CertificateAuthority.create(str(tmp_path / "ca"), common_name="vfd settings CA")
+    ca = authority.CertificateAuthority.create(str(tmp_path / "ca"), common_name="vfd settings CA")
     key, cert = ca.issue("vfd-node-daemon", "daemon_server")
-    pki.write_file_atomic(tmp_path / "daemon.crt", pki.certificate_pem(cert))
-    pki.write_file_atomic(tmp_path / "daemon.key", pki.private_key_pem(key), 0o600)
+    files.write_file_atomic(tmp_path / "daemon.crt", keys.certificate_pem(cert))
+    files.write_file_atomic(tmp_path / "daemon.key", keys.private_key_pem(key), 0o600)
     return {
         "tls_certificate": str(tmp_path / "daemon.crt"),
         "tls_private_key": str(tmp_path / "daemon.key"),
@@ -72,7 +73,7 @@ def test_missing_required_settings_are_listed(tls_files):
 
 def test_a_key_that_does_not_match_the_certificate_is_refused_at_start(tls_files, tmp_path):
     other_key = tmp_path / "other.key"
-    pki.write_file_atomic(other_key, pki.private_key_pem(pki.make_private_key()), 0o600)
+    files.write_file_atomic(other_key, keys.private_key_pem(keys.make_private_key()), 0o600)
     settings = DaemonSettings.from_mapping({**tls_files, "tls_private_key": str(other_key)})
     with pytest.raises(ConfigError, match="tls_certificate/tls_private_key: cannot use"):
         create_server(settings)
