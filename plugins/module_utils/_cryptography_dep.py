@@ -28,7 +28,7 @@ try:
 except ImportError:
     CRYPTOGRAPHY_VERSION = None
     CRYPTOGRAPHY_LOCATION = None
-    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()
+    CRYPTOGRAPHY_IMPORT_ERROR = traceback.format_exc()  # type: str | None
 else:
     CRYPTOGRAPHY_VERSION = cryptography.__version__
     CRYPTOGRAPHY_LOCATION = cryptography.__file__

@@ -7,19 +7,15 @@ message naming the setting, rather than failing on the first request that needs 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS, OAuthClient
-from vpnfleet.settings_file import read_settings_file
+from vpnfleet.settings_file import SettingsError, SettingsReader, load_settings_file
 from vpnfleet.shared.profiles import PROTOCOLS, ProfileError, check_profile_id
-
-
-class SettingsError(ValueError):
-    """A settings file that the controller cannot run with; the message names the setting."""
-
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -112,62 +108,7 @@ class Settings:
         return next((client for client in self.oauth_clients if client.client_id == client_id), None)
 
 
-class _Reader:
-    """Reads one mapping of the file and names the path of a bad value in its error."""
-
-    def __init__(self, data: Any, path: str):
-        if not isinstance(data, dict):
-            raise SettingsError(f"{path or 'settings'}: must be a mapping")
-        self.data = data
-        self.path = path
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, nonempty=False) -> Any:
-        if key not in self.data or self.data[key] is None:
-            if default is ...:
-                raise SettingsError(f"{self.where(key)}: is required")
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # YAML's yes/no are booleans, and a bool is an int to Python: refuse it where a number is meant.
-        if isinstance(value, bool) and bool not in kinds:
-            raise SettingsError(f"{self.where(key)}: must be {_kind_name(kind)}, not a boolean")
-        if not isinstance(value, kinds):
-            raise SettingsError(f"{self.where(key)}: must be {_kind_name(kind)}, got {value!r}")
-        if nonempty and not value:
-            raise SettingsError(f"{self.where(key)}: must not be empty")
-        return value
-
-    def items(self, key: str, default: Any = ...) -> list[_Reader]:
-        return [
-            _Reader(item, f"{self.where(key)}[{index}]")
-            for index, item in enumerate(self.get(key, list, default))
-        ]
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        values = self.get(key, list, [])
-        for index, value in enumerate(values):
-            if not isinstance(value, str) or not value:
-                raise SettingsError(f"{self.where(key)}[{index}]: must be a non-empty string")
-        return tuple(values)
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        list: "a list",
-        dict: "a mapping",
-    }
-    return " or ".join(names.get(item, item.__name__) for item in kinds)
-
-
-def _read_profile(reader: _Reader, ca_dir: Path) -> Profile:
+def _read_profile(reader: SettingsReader, ca_dir: Path) -> Profile:
     profile_id = reader.get("id", str)
     try:
         check_profile_id(profile_id)
@@ -184,7 +125,7 @@ def _read_profile(reader: _Reader, ca_dir: Path) -> Profile:
     )
 
 
-def _read_node(reader: _Reader, profile_ids: set[str]) -> Node:
+def _read_node(reader: SettingsReader, profile_ids: set[str]) -> Node:
     name = reader.get("name", str)
     if not _NODE_NAME.match(name):
         raise SettingsError(f"{reader.where('name')}: {name!r} is not a host name")
@@ -221,9 +162,7 @@ def _read_node(reader: _Reader, profile_ids: set[str]) -> Node:
     )
 
 
-def _read_oauth_clients(reader: _Reader) -> tuple[OAuthClient, ...]:
-    if "oauth_clients" not in reader.data:
-        return DEFAULT_OAUTH_CLIENTS
+def _read_oauth_clients(reader: SettingsReader) -> tuple[OAuthClient, ...]:
     clients = []
     for client in reader.items("oauth_clients"):
         client_id = client.get("client_id", str, nonempty=True)
@@ -235,9 +174,39 @@ def _read_oauth_clients(reader: _Reader) -> tuple[OAuthClient, ...]:
     return tuple(clients)
 
 
+def _as_read(value: Any, setting: str) -> Any:
+    return value
+
+
+def _seconds(value: float, setting: str) -> float:
+    return float(value)
+
+
+def _at_least_one(value: int, setting: str) -> int:
+    if value < 1:
+        raise SettingsError(f"{setting}: must be at least 1")
+    return value
+
+
+# The settings a file may leave out, each with its type in the file and how it becomes the value of
+# Settings; their defaults are the dataclass's (Settings above), and nowhere else.
+_OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] = {
+    "daemon_port": (int, _as_read),
+    "daemon_timeout_seconds": ((int, float), _seconds),
+    "session_expiry": ((str, int), parse_duration),
+    "max_configs_per_user": (int, _at_least_one),
+    "access_token_lifetime": ((str, int), parse_duration),
+    "authorization_code_lifetime": ((str, int), parse_duration),
+    "login_max_failures": (int, _as_read),
+    "login_failure_window": ((str, int), parse_duration),
+    "connection_log_retention": ((str, int), parse_duration),
+    "behind_proxy": (bool, _as_read),
+}
+
+
 def settings_from_mapping(data: Any) -> Settings:
     """Build and check the settings; raises SettingsError naming the first wrong setting."""
-    reader = _Reader(data, "")
+    reader = SettingsReader(data, "")
     secret_key = reader.get("secret_key", str, None)
     if secret_key is None:
         secret_file = Path(reader.get("secret_key_file", str))
@@ -259,10 +228,14 @@ def settings_from_mapping(data: Any) -> Settings:
     node_names = [node.name for node in nodes]
     if len(set(node_names)) != len(node_names):
         raise SettingsError(f"nodes: a node name is used twice: {node_names}")
-    daemon = _Reader(reader.get("daemon_client", dict), "daemon_client")
-    max_configs = reader.get("max_configs_per_user", int, 3)
-    if max_configs < 1:
-        raise SettingsError("max_configs_per_user: must be at least 1")
+    daemon = SettingsReader(reader.get("daemon_client", dict), "daemon_client")
+    optional = {
+        setting: convert(reader.get(setting, kind), setting)
+        for setting, (kind, convert) in _OPTIONAL.items()
+        if reader.has(setting)
+    }
+    if "oauth_clients" in reader.data:
+        optional["oauth_clients"] = _read_oauth_clients(reader)
     return Settings(
         base_url=base_url,
         secret_key=secret_key,
@@ -273,28 +246,10 @@ def settings_from_mapping(data: Any) -> Settings:
         ),
         profiles=profiles,
         nodes=nodes,
-        daemon_port=reader.get("daemon_port", int, 41194),
-        daemon_timeout_seconds=float(reader.get("daemon_timeout_seconds", (int, float), 5.0)),
-        session_expiry=parse_duration(reader.get("session_expiry", (str, int), "90d"), "session_expiry"),
-        max_configs_per_user=max_configs,
-        access_token_lifetime=parse_duration(
-            reader.get("access_token_lifetime", (str, int), "1h"), "access_token_lifetime"
-        ),
-        authorization_code_lifetime=parse_duration(
-            reader.get("authorization_code_lifetime", (str, int), "5m"), "authorization_code_lifetime"
-        ),
-        login_max_failures=reader.get("login_max_failures", int, 5),
-        login_failure_window=parse_duration(
-            reader.get("login_failure_window", (str, int), "15m"), "login_failure_window"
-        ),
-        connection_log_retention=parse_duration(
-            reader.get("connection_log_retention", (str, int), "90d"), "connection_log_retention"
-        ),
-        oauth_clients=_read_oauth_clients(reader),
-        behind_proxy=reader.get("behind_proxy", bool, True),
+        **optional,
     )
 
 
 def load_settings(path: str | Path) -> Settings:
     """Load the settings file that the role writes."""
-    return settings_from_mapping(read_settings_file(path, SettingsError, "settings"))
+    return load_settings_file(path, settings_from_mapping)

@@ -11,12 +11,11 @@ import shutil
 import subprocess
 
 import pytest
-import testinfra
 import yaml
+from lab_testinfra import lab_host
 
 PROJECT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 LAB = PROJECT / "inventories/lab"
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 HOSTS = ["controller", "node-x1"]
 # What the roles write on a host; a failed run must leave every entry as it was.
 WATCHED = "/etc/vpnfleet /etc/openvpn /opt/vpnfleet /var/lib/vpnfleet /var/lib/vpnfleet-controller "
@@ -43,7 +42,7 @@ def control_state():
 @pytest.fixture(scope="module")
 def before():
     """The hosts as create left them, and the control machine, before the first broken run."""
-    hosts = {name: testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY) for name in HOSTS}
+    hosts = {name: lab_host(name) for name in HOSTS}
     states = {name: host_state(host) for name, host in hosts.items()}
     # The base image's OpenVPN: the listing really reads the watched places and the packages.
     assert all("/etc/openvpn " in state and "\nopenvpn " in state for state in states.values()), states

@@ -3,18 +3,13 @@ real VPN clients, a fresh migrated database (SQLite and PostgreSQL) and a fresh 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# pytest runs with --import-mode=importlib, which puts no test directory on sys.path; the test
-# modules import their helpers (controller_helpers, controller_node_lab, ...) from this directory.
-sys.path.insert(0, str(Path(__file__).parent))
-
-import postgres_cluster  # noqa: E402
-import pytest  # noqa: E402
-from controller_helpers import settings_mapping  # noqa: E402
-from controller_node_lab import NodeLab, client_config, start_node_lab, vpn_clients  # noqa: E402
-from openvpn_netlab import OpenVpnProcess, require_lab  # noqa: E402
+import postgres_cluster
+import pytest
+from controller_helpers import settings_mapping
+from controller_node_lab import NodeLab, client_config, start_node_lab, vpn_clients
+from openvpn_netlab import OpenVpnProcess, require_lab
 from vpnfleet.shared.pki import authority, keys
 
 from vpnfleet.controller.app import create_app

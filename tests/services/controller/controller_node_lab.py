@@ -39,7 +39,8 @@ from vpnfleet.shared import instances
 from vpnfleet.shared.pki import authority
 
 from vpnfleet.daemon.server import DaemonHTTPServer, create_server
-from vpnfleet.daemon.settings import ConfigError, DaemonSettings
+from vpnfleet.daemon.settings import DaemonSettings
+from vpnfleet.settings_file import SettingsError
 
 NAME_PREFIX = "vfn"
 UNDERLAY_PREFIX = 28
@@ -187,7 +188,7 @@ def _start_daemon(lab: NodeLab, socket_dir: Path) -> None:
         try:
             lab.daemon = create_server(settings)
             break
-        except ConfigError:  # someone took the port in between: take another
+        except SettingsError:  # someone took the port in between: take another
             continue
     else:
         raise AssertionError("found no free port for the daemon")

@@ -224,4 +224,4 @@ def stale_management_socket(path: Path) -> None:
 
 
 def daemon_command(config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "vpnfleet.daemon", "--config", str(config_path)]
+    return [sys.executable, "-m", "vpnfleet.daemon", "--settings", str(config_path)]

@@ -10,19 +10,15 @@ import importlib.metadata
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-# pytest may run with --import-mode=importlib, which puts no test directory on sys.path.
-sys.path.insert(0, str(Path(__file__).parent))
-
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-from hooks_lab import (  # noqa: E402
+import pytest
+import yaml
+from hooks_lab import (
     OPENVPN_PORT,
     SERVER_ADDRESS,
     VPN_IPV4_RANGE,
@@ -31,7 +27,7 @@ from hooks_lab import (  # noqa: E402
     HttpsController,
     create_namespaces,
 )
-from openvpn_netlab import (  # noqa: E402
+from openvpn_netlab import (
     Namespaces,
     OpenVpnProcess,
     VpnClients,
@@ -39,19 +35,19 @@ from openvpn_netlab import (  # noqa: E402
     require_lab,
     without_tun_setup,
 )
-from sqlalchemy import select  # noqa: E402
-from vpnfleet.shared import files, instances  # noqa: E402
-from vpnfleet.shared.pki import authority, keys  # noqa: E402
+from sqlalchemy import select
+from vpnfleet.shared import files, instances
+from vpnfleet.shared.pki import authority, keys
 
-import vpnfleet.hooks  # noqa: E402
-from vpnfleet.controller.accounts import ensure_user  # noqa: E402
-from vpnfleet.controller.app import create_app  # noqa: E402
-from vpnfleet.controller.configs import create_config  # noqa: E402
-from vpnfleet.controller.database import migrate  # noqa: E402
-from vpnfleet.controller.models import ConnectionLogEntry, User, utcnow  # noqa: E402
-from vpnfleet.controller.settings import settings_from_mapping  # noqa: E402
-from vpnfleet.controller.state import EXTENSION_KEY  # noqa: E402
-from vpnfleet.hooks.cli import install_shim  # noqa: E402
+import vpnfleet.hooks
+from vpnfleet.controller.accounts import ensure_user
+from vpnfleet.controller.app import create_app
+from vpnfleet.controller.configs import create_config
+from vpnfleet.controller.database import migrate
+from vpnfleet.controller.models import ConnectionLogEntry, User, utcnow
+from vpnfleet.controller.settings import settings_from_mapping
+from vpnfleet.controller.state import EXTENSION_KEY
+from vpnfleet.hooks.cli import install_shim
 
 NODE_NAME = "node-k1"
 NODE_TOKEN = "token-of-node-k1-" + "c" * 24
