@@ -46,9 +46,18 @@ import itertools
 import math
 import re
 
-PROTOCOLS = ("udp", "tcp")
-DEFAULT_TCP_SHARE = 0.25
-DEFAULT_PORT_BASE = 1194
+# The profile's own checks and defaults live in profiles.py.
+from .profiles import (
+    DEFAULT_PORT_BASE,
+    DEFAULT_TCP_SHARE,
+    PROTOCOLS,
+    ProfileError,
+    check_profile_id,
+    parse_dns_server,
+    parse_listen,
+    parse_network,
+)
+
 SMALLEST_IPV4_SLICE = 29
 IPV6_SLICE = 112
 # OpenVPN keeps the network, broadcast, its own and the last host address out of the pool.
@@ -60,11 +69,9 @@ MANAGEMENT_DIR = "/run/openvpn-server"
 UNIT_TEMPLATE = "openvpn-server@"
 IFNAMSIZ = 15
 
-_PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-
-
-class PlanError(ValueError):
-    """A profile that cannot be laid out; the message says why and what would fit."""
+# A profile that cannot be laid out is a profile that cannot be used: one error type for both,
+# whose ``field`` names the profile field to change.
+PlanError = ProfileError
 
 
 # ----------------------------------------------------------------------------- names
@@ -107,40 +114,12 @@ def process_index_of(profile_id, name):
     return int(match.group(1)) if match else None
 
 
-def check_profile_id(profile_id):
-    if not isinstance(profile_id, str) or not _PROFILE_ID.match(profile_id):
-        raise PlanError(
-            "profile id %r: use 1 to 32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
-            % (profile_id,)
-        )
-
-
 # ----------------------------------------------------------------------------- protocols, ports
-
-
-def parse_listen(entry):
-    """One explicit listener: "udp/1194", "tcp/443" or {"proto": ..., "port": ...}."""
-    if isinstance(entry, dict):
-        proto, port = entry.get("proto"), entry.get("port")
-    elif isinstance(entry, str) and entry.count("/") == 1:
-        proto, port = entry.split("/")
-    else:
-        raise PlanError("listener %r: write it as proto/port, e.g. udp/1194" % (entry,))
-    proto = str(proto).lower()
-    if proto not in PROTOCOLS:
-        raise PlanError("listener %r: protocol must be udp or tcp" % (entry,))
-    try:
-        port = int(port)
-    except (TypeError, ValueError):
-        raise PlanError("listener %r: port is not a number" % (entry,)) from None
-    if not 1 <= port <= 65535:
-        raise PlanError("listener %r: port must be 1-65535" % (entry,))
-    return proto, port
 
 
 def protocol_mix(count, tcp_share=DEFAULT_TCP_SHARE):
     if not 0 <= tcp_share <= 1:
-        raise PlanError("tcp_share %r: must be between 0 and 1" % (tcp_share,))
+        raise PlanError("tcp_share %r: must be between 0 and 1" % (tcp_share,), "tcp_share")
     tcp = math.floor(count * tcp_share + 1e-9)
     if count >= 2 and 0 < tcp_share < 1:
         tcp = min(max(tcp, 1), count - 1)
@@ -153,16 +132,18 @@ def _auto_listeners(protocols, udp_port_base, tcp_port_base):
     for proto in protocols:
         listeners.append((proto, next_port[proto]))
         next_port[proto] += 1
-    if any(port > 65535 for unused_proto, port in listeners):
-        raise PlanError("ports run past 65535: lower udp_port_base/tcp_port_base")
+    for proto, port in listeners:
+        if port > 65535:
+            raise PlanError("ports run past 65535: lower %s_port_base" % proto, "%s_port_base" % proto)
     return listeners
 
 
-def _check_ports(profile_id, listeners, ports_in_use):
+def _check_ports(profile_id, listeners, ports_in_use, explicit):
+    """``explicit``: the listeners come from ``listen`` (else from the port bases)."""
     seen = set()
     for listener in listeners:
         if listener in seen:
-            raise PlanError("profile %s: %s/%d is listed twice" % (profile_id, *listener))
+            raise PlanError("profile %s: %s/%d is listed twice" % (profile_id, *listener), "listen")
         seen.add(listener)
     for other_profile, entries in sorted((ports_in_use or {}).items()):
         if other_profile == profile_id:
@@ -172,21 +153,19 @@ def _check_ports(profile_id, listeners, ports_in_use):
         if clashes:
             raise PlanError(
                 "profile %s: %s already used by profile %s; choose other ports or port bases"
-                % (profile_id, ", ".join("%s/%d" % clash for clash in clashes), other_profile)
+                % (profile_id, ", ".join("%s/%d" % clash for clash in clashes), other_profile),
+                "listen" if explicit else "%s_port_base" % clashes[0][0],
             )
 
 
 # ----------------------------------------------------------------------------- address slices
 
 
-def _network(text, version, what):
+def _network(text, version, what, field):
     try:
-        network = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise PlanError("%s %r is not a valid CIDR network: %s" % (what, text, exc)) from None
-    if network.version != version:
-        raise PlanError("%s %r is not an IPv%d network" % (what, text, version))
-    return network
+        return parse_network(text, version)
+    except ProfileError as exc:
+        raise PlanError("%s %s" % (what, exc), field) from None
 
 
 def split_ipv4(network, count):
@@ -199,7 +178,8 @@ def split_ipv4(network, count):
         raise PlanError(
             "IPv4 range %s is too small for %d processes: each needs at least a /%d, so it holds at "
             "most %d; give the profile a /%d or larger, or fewer processes"
-            % (network, count, SMALLEST_IPV4_SLICE, most, fitting_prefix)
+            % (network, count, SMALLEST_IPV4_SLICE, most, fitting_prefix),
+            "ipv4_range",
         )
     blocks = [network]
     while len(blocks) < count:
@@ -220,7 +200,8 @@ def split_ipv6(network, count):
                 count,
                 IPV6_SLICE,
                 IPV6_SLICE - math.ceil(math.log2(count)) if count > 1 else IPV6_SLICE,
-            )
+            ),
+            "ipv6_range",
         )
     return list(itertools.islice(network.subnets(new_prefix=IPV6_SLICE), count))
 
@@ -367,8 +348,8 @@ def plan_profile(
     else ``cores``. ``ports_in_use`` maps other profiles' ids to their listeners ("udp/1194").
     """
     check_profile_id(profile_id)
-    ipv4_network = _network(ipv4_range, 4, "IPv4 range")
-    ipv6_network = _network(ipv6_range, 6, "IPv6 range") if ipv6_range else None
+    ipv4_network = _network(ipv4_range, 4, "IPv4 range", "ipv4_range")
+    ipv6_network = _network(ipv6_range, 6, "IPv6 range", "ipv6_range") if ipv6_range else None
     if listen_address:
         try:
             ipaddress.ip_address(listen_address)
@@ -378,7 +359,9 @@ def plan_profile(
     if listen:
         listeners = [parse_listen(entry) for entry in listen]
         if processes and processes != len(listeners):
-            raise PlanError("processes is %d but listen names %d listeners" % (processes, len(listeners)))
+            raise PlanError(
+                "processes is %d but listen names %d listeners" % (processes, len(listeners)), "processes"
+            )
         # UDP first, so the bigger slices go to UDP; the given order holds within each protocol.
         listeners = [entry for entry in listeners if entry[0] == "udp"] + [
             entry for entry in listeners if entry[0] == "tcp"
@@ -386,9 +369,11 @@ def plan_profile(
     else:
         count = processes or cores
         if not count or count < 1:
-            raise PlanError("profile %s: give cores, processes or listen (at least one process)" % profile_id)
+            raise PlanError(
+                "profile %s: give cores, processes or listen (at least one process)" % profile_id, "processes"
+            )
         listeners = _auto_listeners(protocol_mix(count, tcp_share), udp_port_base, tcp_port_base)
-    _check_ports(profile_id, listeners, ports_in_use)
+    _check_ports(profile_id, listeners, ports_in_use, explicit=bool(listen))
 
     count = len(listeners)
     ipv4_slices = split_ipv4(ipv4_network, count)
@@ -435,9 +420,9 @@ class ServerOptions:
             _route(route)
         for server in self.dns_servers:
             try:
-                ipaddress.ip_address(server)
-            except ValueError:
-                raise PlanError("DNS server %r is not an IP address" % (server,)) from None
+                parse_dns_server(server)
+            except ProfileError as exc:
+                raise PlanError("DNS server %s" % exc, "dns") from None
         for value in (*self.extra_directives, *self.dns_search_domains):
             if "\n" in str(value) or '"' in str(value):
                 raise PlanError("%r: newlines and double quotes are not allowed in a config line" % (value,))
@@ -445,9 +430,9 @@ class ServerOptions:
 
 def _route(text):
     try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise PlanError("route %r is not a valid CIDR network: %s" % (text, exc)) from None
+        return parse_network(text)
+    except ProfileError as exc:
+        raise PlanError("route %s" % exc, "routes") from None
 
 
 def _push_route(network):

@@ -6,7 +6,6 @@ Follows the public eduVPN API v3 document: form-encoded POSTs, JSON answers, err
 
 from __future__ import annotations
 
-import re
 from datetime import UTC
 from email.utils import format_datetime
 
@@ -18,13 +17,13 @@ from vpnfleet.controller.configs import ConfigRefused, ConnectThrottled, create_
 from vpnfleet.controller.models import OAuthToken, VpnConfig
 from vpnfleet.controller.oauth import API_SCOPE
 from vpnfleet.controller.state import controller, db
+from vpnfleet.shared.profiles import ProfileError, check_profile_id
 
 blueprint = Blueprint("api", __name__)
 
 API_VERSION_KEY = "http://eduvpn.org/api#3"
 OPENVPN_PROFILE = "application/x-openvpn-profile"
 WIREGUARD_PROFILE = "application/x-wireguard-profile"
-_PROFILE_ID_SYNTAX = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
 def api_error(status: int, message: str) -> Response:
@@ -107,7 +106,9 @@ def connect():
     profile_id = request.form.get("profile_id")
     if profile_id is None:
         return api_error(400, 'missing "profile_id" parameter')
-    if not _PROFILE_ID_SYNTAX.match(profile_id):
+    try:
+        check_profile_id(profile_id)
+    except ProfileError:
         return api_error(400, 'invalid value for "profile_id"')
     profile = controller().settings.profile(profile_id)
     if profile is None or not profile.allows(user.groups):

@@ -6,7 +6,6 @@ message naming the setting, rather than failing on the first request that needs 
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS, OAuthClient
-from vpnfleet.settings_file import REQUIRED, SettingsError, SettingsReader, load_settings_file
+from vpnfleet.settings_file import SettingsError, SettingsReader, load_settings_file
+from vpnfleet.shared.profiles import PROTOCOLS, ProfileError, check_profile_id
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-_PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -36,14 +35,12 @@ def parse_duration(value: Any, setting: str) -> timedelta:
 
 @dataclass(frozen=True)
 class Profile:
+    """What the controller needs of a profile. The client ranges, routes and DNS servers are the
+    nodes' business: their server configs push them (the fleet plan checked them)."""
+
     id: str
     display_name: str
-    ipv4_range: ipaddress.IPv4Network
-    ipv6_range: ipaddress.IPv6Network | None
     default_gateway: bool
-    routes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    dns: tuple[str, ...]
-    dns_search: tuple[str, ...]
     groups: tuple[str, ...]  # empty: every user may use the profile
     tls_crypt_key_file: Path
 
@@ -114,54 +111,16 @@ class Settings:
         return next((client for client in self.oauth_clients if client.client_id == client_id), None)
 
 
-class _Reader(SettingsReader):
-    """The shared reader, plus the networks that profiles name."""
-
-    def network(self, key: str, version: int, default: Any = REQUIRED) -> Any:
-        value = self.get(key, str, default)
-        if value is None:
-            return None
-        return _network(value, version, self.where(key))
-
-
-def _network(value: str, version: int | None, where: str):
-    try:
-        network = ipaddress.ip_network(value, strict=True)
-    except ValueError as error:
-        raise SettingsError(f"{where}: {value!r} is not a network in CIDR notation ({error})") from None
-    if version and network.version != version:
-        raise SettingsError(f"{where}: {value!r} is not an IPv{version} network")
-    return network
-
-
-def _read_profile(reader: _Reader, ca_dir: Path) -> Profile:
+def _read_profile(reader: SettingsReader, ca_dir: Path) -> Profile:
     profile_id = reader.get("id", str)
-    if not _PROFILE_ID.match(profile_id):
-        raise SettingsError(
-            f"{reader.where('id')}: {profile_id!r} must be lower case letters, digits, - or _"
-        )
-    default_gateway = reader.get("default_gateway", bool, True)
-    routes = tuple(
-        _network(route, None, f"{reader.where('routes')}[{index}]")
-        for index, route in enumerate(reader.strings("routes"))
-    )
-    if not default_gateway and not routes:
-        raise SettingsError(f"{reader.path}: a split-tunnel profile (default_gateway: false) needs routes")
-    dns = reader.strings("dns")
-    for index, server in enumerate(dns):
-        try:
-            ipaddress.ip_address(server)
-        except ValueError:
-            raise SettingsError(f"{reader.where('dns')}[{index}]: {server!r} is not an IP address") from None
+    try:
+        check_profile_id(profile_id)
+    except ProfileError as error:
+        raise SettingsError(f"{reader.where('id')}: {error}") from None
     return Profile(
         id=profile_id,
         display_name=reader.get("display_name", str, profile_id, nonempty=True),
-        ipv4_range=reader.network("ipv4_range", 4),
-        ipv6_range=reader.network("ipv6_range", 6, None),
-        default_gateway=default_gateway,
-        routes=routes,
-        dns=dns,
-        dns_search=reader.strings("dns_search"),
+        default_gateway=reader.get("default_gateway", bool, True),
         groups=reader.strings("groups"),
         tls_crypt_key_file=Path(
             reader.get("tls_crypt_key_file", str, str(ca_dir / f"tls-crypt-{profile_id}.key"))
@@ -169,7 +128,7 @@ def _read_profile(reader: _Reader, ca_dir: Path) -> Profile:
     )
 
 
-def _read_node(reader: _Reader, profile_ids: set[str]) -> Node:
+def _read_node(reader: SettingsReader, profile_ids: set[str]) -> Node:
     name = reader.get("name", str)
     if not _NODE_NAME.match(name):
         raise SettingsError(f"{reader.where('name')}: {name!r} is not a host name")
@@ -185,7 +144,7 @@ def _read_node(reader: _Reader, profile_ids: set[str]) -> Node:
         if profile_id not in profile_ids:
             raise SettingsError(f"{process.where('profile')}: unknown profile {profile_id!r}")
         proto = process.get("proto", str)
-        if proto not in ("udp", "tcp"):
+        if proto not in PROTOCOLS:
             raise SettingsError(f"{process.where('proto')}: must be udp or tcp, got {proto!r}")
         port = process.get("port", int)
         if not 1 <= port <= 65535:
@@ -206,7 +165,7 @@ def _read_node(reader: _Reader, profile_ids: set[str]) -> Node:
     )
 
 
-def _read_oauth_clients(reader: _Reader) -> tuple[OAuthClient, ...]:
+def _read_oauth_clients(reader: SettingsReader) -> tuple[OAuthClient, ...]:
     clients = []
     for client in reader.items("oauth_clients"):
         client_id = client.get("client_id", str, nonempty=True)
@@ -253,7 +212,7 @@ _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] 
 
 def settings_from_mapping(data: Any) -> Settings:
     """Build and check the settings; raises SettingsError naming the first wrong setting."""
-    reader = _Reader(data, "")
+    reader = SettingsReader(data, "")
     secret_key = reader.get("secret_key", str, None)
     if secret_key is None:
         secret_file = Path(reader.get("secret_key_file", str))
@@ -275,7 +234,7 @@ def settings_from_mapping(data: Any) -> Settings:
     node_names = [node.name for node in nodes]
     if len(set(node_names)) != len(node_names):
         raise SettingsError(f"nodes: a node name is used twice: {node_names}")
-    daemon = _Reader(reader.get("daemon_client", dict), "daemon_client")
+    daemon = SettingsReader(reader.get("daemon_client", dict), "daemon_client")
     optional = {
         setting: convert(reader.get(setting, kind), setting)
         for setting, (kind, convert) in _OPTIONAL.items()

@@ -15,7 +15,6 @@ profile_id: office                             # optional; default: $VPNFLEET_PR
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,13 +22,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from vpnfleet.settings_file import SettingsReader, load_settings_file
+from vpnfleet.shared.profiles import ProfileError, check_profile_id
 
 DEFAULT_SETTINGS_PATH = Path("/etc/vpnfleet/hooks.yaml")
 MIN_TIMEOUT_SECONDS = 0.1
 # OpenVPN's client waits for its PUSH_REPLY; a check that takes longer than this helps nobody.
 MAX_TIMEOUT_SECONDS = 30.0
 POLICIES = ("allow", "deny")
-_PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -102,8 +101,10 @@ class HookSettings:
 
         if reader.has("profile_id"):
             profile_id = reader.get("profile_id", str)
-            if not _PROFILE_ID.match(profile_id):
-                raise reader.fail("profile_id", f"{profile_id!r} is not a profile id (a-z, 0-9, '_', '-')")
+            try:
+                check_profile_id(profile_id)
+            except ProfileError as exc:
+                raise reader.fail("profile_id", str(exc)) from None
             values["profile_id"] = profile_id
 
         return cls(

@@ -288,7 +288,7 @@ def converge_with_internet_processes(count):
         if profile["id"] == "internet":
             profile["processes"] = count
     extra = SCENARIO / f".scale-{count}.json"
-    extra.write_text(json.dumps({"node_profiles": profiles}))
+    extra.write_text(json.dumps({"vpnfleet_profiles": profiles}))
     try:
         subprocess.run(
             [

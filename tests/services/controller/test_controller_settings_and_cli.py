@@ -33,9 +33,8 @@ def test_valid_settings_load(mapping, tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda m: m["profiles"][0].update(ipv4_range="198.19.64.1/20"), "profiles[0].ipv4_range"),
-        (lambda m: m["profiles"][0].update(ipv4_range="2001:db8::/64"), "is not an IPv4 network"),
-        (lambda m: m["profiles"][0].update(routes=[]), "split-tunnel profile"),
+        (lambda m: m["profiles"][0].update(id="Office!"), "profiles[0].id: profile id 'Office!': use 1"),
+        (lambda m: m["profiles"][0].update(default_gateway="maybe"), "profiles[0].default_gateway"),
         (lambda m: m["profiles"][1].update(id="office"), "profile id is used twice"),
         (lambda m: m["nodes"][0]["processes"][0].update(profile="nosuch"), "nodes[0].processes[0].profile"),
         (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -177,7 +178,8 @@ def _server_config(lab: Lab, server_key: Path, server_cert: Path) -> str:
 def _hook_venv(workdir: Path) -> Path:
     """The hooks' own virtual environment, as the node role makes one: here on Debian's python3
     (the test runner's interpreter may sit where nobody cannot reach it) with PyYAML from Debian
-    and this checkout on its path. Returns its python."""
+    and this checkout installed as the test runner has it (vpnfleet, and plugins/module_utils as
+    vpnfleet.shared). Returns its python."""
     system_python = Path("/usr/bin/python3")
     probe = subprocess.run([system_python, "-c", "import yaml"], capture_output=True)
     if probe.returncode != 0:
@@ -185,7 +187,15 @@ def _hook_venv(workdir: Path) -> Path:
     venv = workdir / "hook-venv"
     subprocess.run([system_python, "-m", "venv", "--without-pip", "--system-site-packages", venv], check=True)
     [site_packages] = venv.glob("lib/python3*/site-packages")
-    (site_packages / "vpnfleet-checkout.pth").write_text(str(Path(vpnfleet.hooks.__file__).parents[2]) + "\n")
+    editable = [
+        path for path in importlib.metadata.distribution("vpnfleet").files if "__editable__" in path.name
+    ]
+    if editable:
+        # The editable install's path finder maps both packages to the checkout.
+        for path in editable:
+            shutil.copy(path.locate(), site_packages / path.name)
+    else:
+        (site_packages / "vpnfleet-checkout.pth").write_text(str(Path(vpnfleet.__file__).parents[1]) + "\n")
     return venv / "bin" / "python3"
 
 

@@ -54,7 +54,7 @@ def test_defaults_and_no_token_in_repr(token_file):
         ({"timeout_seconds": "3"}, "timeout_seconds: must be a number, got '3'"),
         ({"ca_file": "/nonexistent/ca.pem"}, "ca_file: cannot read /nonexistent/ca.pem"),
         ({"token_file": "/nonexistent/token"}, "token_file: cannot read /nonexistent/token"),
-        ({"profile_id": "Office!"}, "profile_id: 'Office!' is not a profile id"),
+        ({"profile_id": "Office!"}, "profile_id: profile id 'Office!': use 1 to 32 of a-z"),
         ({"timeout": 3}, "unknown setting(s) timeout"),
     ],
 )

@@ -1,0 +1,414 @@
+# Copyright: vpnfleet developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet plan: the inventory checked as a whole, and which node serves which profile with
+which processes, ports and address slices, before any host changes.
+
+Plain Python on the standard library. The ``fleet_plan`` action plugin hands it what the
+inventory says about each host (``HostInput``); the controller and node roles read the plan it
+returns, so nothing is checked or planned twice.
+
+The plan (``FleetPlan.as_dict()``):
+
+    contract    the values the controller and the node roles must agree on (CONTRACT below)
+    profiles    every profile, defaults filled in (profiles.Profile.as_dict())
+    nodes       node name -> {name, location, cores, public_address,
+                              profiles: [profile + plan (instances.ProfilePlan.as_dict())
+                                         + ports_in_use (the other profiles' listeners)],
+                              absent: [ids of the profiles the node does not serve]}
+    controller  {profiles: [the fields the controller reads], nodes: [{name, location,
+                 public_address, processes: [{profile, proto, port, max_clients}]}]}
+    warnings    what is odd but not wrong (a node nobody can plan now, a profile no node serves)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+
+from . import instances
+from .profiles import ProfileError, Refusal, profile_label, read_profiles
+
+CONTROLLERS_GROUP = "vpnfleet_controllers"
+NODES_GROUP = "vpnfleet_nodes"
+LOCATION_GROUP_PREFIX = "vpnfleet_location_"
+PROFILES_VARIABLE = "vpnfleet_profiles"
+LOCAL_HOSTS = ("localhost", "127.0.0.1")
+# Where a refusal of a value that the play sets (play or role vars) says it comes from.
+PLAY_VARIABLES = "(play vars)"
+
+# Fleet-level values two roles must agree on, each with its one default (None: computed).
+CONTRACT = {
+    # The host that keeps the CA (the controller role makes it, the node role signs there).
+    "vpnfleet_ca_host": None,
+    # The CA's directory there, and the per-profile tls-crypt keys beside it.
+    "vpnfleet_ca_path": "/var/lib/vpnfleet/ca",
+    # The controller's virtual environment: its Python signs the nodes' requests.
+    "vpnfleet_controller_venv": "/opt/vpnfleet/controller",
+    # The Python on the CA host that runs the CA modules (default: the controller's venv).
+    "vpnfleet_ca_python": None,
+    # Where the controller keeps each node's API token (<dir>/<node>.token); the node copies its own.
+    "vpnfleet_node_token_dir": "/etc/vpnfleet/controller/node-tokens",
+}
+# Per-host variables the plan reads.
+HOST_VARIABLES = ("vpnfleet_location", "vpnfleet_cores", "vpnfleet_public_address")
+# Role variables the fleet-level ones replaced: set, they would be ignored, so they are refused.
+RETIRED = {
+    "node_profiles": PROFILES_VARIABLE,
+    "controller_profiles": PROFILES_VARIABLE,
+    "node_location": "vpnfleet_location",
+    "node_known_locations": "the vpnfleet_location_<name> groups",
+    "controller_known_locations": "the vpnfleet_location_<name> groups",
+    "controller_nodes_group": "the vpnfleet_nodes group",
+    "node_cores": "vpnfleet_cores",
+    "node_ca_host": "vpnfleet_ca_host",
+    "node_ca_path": "vpnfleet_ca_path",
+    "controller_ca_path": "vpnfleet_ca_path",
+    "node_ca_python": "vpnfleet_ca_python",
+    "controller_venv": "vpnfleet_controller_venv",
+    "controller_node_token_dir": "vpnfleet_node_token_dir",
+    "node_hooks_token_source": "vpnfleet_node_token_dir",
+}
+# The profile fields the controller's settings read (vpnfleet/controller/settings.py).
+CONTROLLER_PROFILE_FIELDS = ("id", "display_name", "default_gateway", "groups")
+
+_MISSING = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class HostInput:
+    """What the inventory says about one host of the fleet.
+
+    ``variables`` holds only the variables set for the host (fleet-level, per-host and retired
+    names); ``cores`` and ``address`` come from its facts when it has any."""
+
+    name: str
+    groups: tuple = ()
+    variables: dict = dataclasses.field(default_factory=dict)
+    cores: int | None = None
+    address: str | None = None
+    ansible_host: str | None = None
+
+
+class FleetRefused(ValueError):
+    """The inventory cannot be deployed; ``refusals`` holds every problem found."""
+
+    def __init__(self, refusals):
+        self.refusals = list(refusals)
+        super().__init__("; ".join(str(refusal) for refusal in self.refusals))
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetPlan:
+    contract: dict
+    profiles: tuple
+    nodes: dict
+    warnings: tuple
+
+    def as_dict(self):
+        return {
+            "contract": dict(self.contract),
+            "profiles": [profile.as_dict() for profile in self.profiles],
+            "nodes": self.nodes,
+            "controller": {
+                "profiles": [
+                    {name: profile.as_dict()[name] for name in CONTROLLER_PROFILE_FIELDS}
+                    for profile in self.profiles
+                ],
+                "nodes": [
+                    {
+                        "name": node["name"],
+                        "location": node["location"],
+                        "public_address": node["public_address"],
+                        "processes": [
+                            {
+                                "profile": served["id"],
+                                "proto": process["proto"],
+                                "port": process["port"],
+                                "max_clients": process["max_clients"],
+                            }
+                            for served in node["profiles"]
+                            for process in served["plan"]["processes"]
+                        ],
+                    }
+                    for node in self.nodes.values()
+                ],
+            },
+            "warnings": list(self.warnings),
+        }
+
+
+def plan_fleet(hosts, groups, play_variables=None, play_hosts=None, playbook_python=None):
+    """Check the inventory and plan the fleet -> FleetPlan; raises FleetRefused with every problem.
+
+    ``hosts``: name -> HostInput for every host of the controllers' and the nodes' groups;
+    ``groups``: the inventory's groups (name -> host names); ``play_variables``: fleet-level values
+    the play sets for all its hosts; ``play_hosts``: the hosts this run configures (None: all);
+    ``playbook_python``: the control machine's Python (the CA's when the CA host is local)."""
+    play_variables = play_variables or {}
+    controllers = list(groups.get(CONTROLLERS_GROUP, ()))
+    nodes = list(groups.get(NODES_GROUP, ()))
+    fleet = list(dict.fromkeys(controllers + nodes))
+    known_locations = sorted(
+        name[len(LOCATION_GROUP_PREFIX) :] for name in groups if name.startswith(LOCATION_GROUP_PREFIX)
+    )
+    refusals = _retired_variables(fleet, hosts, play_variables)
+    warnings = []
+
+    contract, found = _contract(fleet, hosts, groups, controllers, nodes, play_variables, playbook_python)
+    refusals += found
+
+    source, raw_profiles, found = _fleet_value(PROFILES_VARIABLE, fleet, hosts, play_variables, None)
+    refusals += found
+    profiles = []
+    if nodes or raw_profiles is not None:
+        profiles, found = read_profiles(raw_profiles, source, PROFILES_VARIABLE, known_locations)
+        refusals += found
+
+    planned = {}
+    for name in nodes:
+        host = hosts.get(name) or HostInput(name)
+        location, found = _location(host, known_locations)
+        refusals += found
+        cores, found = _cores(host)
+        refusals += found
+        if found or location is None or not profiles:
+            continue
+        if cores is None:
+            if play_hosts is None or name in play_hosts:
+                refusals.append(
+                    Refusal(
+                        name,
+                        "vpnfleet_cores",
+                        "is not set and the host's facts are not known: gather facts or set vpnfleet_cores",
+                    )
+                )
+            else:
+                warnings.append(
+                    "host %s: no facts and no vpnfleet_cores: its processes are left out of this plan" % name
+                )
+            continue
+        view, found = _node_view(host, location, cores, profiles)
+        refusals += found
+        planned[name] = view
+    served = {served["id"] for view in planned.values() for served in view["profiles"]}
+    warnings += [
+        "%s: no node serves it" % profile_label(PROFILES_VARIABLE, index, {"id": profile.id})
+        for index, profile in enumerate(profiles)
+        if planned and profile.id not in served
+    ]
+    if refusals:
+        raise FleetRefused(refusals)
+    return FleetPlan(contract, tuple(profiles), planned, tuple(warnings))
+
+
+# ----------------------------------------------------------------------------- fleet-level values
+
+
+def _show(value):
+    return "not set" if value is _MISSING else repr(value)
+
+
+def _fleet_value(variable, fleet, hosts, play_variables, default):
+    """One value for the whole fleet -> (host it was read on, value, [Refusal]).
+
+    A play's value holds for every host. Otherwise every host must have the same (set in
+    group_vars/all): a value set on some hosts only is the way two roles come to disagree."""
+    if variable in play_variables:
+        return PLAY_VARIABLES, play_variables[variable], []
+    values = [(name, hosts[name].variables.get(variable, _MISSING)) for name in fleet if name in hosts]
+    given = [(name, value) for name, value in values if value is not _MISSING]
+    if not given:
+        return (fleet[0] if fleet else "(inventory)"), default, []
+    first_host, first = given[0]
+    refusals = []
+    for name, value in values:
+        if value != first:
+            what = "differs from" if value is not _MISSING else "is not set here, unlike"
+            shown = "" if variable == PROFILES_VARIABLE else " (%s here, %r there)" % (_show(value), first)
+            refusals.append(
+                Refusal(
+                    name,
+                    variable,
+                    "%s host %s's%s: the fleet has one %s, for every host; set it in group_vars/all"
+                    % (what, first_host, shown, variable),
+                )
+            )
+    return first_host, first, refusals
+
+
+def _retired_variables(fleet, hosts, play_variables):
+    """One refusal per retired variable, naming every host that sets it."""
+    setters = {}
+    for name in [PLAY_VARIABLES] + fleet:
+        variables = play_variables if name == PLAY_VARIABLES else hosts.get(name, HostInput(name)).variables
+        for old in RETIRED:
+            if old in variables:
+                setters.setdefault(old, []).append(name)
+    return [
+        Refusal(
+            ", ".join(names),
+            old,
+            "is no longer read: set %s instead (one value for the fleet)" % RETIRED[old],
+        )
+        for old, names in setters.items()
+    ]
+
+
+def _absolute_path(host, variable, value):
+    if isinstance(value, str) and posixpath.isabs(value) and "\n" not in value:
+        return []
+    return [Refusal(host, variable, "must be an absolute path, got %r" % (value,))]
+
+
+def _contract(fleet, hosts, groups, controllers, nodes, play_variables, playbook_python):
+    contract, sources, refusals = {}, {}, []
+    for variable, default in CONTRACT.items():
+        sources[variable], value, found = _fleet_value(variable, fleet, hosts, play_variables, default)
+        refusals += found
+        if value is not None and variable != "vpnfleet_ca_host":
+            refusals += _absolute_path(sources[variable], variable, value)
+        contract[variable] = value
+    ca_host = contract["vpnfleet_ca_host"]
+    if ca_host is None and nodes:
+        if controllers:
+            ca_host = controllers[0]
+        else:
+            refusals.append(
+                Refusal(
+                    ", ".join(nodes),
+                    "vpnfleet_ca_host",
+                    "the inventory has no controller (group %s is empty) and vpnfleet_ca_host is not set: "
+                    "the nodes need the controller's CA; add the controller to %s"
+                    % (CONTROLLERS_GROUP, CONTROLLERS_GROUP),
+                )
+            )
+    elif ca_host is not None:
+        known = {name for members in groups.values() for name in members}
+        if not isinstance(ca_host, str) or (ca_host not in known and ca_host not in LOCAL_HOSTS):
+            refusals.append(
+                Refusal(
+                    sources["vpnfleet_ca_host"],
+                    "vpnfleet_ca_host",
+                    "%r is not a host of the inventory" % (ca_host,),
+                )
+            )
+    if contract["vpnfleet_ca_python"] is None:
+        venv = contract["vpnfleet_controller_venv"] or ""
+        contract["vpnfleet_ca_python"] = (
+            playbook_python if ca_host in LOCAL_HOSTS else posixpath.join(venv, "bin/python")
+        )
+    contract["vpnfleet_ca_host"] = ca_host
+    # The roles read the contract without the prefix: fleet_plan.contract.ca_path.
+    return {variable[len("vpnfleet_") :]: value for variable, value in contract.items()}, refusals
+
+
+# ----------------------------------------------------------------------------- nodes
+
+
+def _location(host, known_locations):
+    """The node's location -> (name or None, [Refusal])."""
+    in_groups = sorted(group for group in host.groups if group.startswith(LOCATION_GROUP_PREFIX))
+    names = [group[len(LOCATION_GROUP_PREFIX) :] for group in in_groups]
+    location = host.variables.get("vpnfleet_location")
+    if len(in_groups) > 1:
+        return None, [
+            Refusal(
+                host.name,
+                "groups",
+                "the node is in more than one location group (%s); "
+                "a node serves one location" % ", ".join(in_groups),
+            )
+        ]
+    if location is None or location == "":
+        if in_groups:
+            reason = (
+                "is not set, though the host is in group %s: set vpnfleet_location: %s in that group's "
+                "variables (group_vars/%s.yml)" % (in_groups[0], names[0], in_groups[0])
+            )
+        else:
+            reason = (
+                "is not set and the host is in no vpnfleet_location_<name> group: put the node in one "
+                "(known: %s) and set vpnfleet_location there" % (", ".join(known_locations) or "none")
+            )
+        return None, [Refusal(host.name, "vpnfleet_location", reason)]
+    if not isinstance(location, str):
+        return None, [Refusal(host.name, "vpnfleet_location", "must be a string, got %r" % (location,))]
+    if location not in known_locations:
+        return None, [
+            Refusal(
+                host.name,
+                "vpnfleet_location",
+                "%r is not a known location (%s): there is no group %s%s"
+                % (location, ", ".join(known_locations) or "none", LOCATION_GROUP_PREFIX, location),
+            )
+        ]
+    if names and names[0] != location:
+        return None, [
+            Refusal(
+                host.name,
+                "vpnfleet_location",
+                "is %r, but the host is in group %s" % (location, in_groups[0]),
+            )
+        ]
+    return location, []
+
+
+def _cores(host):
+    value = host.variables.get("vpnfleet_cores", _MISSING)
+    if value is _MISSING or value is None:
+        return host.cores, []
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        reason = "must be a whole number of at least 1, got %r" % (value,)
+        return None, [Refusal(host.name, "vpnfleet_cores", reason)]
+    return value, []
+
+
+def _public_address(host):
+    return host.variables.get("vpnfleet_public_address") or host.address or host.ansible_host or host.name
+
+
+def _node_view(host, location, cores, profiles):
+    """Plan the profiles the node serves, in the inventory's order, each refusing the ports of
+    those before it -> (view, [Refusal])."""
+    here = [(index, profile) for index, profile in enumerate(profiles) if profile.serves(location)]
+    taken, plans, refusals = {}, {}, []
+    for index, profile in here:
+        try:
+            plan = instances.plan_profile(
+                profile.id,
+                profile.ipv4_range,
+                profile.ipv6_range,
+                cores=cores,
+                processes=profile.processes,
+                listen=list(profile.listen) if profile.listen else None,
+                tcp_share=profile.tcp_share,
+                udp_port_base=profile.udp_port_base,
+                tcp_port_base=profile.tcp_port_base,
+                ports_in_use=taken,
+            )
+        except ProfileError as exc:
+            label = profile_label(PROFILES_VARIABLE, index, {"id": profile.id})
+            variable = "%s.%s" % (label, exc.field) if exc.field else label
+            refusals.append(Refusal(host.name, variable, "%s (the node has %d cores)" % (exc, cores)))
+            continue
+        plans[profile.id] = plan
+        taken[profile.id] = plan.listeners()
+    served = []
+    for profile in (profile for unused_index, profile in here if profile.id in plans):
+        entry = profile.as_dict()
+        entry["plan"] = plans[profile.id].as_dict()
+        entry["ports_in_use"] = {
+            other: plan.listeners() for other, plan in plans.items() if other != profile.id
+        }
+        served.append(entry)
+    view = {
+        "name": host.name,
+        "location": location,
+        "cores": cores,
+        "public_address": _public_address(host),
+        "profiles": served,
+        "absent": [profile.id for profile in profiles if not profile.serves(location)],
+    }
+    return view, refusals
