@@ -5,7 +5,7 @@
 What it measures, each pair side by side in one run (see docs/bench.md):
 
 (a) the throughput of one OpenVPN server process of ours (its config rendered by the collection's
-    planner/renderer, ``plugins/module_utils/instances.py``, key material from ``pki.py``) against a
+    planner/renderer, ``plugins/module_utils/instances.py``, key material from ``pki/``) against a
     minimal hand-written OpenVPN server config with the same data cipher (AES-256-GCM), on the same
     hosts at the same time; runs alternate ours/hand-written (ABBA), the median of the rounds counts;
 (b) the node's CPU seconds per GB moved, from the server process's own accounting
@@ -182,19 +182,20 @@ def cpu_ticks(host: str, pids: list[int]) -> dict[int, int]:
 
 
 def make_pki(folder: Path):
-    from vpnfleet.shared import pki
+    from vpnfleet.shared import files
+    from vpnfleet.shared.pki import authority, keys
 
-    ca = pki.CertificateAuthority.create(str(folder / "ca"), common_name="vpnfleet bench CA")
+    ca = authority.CertificateAuthority.create(str(folder / "ca"), common_name="vpnfleet bench CA")
     server_key, server_cert = ca.issue("node-x1.bench", "server", dns_names=["node-x1.bench"])
     client_key, client_cert = ca.issue("bench-client", "client")
     return {
-        "ca.crt": pki.certificate_pem(ca.cert),
-        "crl.pem": pki.read_file(ca.crl_path),
-        "server.crt": pki.certificate_pem(server_cert),
-        "server.key": pki.private_key_pem(server_key),
-        "client.crt": pki.certificate_pem(client_cert),
-        "client.key": pki.private_key_pem(client_key),
-        "tls-crypt.key": pki.make_tls_crypt_key(),
+        "ca.crt": keys.certificate_pem(ca.cert),
+        "crl.pem": files.read_file(ca.crl_path),
+        "server.crt": keys.certificate_pem(server_cert),
+        "server.key": keys.private_key_pem(server_key),
+        "client.crt": keys.certificate_pem(client_cert),
+        "client.key": keys.private_key_pem(client_key),
+        "tls-crypt.key": keys.make_tls_crypt_key(),
     }
 
 
@@ -554,7 +555,7 @@ def run_benchmark(args) -> dict:
         lab("up", "--hosts", f"{NODE},{CLIENT}")
         for host in (NODE, CLIENT):
             sh_on(host, f"mkdir -p {REMOTE_DIR} {RUN_DIR} /run/openvpn-server")
-        say("making a CA, certificates and a tls-crypt key with plugins/module_utils/pki.py")
+        say("making a CA, certificates and a tls-crypt key with plugins/module_utils/pki/")
         material = make_pki(tmp)
         for name, text in material.items():
             secret = name.endswith(".key")

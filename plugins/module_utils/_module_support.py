@@ -1,12 +1,14 @@
 """Ansible glue shared by the vpnfleet modules; only modules import it (the services do not).
 
+It imports neither ``cryptography`` nor the PKI, so a module that does not sign anything
+(``openvpn_instances``) runs with the host's own Python.
+
 Public interface
 ----------------
     require_cryptography(module)           fail with missing_required_lib unless it is usable
     fail_on(module, *errors)               context manager: a domain error becomes fail_json
-    read_pem(path, loader)                 what ``loader`` makes of the file, or None (missing, garbage)
-    FileState / ensure_file(module, path, content, mode, secret)
-    remove_path(module, path)
+    ensure_file(module, path, content, mode, secret) -> (changed, diff)
+    remove_path(module, path) -> bool
 """
 
 import contextlib
@@ -14,19 +16,25 @@ import os
 
 from ansible.module_utils.basic import missing_required_lib
 from ansible.module_utils.common.text.converters import to_bytes, to_native
-from ansible.module_utils.compat.version import LooseVersion
 
-from . import pki
+from .files import read_bytes, write_file_atomic
 
 
 def require_cryptography(module):
-    """The single place that turns a missing or too old cryptography into a clear failure."""
-    requirement = "cryptography >= %s" % pki.MINIMUM_CRYPTOGRAPHY_VERSION
-    if not pki.HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib(requirement), exception=pki.CRYPTOGRAPHY_IMPORT_ERROR)
-    if LooseVersion(pki.CRYPTOGRAPHY_VERSION) < LooseVersion(pki.MINIMUM_CRYPTOGRAPHY_VERSION):
+    """Called first in main(), before any PKI code runs, so the user reads this, not a traceback."""
+    # Imported here, not at the top: a module that never calls this (openvpn_instances) must not
+    # even try to import cryptography, so a broken one on the host cannot touch it.
+    from . import _cryptography_dep
+
+    problem = _cryptography_dep.cryptography_problem()
+    if problem:
         module.fail_json(
-            msg="%s; found %s" % (missing_required_lib(requirement), pki.CRYPTOGRAPHY_VERSION),
+            msg="%s (%s)"
+            % (
+                missing_required_lib("cryptography >= %s" % _cryptography_dep.MINIMUM_CRYPTOGRAPHY_VERSION),
+                problem,
+            ),
+            exception=_cryptography_dep.CRYPTOGRAPHY_IMPORT_ERROR,
         )
 
 
@@ -36,26 +44,6 @@ def fail_on(module, *errors):
         yield
     except errors as exc:
         module.fail_json(msg=to_native(exc))
-
-
-def read_bytes(path):
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def read_pem(path, loader):
-    """The object ``loader`` (a pki.load_* function) reads from ``path``; None when the file is
-    missing or holds something else, so the module makes it anew."""
-    pem = read_bytes(path)
-    if pem is None:
-        return None
-    try:
-        return loader(pem)
-    except pki.PkiError:
-        return None
 
 
 def ensure_file(module, path, content, mode=0o644, secret=False):
@@ -80,7 +68,7 @@ def ensure_file(module, path, content, mode=0o644, secret=False):
         if directory and not os.path.isdir(directory):
             os.makedirs(directory, mode=0o755)
         if content_differs:
-            pki.write_file_atomic(path, content, mode)
+            write_file_atomic(path, content, mode)
         else:
             os.chmod(path, mode)
     return True, diff

@@ -10,7 +10,7 @@ Public interface
     protocol_mix(count, tcp_share)  ["udp", ..., "tcp", ...]
     split_ipv4(network, count)      the IPv4 slices (see the rule below)
     split_ipv6(network, count)      one /112 per process
-    plan_profile(...) -> ProfilePlan
+    plan_profile(...) -> ProfilePlan; ProfilePlan.from_dict(plan.as_dict()) == plan
     ServerOptions                   what a rendered config needs beyond the plan
     render_server_config(plan, process, options) -> str
     unit_name(profile_id, index), config_path(...), management_socket(...), device_name(...)
@@ -268,7 +268,31 @@ class ProcessPlan:
             "device": device_name(self.profile_id, self.index),
             "unit": unit_name(self.profile_id, self.index),
             "config_path": config_path(self.profile_id, self.index),
+            "listen_address": self.listen_address,
         }
+
+    @classmethod
+    def from_dict(cls, data, profile_id):
+        """The inverse of ``as_dict``; the fields ``as_dict`` derives from the others are not read."""
+        what = "process %r of the plan of profile %s" % (data, profile_id)
+        try:
+            ipv6 = data.get("ipv6")
+            process = cls(
+                profile_id,
+                int(data["index"]),
+                data["proto"],
+                int(data["port"]),
+                ipaddress.IPv4Network(data["ipv4"]),
+                ipaddress.IPv6Network(ipv6) if ipv6 else None,
+                data.get("listen_address"),
+            )
+        except KeyError as exc:
+            raise PlanError("%s: %s is missing" % (what, exc)) from None
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise PlanError("%s: %s" % (what, exc)) from None
+        if process.proto not in PROTOCOLS:
+            raise PlanError("%s: proto must be udp or tcp" % what)
+        return process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +321,31 @@ class ProfilePlan:
             "listeners": self.listeners(),
             "processes": [process.as_dict() for process in self.processes],
         }
+
+    @classmethod
+    def from_dict(cls, data):
+        """A plan as ``as_dict`` gave it (made on the control machine), without planning it again."""
+        if not isinstance(data, dict):
+            raise PlanError("a plan is a mapping as ProfilePlan.as_dict() returns it, not %r" % (data,))
+        try:
+            profile_id = data["profile_id"]
+            check_profile_id(profile_id)
+            ipv6_range = data.get("ipv6_range")
+            ipv4_range = ipaddress.IPv4Network(data["ipv4_range"])
+            ipv6_range = ipaddress.IPv6Network(ipv6_range) if ipv6_range else None
+            entries = data["processes"]
+        except KeyError as exc:
+            raise PlanError("the plan %r: %s is missing" % (data, exc)) from None
+        except (TypeError, ValueError) as exc:
+            raise PlanError("the plan of profile %s: %s" % (data.get("profile_id"), exc)) from None
+        if not isinstance(entries, list) or not entries:
+            raise PlanError("the plan of profile %s has no processes" % profile_id)
+        processes = tuple(ProcessPlan.from_dict(entry, profile_id) for entry in entries)
+        if [process.index for process in processes] != list(range(len(processes))):
+            raise PlanError(
+                "the plan of profile %s: process indexes must be 0, 1, 2, ... in order" % profile_id
+            )
+        return cls(profile_id, ipv4_range, ipv6_range, processes)
 
 
 def plan_profile(

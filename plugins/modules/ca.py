@@ -18,8 +18,7 @@ description:
 author: vpnfleet developers (@vpnfleet)
 extends_documentation_fragment:
   - vpnfleet.server.attributes
-requirements:
-  - cryptography >= 38.0
+  - vpnfleet.server.pki
 options:
   path:
     description: Directory of the CA. Made with mode 0700.
@@ -34,11 +33,6 @@ options:
     description: Common name of the CA certificate.
     type: str
     default: vpnfleet CA
-  key_type:
-    description: Key type of the CA.
-    type: str
-    choices: [ecdsa-p256, ed25519, rsa3072]
-    default: ecdsa-p256
   lifetime_days:
     description: Validity of the CA certificate. Issued certificates never outlive it.
     type: int
@@ -96,33 +90,51 @@ import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vpnfleet.server.plugins.module_utils import pki
+from ansible_collections.vpnfleet.server.plugins.module_utils._argspec import ArgumentSpec
 from ansible_collections.vpnfleet.server.plugins.module_utils._module_support import (
     fail_on,
     require_cryptography,
 )
+from ansible_collections.vpnfleet.server.plugins.module_utils.files import read_file
+from ansible_collections.vpnfleet.server.plugins.module_utils.pki import _options, keys
+from ansible_collections.vpnfleet.server.plugins.module_utils.pki.authority import CertificateAuthority
+
+SPEC = ArgumentSpec(
+    {
+        "path": dict(type="path", required=True),
+        "state": dict(type="str", choices=["present", "absent"], default="present"),
+        "common_name": dict(type="str", default="vpnfleet CA"),
+        "lifetime_days": dict(type="int", default=3650),
+        "crl_lifetime_days": dict(type="int", default=365),
+        "crl_refresh_days": dict(type="int", default=60),
+    }
+).merge(_options.KEY_TYPE)
+
+
+def facts_of(path):
+    return CertificateAuthority.load(path).facts() if CertificateAuthority.exists(path) else {}
 
 
 def present(module):
     path = module.params["path"]
-    if not pki.CertificateAuthority.exists(path):
+    if not CertificateAuthority.exists(path):
         if module.check_mode:
             return True, {}
-        pki.CertificateAuthority.create(
+        CertificateAuthority.create(
             path,
             module.params["common_name"],
             module.params["key_type"],
             module.params["lifetime_days"],
             module.params["crl_lifetime_days"],
         )
-        return True, pki.CertificateAuthority.load(path).facts()
+        return True, facts_of(path)
 
-    ca = pki.CertificateAuthority.load(path)
+    ca = CertificateAuthority.load(path)
     facts = ca.facts()
     for option in ("common_name", "key_type"):
         if facts[option] != module.params[option]:
-            module.fail_json(
-                msg="the CA in %s has %s %r, not %r; it is never replaced silently: remove it with "
+            raise keys.PkiError(
+                "the CA in %s has %s %r, not %r; it is never replaced silently: remove it with "
                 "state=absent first if every certificate it issued may die"
                 % (path, option, facts[option], module.params[option])
             )
@@ -133,40 +145,26 @@ def present(module):
     return refresh_due, facts
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            common_name=dict(type="str", default="vpnfleet CA"),
-            key_type=dict(
-                type="str", choices=list(pki.KEY_TYPES), default=pki.DEFAULT_KEY_TYPE, no_log=False
-            ),
-            lifetime_days=dict(type="int", default=3650),
-            crl_lifetime_days=dict(type="int", default=365),
-            crl_refresh_days=dict(type="int", default=60),
-        ),
-        supports_check_mode=True,
-    )
-    require_cryptography(module)
+def absent(module):
     path = module.params["path"]
+    exists = os.path.exists(path)
+    before = facts_of(path)
+    if exists and not module.check_mode:
+        shutil.rmtree(path)
+    return dict(changed=exists, ca={}, diff={"before": before, "after": {}})
 
-    with fail_on(module, pki.PkiError, OSError):
+
+def main():
+    module = AnsibleModule(supports_check_mode=True, **SPEC.module_kwargs())
+    require_cryptography(module)
+    with fail_on(module, keys.PkiError, OSError):
         if module.params["state"] == "absent":
-            exists = os.path.exists(path)
-            before = (
-                pki.CertificateAuthority.load(path).facts() if pki.CertificateAuthority.exists(path) else {}
-            )
-            if exists and not module.check_mode:
-                shutil.rmtree(path)
-            module.exit_json(changed=exists, ca={}, diff={"before": before, "after": {}})
-
-        before = pki.CertificateAuthority.load(path).facts() if pki.CertificateAuthority.exists(path) else {}
+            module.exit_json(**absent(module))
+        before = facts_of(module.params["path"])
         changed, facts = present(module)
-
-    result = dict(changed=changed, ca=facts, diff={"before": before, "after": facts})
-    if facts:
-        result["ca_certificate"] = pki.read_file(facts["cert_path"]).decode()
+        result = dict(changed=changed, ca=facts, diff={"before": before, "after": facts})
+        if facts:
+            result["ca_certificate"] = read_file(facts["cert_path"]).decode()
     module.exit_json(**result)
 
 

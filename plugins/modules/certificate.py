@@ -27,8 +27,8 @@ description:
 author: vpnfleet developers (@vpnfleet)
 extends_documentation_fragment:
   - vpnfleet.server.attributes
-requirements:
-  - cryptography >= 38.0
+  - vpnfleet.server.pki
+  - vpnfleet.server.pki.subject_alt_names
 options:
   ca_path:
     description: Directory of the CA made by M(vpnfleet.server.ca).
@@ -48,18 +48,9 @@ options:
       - Common name of the certificate. Required with O(state=present) unless a CSR gives it.
     type: str
   purpose:
-    description: What the certificate is for.
+    description: What the certificate is for. Required with O(state=present).
     type: str
     choices: [server, client, daemon_server, daemon_client]
-  dns_names:
-    description:
-      - DNS subject alternative names. Without a CSR, none unless given; with a CSR, the CSR's unless given.
-    type: list
-    elements: str
-  ip_addresses:
-    description: IP address subject alternative names, like O(dns_names).
-    type: list
-    elements: str
   csr_content:
     description: A PEM CSR to sign. Mutually exclusive with O(csr_path) and O(privatekey_path).
     type: str
@@ -67,13 +58,10 @@ options:
     description: A PEM CSR file on the CA host to sign.
     type: path
   privatekey_path:
-    description: Without a CSR, where the key made here goes (mode 0600). Required then.
+    description:
+      - Without a CSR, where the key made here goes (mode 0600), of O(key_type).
+      - With O(state=present), one of O(csr_content), O(csr_path) and O(privatekey_path) is required.
     type: path
-  key_type:
-    description: Key type of a key made here (without a CSR).
-    type: str
-    choices: [ecdsa-p256, ed25519, rsa3072]
-    default: ecdsa-p256
   lifetime_days:
     description: Validity of a new certificate; never past the CA's.
     type: int
@@ -163,108 +151,103 @@ reasons:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vpnfleet.server.plugins.module_utils import pki
+from ansible_collections.vpnfleet.server.plugins.module_utils._argspec import ArgumentSpec
 from ansible_collections.vpnfleet.server.plugins.module_utils._module_support import (
     ensure_file,
     fail_on,
-    read_bytes,
-    read_pem,
     require_cryptography,
 )
+from ansible_collections.vpnfleet.server.plugins.module_utils.files import read_file
+from ansible_collections.vpnfleet.server.plugins.module_utils.pki import _options, keys, reissue
+from ansible_collections.vpnfleet.server.plugins.module_utils.pki.authority import (
+    REVOCATION_REASONS,
+    CertificateAuthority,
+)
+
+SPEC = ArgumentSpec(
+    {
+        "ca_path": dict(type="path", required=True),
+        "path": dict(type="path", required=True),
+        "state": dict(type="str", choices=["present", "revoked"], default="present"),
+        "common_name": dict(type="str"),
+        "purpose": dict(type="str", choices=list(keys.PURPOSES)),
+        "csr_content": dict(type="str"),
+        "csr_path": dict(type="path"),
+        "privatekey_path": dict(type="path", no_log=False),
+        "lifetime_days": dict(type="int", default=365),
+        "renew_before_days": dict(type="int", default=30),
+        "revocation_reason": dict(type="str", choices=list(REVOCATION_REASONS), default="unspecified"),
+    },
+    mutually_exclusive=[("csr_content", "csr_path", "privatekey_path")],
+    required_if=[
+        ("state", "present", ("purpose",)),
+        ("state", "present", ("csr_content", "csr_path", "privatekey_path"), True),
+    ],
+).merge(_options.KEY_TYPE, _options.SUBJECT_ALT_NAMES)
 
 
-def load_existing(path):
-    return read_pem(path, pki.load_certificate)
+def existing_certificate(path):
+    return keys.read_pem(path, keys.load_certificate)
 
 
-def requested(module):
-    """What the certificate should hold: the CSR's proposals, overridden by the arguments."""
-    params = module.params
-    csr = None
+def wanted(params):
+    """What the certificate should hold, and the key it certifies (None: make one here)."""
+    csr = key = None
     if params["csr_content"] or params["csr_path"]:
-        csr = pki.load_csr(params["csr_content"] or pki.read_file(params["csr_path"]))
-        asked = pki.csr_facts(csr)
+        csr = keys.load_csr(params["csr_content"] or read_file(params["csr_path"]))
     else:
-        asked = {"common_name": None, "dns_names": [], "ip_addresses": []}
-    common_name = params["common_name"] or asked["common_name"]
-    if not common_name:
-        module.fail_json(msg="common_name is required when no CSR gives one")
-    if params["dns_names"] is None and params["ip_addresses"] is None:
-        dns_names, ip_addresses = asked["dns_names"], asked["ip_addresses"]
-    else:
-        dns_names, ip_addresses = params["dns_names"] or [], params["ip_addresses"] or []
-    return csr, common_name, dns_names, ip_addresses
-
-
-def load_key(path):
-    pem = read_bytes(path) if path else None
-    if pem is None:
-        return None
-    try:
-        return pki.load_private_key(pem)
-    except pki.PkiError:
-        return None  # garbage in the file: replace it
+        key = keys.key_of_type(
+            keys.read_pem(params["privatekey_path"], keys.load_private_key), params["key_type"]
+        )
+    return reissue.wanted_certificate(
+        params["purpose"],
+        csr,
+        params["common_name"],
+        params["dns_names"],
+        params["ip_addresses"],
+        key,
+        params["renew_before_days"],
+    )
 
 
 def present(module, ca):
     params = module.params
-    if not params["purpose"]:
-        module.fail_json(msg="purpose is required with state=present")
-    csr, common_name, dns_names, ip_addresses = requested(module)
-    key = None
-    if csr is None:
-        if not params["privatekey_path"]:
-            module.fail_json(
-                msg="give csr_content or csr_path to sign a CSR, or privatekey_path to make the key here"
-            )
-        key = load_key(params["privatekey_path"])
-        if key is not None and pki.key_type_of(key) != params["key_type"]:
-            key = None  # a key of another type is replaced, and with it the certificate
-    wanted_key = csr.public_key() if csr is not None else key.public_key() if key is not None else None
-
-    cert = load_existing(params["path"])
-    if cert is None:
-        reasons = ["no certificate yet"]
-    else:
-        reasons = pki.certificate_mismatches(
-            cert, ca, common_name, params["purpose"], dns_names, ip_addresses, params["renew_before_days"]
-        )
-        if wanted_key is None or not pki.same_public_key(cert.public_key(), wanted_key):
-            reasons.append("the key is not the requested one")
-
+    want = wanted(params)
+    cert = existing_certificate(params["path"])
+    reasons = reissue.reissue_reasons(cert, ca, want)
     result = {"changed": bool(reasons), "reasons": reasons}
-    before = pki.certificate_facts(cert) if cert is not None else {}
+    before = keys.certificate_facts(cert) if cert is not None else {}
     if not reasons:
-        result.update(certificate=pki.certificate_pem(cert).decode(), facts=before)
+        result.update(certificate=keys.certificate_pem(cert).decode(), facts=before)
         return result
     if module.check_mode:
         result["diff"] = {"before": before, "after": {"(new certificate)": ", ".join(reasons)}}
         return result
 
-    if wanted_key is None:
-        key = pki.make_private_key(params["key_type"])
-        ensure_file(module, params["privatekey_path"], pki.private_key_pem(key), 0o600, secret=True)
-        wanted_key = key.public_key()
+    public_key = want.public_key
+    if public_key is None:
+        key = keys.make_private_key(params["key_type"])
+        ensure_file(module, params["privatekey_path"], keys.private_key_pem(key), 0o600, secret=True)
+        public_key = key.public_key()
     cert = ca.sign_public_key(
-        wanted_key, common_name, params["purpose"], dns_names, ip_addresses, params["lifetime_days"]
+        public_key, want.common_name, want.purpose, want.dns_names, want.ip_addresses, params["lifetime_days"]
     )
-    ensure_file(module, params["path"], pki.certificate_pem(cert), 0o644)
-    after = pki.certificate_facts(cert)
+    ensure_file(module, params["path"], keys.certificate_pem(cert), 0o644)
+    after = keys.certificate_facts(cert)
     result.update(
-        certificate=pki.certificate_pem(cert).decode(), facts=after, diff={"before": before, "after": after}
+        certificate=keys.certificate_pem(cert).decode(), facts=after, diff={"before": before, "after": after}
     )
     return result
 
 
 def revoked(module, ca):
-    cert = load_existing(module.params["path"])
+    path = module.params["path"]
+    cert = existing_certificate(path)
     if cert is None:
-        module.fail_json(msg="no certificate in %s to revoke" % module.params["path"])
+        raise keys.PkiError("no certificate in %s to revoke" % path)
     if not ca.issued_by_me(cert):
-        module.fail_json(
-            msg="the certificate in %s was not issued by the CA in %s" % (module.params["path"], ca.directory)
-        )
-    facts = pki.certificate_facts(cert)
+        raise keys.PkiError("the certificate in %s was not issued by the CA in %s" % (path, ca.directory))
+    facts = keys.certificate_facts(cert)
     changed = not ca.is_revoked(cert.serial_number)
     if changed and not module.check_mode:
         ca.revoke(cert.serial_number, module.params["revocation_reason"])
@@ -276,37 +259,13 @@ def revoked(module, ca):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            ca_path=dict(type="path", required=True),
-            path=dict(type="path", required=True),
-            state=dict(type="str", choices=["present", "revoked"], default="present"),
-            common_name=dict(type="str"),
-            purpose=dict(type="str", choices=list(pki.PURPOSES)),
-            dns_names=dict(type="list", elements="str"),
-            ip_addresses=dict(type="list", elements="str"),
-            csr_content=dict(type="str"),
-            csr_path=dict(type="path"),
-            privatekey_path=dict(type="path", no_log=False),
-            key_type=dict(
-                type="str", choices=list(pki.KEY_TYPES), default=pki.DEFAULT_KEY_TYPE, no_log=False
-            ),
-            lifetime_days=dict(type="int", default=365),
-            renew_before_days=dict(type="int", default=30),
-            revocation_reason=dict(type="str", choices=list(pki.REVOCATION_REASONS), default="unspecified"),
-        ),
-        mutually_exclusive=[("csr_content", "csr_path", "privatekey_path")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(supports_check_mode=True, **SPEC.module_kwargs())
     require_cryptography(module)
-    with fail_on(module, pki.PkiError, OSError):
-        ca = pki.CertificateAuthority.load(module.params["ca_path"])
-        if module.params["state"] == "revoked":
-            result = revoked(module, ca)
-        else:
-            result = present(module, ca)
-    if os.path.exists(module.params["path"]) and "facts" not in result:
-        result["facts"] = pki.certificate_facts(load_existing(module.params["path"]))
+    with fail_on(module, keys.PkiError, OSError):
+        ca = CertificateAuthority.load(module.params["ca_path"])
+        result = (revoked if module.params["state"] == "revoked" else present)(module, ca)
+        if "facts" not in result and os.path.exists(module.params["path"]):
+            result["facts"] = keys.certificate_facts(existing_certificate(module.params["path"]))
     module.exit_json(**result)
 
 

@@ -15,8 +15,8 @@ description:
 author: vpnfleet developers (@vpnfleet)
 extends_documentation_fragment:
   - vpnfleet.server.attributes
-requirements:
-  - cryptography >= 38.0
+  - vpnfleet.server.pki
+  - vpnfleet.server.pki.subject_alt_names
 options:
   privatekey_path:
     description: The private key; made when missing, unreadable or of another type.
@@ -30,21 +30,6 @@ options:
     description: Common name to ask for.
     type: str
     required: true
-  dns_names:
-    description: DNS alternative names to ask for.
-    type: list
-    elements: str
-    default: []
-  ip_addresses:
-    description: IP address alternative names to ask for.
-    type: list
-    elements: str
-    default: []
-  key_type:
-    description: Key type.
-    type: str
-    choices: [ecdsa-p256, ed25519, rsa3072]
-    default: ecdsa-p256
 seealso:
   - module: vpnfleet.server.certificate
 """
@@ -74,62 +59,51 @@ public_key_sha256:
 
 # ruff: noqa: E402 - Ansible wants DOCUMENTATION, EXAMPLES and RETURN before the imports.
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vpnfleet.server.plugins.module_utils import pki
+from ansible_collections.vpnfleet.server.plugins.module_utils._argspec import ArgumentSpec
 from ansible_collections.vpnfleet.server.plugins.module_utils._module_support import (
     ensure_file,
     fail_on,
-    read_bytes,
-    read_pem,
     require_cryptography,
 )
+from ansible_collections.vpnfleet.server.plugins.module_utils.files import read_bytes
+from ansible_collections.vpnfleet.server.plugins.module_utils.pki import _options, keys
 
-
-def usable_key(path, key_type):
-    key = read_pem(path, pki.load_private_key)
-    return key if key is not None and pki.key_type_of(key) == key_type else None
-
-
-def existing_csr(path):
-    return read_pem(path, pki.load_csr)
+SPEC = ArgumentSpec(
+    {
+        "privatekey_path": dict(type="path", required=True, no_log=False),
+        "csr_path": dict(type="path", required=True),
+        "common_name": dict(type="str", required=True),
+    }
+).merge(_options.KEY_TYPE, _options.SUBJECT_ALT_NAMES)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            privatekey_path=dict(type="path", required=True, no_log=False),
-            csr_path=dict(type="path", required=True),
-            common_name=dict(type="str", required=True),
-            dns_names=dict(type="list", elements="str", default=[]),
-            ip_addresses=dict(type="list", elements="str", default=[]),
-            key_type=dict(
-                type="str", choices=list(pki.KEY_TYPES), default=pki.DEFAULT_KEY_TYPE, no_log=False
-            ),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(supports_check_mode=True, **SPEC.module_kwargs())
     require_cryptography(module)
     params = module.params
-    wanted = (params["common_name"], params["dns_names"], params["ip_addresses"])
+    wanted = (params["common_name"], params["dns_names"] or [], params["ip_addresses"] or [])
     diffs = []
     result = {}
-    with fail_on(module, pki.PkiError, OSError):
-        key = usable_key(params["privatekey_path"], params["key_type"])
+    with fail_on(module, keys.PkiError, OSError):
+        key = keys.key_of_type(
+            keys.read_pem(params["privatekey_path"], keys.load_private_key), params["key_type"]
+        )
         if key is None:
-            key = pki.make_private_key(params["key_type"])
-            key_pem = pki.private_key_pem(key)
+            key = keys.make_private_key(params["key_type"])
+            key_pem = keys.private_key_pem(key)
         else:
             key_pem = read_bytes(params["privatekey_path"])  # kept; only its mode may be corrected
         key_changed, key_diff = ensure_file(module, params["privatekey_path"], key_pem, 0o600, secret=True)
 
-        csr = existing_csr(params["csr_path"])
-        csr_changed = csr is None or not pki.csr_matches(csr, key, *wanted)
+        csr = keys.read_pem(params["csr_path"], keys.load_csr)
+        csr_changed = csr is None or not keys.csr_matches(csr, key, *wanted)
         if csr_changed:
-            csr = pki.make_csr(key, *wanted)
-            unused_changed, csr_diff = ensure_file(module, params["csr_path"], pki.csr_pem(csr), 0o644)
+            csr = keys.make_csr(key, *wanted)
+            unused_changed, csr_diff = ensure_file(module, params["csr_path"], keys.csr_pem(csr), 0o644)
             diffs.append(csr_diff)
         if not (module.check_mode and (key_changed or csr_changed)):
             # In check mode a new key or CSR is not written, so there is nothing true to return.
-            result = {"csr": pki.csr_pem(csr).decode(), "public_key_sha256": pki.public_key_sha256(key)}
+            result = {"csr": keys.csr_pem(csr).decode(), "public_key_sha256": keys.public_key_sha256(key)}
     if key_diff:
         diffs.insert(0, key_diff)
     module.exit_json(changed=key_changed or csr_changed, diff=diffs, **result)

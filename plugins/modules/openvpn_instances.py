@@ -7,10 +7,13 @@ module: openvpn_instances
 short_description: Plan and run the OpenVPN server processes of one profile on a node
 version_added: 0.1.0
 description:
-  - Plans the profile's processes, writes one config per process to O(config_dir), enables and starts
+  - Takes the profile's processes from O(plan) (the fleet plan made on the control machine), or plans
+    them here from O(ipv4_range) and the other planning options (standalone use).
+  - Writes one config per process to O(config_dir), enables and starts
     its unit C(openvpn-server@<profile>-<i>), restarts only the processes whose config changed, and
     stops, disables and removes the processes (units and configs) that are no longer in the plan.
-  - "Count: O(listen) if given, else O(processes), else O(cores) (default: the cores this host may use)."
+  - "Planning here. Count: O(listen) if given, else O(processes), else O(cores) (default: the cores
+    this host may use)."
   - "Protocols: floor(n * O(tcp_share)) processes use TCP, but at least one once there are two, so
     networks that block UDP are served. UDP processes come first. Ports count up per protocol from
     O(udp_port_base) and O(tcp_port_base). A port that O(ports_in_use) gives to another profile is refused."
@@ -28,7 +31,9 @@ description:
     C(explicit-exit-notify) on UDP, C(keepalive 10 60). Key material stays in the files the config names,
     so the diff of a config shows no secret."
   - A drop-in for C(openvpn-server@.service) raises C(LimitNPROC) (Debian ships 10, too few for hooks).
-  - An impossible plan (range too small, port taken, bad CIDR) fails before anything changes.
+  - An impossible plan (range too small, port taken, bad CIDR) or a malformed O(plan) fails before
+    anything changes.
+  - Needs only the standard library on the node; no C(cryptography).
 author: vpnfleet developers (@vpnfleet)
 extends_documentation_fragment:
   - vpnfleet.server.attributes
@@ -42,8 +47,19 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  plan:
+    description:
+      - The profile's plan on this node as the planner returns it (C(ProfilePlan.as_dict()), the
+        same as RV(plan)), rendered as it is, without planning again.
+      - Its C(profile_id) must be O(profile_id). Only C(ipv4_range), C(ipv6_range) and per process
+        C(index), C(proto), C(port), C(ipv4), C(ipv6) and C(listen_address) are read; the other keys
+        follow from them.
+      - Mutually exclusive with the planning options O(ipv4_range), O(ipv6_range), O(cores),
+        O(processes), O(listen), O(tcp_share), O(udp_port_base), O(tcp_port_base), O(ports_in_use)
+        and O(listen_address). With O(state=present) either O(plan) or O(ipv4_range) is required.
+    type: dict
   ipv4_range:
-    description: The profile's IPv4 client range on this node (CIDR).
+    description: The profile's IPv4 client range on this node (CIDR), to plan here.
     type: str
   ipv6_range:
     description: The profile's IPv6 client range on this node (CIDR, /112 or larger).
@@ -59,21 +75,17 @@ options:
     type: list
     elements: str
   tcp_share:
-    description: Share of TCP processes (0 = UDP only, 1 = TCP only).
+    description: Share of TCP processes (0 = UDP only, 1 = TCP only); 0.25 when not given.
     type: float
-    default: 0.25
   udp_port_base:
-    description: Port of the first UDP process.
+    description: Port of the first UDP process; 1194 when not given.
     type: int
-    default: 1194
   tcp_port_base:
-    description: Port of the first TCP process.
+    description: Port of the first TCP process; 1194 when not given.
     type: int
-    default: 1194
   ports_in_use:
     description: Other profiles' listeners on this node, profile id to a list of C(proto/port).
     type: dict
-    default: {}
   listen_address:
     description: Address to bind; default all IPv4 and IPv6 addresses.
     type: str
@@ -195,11 +207,27 @@ EXAMPLES = r"""
     key_path: /etc/openvpn/server/office/server.key
     crl_path: /etc/openvpn/server/office/crl.pem
     tls_crypt_path: /etc/openvpn/server/office/tls-crypt.key
+
+- name: The internet profile as the fleet plan lays it out for this node (planned on the control machine)
+  vpnfleet.server.openvpn_instances:
+    profile_id: internet
+    plan:
+      profile_id: internet
+      ipv4_range: 198.18.0.0/24
+      ipv6_range: 2001:db8:100::/64
+      processes:
+        - {index: 0, proto: udp, port: 1194, ipv4: 198.18.0.0/25, ipv6: "2001:db8:100::/112"}
+        - {index: 1, proto: tcp, port: 1194, ipv4: 198.18.0.128/25, ipv6: "2001:db8:100::1:0/112"}
+    ca_path: /etc/openvpn/server/internet/ca.crt
+    cert_path: /etc/openvpn/server/internet/server.crt
+    key_path: /etc/openvpn/server/internet/server.key
+    crl_path: /etc/openvpn/server/internet/crl.pem
+    tls_crypt_path: /etc/openvpn/server/internet/tls-crypt.key
 """
 
 RETURN = r"""
 plan:
-  description: The plan; empty with O(state=absent).
+  description: The plan (the given O(plan), or the one made here); empty with O(state=absent).
   returned: always
   type: dict
   sample:
@@ -225,6 +253,7 @@ plan:
         device: tun-internet-0
         unit: openvpn-server@internet-0
         config_path: /etc/openvpn/server/internet-0.conf
+        listen_address: null
 started:
   description: Units started (or that would be).
   returned: always
@@ -243,18 +272,59 @@ removed:
 """
 
 # ruff: noqa: E402 - Ansible wants DOCUMENTATION, EXAMPLES and RETURN before the imports.
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vpnfleet.server.plugins.module_utils import instances, node_facts
+from ansible_collections.vpnfleet.server.plugins.module_utils import instances, node_facts, openvpn_units
+from ansible_collections.vpnfleet.server.plugins.module_utils._argspec import ArgumentSpec
 from ansible_collections.vpnfleet.server.plugins.module_utils._module_support import (
     ensure_file,
     fail_on,
     remove_path,
 )
 
-DROP_IN = "openvpn-server@.service.d/vpnfleet.conf"
-OPTION_NAMES = [field.name for field in instances.ServerOptions.__dataclass_fields__.values()]
+SPEC = ArgumentSpec(
+    {
+        "profile_id": dict(type="str", required=True),
+        "state": dict(type="str", choices=["present", "absent"], default="present"),
+        "plan": dict(type="dict"),
+        "ipv4_range": dict(type="str"),
+        "ipv6_range": dict(type="str"),
+        "cores": dict(type="int"),
+        "processes": dict(type="int"),
+        "listen": dict(type="list", elements="str"),
+        "tcp_share": dict(type="float"),
+        "udp_port_base": dict(type="int"),
+        "tcp_port_base": dict(type="int"),
+        "ports_in_use": dict(type="dict"),
+        "listen_address": dict(type="str"),
+        "ca_path": dict(type="path"),
+        "cert_path": dict(type="path"),
+        "key_path": dict(type="path", no_log=False),
+        "crl_path": dict(type="path"),
+        "tls_crypt_path": dict(type="path", no_log=False),
+        "full_tunnel": dict(type="bool", default=True),
+        "routes": dict(type="list", elements="str", default=[]),
+        "dns_servers": dict(type="list", elements="str", default=[]),
+        "dns_search_domains": dict(type="list", elements="str", default=[]),
+        "block_lan": dict(type="bool", default=False),
+        "client_to_client": dict(type="bool", default=False),
+        "tls_version_min": dict(type="str", choices=list(instances.TLS_VERSIONS), default="1.3"),
+        "cpu_has_aes": dict(type="bool"),
+        "user": dict(type="str", default="nobody"),
+        "group": dict(type="str", default="nogroup"),
+        "client_connect": dict(type="path"),
+        "client_disconnect": dict(type="path"),
+        "extra_directives": dict(type="list", elements="str", default=[]),
+        "config_dir": dict(type="path", default=instances.CONFIG_DIR),
+        "systemd_dir": dict(type="path", default=openvpn_units.DEFAULT_SYSTEMD_DIR),
+        "limit_nproc": dict(type="int", default=openvpn_units.DEFAULT_LIMIT_NPROC),
+        "manage_services": dict(type="bool", default=True),
+    },
+    mutually_exclusive=[("plan", name) for name in openvpn_units.PLANNING_OPTIONS],
+    required_if=[
+        ("state", "present", ("plan", "ipv4_range"), True),
+        ("state", "present", ("ca_path", "cert_path", "key_path", "crl_path", "tls_crypt_path")),
+    ],
+)
 
 
 class Systemd:
@@ -264,154 +334,86 @@ class Systemd:
         self.module = module
         self.systemctl = module.get_bin_path("systemctl", required=True)
 
-    def query(self, verb, unit):
-        rc, out, unused_err = self.module.run_command([self.systemctl, verb, unit])
-        return rc == 0, out.strip()
+    def state(self, unit):
+        return openvpn_units.UnitState(
+            enabled=self._query("is-enabled", unit), active=self._query("is-active", unit)
+        )
+
+    def _query(self, verb, unit):
+        rc, unused_out, unused_err = self.module.run_command([self.systemctl, verb, unit])
+        return rc == 0
 
     def run(self, *args):
         if not self.module.check_mode:
             self.module.run_command([self.systemctl, *args], check_rc=True)
 
-    def is_enabled(self, unit):
-        return self.query("is-enabled", unit)[0]
 
-    def is_active(self, unit):
-        return self.query("is-active", unit)[0]
+def desired(params):
+    """The plan and every config, or (None, []) for state=absent; a PlanError comes before any change."""
+    instances.check_profile_id(params["profile_id"])
+    if params["state"] == "absent":
+        return None, []
+    plan = openvpn_units.profile_plan(params, usable_cores=node_facts.usable_cores())
+    options = openvpn_units.server_options(params, cpu_has_aes=node_facts.cpu_has_aes() is not False)
+    return plan, openvpn_units.rendered_configs(plan, options, params["config_dir"])
 
 
-def existing_indexes(profile_id, config_dir, systemd_dir):
-    """Processes of this profile that exist now: a config, or a unit enabled for multi-user."""
-    names = []
-    for directory in (config_dir, os.path.join(systemd_dir, "multi-user.target.wants")):
-        if os.path.isdir(directory):
-            names += os.listdir(directory)
-    indexes = (instances.process_index_of(profile_id, name) for name in names)
-    return {index for index in indexes if index is not None}
+def apply(module, plan, configs):
+    params = module.params
+    profile_id = params["profile_id"]
+    systemd = Systemd(module) if params["manage_services"] else None
+    diffs, changed, drop_in_changed = [], set(), False
+    if plan is not None:
+        drop_in_changed, drop_in_diff = ensure_file(
+            module,
+            openvpn_units.drop_in_path(params["systemd_dir"]),
+            openvpn_units.drop_in_text(params["limit_nproc"]),
+        )
+        diffs += [drop_in_diff] if drop_in_diff else []
+        for index, path, text in configs:
+            config_changed, config_diff = ensure_file(module, path, text, 0o644)
+            if config_changed:
+                changed.add(index)
+                diffs.append(config_diff)
+    planned = [process.index for process in plan.processes] if plan else []
+    todo = openvpn_units.reconcile(
+        profile_id,
+        planned,
+        openvpn_units.existing_indexes(profile_id, params["config_dir"], params["systemd_dir"]),
+        {index: systemd.state(instances.unit_name(profile_id, index)) for index in planned}
+        if systemd
+        else None,
+        changed,
+        drop_in_changed,
+        params["config_dir"],
+    )
+    if systemd:
+        if todo.daemon_reload:
+            systemd.run("daemon-reload")
+        for verb, units in (("enable", todo.enable), ("start", todo.start), ("restart", todo.restart)):
+            for unit in units:
+                systemd.run(verb, unit)
+        for unit in todo.remove:
+            systemd.run("disable", "--now", unit)
+    for path in todo.remove_paths:
+        remove_path(module, path)
+    return dict(
+        changed=bool(diffs) or todo.changed,
+        plan=plan.as_dict() if plan else {},
+        started=list(todo.start),
+        restarted=list(todo.restart),
+        removed=list(todo.remove),
+        diff=diffs,
+    )
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            profile_id=dict(type="str", required=True),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            ipv4_range=dict(type="str"),
-            ipv6_range=dict(type="str"),
-            cores=dict(type="int"),
-            processes=dict(type="int"),
-            listen=dict(type="list", elements="str"),
-            tcp_share=dict(type="float", default=instances.DEFAULT_TCP_SHARE),
-            udp_port_base=dict(type="int", default=instances.DEFAULT_PORT_BASE),
-            tcp_port_base=dict(type="int", default=instances.DEFAULT_PORT_BASE),
-            ports_in_use=dict(type="dict", default={}),
-            listen_address=dict(type="str"),
-            ca_path=dict(type="path"),
-            cert_path=dict(type="path"),
-            key_path=dict(type="path", no_log=False),
-            crl_path=dict(type="path"),
-            tls_crypt_path=dict(type="path", no_log=False),
-            full_tunnel=dict(type="bool", default=True),
-            routes=dict(type="list", elements="str", default=[]),
-            dns_servers=dict(type="list", elements="str", default=[]),
-            dns_search_domains=dict(type="list", elements="str", default=[]),
-            block_lan=dict(type="bool", default=False),
-            client_to_client=dict(type="bool", default=False),
-            tls_version_min=dict(type="str", choices=list(instances.TLS_VERSIONS), default="1.3"),
-            cpu_has_aes=dict(type="bool"),
-            user=dict(type="str", default="nobody"),
-            group=dict(type="str", default="nogroup"),
-            client_connect=dict(type="path"),
-            client_disconnect=dict(type="path"),
-            extra_directives=dict(type="list", elements="str", default=[]),
-            config_dir=dict(type="path", default=instances.CONFIG_DIR),
-            systemd_dir=dict(type="path", default="/etc/systemd/system"),
-            limit_nproc=dict(type="int", default=127),
-            manage_services=dict(type="bool", default=True),
-        ),
-        required_if=[
-            (
-                "state",
-                "present",
-                ("ipv4_range", "ca_path", "cert_path", "key_path", "crl_path", "tls_crypt_path"),
-            ),
-        ],
-        supports_check_mode=True,
-    )
-    params = module.params
-    profile_id = params["profile_id"]
-    config_dir = params["config_dir"]
-    systemd = Systemd(module) if params["manage_services"] else None
-    result = dict(changed=False, plan={}, started=[], restarted=[], removed=[], diff=[])
-
+    module = AnsibleModule(supports_check_mode=True, **SPEC.module_kwargs())
     with fail_on(module, instances.PlanError):
-        instances.check_profile_id(profile_id)
-        plan = None
-        if params["state"] == "present":
-            plan = instances.plan_profile(
-                profile_id,
-                params["ipv4_range"],
-                params["ipv6_range"],
-                cores=params["cores"] or node_facts.usable_cores(),
-                processes=params["processes"],
-                listen=params["listen"],
-                tcp_share=params["tcp_share"],
-                udp_port_base=params["udp_port_base"],
-                tcp_port_base=params["tcp_port_base"],
-                ports_in_use=params["ports_in_use"],
-                listen_address=params["listen_address"],
-            )
-            option_values = {name: params[name] for name in OPTION_NAMES if name in params}
-            if option_values["cpu_has_aes"] is None:
-                option_values["cpu_has_aes"] = node_facts.cpu_has_aes() is not False
-            for name in ("routes", "dns_servers", "dns_search_domains", "extra_directives"):
-                option_values[name] = tuple(option_values[name])
-            options = instances.ServerOptions(**option_values)
-            configs = [
-                (process, instances.render_server_config(plan, process, options))
-                for process in plan.processes
-            ]
+        plan, configs = desired(module.params)
     # Everything is planned and rendered: only now does anything change.
-
     with fail_on(module, OSError):
-        if plan is not None:
-            drop_in = "[Service]\n# vpnfleet: hooks fork; Debian's LimitNPROC=10 is too low.\nLimitNPROC=%d\n"
-            drop_in_changed, drop_in_diff = ensure_file(
-                module, os.path.join(params["systemd_dir"], DROP_IN), drop_in % params["limit_nproc"]
-            )
-            if drop_in_changed:
-                result["diff"].append(drop_in_diff)
-                if systemd:
-                    systemd.run("daemon-reload")
-            for process, text in configs:
-                path = instances.config_path(profile_id, process.index, config_dir)
-                config_changed, config_diff = ensure_file(module, path, text, 0o644)
-                if config_diff:
-                    result["diff"].append(config_diff)
-                unit = instances.unit_name(profile_id, process.index)
-                if not systemd:
-                    continue
-                if not systemd.is_enabled(unit):
-                    systemd.run("enable", unit)
-                    result["changed"] = True
-                if not systemd.is_active(unit):
-                    systemd.run("start", unit)
-                    result["started"].append(unit)
-                elif config_changed or drop_in_changed:
-                    systemd.run("restart", unit)
-                    result["restarted"].append(unit)
-            result["plan"] = plan.as_dict()
-
-        planned = {process.index for process in plan.processes} if plan else set()
-        for index in sorted(existing_indexes(profile_id, config_dir, params["systemd_dir"]) - planned):
-            unit = instances.unit_name(profile_id, index)
-            if systemd:
-                systemd.run("disable", "--now", unit)
-            remove_path(module, instances.config_path(profile_id, index, config_dir))
-            # OpenVPN runs as nobody by then and cannot remove its own socket; the daemon would
-            # list a dead process for it.
-            remove_path(module, instances.management_socket(profile_id, index))
-            result["removed"].append(unit)
-
-    result["changed"] = bool(result["changed"] or result["diff"] or result["started"] or result["removed"])
+        result = apply(module, plan, configs)
     module.exit_json(**result)
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from vpnfleet.shared import pki
+from vpnfleet.shared import files
+from vpnfleet.shared.pki import authority, keys
 
 # Waiting for a process to come up or go away; generous, because a 2-core CI machine is slow.
 WAIT_SECONDS = 60.0
@@ -169,15 +170,20 @@ class Credentials:
 
 
 def issue_files(
-    ca: pki.CertificateAuthority, stem: Path, common_name: str, purpose: str, ip_addresses=(), lifetime_days=2
+    ca: authority.CertificateAuthority,
+    stem: Path,
+    common_name: str,
+    purpose: str,
+    ip_addresses=(),
+    lifetime_days=2,
 ) -> Credentials:
     """Issue a key and certificate from ``ca`` and write them as ``<stem>.crt`` and ``<stem>.key``."""
     private_key, certificate = ca.issue(
         common_name, purpose, ip_addresses=ip_addresses, lifetime_days=lifetime_days
     )
     certificate_path, key_path = Path(f"{stem}.crt"), Path(f"{stem}.key")
-    pki.write_file_atomic(certificate_path, pki.certificate_pem(certificate))
-    pki.write_file_atomic(key_path, pki.private_key_pem(private_key), 0o600)
+    files.write_file_atomic(certificate_path, keys.certificate_pem(certificate))
+    files.write_file_atomic(key_path, keys.private_key_pem(private_key), 0o600)
     return Credentials(certificate_path, key_path, serial=certificate.serial_number)
 
 

@@ -10,6 +10,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from vpnfleet.controller.database import delete_rows
 from vpnfleet.controller.models import LoginFailure, User, utcnow
 from vpnfleet.controller.settings import Settings
 
@@ -83,8 +84,8 @@ class LoginThrottle:
     def is_throttled(self, db: Session, username: str, remote_addr: str, now: datetime) -> bool:
         since = now - self.window
         recent = select(func.count()).select_from(LoginFailure).where(LoginFailure.failed_at > since)
-        by_name = db.scalar(recent.where(LoginFailure.username == username))
-        by_address = db.scalar(recent.where(LoginFailure.remote_addr == remote_addr))
+        by_name = db.scalar(recent.where(LoginFailure.username == username)) or 0
+        by_address = db.scalar(recent.where(LoginFailure.remote_addr == remote_addr)) or 0
         return by_name >= self.max_failures or by_address >= self.max_failures * _ADDRESS_FACTOR
 
     def record_failure(self, db: Session, username: str, remote_addr: str, now: datetime) -> None:
@@ -96,9 +97,9 @@ class LoginThrottle:
         db.commit()
 
     def purge(self, db: Session, now: datetime) -> int:
-        result = db.execute(delete(LoginFailure).where(LoginFailure.failed_at <= now - self.window))
+        purged = delete_rows(db, delete(LoginFailure).where(LoginFailure.failed_at <= now - self.window))
         db.commit()
-        return result.rowcount
+        return purged
 
 
 def authenticate(

@@ -113,7 +113,7 @@ def enable(user_id: int):
 
 
 def _local(url: str | None) -> bool:
-    return bool(url) and url.startswith(request.host_url)
+    return url is not None and url.startswith(request.host_url)
 
 
 def parse_moment(text: str) -> datetime:

@@ -53,7 +53,7 @@ def token():
     return current_app.extensions["vpnfleet_oauth_server"].create_token_response()
 
 
-def _bearer_token() -> tuple[OAuthToken | None, Response | None]:
+def _bearer_token() -> OAuthToken | Response:
     """The request's valid access token, or the OAuth error response (RFC 6750) to send."""
     protector = current_app.extensions["vpnfleet_resource_protector"]
     try:
@@ -64,17 +64,17 @@ def _bearer_token() -> tuple[OAuthToken | None, Response | None]:
         for name, value in error.get_headers():
             if name.lower() != "content-type":
                 response.headers[name] = value
-        return None, response
+        return response
     if access.authorization.user.is_disabled:
-        return None, api_error(403, "this account is disabled")
-    return access, None
+        return api_error(403, "this account is disabled")
+    return access
 
 
 @blueprint.get("/api/v3/info")
 def info():
-    access, refusal = _bearer_token()
-    if refusal:
-        return refusal
+    access = _bearer_token()
+    if isinstance(access, Response):
+        return access
     user = access.authorization.user
     return jsonify(
         info={
@@ -100,9 +100,9 @@ def _client_accepts_openvpn() -> bool:
 
 @blueprint.post("/api/v3/connect")
 def connect():
-    access, refusal = _bearer_token()
-    if refusal:
-        return refusal
+    access = _bearer_token()
+    if isinstance(access, Response):
+        return access
     user = access.authorization.user
     profile_id = request.form.get("profile_id")
     if profile_id is None:
@@ -147,9 +147,9 @@ def connect():
 
 @blueprint.post("/api/v3/disconnect")
 def disconnect():
-    access, refusal = _bearer_token()
-    if refusal:
-        return refusal
+    access = _bearer_token()
+    if isinstance(access, Response):
+        return access
     session = db()
     configs = list(
         session.scalars(

@@ -37,7 +37,8 @@ def create_app(settings: Settings) -> Flask:
         MAX_CONTENT_LENGTH=64 * 1024,
     )
     if settings.behind_proxy:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+        # Flask's documented way to wrap the app in WSGI middleware.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
     engine = make_engine(settings.database_url)
     app.extensions[EXTENSION_KEY] = Controller(
         settings=settings,

@@ -7,7 +7,7 @@ from flask import Blueprint, abort, current_app, render_template, request
 
 from vpnfleet.controller.forms import ActionForm
 from vpnfleet.controller.state import controller
-from vpnfleet.controller.web_session import current_user, login_required
+from vpnfleet.controller.web_session import login_required, signed_in_user
 
 blueprint = Blueprint("authorize", __name__)
 
@@ -17,7 +17,7 @@ blueprint = Blueprint("authorize", __name__)
 @login_required
 def authorize():
     server = current_app.extensions["vpnfleet_oauth_server"]
-    user = current_user()
+    user = signed_in_user()
     try:
         grant = server.get_consent_grant(end_user=user)
     except OAuth2Error as error:
@@ -30,7 +30,11 @@ def authorize():
     if request.method == "GET":
         registration = controller().settings.oauth_client(grant.client.get_client_id())
         return render_template(
-            "authorize.html", app_name=registration.name, form=form, user=user, action=request.full_path
+            "authorize.html",
+            app_name=registration.name if registration else grant.client.get_client_id(),
+            form=form,
+            user=user,
+            action=request.full_path,
         )
     if not form.validate_on_submit():
         abort(400, "the approval form was not valid")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from vpnfleet.shared import pki
+from vpnfleet.shared.pki import authority, keys
 
 
 @dataclass(frozen=True)
@@ -24,16 +24,16 @@ class ClientCertificateIssuer:
 
     def __init__(self, ca_dir: Path):
         self.ca_dir = ca_dir
-        self._ca: pki.CertificateAuthority | None = None
+        self._ca: authority.CertificateAuthority | None = None
 
     @property
-    def ca(self) -> pki.CertificateAuthority:
+    def ca(self) -> authority.CertificateAuthority:
         if self._ca is None:
-            self._ca = pki.CertificateAuthority.load(str(self.ca_dir))
+            self._ca = authority.CertificateAuthority.load(str(self.ca_dir))
         return self._ca
 
     def ca_certificate_pem(self) -> str:
-        return _text(pki.certificate_pem(self.ca.cert))
+        return _text(keys.certificate_pem(self.ca.cert))
 
     def issue(self, expires_at: datetime, now: datetime) -> IssuedClientCertificate:
         # The common name says nothing about the user: it travels in clear in TLS 1.2 handshakes.
@@ -42,10 +42,10 @@ class ClientCertificateIssuer:
         key, cert = self.ca.issue(common_name, "client", lifetime_days=lifetime_days)
         return IssuedClientCertificate(
             common_name=common_name,
-            serial_number=pki.serial_hex(cert.serial_number),
-            certificate_pem=_text(pki.certificate_pem(cert)),
-            private_key_pem=_text(pki.private_key_pem(key)),
-            expires_at=pki.not_after(cert).replace(tzinfo=None),
+            serial_number=keys.serial_hex(cert.serial_number),
+            certificate_pem=_text(keys.certificate_pem(cert)),
+            private_key_pem=_text(keys.private_key_pem(key)),
+            expires_at=keys.not_after(cert).replace(tzinfo=None),
         )
 
     def revoke(self, serial_number: str) -> None:

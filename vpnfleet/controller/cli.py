@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from sqlalchemy import select
@@ -15,8 +14,9 @@ from vpnfleet.controller.configs import disable_user
 from vpnfleet.controller.database import migrate
 from vpnfleet.controller.housekeeping import run_housekeeping
 from vpnfleet.controller.models import User
-from vpnfleet.controller.settings import SettingsError, load_settings
+from vpnfleet.controller.settings import load_settings
 from vpnfleet.controller.state import controller, db
+from vpnfleet.settings_file import SettingsError, add_settings_argument
 
 DEFAULT_SETTINGS = "/etc/vpnfleet/controller.yml"
 SETTINGS_ENVIRONMENT = "VPNFLEET_CONTROLLER_SETTINGS"
@@ -24,11 +24,7 @@ SETTINGS_ENVIRONMENT = "VPNFLEET_CONTROLLER_SETTINGS"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpnfleet-controller", description=__doc__)
-    parser.add_argument(
-        "--settings",
-        default=os.environ.get(SETTINGS_ENVIRONMENT, DEFAULT_SETTINGS),
-        help=f"settings file (default: ${SETTINGS_ENVIRONMENT} or {DEFAULT_SETTINGS})",
-    )
+    add_settings_argument(parser, DEFAULT_SETTINGS, SETTINGS_ENVIRONMENT)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check-settings", help="load and check the settings file")
     commands.add_parser("migrate", help="create or upgrade the database schema")
@@ -84,7 +80,7 @@ def _user(arguments: argparse.Namespace) -> int:
         print(f"vpnfleet-controller: {error}", file=sys.stderr)
         return 2
     if arguments.disabled and change.changed:
-        user = db().scalar(select(User).where(User.username == arguments.username))
+        user = db().scalars(select(User).where(User.username == arguments.username)).one()
         disable_user(controller(), db(), user)
     print(json.dumps({"changed": change.changed, "created": change.created}))
     return 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Delete, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -26,6 +27,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def delete_rows(db: Session, statement: Delete) -> int:
+    """Run a DELETE; the number of rows it removed."""
+    # A DML statement's result is a CursorResult, which Session.execute's annotation does not say.
+    return cast("CursorResult", db.execute(statement)).rowcount
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -90,7 +90,7 @@ def capacity_table(settings: Settings, view: FleetView) -> list[CapacityRow]:
                     profile_id=profile.id,
                     location=location,
                     clients=clients,
-                    capacity=None if None in limits else sum(limits),
+                    capacity=None if None in limits else sum(limit for limit in limits if limit is not None),
                     nodes_unreachable=sum(1 for node in nodes if node.name in unreachable),
                 )
             )

@@ -9,6 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from vpnfleet.controller.configs import disconnect_everywhere
+from vpnfleet.controller.database import delete_rows
 from vpnfleet.controller.fleet import live_connections
 from vpnfleet.controller.models import ConnectionLogEntry, OAuthCode, utcnow
 from vpnfleet.controller.state import Controller
@@ -62,10 +63,10 @@ def run_housekeeping(controller: Controller, db: Session) -> HousekeepingReport:
             report.log_rows_closed += 1
 
     retention_start = now - controller.settings.connection_log_retention
-    report.log_rows_purged = db.execute(
-        delete(ConnectionLogEntry).where(ConnectionLogEntry.disconnected_at < retention_start)
-    ).rowcount
-    report.codes_purged = db.execute(delete(OAuthCode).where(OAuthCode.expires_at < now)).rowcount
+    report.log_rows_purged = delete_rows(
+        db, delete(ConnectionLogEntry).where(ConnectionLogEntry.disconnected_at < retention_start)
+    )
+    report.codes_purged = delete_rows(db, delete(OAuthCode).where(OAuthCode.expires_at < now))
     db.commit()
     report.login_failures_purged = controller.throttle.purge(db, now)
     return report

@@ -31,7 +31,7 @@ class BadField(ValueError):
 @blueprint.before_request
 def authenticate_node():
     auth = request.authorization
-    node = controller().settings.node(auth.username) if auth and auth.type == "basic" else None
+    node = controller().settings.node(auth.username or "") if auth and auth.type == "basic" else None
     presented = hashlib.sha256((auth.password or "").encode() if auth else b"").hexdigest()
     expected = node.api_token_sha256 if node else _NO_NODE_HASH
     if not hmac.compare_digest(presented, expected) or node is None:
@@ -52,15 +52,20 @@ def _fields() -> dict:
     return data
 
 
-def _text(data, name: str, *, required: bool = False, limit: int = 64) -> str | None:
+def _text(data, name: str, *, limit: int = 64) -> str | None:
     value = data.get(name)
     if value in (None, ""):
-        if required:
-            raise BadField(f'missing "{name}"')
         return None
     value = str(value)
     if len(value) > limit:
         raise BadField(f'"{name}" is too long')
+    return value
+
+
+def _required_text(data, name: str) -> str:
+    value = _text(data, name)
+    if value is None:
+        raise BadField(f'missing "{name}"')
     return value
 
 
@@ -100,8 +105,8 @@ def _refusal(reason: str, common_name: str) -> Response:
 @blueprint.post("/connect")
 def client_connect():
     data = _fields()
-    common_name = _text(data, "common_name", required=True)
-    profile_id = _text(data, "profile_id", required=True)
+    common_name = _required_text(data, "common_name")
+    profile_id = _required_text(data, "profile_id")
     node: Node = g.node
     session = db()
     now = utcnow()
@@ -139,7 +144,7 @@ def client_connect():
 @blueprint.post("/disconnect")
 def client_disconnect():
     data = _fields()
-    common_name = _text(data, "common_name", required=True)
+    common_name = _required_text(data, "common_name")
     ipv4 = _address(data, "ipv4")
     bytes_received, bytes_sent = _count(data, "bytes_received"), _count(data, "bytes_sent")
     session = db()

@@ -12,10 +12,10 @@ from vpnfleet.controller.forms import ActionForm, CreateConfigForm, LoginForm
 from vpnfleet.controller.models import VpnConfig, utcnow
 from vpnfleet.controller.state import controller, db
 from vpnfleet.controller.web_session import (
-    current_user,
     login_required,
     safe_next,
     session_expires_at,
+    signed_in_user,
     start_session,
 )
 
@@ -41,7 +41,7 @@ def login():
         db(), controller().throttle, form.username.data, form.password.data, request.remote_addr or "unknown"
     )
     if user is None:
-        status, message = _LOGIN_REFUSALS[refusal]
+        status, message = _LOGIN_REFUSALS[refusal or "invalid"]
         return render_template("login.html", form=form, error=message), status
     start_session(user)
     return redirect(safe_next(form.next.data))
@@ -68,7 +68,7 @@ def _create_form(user) -> CreateConfigForm:
 @blueprint.get("/")
 @login_required
 def home():
-    user = current_user()
+    user = signed_in_user()
     return _render_home(user, _create_form(user))
 
 
@@ -90,7 +90,7 @@ def _render_home(user, form, error: str | None = None, status: int = 200):
 @blueprint.post("/configs")
 @login_required
 def create():
-    user = current_user()
+    user = signed_in_user()
     form = _create_form(user)
     if not form.validate_on_submit():
         return _render_home(user, form, "Choose a profile and give the config a name.", 400)
@@ -122,7 +122,7 @@ def delete(config_id: int):
     if not ActionForm().validate_on_submit():
         abort(400, "the delete form was not valid")
     config = db().get(VpnConfig, config_id)
-    if config is None or config.user_id != current_user().id:
+    if config is None or config.user_id != signed_in_user().id:
         abort(404, "no such config")
     unreachable = revoke_configs(controller(), db(), [config])
     message = f'Deleted "{config.display_name}".'

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS, OAuthClient
-from vpnfleet.settings_file import read_settings_file
-
-
-class SettingsError(ValueError):
-    """A settings file that the controller cannot run with; the message names the setting."""
-
+from vpnfleet.settings_file import REQUIRED, SettingsError, SettingsReader, load_settings_file
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -115,65 +111,14 @@ class Settings:
         return next((client for client in self.oauth_clients if client.client_id == client_id), None)
 
 
-class _Reader:
-    """Reads one mapping of the file and names the path of a bad value in its error."""
+class _Reader(SettingsReader):
+    """The shared reader, plus the networks that profiles name."""
 
-    def __init__(self, data: Any, path: str):
-        if not isinstance(data, dict):
-            raise SettingsError(f"{path or 'settings'}: must be a mapping")
-        self.data = data
-        self.path = path
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, nonempty=False) -> Any:
-        if key not in self.data or self.data[key] is None:
-            if default is ...:
-                raise SettingsError(f"{self.where(key)}: is required")
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # YAML's yes/no are booleans, and a bool is an int to Python: refuse it where a number is meant.
-        if isinstance(value, bool) and bool not in kinds:
-            raise SettingsError(f"{self.where(key)}: must be {_kind_name(kind)}, not a boolean")
-        if not isinstance(value, kinds):
-            raise SettingsError(f"{self.where(key)}: must be {_kind_name(kind)}, got {value!r}")
-        if nonempty and not value:
-            raise SettingsError(f"{self.where(key)}: must not be empty")
-        return value
-
-    def items(self, key: str, default: Any = ...) -> list[_Reader]:
-        return [
-            _Reader(item, f"{self.where(key)}[{index}]")
-            for index, item in enumerate(self.get(key, list, default))
-        ]
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        values = self.get(key, list, [])
-        for index, value in enumerate(values):
-            if not isinstance(value, str) or not value:
-                raise SettingsError(f"{self.where(key)}[{index}]: must be a non-empty string")
-        return tuple(values)
-
-    def network(self, key: str, version: int, default: Any = ...):
+    def network(self, key: str, version: int, default: Any = REQUIRED) -> Any:
         value = self.get(key, str, default)
         if value is None:
             return None
         return _network(value, version, self.where(key))
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        list: "a list",
-        dict: "a mapping",
-    }
-    return " or ".join(names.get(item, item.__name__) for item in kinds)
 
 
 def _network(value: str, version: int | None, where: str):
@@ -259,8 +204,6 @@ def _read_node(reader: _Reader, profile_ids: set[str]) -> Node:
 
 
 def _read_oauth_clients(reader: _Reader) -> tuple[OAuthClient, ...]:
-    if "oauth_clients" not in reader.data:
-        return DEFAULT_OAUTH_CLIENTS
     clients = []
     for client in reader.items("oauth_clients"):
         client_id = client.get("client_id", str, nonempty=True)
@@ -270,6 +213,36 @@ def _read_oauth_clients(reader: _Reader) -> tuple[OAuthClient, ...]:
         if not clients[-1].redirect_uris:
             raise SettingsError(f"{client.where('redirect_uris')}: must list at least one URI")
     return tuple(clients)
+
+
+def _as_read(value: Any, setting: str) -> Any:
+    return value
+
+
+def _seconds(value: float, setting: str) -> float:
+    return float(value)
+
+
+def _at_least_one(value: int, setting: str) -> int:
+    if value < 1:
+        raise SettingsError(f"{setting}: must be at least 1")
+    return value
+
+
+# The settings a file may leave out, each with its type in the file and how it becomes the value of
+# Settings; their defaults are the dataclass's (Settings above), and nowhere else.
+_OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] = {
+    "daemon_port": (int, _as_read),
+    "daemon_timeout_seconds": ((int, float), _seconds),
+    "session_expiry": ((str, int), parse_duration),
+    "max_configs_per_user": (int, _at_least_one),
+    "access_token_lifetime": ((str, int), parse_duration),
+    "authorization_code_lifetime": ((str, int), parse_duration),
+    "login_max_failures": (int, _as_read),
+    "login_failure_window": ((str, int), parse_duration),
+    "connection_log_retention": ((str, int), parse_duration),
+    "behind_proxy": (bool, _as_read),
+}
 
 
 def settings_from_mapping(data: Any) -> Settings:
@@ -297,9 +270,13 @@ def settings_from_mapping(data: Any) -> Settings:
     if len(set(node_names)) != len(node_names):
         raise SettingsError(f"nodes: a node name is used twice: {node_names}")
     daemon = _Reader(reader.get("daemon_client", dict), "daemon_client")
-    max_configs = reader.get("max_configs_per_user", int, 3)
-    if max_configs < 1:
-        raise SettingsError("max_configs_per_user: must be at least 1")
+    optional = {
+        setting: convert(reader.get(setting, kind), setting)
+        for setting, (kind, convert) in _OPTIONAL.items()
+        if reader.has(setting)
+    }
+    if "oauth_clients" in reader.data:
+        optional["oauth_clients"] = _read_oauth_clients(reader)
     return Settings(
         base_url=base_url,
         secret_key=secret_key,
@@ -310,28 +287,10 @@ def settings_from_mapping(data: Any) -> Settings:
         ),
         profiles=profiles,
         nodes=nodes,
-        daemon_port=reader.get("daemon_port", int, 41194),
-        daemon_timeout_seconds=float(reader.get("daemon_timeout_seconds", (int, float), 5.0)),
-        session_expiry=parse_duration(reader.get("session_expiry", (str, int), "90d"), "session_expiry"),
-        max_configs_per_user=max_configs,
-        access_token_lifetime=parse_duration(
-            reader.get("access_token_lifetime", (str, int), "1h"), "access_token_lifetime"
-        ),
-        authorization_code_lifetime=parse_duration(
-            reader.get("authorization_code_lifetime", (str, int), "5m"), "authorization_code_lifetime"
-        ),
-        login_max_failures=reader.get("login_max_failures", int, 5),
-        login_failure_window=parse_duration(
-            reader.get("login_failure_window", (str, int), "15m"), "login_failure_window"
-        ),
-        connection_log_retention=parse_duration(
-            reader.get("connection_log_retention", (str, int), "90d"), "connection_log_retention"
-        ),
-        oauth_clients=_read_oauth_clients(reader),
-        behind_proxy=reader.get("behind_proxy", bool, True),
+        **optional,
     )
 
 
 def load_settings(path: str | Path) -> Settings:
     """Load the settings file that the role writes."""
-    return settings_from_mapping(read_settings_file(path, SettingsError, "settings"))
+    return load_settings_file(path, settings_from_mapping)

@@ -39,6 +39,14 @@ def current_user() -> User | None:
     return user
 
 
+def signed_in_user() -> User:
+    """The user of a view behind login_required, which has made sure that there is one."""
+    user = current_user()
+    if user is None:
+        abort(401, "not logged in")
+    return user
+
+
 def safe_next(target: str | None) -> str:
     """Only a local path is a place to go back to after login (no open redirect)."""
     if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
@@ -60,7 +68,7 @@ def admin_required(view):
     @functools.wraps(view)
     @login_required
     def wrapped(*args, **kwargs):
-        if not current_user().is_admin:
+        if not signed_in_user().is_admin:
             abort(403, "this page is for administrators")
         return view(*args, **kwargs)
 

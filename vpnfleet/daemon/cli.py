@@ -1,4 +1,4 @@
-"""`vpnfleet-daemon --config FILE`: load the settings, start the HTTPS server, stop on SIGTERM."""
+"""`vpnfleet-daemon --settings FILE`: load the settings, start the HTTPS server, stop on SIGTERM."""
 
 import argparse
 import logging
@@ -6,11 +6,13 @@ import signal
 import sys
 import threading
 
-from .server import create_server
-from .settings import DEFAULT_CONFIG_PATH, ConfigError, DaemonSettings
+from vpnfleet.settings_file import SettingsError, add_settings_argument, load_settings_file
 
-# Exit status for a configuration that cannot work, so systemd does not restart into it blindly.
-EXIT_CONFIG_ERROR = 2
+from .server import create_server
+from .settings import DEFAULT_SETTINGS_PATH, DaemonSettings
+
+# Exit status for settings that cannot work, so systemd does not restart into them blindly.
+EXIT_SETTINGS_ERROR = 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,15 +20,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="vpnfleet-daemon",
         description="The node's VPN daemon: lists and disconnects OpenVPN clients for the controller.",
     )
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="settings file (YAML or JSON)")
+    add_settings_argument(parser, DEFAULT_SETTINGS_PATH)
     args = parser.parse_args(argv)
     # systemd's journal adds the time stamps.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     try:
-        server = create_server(DaemonSettings.from_file(args.config))
-    except ConfigError as exc:
+        # A key that does not fit or a port taken are refusals of the file too: name it for them.
+        server = load_settings_file(
+            args.settings, lambda data: create_server(DaemonSettings.from_mapping(data))
+        )
+    except SettingsError as exc:
         print(f"vpnfleet-daemon: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return EXIT_SETTINGS_ERROR
 
     def stop(signum, frame) -> None:
         # shutdown() waits for serve_forever() to return, so it must run outside of it.

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # A client told HALT stops for good; the default RESTART would make it reconnect at once and
 # undo the disconnect the controller asked for.
@@ -97,7 +98,7 @@ def parse_client_list(status_lines: Iterable[str]) -> list[ConnectedClient]:
             if len(cells) - 1 != len(columns):
                 raise ManagementError(f"status reply has a malformed client row: {line!r}")
             row = dict(zip(columns, cells[1:], strict=True))
-            values: dict[str, object] = {field: row[column] for field, column in _CLIENT_COLUMNS.items()}
+            values: dict[str, Any] = {field: row[column] for field, column in _CLIENT_COLUMNS.items()}
             try:
                 for field in _INTEGER_FIELDS:
                     values[field] = int(values[field])
@@ -152,9 +153,15 @@ class ManagementSession:
             if line.startswith("ERROR:"):
                 return False
 
+    @property
+    def _connected(self) -> socket.socket:
+        if self._sock is None:
+            raise ManagementError("not connected: use the session as a context manager")
+        return self._sock
+
     def _send(self, command: str) -> None:
-        self._sock.settimeout(self._remaining())
-        self._sock.sendall(command.encode("ascii") + b"\n")
+        self._connected.settimeout(self._remaining())
+        self._connected.sendall(command.encode("ascii") + b"\n")
 
     def _read_reply_line(self) -> str:
         # Lines starting with ">" are real-time notifications (log, bytecount, ...) that may
@@ -167,8 +174,8 @@ class ManagementSession:
         while (end := self._buffer.find(b"\n")) < 0:
             if len(self._buffer) > MAX_LINE_BYTES:
                 raise ManagementError("reply line too long")
-            self._sock.settimeout(self._remaining())
-            chunk = self._sock.recv(65536)
+            self._connected.settimeout(self._remaining())
+            chunk = self._connected.recv(65536)
             if not chunk:
                 raise ManagementError("the process closed the management connection")
             self._buffer += chunk

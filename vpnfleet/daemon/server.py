@@ -13,9 +13,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from vpnfleet.settings_file import SettingsError
+
 from .api import ROUTES, ApiError, Parameters
 from .management import ProcessFleet
-from .settings import ConfigError, DaemonSettings
+from .settings import DaemonSettings
 from .tls import peer_common_name, peer_refusal, server_context
 
 log = logging.getLogger("vpnfleet.daemon")
@@ -133,9 +135,11 @@ class DaemonHTTPServer(ThreadingHTTPServer):
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         # HTTPServer.server_bind would resolve our own name, which hangs where DNS is unreachable.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
-    def finish_request(self, request: socket.socket, client_address) -> None:
+    # A TCP server's requests are its accepted sockets, never the datagrams the base class allows.
+    def finish_request(self, request: socket.socket, client_address) -> None:  # type: ignore[override]
         """Runs in the connection's own thread, so a slow handshake never blocks accepting others."""
         request.settimeout(HANDSHAKE_TIMEOUT)
         try:
@@ -149,7 +153,7 @@ class DaemonHTTPServer(ThreadingHTTPServer):
             if refusal:
                 log.warning("refused %s (%s): %s", client_address[0], peer_common_name(tls_socket), refusal)
                 return
-            self.RequestHandlerClass(tls_socket, client_address, self)
+            DaemonRequestHandler(tls_socket, client_address, self)
         finally:
             tls_socket.close()
 
@@ -159,13 +163,14 @@ class DaemonHTTPServer(ThreadingHTTPServer):
 
 
 def create_server(settings: DaemonSettings) -> DaemonHTTPServer:
-    """The app factory: everything the daemon needs, from its settings; raises ConfigError."""
+    """The app factory: everything the daemon needs, from its settings; raises SettingsError."""
     tls_context = server_context(settings)
     fleet = ProcessFleet(settings.management_socket_glob, settings.management_timeout)
     try:
         return DaemonHTTPServer(settings, tls_context, fleet)
     except OSError as exc:
         fleet.close()
-        raise ConfigError(
-            f"cannot listen on [{settings.listen_address}]:{settings.listen_port}: {exc.strerror or exc}"
+        raise SettingsError(
+            f"listen_address/listen_port: cannot listen on [{settings.listen_address}]:"
+            f"{settings.listen_port}: {exc.strerror or exc}"
         ) from None

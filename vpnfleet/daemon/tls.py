@@ -1,12 +1,14 @@
 """Mutual TLS for the daemon: TLS 1.3 only, and only the controller's `daemon_client` certificate."""
 
 import ssl
+from typing import cast
 
 from cryptography import x509
 
-from vpnfleet.shared import pki
+from vpnfleet.settings_file import SettingsError
+from vpnfleet.shared.pki import keys
 
-from .settings import ConfigError, DaemonSettings
+from .settings import DaemonSettings
 
 ACCEPTED_CLIENT_PURPOSE = "daemon_client"
 
@@ -20,19 +22,19 @@ def server_context(settings: DaemonSettings) -> ssl.SSLContext:
     try:
         context.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
+        raise SettingsError(
             f"tls_certificate/tls_private_key: cannot use {settings.tls_certificate} with "
             f"{settings.tls_private_key}: {exc}"
         ) from None
     try:
         context.load_verify_locations(cafile=settings.tls_ca)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"tls_ca: cannot load {settings.tls_ca}: {exc}") from None
+        raise SettingsError(f"tls_ca: cannot load {settings.tls_ca}: {exc}") from None
     if settings.tls_crl is not None:
         try:
             context.load_verify_locations(cafile=settings.tls_crl)
         except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"tls_crl: cannot load {settings.tls_crl}: {exc}") from None
+            raise SettingsError(f"tls_crl: cannot load {settings.tls_crl}: {exc}") from None
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 
@@ -46,13 +48,16 @@ def peer_refusal(tls_socket: ssl.SSLSocket) -> str | None:
     der = tls_socket.getpeercert(binary_form=True)
     if der is None:
         return "no client certificate"
-    purpose = pki.certificate_purpose(x509.load_der_x509_certificate(der))
+    purpose = keys.certificate_purpose(x509.load_der_x509_certificate(der))
     if purpose != ACCEPTED_CLIENT_PURPOSE:
         return f"certificate purpose is {purpose}, not {ACCEPTED_CLIENT_PURPOSE}"
     return None
 
 
 def peer_common_name(tls_socket: ssl.SSLSocket) -> str:
-    subject = (tls_socket.getpeercert() or {}).get("subject", ())
+    # ssl's getpeercert() gives the subject as RDNs of (key, value) pairs.
+    subject = cast(
+        "tuple[tuple[tuple[str, str], ...], ...]", (tls_socket.getpeercert() or {}).get("subject", ())
+    )
     names = [value for rdn in subject for key, value in rdn if key == "commonName"]
     return names[0] if names else "?"

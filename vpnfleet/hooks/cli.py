@@ -1,9 +1,9 @@
-"""`vpnfleet-hook`: OpenVPN's client-connect/-disconnect hooks, their shim and a config check.
+"""`vpnfleet-hook`: OpenVPN's client-connect/-disconnect hooks, their shim and a settings check.
 
-    vpnfleet-hook [--config FILE] check-config          exit 2 with the reason when the file is wrong
-    vpnfleet-hook [--config FILE] install-shim PATH     write the /bin/sh shim OpenVPN runs; prints
+    vpnfleet-hook [--settings FILE] check-settings      exit 2 with the reason when the file is wrong
+    vpnfleet-hook [--settings FILE] install-shim PATH   write the /bin/sh shim OpenVPN runs; prints
                                                         {"changed": true|false}
-    vpnfleet-hook [--config FILE] run [--deferred] [--profile ID] [OPENVPN_FILE]
+    vpnfleet-hook [--settings FILE] run [--deferred] [--profile ID] [OPENVPN_FILE]
                                                         one hook run, from OpenVPN's environment
 
 OpenVPN runs the shim (``client-connect PATH`` and ``client-disconnect PATH``). For a connect the
@@ -23,10 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .hook import CONNECT, DISCONNECT, ClientEvent, DecisionLog, deliver, run_connect, run_disconnect
-from .settings import DEFAULT_CONFIG_PATH, ConfigError, HookSettings
+from vpnfleet.settings_file import SettingsError, add_settings_argument
 
-EXIT_CONFIG_ERROR = 2
+from .hook import CONNECT, DISCONNECT, ClientEvent, DecisionLog, deliver, run_connect, run_disconnect
+from .settings import DEFAULT_SETTINGS_PATH, HookSettings
+
+EXIT_SETTINGS_ERROR = 2
 # Beyond timeout_seconds, the worker's own hard limit: a client is never left deferred for ever.
 DEADLINE_MARGIN_SECONDS = 2.0
 
@@ -36,10 +38,10 @@ SHIM_TEMPLATE = """#!/bin/sh
 # controller runs in the background, so this OpenVPN process never waits for it. For a connect it
 # first tells OpenVPN "deferred" (2); the worker then writes 1 (allow) or 0 (deny).
 PYTHON={python}
-CONFIG={config}
+SETTINGS={settings}
 # Checked here, as OpenVPN's user: a worker that cannot start would leave the client waiting.
-if [ ! -x "$PYTHON" ] || [ ! -r "$CONFIG" ]; then
-    echo "vpnfleet-hook: $PYTHON is not executable or $CONFIG not readable as $(id -un)" >&2
+if [ ! -x "$PYTHON" ] || [ ! -r "$SETTINGS" ]; then
+    echo "vpnfleet-hook: $PYTHON is not executable or $SETTINGS not readable as $(id -un)" >&2
     exit 1
 fi
 case "$script_type" in
@@ -57,18 +59,20 @@ client-disconnect)
     exit 1
     ;;
 esac
-"$PYTHON" -I -m vpnfleet.hooks --config "$CONFIG" run --deferred </dev/null >/dev/null &
+"$PYTHON" -I -m vpnfleet.hooks --settings "$SETTINGS" run --deferred </dev/null >/dev/null &
 exit 0
 """
 
 
-def render_shim(config_path: str | os.PathLike, python: str = sys.executable) -> str:
-    return SHIM_TEMPLATE.format(python=shlex.quote(str(python)), config=shlex.quote(str(config_path)))
+def render_shim(settings_path: str | os.PathLike[str], python: str = sys.executable) -> str:
+    return SHIM_TEMPLATE.format(python=shlex.quote(str(python)), settings=shlex.quote(str(settings_path)))
 
 
-def install_shim(destination: Path, config_path: str | os.PathLike, python: str = sys.executable) -> bool:
+def install_shim(
+    destination: Path, settings_path: str | os.PathLike[str], python: str = sys.executable
+) -> bool:
     """Write the shim (0755) atomically; True when the file changed."""
-    text = render_shim(config_path, python)
+    text = render_shim(settings_path, python)
     try:
         if destination.read_text() == text and (destination.stat().st_mode & 0o777) == 0o755:
             return False
@@ -92,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="vpnfleet-hook",
         description="OpenVPN client-connect/-disconnect hooks for the vpnfleet controller.",
     )
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG_PATH), help="hooks settings (YAML)")
+    add_settings_argument(parser, DEFAULT_SETTINGS_PATH)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("check-config", help="load and check the settings")
+    commands.add_parser("check-settings", help="load and check the settings file")
     shim = commands.add_parser("install-shim", help="write the shim that OpenVPN runs")
     shim.add_argument("path", type=Path)
     run = commands.add_parser("run", help="one hook run from OpenVPN's environment")
@@ -105,16 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "install-shim":
-        print(json.dumps({"changed": install_shim(args.path, Path(args.config).absolute())}))
+        print(json.dumps({"changed": install_shim(args.path, Path(args.settings).absolute())}))
         return 0
-    if args.command == "check-config":
+    if args.command == "check-settings":
         try:
-            settings = HookSettings.from_file(args.config)
-        except ConfigError as exc:
+            settings = HookSettings.from_file(args.settings)
+        except SettingsError as exc:
             print(f"vpnfleet-hook: {exc}", file=sys.stderr)
-            return EXIT_CONFIG_ERROR
+            return EXIT_SETTINGS_ERROR
         print(
-            f"{args.config}: ok (node {settings.node_name}, {settings.node_api_url}, "
+            f"{args.settings}: ok (node {settings.node_name}, {settings.node_api_url}, "
             f"timeout {settings.timeout_seconds:g} s, unreachable_policy {settings.unreachable_policy})"
         )
         return 0
@@ -124,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     environment = dict(os.environ)
     try:
-        settings = HookSettings.from_file(args.config)
-    except ConfigError as exc:
+        settings = HookSettings.from_file(args.settings)
+    except SettingsError as exc:
         # Without settings there is no policy to follow: refuse, and say why.
         event = ClientEvent.from_environment(environment, None, args.profile)
         log = DecisionLog()
@@ -135,7 +139,7 @@ def _run(args) -> int:
                 deliver(event, False, log)
             return 1
         log.line(f"{event.script_type or 'run'} {event.describe()}: not reported: {exc}", warning=True)
-        return EXIT_CONFIG_ERROR
+        return EXIT_SETTINGS_ERROR
     event = ClientEvent.from_environment(environment, settings, args.profile)
     log = DecisionLog(settings.syslog)
     _hard_deadline(settings, event, log, args.deferred)
@@ -145,7 +149,7 @@ def _run(args) -> int:
         run_disconnect(settings, event, log)
         return 0
     log.line(f"unexpected script_type {event.script_type!r}: run only as client-connect/-disconnect")
-    return EXIT_CONFIG_ERROR
+    return EXIT_SETTINGS_ERROR
 
 
 def _hard_deadline(settings: HookSettings, event: ClientEvent, log: DecisionLog, deferred: bool) -> None:

@@ -8,6 +8,7 @@ import json
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 from .settings import HookSettings
@@ -40,8 +41,12 @@ def post(settings: HookSettings, call: str, fields: dict) -> Answer:
     url = urlsplit(f"{settings.node_api_url}/{call}")
     credentials = base64.b64encode(f"{settings.node_name}:{settings.token}".encode()).decode()
     body = json.dumps({key: value for key, value in fields.items() if value not in (None, "")}).encode()
+    # HookSettings refuses a controller_url without a host name.
     connection = http.client.HTTPSConnection(
-        url.hostname, url.port or 443, timeout=settings.timeout_seconds, context=tls_context(settings)
+        cast(str, url.hostname),
+        url.port or 443,
+        timeout=settings.timeout_seconds,
+        context=tls_context(settings),
     )
     try:
         connection.request(

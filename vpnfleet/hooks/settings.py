@@ -17,47 +17,32 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from vpnfleet.settings_file import read_settings_file
+from vpnfleet.settings_file import SettingsReader, load_settings_file
 
-DEFAULT_CONFIG_PATH = Path("/etc/vpnfleet/hooks.yaml")
-DEFAULT_TIMEOUT_SECONDS = 3.0
+DEFAULT_SETTINGS_PATH = Path("/etc/vpnfleet/hooks.yaml")
 MIN_TIMEOUT_SECONDS = 0.1
 # OpenVPN's client waits for its PUSH_REPLY; a check that takes longer than this helps nobody.
 MAX_TIMEOUT_SECONDS = 30.0
 POLICIES = ("allow", "deny")
-DEFAULT_POLICY = "allow"
 _PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-_KNOWN = (
-    "controller_url",
-    "node_name",
-    "token_file",
-    "ca_file",
-    "timeout_seconds",
-    "unreachable_policy",
-    "syslog",
-    "profile_id",
-)
-
-
-class ConfigError(Exception):
-    """The settings cannot be used; the message names the file, the setting and the reason."""
 
 
 @dataclass(frozen=True)
 class HookSettings:
     controller_url: str
     node_name: str
-    token: str
+    token: str  # read from token_file, never a setting of its own
     token_file: Path
-    ca_file: Path | None
-    timeout_seconds: float
-    unreachable_policy: str
-    syslog: bool
-    profile_id: str | None
+    ca_file: Path | None = None
+    timeout_seconds: float = 3.0
+    unreachable_policy: str = "allow"
+    syslog: bool = False
+    profile_id: str | None = None
 
     def __repr__(self) -> str:  # never the token
         return f"HookSettings(controller_url={self.controller_url!r}, node_name={self.node_name!r}, ...)"
@@ -67,100 +52,82 @@ class HookSettings:
         return self.controller_url + "/node-api/v1"
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> HookSettings:
-        data = read_settings_file(path, ConfigError, "hooks configuration")
-        return cls.from_mapping(data, source=str(path))
+    def from_file(cls, path: str | os.PathLike[str]) -> HookSettings:
+        return load_settings_file(path, cls.from_mapping)
 
     @classmethod
-    def from_mapping(cls, data: object, source: str = "hooks configuration") -> HookSettings:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        unknown = sorted(str(key) for key in data if key not in _KNOWN)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(_KNOWN)}"
-            )
+    def from_mapping(cls, data: object) -> HookSettings:
+        """The settings, checked; a SettingsError names the first wrong setting and the reason."""
+        reader = SettingsReader(data)
+        reader.refuse_unknown(field.name for field in fields(cls) if field.name != "token")
 
-        def fail(name: str, why: str) -> ConfigError:
-            return ConfigError(f"{source}: {name}: {why}")
-
-        def text(name: str, required: bool = True) -> str | None:
-            value = data.get(name)
-            if value is None or value == "":
-                if required:
-                    raise fail(name, "is required")
-                return None
-            if not isinstance(value, str):
-                raise fail(name, f"must be a string, got {type(value).__name__}")
-            return value
-
-        url = text("controller_url").rstrip("/")
+        url = reader.get("controller_url", str, nonempty=True).rstrip("/")
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
-            raise fail("controller_url", f"{url!r} must be an https:// URL without query or fragment")
-        node_name = text("node_name")
+            raise reader.fail("controller_url", f"{url!r} must be an https:// URL without query or fragment")
+        node_name = reader.get("node_name", str, nonempty=True)
         if ":" in node_name or any(ch.isspace() for ch in node_name):
-            raise fail("node_name", f"{node_name!r} must not contain ':' or white space")
+            raise reader.fail("node_name", f"{node_name!r} must not contain ':' or white space")
+        token_file = Path(reader.get("token_file", str, nonempty=True))
+        # What the file leaves out keeps the dataclass's default.
+        values: dict[str, Any] = {}
 
-        token_file = Path(text("token_file"))
-        token = _read_token(token_file, fail)
-
-        ca_file = text("ca_file", required=False)
-        if ca_file is not None:
-            ca_file = Path(ca_file)
+        if reader.has("ca_file"):
+            ca_file = Path(reader.get("ca_file", str, nonempty=True))
             try:
                 with open(ca_file, "rb") as handle:
                     if b"-----BEGIN CERTIFICATE-----" not in handle.read():
-                        raise fail("ca_file", f"{ca_file} holds no PEM certificate")
+                        raise reader.fail("ca_file", f"{ca_file} holds no PEM certificate")
             except OSError as exc:
-                raise fail("ca_file", f"cannot read {ca_file}: {exc.strerror}") from None
+                raise reader.fail("ca_file", f"cannot read {ca_file}: {exc.strerror}") from None
+            values["ca_file"] = ca_file
 
-        timeout = data.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise fail("timeout_seconds", f"must be a number of seconds, got {timeout!r}")
-        if not MIN_TIMEOUT_SECONDS <= timeout <= MAX_TIMEOUT_SECONDS:
-            raise fail(
-                "timeout_seconds", f"{timeout} is not between {MIN_TIMEOUT_SECONDS} and {MAX_TIMEOUT_SECONDS}"
-            )
+        if reader.has("timeout_seconds"):
+            timeout = reader.get("timeout_seconds", (int, float))
+            if not MIN_TIMEOUT_SECONDS <= timeout <= MAX_TIMEOUT_SECONDS:
+                raise reader.fail(
+                    "timeout_seconds",
+                    f"{timeout} is not between {MIN_TIMEOUT_SECONDS} and {MAX_TIMEOUT_SECONDS}",
+                )
+            values["timeout_seconds"] = float(timeout)
 
-        policy = data.get("unreachable_policy", DEFAULT_POLICY)
-        if policy not in POLICIES:
-            raise fail("unreachable_policy", f"{policy!r} is not one of {', '.join(POLICIES)}")
+        if reader.has("unreachable_policy"):
+            policy = reader.get("unreachable_policy", str)
+            if policy not in POLICIES:
+                raise reader.fail("unreachable_policy", f"{policy!r} is not one of {', '.join(POLICIES)}")
+            values["unreachable_policy"] = policy
 
-        use_syslog = data.get("syslog", False)
-        if not isinstance(use_syslog, bool):
-            raise fail("syslog", f"must be true or false, got {use_syslog!r}")
+        if reader.has("syslog"):
+            values["syslog"] = reader.get("syslog", bool)
 
-        profile_id = text("profile_id", required=False)
-        if profile_id is not None and not _PROFILE_ID.match(profile_id):
-            raise fail("profile_id", f"{profile_id!r} is not a profile id (a-z, 0-9, '_', '-')")
+        if reader.has("profile_id"):
+            profile_id = reader.get("profile_id", str)
+            if not _PROFILE_ID.match(profile_id):
+                raise reader.fail("profile_id", f"{profile_id!r} is not a profile id (a-z, 0-9, '_', '-')")
+            values["profile_id"] = profile_id
 
         return cls(
             controller_url=url,
             node_name=node_name,
-            token=token,
+            token=_read_token(reader, token_file),
             token_file=token_file,
-            ca_file=ca_file,
-            timeout_seconds=float(timeout),
-            unreachable_policy=policy,
-            syslog=use_syslog,
-            profile_id=profile_id,
+            **values,
         )
 
 
-def _read_token(path: Path, fail) -> str:
+def _read_token(reader: SettingsReader, path: Path) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
             mode = os.fstat(handle.fileno()).st_mode
             token = handle.read().strip()
     except OSError as exc:
-        raise fail("token_file", f"cannot read {path}: {exc.strerror}") from None
+        raise reader.fail("token_file", f"cannot read {path}: {exc.strerror}") from None
     if stat.S_IMODE(mode) & 0o007:
-        raise fail(
+        raise reader.fail(
             "token_file", f"{path} is accessible to others (mode {stat.S_IMODE(mode):04o}); make it 0640"
         )
     if not token or any(ch.isspace() for ch in token):
-        raise fail("token_file", f"{path} must hold the token on one line")
+        raise reader.fail("token_file", f"{path} must hold the token on one line")
     return token
 
 

@@ -99,9 +99,9 @@ def command_up(spec: LabSpec, names: list[str] | None, progress: Progress) -> in
                 continue
             machine.prepare(image, spec, key)
             machine.start()
-            started.append(machine.host.name)
+            started.append(machine.known_host.name)
         progress.say("booting " + ", ".join(started) if started else "every host is already up")
-        waiting = {machine.host.name: machine for machine in machines}
+        waiting = {machine.known_host.name: machine for machine in machines}
         deadline = time.monotonic() + BOOT_TIMEOUT
         while waiting and time.monotonic() < deadline:
             for name, machine in list(waiting.items()):
@@ -110,7 +110,7 @@ def command_up(spec: LabSpec, names: list[str] | None, progress: Progress) -> in
                     progress.say(f"{name}: systemd-nspawn exited; its console said:\n  " + "\n  ".join(tail))
                     return 1
                 if machine.system_state() in BOOTED_STATES and machine.ssh_answers():
-                    progress.say(f"{name}: up ({machine.host.ipv4})")
+                    progress.say(f"{name}: up ({machine.known_host.ipv4})")
                     del waiting[name]
             if waiting:
                 progress.status("waiting for " + ", ".join(sorted(waiting)))
@@ -152,10 +152,10 @@ def print_status(spec: LabSpec, hosts: tuple[Host, ...] | None = None) -> None:
         ssh = "yes" if state in BOOTED_STATES and machine.ssh_answers() else "no"
         rows.append(
             (
-                machine.host.name,
-                machine.host.role,
-                str(machine.host.ipv4),
-                machine.host.network.bridge,
+                machine.known_host.name,
+                machine.known_host.role,
+                str(machine.known_host.ipv4),
+                machine.known_host.network.bridge,
                 state,
                 ssh,
             )

@@ -119,8 +119,12 @@ class BaseImage:
 
     def _prepare_for_lab(self, rootfs: Path) -> None:
         def in_image(*args: str) -> None:
-            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-            subprocess.run(["chroot", str(rootfs), *args], check=True, **quiet)
+            subprocess.run(
+                ["chroot", str(rootfs), *args],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
         in_image("systemctl", "enable", "systemd-networkd.service")
         in_image("systemctl", "mask", *UNITS_MASKED_IN_IMAGE)

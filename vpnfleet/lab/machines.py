@@ -60,6 +60,13 @@ class Machine:
         return cls(state_dir, host.name, host)
 
     @property
+    def known_host(self) -> Host:
+        """The inventory's host: only a machine the inventory names is made, started and reached."""
+        if self.host is None:
+            raise RuntimeError(f"{self.name}: the inventory no longer names this host")
+        return self.host
+
+    @property
     def folder(self) -> Path:
         return self.state_dir / "hosts" / self.name
 
@@ -130,17 +137,17 @@ class Machine:
             )
         (self.folder / "image").write_text(image.root.name + "\n")
         root = self.root
-        (root / "etc/hostname").write_text(self.host.name + "\n")
+        (root / "etc/hostname").write_text(self.known_host.name + "\n")
         hosts_lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
         hosts_lines += [f"{other.ipv4} {other.name}" for other in spec.hosts]
         hosts_lines += [f"{other.ipv6} {other.name}" for other in spec.hosts]
         (root / "etc/hosts").write_text("\n".join(hosts_lines) + "\n")
-        network = self.host.network
+        network = self.known_host.network
         (root / "etc/systemd/network/10-lab-host0.network").write_text(
             "# Written by the vpnfleet lab: this host's place on its lab network.\n"
             "[Match]\nName=host0\n\n[Network]\n"
-            f"Address={self.host.ipv4}/{network.ipv4.prefixlen}\n"
-            f"Address={self.host.ipv6}/{network.ipv6.prefixlen}\n"
+            f"Address={self.known_host.ipv4}/{network.ipv4.prefixlen}\n"
+            f"Address={self.known_host.ipv6}/{network.ipv6.prefixlen}\n"
             f"Gateway={network.gateway4}\nGateway={network.gateway6}\n"
             "IPv6AcceptRA=no\nLLMNR=no\nMulticastDNS=no\n"
         )
@@ -160,7 +167,7 @@ class Machine:
                     "-N",
                     "",
                     "-C",
-                    f"root@{self.host.name}",
+                    f"root@{self.known_host.name}",
                     "-f",
                     str(host_key),
                 ],
@@ -174,8 +181,8 @@ class Machine:
             "--register=no",
             "--keep-unit",
             f"--directory={self.root}",
-            f"--machine={self.host.name}",
-            f"--network-bridge={self.host.network.bridge}",
+            f"--machine={self.known_host.name}",
+            f"--network-bridge={self.known_host.network.bridge}",
             "--bind=/dev/net/tun",
             "--capability=CAP_NET_ADMIN",
             "--resolv-conf=off",
@@ -219,7 +226,7 @@ class Machine:
 
     def ssh_answers(self, timeout: float = 1.0) -> bool:
         try:
-            with socket.create_connection((str(self.host.ipv4), 22), timeout=timeout) as connection:
+            with socket.create_connection((str(self.known_host.ipv4), 22), timeout=timeout) as connection:
                 return connection.recv(4).startswith(b"SSH")
         except OSError:
             return False

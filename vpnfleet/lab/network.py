@@ -56,11 +56,11 @@ def check_no_clash_with(spec: LabSpec, mirror: str) -> None:
                 f"the lab uplink {address} is where this machine reaches {needed[str(address)]}"
             )
     for host in spec.hosts:
-        for address in (str(host.ipv4), str(host.ipv6)):
-            if address in needed:
+        for host_address in (str(host.ipv4), str(host.ipv6)):
+            if host_address in needed:
                 raise LabSpecError(
-                    f"host {host.name}: ansible_host {address} is where this machine reaches "
-                    f"{needed[address]}; give the host another address"
+                    f"host {host.name}: ansible_host {host_address} is where this machine reaches "
+                    f"{needed[host_address]}; give the host another address"
                 )
 
 

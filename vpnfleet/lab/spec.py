@@ -162,6 +162,16 @@ def _group_membership(inventory: dict) -> dict[str, list[str]]:
     return membership
 
 
+def _inside(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network, allowed: ipaddress.IPv4Network | ipaddress.IPv6Network
+) -> bool:
+    if isinstance(net, ipaddress.IPv4Network) and isinstance(allowed, ipaddress.IPv4Network):
+        return net.subnet_of(allowed)
+    if isinstance(net, ipaddress.IPv6Network) and isinstance(allowed, ipaddress.IPv6Network):
+        return net.subnet_of(allowed)
+    return False  # an IPv4 network is never inside an IPv6 one, nor the other way round
+
+
 def _network(raw: dict) -> Network:
     name = raw.get("name")
     if not name or not isinstance(name, str):
@@ -174,7 +184,7 @@ def _network(raw: dict) -> Network:
             f"vpnfleet_lab_networks[{name}]: ipv4 and ipv6 must be network CIDRs ({error})"
         ) from error
     for net in (ipv4, ipv6):
-        if not any(net.version == allowed.version and net.subnet_of(allowed) for allowed in ALLOWED_UNDERLAY):
+        if not any(_inside(net, allowed) for allowed in ALLOWED_UNDERLAY):
             raise LabSpecError(
                 f"vpnfleet_lab_networks[{name}]: {net} is outside the lab's ranges "
                 f"({', '.join(map(str, ALLOWED_UNDERLAY))})"

@@ -3,20 +3,14 @@ with the fleet's CA, the node's daemon and OpenVPN processes run, and the servic
 wheels that the installed collection built (the scenario's converge checks where they came from)."""
 
 import json
-import os
 import ssl
 import urllib.request
 
-import testinfra
+from lab_testinfra import lab_host
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PORTAL = "https://203.0.113.10"
 
 testinfra_hosts = ["controller"]
-
-
-def lab_host(name):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
 
 
 def test_controller_services_run():

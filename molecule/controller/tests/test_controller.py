@@ -6,24 +6,19 @@ admin sees the connection with its node and location and disconnects it; after t
 the config, a reconnect with it is refused. The tests run in file order.
 """
 
-import base64
 import http.cookiejar
 import ipaddress
 import json
-import os
 import re
 import ssl
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
-import testinfra
+from lab_testinfra import VpnClient, lab_host, wait_for
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PORTAL = "https://203.0.113.10"
 NODES = {"198.51.100.10": ("node-x1", "x"), "198.51.100.74": ("node-y1", "y")}
-WORK = "/root/vfl-controller-test"
 # The lab's users (inventories/lab/group_vars/vpnfleet_controllers.yml).
 ALICE = ("alice", "lab-alice-password")
 ADMIN = ("admin", "lab-admin-password")
@@ -31,29 +26,9 @@ ADMIN = ("admin", "lab-admin-password")
 testinfra_hosts = ["controller"]
 
 
-def lab_host(name):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
-
-
-def wait_for(condition, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def controller():
     return lab_host("controller")
-
-
-@pytest.fixture(scope="module")
-def client():
-    host = lab_host("client")
-    host.check_output(f"mkdir -p {WORK}")
-    return host
 
 
 @pytest.fixture(scope="module")
@@ -102,37 +77,8 @@ def csrf(page):
     return found.group(1)
 
 
-class VpnClient:
-    """The real openvpn client on the client host, with a config as the portal gave it."""
-
-    def __init__(self, host, name, config):
-        self.host, self.name = host, name
-        self.log = f"{WORK}/{name}.log"
-        self.pid_file = f"{WORK}/{name}.pid"
-        # One line the test adds: the control machine (the lab's uplink) stays outside the tunnel,
-        # or testinfra loses the client host.
-        self.config = config + "\nroute 203.0.113.252 255.255.255.252 net_gateway\n"
-
-    def start(self):
-        path = f"{WORK}/{self.name}.ovpn"
-        encoded = base64.b64encode(self.config.encode()).decode()
-        self.host.check_output(f"echo {encoded} | base64 -d > {path} && chmod 600 {path}")
-        self.host.check_output(f"rm -f {self.log} {self.pid_file}")
-        self.host.check_output(
-            f"openvpn --config {path} --daemon vfl-{self.name} --writepid {self.pid_file} --log {self.log}"
-        )
-        return self
-
-    def log_text(self):
-        return self.host.run(f"cat {self.log}").stdout
-
-    def running(self):
-        pid = self.host.run(f"cat {self.pid_file}").stdout.strip()
-        return bool(pid) and self.host.run(f"kill -0 {pid}").rc == 0
-
-    def stop(self):
-        self.host.run(f"test -s {self.pid_file} && kill $(cat {self.pid_file})")
-        wait_for(lambda: not self.running(), f"client {self.name} to stop")
+class PortalClient(VpnClient):
+    """A client with a config as the portal gave it."""
 
     def node(self):
         found = re.findall(
@@ -140,12 +86,6 @@ class VpnClient:
         )
         assert found, self.log_text()
         return NODES[found[-1]]
-
-    def device(self):
-        for line in self.log_text().splitlines():
-            if "TUN/TAP device" in line and "opened" in line:
-                return line.split("TUN/TAP device")[1].split()[0]
-        raise AssertionError("no tun device in the client log:\n" + self.log_text())
 
     def interface(self):
         out = self.host.check_output(f"ip -4 -json address show dev {self.device()} scope global")
@@ -212,7 +152,7 @@ def test_every_openvpn_process_calls_the_controller_through_its_hooks():
         assert (token.user, token.group, token.mode) == ("root", "nogroup", 0o640)
         assert (
             node.run(
-                "/opt/vpnfleet/daemon/bin/vpnfleet-hook --config /etc/vpnfleet/hooks.yaml check-config"
+                "/opt/vpnfleet/daemon/bin/vpnfleet-hook --settings /etc/vpnfleet/hooks.yaml check-settings"
             ).rc
             == 0
         )
@@ -230,12 +170,9 @@ def test_a_user_logs_in_downloads_a_config_connects_and_reaches_the_node(tls_con
     assert [proto for _, _, proto in remotes] == sorted(
         (proto for _, _, proto in remotes), key=lambda p: p != "udp"
     )
-    vpn = VpnClient(client, "laptop", config).start()
+    vpn = PortalClient(client, "laptop", config).start()
     state.update(alice=alice, vpn=vpn, config=config)
-    wait_for(
-        lambda: "Initialization Sequence Completed" in vpn.log_text(),
-        "the client to connect:\n" + vpn.log_text(),
-    )
+    vpn.wait_connected()
     gateway = vpn.interface().network.network_address + 1
     client.check_output(f"ping -c 3 -W 2 {gateway}")
     state["node"] = vpn.node()
@@ -273,7 +210,7 @@ def test_a_deleted_config_is_refused_at_reconnect(client, state):
     status, _, after = alice.post(action, {"csrf_token": csrf(home)})
     assert status == 200 and action not in after
     # The node learns of it from its CRL only at the next run: the hook asks the controller, which refuses.
-    again = VpnClient(client, "laptop-again", state["config"]).start()
+    again = PortalClient(client, "laptop-again", state["config"]).start()
     wait_for(lambda: "AUTH_FAILED" in again.log_text(), "the refusal:\n" + again.log_text(), timeout=45)
     assert "Initialization Sequence Completed" not in again.log_text()
-    again.host.run(f"test -s {again.pid_file} && kill $(cat {again.pid_file})")
+    again.stop()

@@ -6,7 +6,7 @@ and the profile scaled back up to where converge left it.
 The tests run in file order: the scaling tests change the node and restore it at the end."""
 
 import pytest
-from conftest import converge
+from modules_converge import converge
 
 testinfra_hosts = ["ansible://node-x1"]
 

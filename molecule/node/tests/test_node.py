@@ -4,7 +4,6 @@ split tunnel, the VPN daemon over mutual TLS, and scaling the process count up a
 The tests run in file order: the scaling test converges the node again and comes last.
 """
 
-import base64
 import http.client
 import ipaddress
 import json
@@ -13,14 +12,12 @@ import pathlib
 import socket
 import ssl
 import subprocess
-import time
 import urllib.parse
 
 import pytest
-import testinfra
 import yaml
+from lab_testinfra import INVENTORY, VpnClient, lab_host, wait_for
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PKI = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki"
 SCENARIO = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 NODE_ADDRESS = "198.51.100.10"
@@ -28,25 +25,13 @@ CLIENT_ADDRESS = "203.0.113.70"
 INTERNET_ADDRESS = "203.0.113.130"
 PROBE_PORT = 8080
 DAEMON_PORT = 41194
-WORK = "/root/vfl-test"
 
 testinfra_hosts = ["node-x1"]
-
-
-def lab_host(name):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=INVENTORY)
 
 
 @pytest.fixture(scope="module")
 def node():
     return lab_host("node-x1")
-
-
-@pytest.fixture(scope="module")
-def client():
-    host = lab_host("client")
-    host.check_output(f"mkdir -p {WORK}")
-    return host
 
 
 def read_plan(node):
@@ -71,16 +56,6 @@ def internet():
     host.run("systemctl stop vfl-probe")
 
 
-def wait_for(condition, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def seen_by_probe(internet, path):
     """The source address the internet host saw for a request of ``path``."""
     for line in internet.file("/run/vfl-probe.log").content_string.splitlines():
@@ -89,15 +64,11 @@ def seen_by_probe(internet, path):
     return None
 
 
-class VpnClient:
-    """The real openvpn client on the client host, run in the background, stopped by its PID."""
+class ProcessClient(VpnClient):
+    """A client of one planned process, with a config made here from the scenario's PKI."""
 
     def __init__(self, host, profile_id, process, common_name="alice"):
-        self.host = host
-        self.name = process["name"]
         self.process = process
-        self.pid_file = f"{WORK}/{self.name}.pid"
-        self.log = f"{WORK}/{self.name}.log"
         proto = "udp" if process["proto"] == "udp" else "tcp-client"
         inline = {
             "ca": (PKI / "ca/ca.crt").read_text(),
@@ -115,56 +86,21 @@ class VpnClient:
             "tls-version-min 1.3",
             "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
             "connect-retry-max 2",
-            # The control machine (the lab's uplink) stays outside the tunnel, or testinfra loses the host.
-            "route 203.0.113.252 255.255.255.252 net_gateway",
             "verb 3",
         ]
         if proto == "udp":
             # Tell the server when the client stops, or it lists the client until its ping timeout.
             config.append("explicit-exit-notify 1")
         config += [f"<{tag}>\n{text.strip()}\n</{tag}>" for tag, text in inline.items()]
-        self.config = "\n".join(config) + "\n"
+        super().__init__(host, process["name"], "\n".join(config))
 
     def start(self):
-        encoded = base64.b64encode(self.config.encode()).decode()
-        path = f"{WORK}/{self.name}.ovpn"
-        self.host.check_output(f"echo {encoded} | base64 -d > {path}")
-        self.host.check_output(f"rm -f {self.log} {self.pid_file}")
-        self.host.check_output(
-            f"openvpn --config {path} --daemon vfl-{self.name} --writepid {self.pid_file} --log {self.log}"
-        )
-        wait_for(
-            lambda: "Initialization Sequence Completed" in self.log_text(),
-            f"the client to connect to {self.name}:\n{self.log_text()}",
-        )
-        return self
-
-    def log_text(self):
-        return self.host.run(f"cat {self.log}").stdout
-
-    def pid(self):
-        return self.host.run(f"cat {self.pid_file}").stdout.strip()
-
-    def running(self):
-        pid = self.pid()
-        return bool(pid) and self.host.run(f"kill -0 {pid}").rc == 0
-
-    def device(self):
-        for line in self.log_text().splitlines():
-            if "TUN/TAP device" in line and "opened" in line:
-                return line.split("TUN/TAP device")[1].split()[0]
-        raise AssertionError("no tun device in the client log:\n" + self.log_text())
+        return super().start().wait_connected()
 
     def address(self, family):
         out = self.host.check_output(f"ip -{family} -json address show dev {self.device()} scope global")
         info = json.loads(out)[0]["addr_info"][0]
         return ipaddress.ip_address(info["local"])
-
-    def stop(self):
-        pid = self.pid()
-        if pid and self.running():
-            self.host.run(f"kill {pid}")
-            wait_for(lambda: not self.running(), f"client {self.name} to stop")
 
 
 @pytest.fixture
@@ -172,7 +108,7 @@ def connected(client):
     started = []
 
     def connect(profile_id, process, common_name="alice"):
-        vpn = VpnClient(client, profile_id, process, common_name).start()
+        vpn = ProcessClient(client, profile_id, process, common_name).start()
         started.append(vpn)
         return vpn
 

@@ -3,19 +3,14 @@ real VPN clients, a fresh migrated database (SQLite and PostgreSQL) and a fresh 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# pytest runs with --import-mode=importlib, which puts no test directory on sys.path; the test
-# modules import their helpers (controller_helpers, controller_node_lab, ...) from this directory.
-sys.path.insert(0, str(Path(__file__).parent))
-
-import postgres_cluster  # noqa: E402
-import pytest  # noqa: E402
-from controller_helpers import settings_mapping  # noqa: E402
-from controller_node_lab import NodeLab, client_config, start_node_lab, vpn_clients  # noqa: E402
-from openvpn_netlab import OpenVpnProcess, require_lab  # noqa: E402
-from vpnfleet.shared import pki
+import postgres_cluster
+import pytest
+from controller_helpers import settings_mapping
+from controller_node_lab import NodeLab, client_config, start_node_lab, vpn_clients
+from openvpn_netlab import OpenVpnProcess, require_lab
+from vpnfleet.shared.pki import authority, keys
 
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.database import migrate
@@ -27,16 +22,16 @@ from vpnfleet.controller.state import EXTENSION_KEY
 def pki_dir(tmp_path_factory) -> Path:
     """A CA with the daemon TLS pair and the profiles' tls-crypt keys."""
     directory = tmp_path_factory.mktemp("pki")
-    ca = pki.CertificateAuthority.create(str(directory / "ca"), common_name="test CA")
+    ca = authority.CertificateAuthority.create(str(directory / "ca"), common_name="test CA")
     for purpose, name, addresses in (
         ("daemon_server", "node", ["127.0.0.1"]),
         ("daemon_client", "controller", []),
     ):
         key, cert = ca.issue(name, purpose, ip_addresses=addresses, lifetime_days=2)
-        (directory / f"{purpose}.key").write_bytes(pki.private_key_pem(key))
-        (directory / f"{purpose}.crt").write_bytes(pki.certificate_pem(cert))
+        (directory / f"{purpose}.key").write_bytes(keys.private_key_pem(key))
+        (directory / f"{purpose}.crt").write_bytes(keys.certificate_pem(cert))
     for profile in ("office", "internet"):
-        (directory / f"tls-crypt-{profile}.key").write_text(pki.make_tls_crypt_key())
+        (directory / f"tls-crypt-{profile}.key").write_text(keys.make_tls_crypt_key())
     return directory
 
 

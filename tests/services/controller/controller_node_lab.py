@@ -35,10 +35,12 @@ from openvpn_netlab import (
     wait_for,
     without_tun_setup,
 )
-from vpnfleet.shared import instances, pki
+from vpnfleet.shared import instances
+from vpnfleet.shared.pki import authority
 
 from vpnfleet.daemon.server import DaemonHTTPServer, create_server
-from vpnfleet.daemon.settings import ConfigError, DaemonSettings
+from vpnfleet.daemon.settings import DaemonSettings
+from vpnfleet.settings_file import SettingsError
 
 NAME_PREFIX = "vfn"
 UNDERLAY_PREFIX = 28
@@ -132,7 +134,7 @@ def client_config(ovpn: str, proto: str | None = "tcp") -> str:
 def _server_configs(lab: NodeLab, settings: dict, socket_dir: Path) -> dict[str, str]:
     """The config of every process node-x1 has in the controller's settings, as the node role renders it."""
     [node] = [node for node in settings["nodes"] if node["name"] == "node-x1"]
-    ca = pki.CertificateAuthority.load(str(lab.pki_dir / "ca"))
+    ca = authority.CertificateAuthority.load(str(lab.pki_dir / "ca"))
     server = issue_files(ca, lab.workdir / "node-x1", "node-x1", "server")
     configs = {}
     for profile in settings["profiles"]:
@@ -186,7 +188,7 @@ def _start_daemon(lab: NodeLab, socket_dir: Path) -> None:
         try:
             lab.daemon = create_server(settings)
             break
-        except ConfigError:  # someone took the port in between: take another
+        except SettingsError:  # someone took the port in between: take another
             continue
     else:
         raise AssertionError("found no free port for the daemon")

@@ -22,7 +22,7 @@ from controller_helpers import (
 from controller_node_lab import CLIENT_ADDRESS
 from openvpn_netlab import replace_credentials
 from sqlalchemy import select, update
-from vpnfleet.shared import pki
+from vpnfleet.shared.pki import authority, keys
 
 from vpnfleet.controller.housekeeping import run_housekeeping
 from vpnfleet.controller.models import ConnectionLogEntry, User, VpnConfig, utcnow
@@ -187,10 +187,10 @@ def test_housekeeping(client, app, node_lab, vpn_client, pki_dir):
     revoked, ovpn_revoked = portal_ovpn(app.test_client(), app, username="carol")
     disabled, ovpn_disabled = portal_ovpn(app.test_client(), app, username="mallory")
     unknown = "f" * 32
-    ca = pki.CertificateAuthority.load(str(pki_dir / "ca"))
+    ca = authority.CertificateAuthority.load(str(pki_dir / "ca"))
     key, certificate = ca.issue(unknown, "client", lifetime_days=1)
     ovpn_unknown = replace_credentials(
-        ovpn_fine, pki.certificate_pem(certificate).decode(), pki.private_key_pem(key).decode()
+        ovpn_fine, keys.certificate_pem(certificate).decode(), keys.private_key_pem(key).decode()
     )
     clients = {
         name: vpn_client(ovpn)

@@ -279,10 +279,10 @@ def test_old_api_config_is_refused_by_node_after_new_connect(client, app):
     headers = bearer(app_tokens(client))
 
     def common_name(text: str) -> str:
-        from vpnfleet.shared import pki
+        from vpnfleet.shared.pki import keys
 
-        cert = pki.load_certificate(text.split("<cert>\n")[1].split("</cert>")[0].encode())
-        return pki.certificate_facts(cert)["common_name"]
+        cert = keys.load_certificate(text.split("<cert>\n")[1].split("</cert>")[0].encode())
+        return keys.certificate_facts(cert)["common_name"]
 
     first = common_name(
         client.post("/api/v3/connect", headers=headers, data={"profile_id": "office"}).get_data(as_text=True)

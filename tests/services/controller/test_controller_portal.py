@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from controller_helpers import PASSWORD, add_user, csrf_token, log_in
 from controller_node_lab import NODE_X1_ADDRESS
-from vpnfleet.shared import pki
+from vpnfleet.shared.pki import keys
 
 
 def test_login_page_and_wrong_password(client, app):
@@ -76,8 +76,8 @@ def test_create_config_downloads_ovpn(client, app, pki_dir):
     protos = [line.split()[-1] for line in remotes]
     assert protos == sorted(protos, key=lambda proto: proto != "udp")  # UDP before TCP
     cert_pem = text.split("<cert>\n")[1].split("</cert>")[0]
-    cert = pki.load_certificate(cert_pem.encode())
-    assert pki.certificate_purpose(cert) == "client"
+    cert = keys.load_certificate(cert_pem.encode())
+    assert keys.certificate_purpose(cert) == "client"
     page = client.get("/").get_data(as_text=True)
     assert "laptop" in page
 
@@ -108,8 +108,8 @@ def test_config_never_outlives_the_session(make_app):
     add_user(app, "alice")
     log_in(client, "alice")
     text = _create(client).get_data(as_text=True)
-    cert = pki.load_certificate(text.split("<cert>\n")[1].split("</cert>")[0].encode())
-    lifetime = pki.not_after(cert) - pki.not_before(cert)
+    cert = keys.load_certificate(text.split("<cert>\n")[1].split("</cert>")[0].encode())
+    lifetime = keys.not_after(cert) - keys.not_before(cert)
     # Backdated by five minutes against clock skew; never longer than the session.
     assert lifetime.total_seconds() <= 2 * 3600 + 5 * 60 + 1
 

@@ -54,6 +54,14 @@ def test_wrong_settings_name_the_setting(mapping, change, message):
         settings_from_mapping(mapping)
 
 
+def test_a_refusal_in_the_file_names_the_file_the_setting_and_the_reason(mapping, tmp_path):
+    path = tmp_path / "controller.yml"
+    path.write_text(yaml.safe_dump({**mapping, "max_configs_per_user": 0}))
+    with pytest.raises(SettingsError) as refusal:
+        load_settings(path)
+    assert str(refusal.value) == f"{path}: max_configs_per_user: must be at least 1"
+
+
 def test_default_oauth_clients_are_the_eduvpn_and_lets_connect_apps():
     clients = {client.client_id: client for client in DEFAULT_OAUTH_CLIENTS}
     assert set(clients) == {

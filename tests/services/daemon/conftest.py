@@ -2,18 +2,14 @@
 
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# pytest may run with --import-mode=importlib, which puts no test directory on sys.path.
-sys.path.insert(0, str(Path(__file__).parent))
-
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-from daemon_lab import (  # noqa: E402
+import pytest
+import yaml
+from daemon_lab import (
     DAEMON_PORT,
     SERVER_UNDERLAY_ADDRESS,
     DaemonClient,
@@ -24,7 +20,7 @@ from daemon_lab import (  # noqa: E402
     openvpn_client_config,
     openvpn_server_config,
 )
-from openvpn_netlab import (  # noqa: E402
+from openvpn_netlab import (
     Credentials,
     Namespaces,
     OpenVpnProcess,

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from openvpn_netlab import WAIT_SECONDS, Credentials, Namespaces, issue_files, without_tun_setup
-from vpnfleet.shared import pki
+from vpnfleet.shared import files
+from vpnfleet.shared.pki import authority, keys
 
 NAME_PREFIX = "vfd"
 UNDERLAY_PREFIX = 26
@@ -34,18 +35,18 @@ class LabPki:
     directory: Path
     ca_certificate: Path
     tls_crypt_key: Path
-    _ca: pki.CertificateAuthority
-    _stranger_ca: pki.CertificateAuthority
+    _ca: authority.CertificateAuthority
+    _stranger_ca: authority.CertificateAuthority
     _issued: dict = field(default_factory=dict)
 
     @classmethod
     def create(cls, directory: Path) -> "LabPki":
-        ca = pki.CertificateAuthority.create(str(directory / "ca"), common_name="vfd test CA")
-        stranger = pki.CertificateAuthority.create(
+        ca = authority.CertificateAuthority.create(str(directory / "ca"), common_name="vfd test CA")
+        stranger = authority.CertificateAuthority.create(
             str(directory / "stranger-ca"), common_name="vfd stranger CA"
         )
         tls_crypt_key = directory / "tls-crypt.key"
-        pki.write_file_atomic(tls_crypt_key, pki.make_tls_crypt_key(), 0o600)
+        files.write_file_atomic(tls_crypt_key, keys.make_tls_crypt_key(), 0o600)
         return cls(
             directory=directory,
             ca_certificate=Path(ca.cert_path),
@@ -223,4 +224,4 @@ def stale_management_socket(path: Path) -> None:
 
 
 def daemon_command(config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "vpnfleet.daemon", "--config", str(config_path)]
+    return [sys.executable, "-m", "vpnfleet.daemon", "--settings", str(config_path)]

@@ -6,18 +6,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vpnfleet.shared import pki
+from vpnfleet.shared import files
+from vpnfleet.shared.pki import authority, keys
 
 from vpnfleet.daemon.server import create_server
-from vpnfleet.daemon.settings import ConfigError, DaemonSettings
+from vpnfleet.daemon.settings import DaemonSettings
+from vpnfleet.settings_file import SettingsError
 
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> dict[str, str]:
-    ca = pki.CertificateAuthority.create(str(tmp_path / "ca"), common_name="vfd settings CA")
+    ca = authority.CertificateAuthority.create(str(tmp_path / "ca"), common_name="vfd settings CA")
     key, cert = ca.issue("vfd-node-daemon", "daemon_server")
-    pki.write_file_atomic(tmp_path / "daemon.crt", pki.certificate_pem(cert))
-    pki.write_file_atomic(tmp_path / "daemon.key", pki.private_key_pem(key), 0o600)
+    files.write_file_atomic(tmp_path / "daemon.crt", keys.certificate_pem(cert))
+    files.write_file_atomic(tmp_path / "daemon.key", keys.private_key_pem(key), 0o600)
     return {
         "tls_certificate": str(tmp_path / "daemon.crt"),
         "tls_private_key": str(tmp_path / "daemon.key"),
@@ -56,25 +58,22 @@ def test_json_is_read_as_well_as_yaml(tls_files, tmp_path):
         ({"tls_ca": "ca.crt"}, "tls_ca: must be an absolute path"),
         ({"tls_certificate": "/nonexistent/daemon.crt"}, "tls_certificate: no such file"),
         ({"listen_prot": 41194}, "unknown setting(s) listen_prot"),
+        ({"tls_private_key": None}, "tls_private_key: is required"),
     ],
 )
-def test_a_wrong_setting_is_named_with_the_reason(tls_files, change, reason):
-    with pytest.raises(ConfigError) as refusal:
-        DaemonSettings.from_mapping({**tls_files, **change}, source="/etc/vpnfleet/daemon.yaml")
-    assert str(refusal.value).startswith("/etc/vpnfleet/daemon.yaml: ")
-    assert reason in str(refusal.value)
-
-
-def test_missing_required_settings_are_listed(tls_files):
-    with pytest.raises(ConfigError, match="missing required setting\\(s\\) tls_private_key, tls_ca"):
-        DaemonSettings.from_mapping({"tls_certificate": tls_files["tls_certificate"]})
+def test_a_wrong_setting_is_named_with_the_file_and_the_reason(tls_files, tmp_path, change, reason):
+    path = tmp_path / "daemon.yaml"
+    path.write_text(yaml.safe_dump({**tls_files, **change}))
+    with pytest.raises(SettingsError) as refusal:
+        DaemonSettings.from_file(path)
+    assert str(refusal.value).startswith(f"{path}: {reason}")
 
 
 def test_a_key_that_does_not_match_the_certificate_is_refused_at_start(tls_files, tmp_path):
     other_key = tmp_path / "other.key"
-    pki.write_file_atomic(other_key, pki.private_key_pem(pki.make_private_key()), 0o600)
+    files.write_file_atomic(other_key, keys.private_key_pem(keys.make_private_key()), 0o600)
     settings = DaemonSettings.from_mapping({**tls_files, "tls_private_key": str(other_key)})
-    with pytest.raises(ConfigError, match="tls_certificate/tls_private_key: cannot use"):
+    with pytest.raises(SettingsError, match="tls_certificate/tls_private_key: cannot use"):
         create_server(settings)
 
 
@@ -82,23 +81,23 @@ def test_the_command_exits_2_with_a_clear_message(tls_files, tmp_path):
     config = tmp_path / "daemon.yaml"
     config.write_text(yaml.safe_dump({**tls_files, "listen_port": 70000}))
     result = subprocess.run(
-        [sys.executable, "-m", "vpnfleet.daemon", "--config", str(config)], capture_output=True, text=True
+        [sys.executable, "-m", "vpnfleet.daemon", "--settings", str(config)], capture_output=True, text=True
     )
     assert result.returncode == 2
     assert f"vpnfleet-daemon: {config}: listen_port: must be an integer from 1 to 65535" in result.stderr
     assert "Traceback" not in result.stderr
 
     missing = subprocess.run(
-        [sys.executable, "-m", "vpnfleet.daemon", "--config", str(tmp_path / "absent.yaml")],
+        [sys.executable, "-m", "vpnfleet.daemon", "--settings", str(tmp_path / "absent.yaml")],
         capture_output=True,
         text=True,
     )
-    assert missing.returncode == 2 and "cannot read the configuration" in missing.stderr
+    assert missing.returncode == 2 and "cannot read the settings file" in missing.stderr
 
 
 def test_a_file_that_is_no_crl_is_refused_at_start(tls_files, tmp_path):
     not_a_crl = tmp_path / "crl.pem"
     not_a_crl.write_text("not a CRL\n")
     settings = DaemonSettings.from_mapping({**tls_files, "tls_crl": str(not_a_crl)})
-    with pytest.raises(ConfigError, match="tls_crl: cannot load"):
+    with pytest.raises(SettingsError, match="tls_crl: cannot load"):
         create_server(settings)

@@ -85,7 +85,7 @@ def test_bench_blocking(lab, hooks, vpn_client):
         os.unlink(path)
 
     python = lab.shim.read_text().split("PYTHON=", 1)[1].split("\n", 1)[0].strip("'")
-    command = [python, "-I", "-m", "vpnfleet.hooks", "--config", str(lab.hooks_config), "run"]
+    command = [python, "-I", "-m", "vpnfleet.hooks", "--settings", str(lab.hooks_config), "run"]
     environment = _environment(lab, common_name, "client-connect", None)
     sync_times = in_namespace(lab.namespaces.server, lambda: _timed(command, environment, ROUNDS // 2))
 

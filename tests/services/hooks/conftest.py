@@ -9,19 +9,15 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-# pytest may run with --import-mode=importlib, which puts no test directory on sys.path.
-sys.path.insert(0, str(Path(__file__).parent))
-
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-from hooks_lab import (  # noqa: E402
+import pytest
+import yaml
+from hooks_lab import (
     OPENVPN_PORT,
     SERVER_ADDRESS,
     VPN_IPV4_RANGE,
@@ -30,7 +26,7 @@ from hooks_lab import (  # noqa: E402
     HttpsController,
     create_namespaces,
 )
-from openvpn_netlab import (  # noqa: E402
+from openvpn_netlab import (
     Namespaces,
     OpenVpnProcess,
     VpnClients,
@@ -38,18 +34,19 @@ from openvpn_netlab import (  # noqa: E402
     require_lab,
     without_tun_setup,
 )
-from sqlalchemy import select  # noqa: E402
-from vpnfleet.shared import instances, pki  # noqa: E402
+from sqlalchemy import select
+from vpnfleet.shared import files, instances
+from vpnfleet.shared.pki import authority, keys
 
-import vpnfleet.hooks  # noqa: E402
-from vpnfleet.controller.accounts import ensure_user  # noqa: E402
-from vpnfleet.controller.app import create_app  # noqa: E402
-from vpnfleet.controller.configs import create_config  # noqa: E402
-from vpnfleet.controller.database import migrate  # noqa: E402
-from vpnfleet.controller.models import ConnectionLogEntry, User, utcnow  # noqa: E402
-from vpnfleet.controller.settings import settings_from_mapping  # noqa: E402
-from vpnfleet.controller.state import EXTENSION_KEY  # noqa: E402
-from vpnfleet.hooks.cli import install_shim  # noqa: E402
+import vpnfleet.hooks
+from vpnfleet.controller.accounts import ensure_user
+from vpnfleet.controller.app import create_app
+from vpnfleet.controller.configs import create_config
+from vpnfleet.controller.database import migrate
+from vpnfleet.controller.models import ConnectionLogEntry, User, utcnow
+from vpnfleet.controller.settings import settings_from_mapping
+from vpnfleet.controller.state import EXTENSION_KEY
+from vpnfleet.hooks.cli import install_shim
 
 NODE_NAME = "node-k1"
 NODE_TOKEN = "token-of-node-k1-" + "c" * 24
@@ -88,11 +85,11 @@ class Lab:
     def stranger_config(self) -> tuple[str, str]:
         """A certificate of the right CA that the controller's database does not know."""
         _, ovpn = self.new_config()
-        ca = pki.CertificateAuthority.load(str(self.workdir / "ca"))
+        ca = authority.CertificateAuthority.load(str(self.workdir / "ca"))
         common_name = "f" * 32
         key, certificate = ca.issue(common_name, "client", lifetime_days=1)
         return common_name, replace_credentials(
-            ovpn, pki.certificate_pem(certificate).decode(), pki.private_key_pem(key).decode()
+            ovpn, keys.certificate_pem(certificate).decode(), keys.private_key_pem(key).decode()
         )
 
     def log_rows(self, common_name: str) -> list[ConnectionLogEntry]:
@@ -209,23 +206,23 @@ def lab() -> Iterator[Lab]:
         namespaces.remove,
     ]
     try:
-        ca = pki.CertificateAuthority.create(str(workdir / "ca"), common_name="vfk test CA")
+        ca = authority.CertificateAuthority.create(str(workdir / "ca"), common_name="vfk test CA")
         for purpose, name in (("daemon_client", "controller"),):
             key, cert = ca.issue(name, purpose, lifetime_days=2)
-            pki.write_file_atomic(workdir / f"{purpose}.key", pki.private_key_pem(key), 0o600)
-            pki.write_file_atomic(workdir / f"{purpose}.crt", pki.certificate_pem(cert))
+            files.write_file_atomic(workdir / f"{purpose}.key", keys.private_key_pem(key), 0o600)
+            files.write_file_atomic(workdir / f"{purpose}.crt", keys.certificate_pem(cert))
         server_key, server_cert = ca.issue("vfk-node", "server", lifetime_days=2)
-        pki.write_file_atomic(workdir / "server.key", pki.private_key_pem(server_key), 0o600)
-        pki.write_file_atomic(workdir / "server.crt", pki.certificate_pem(server_cert))
-        pki.write_file_atomic(workdir / "tls-crypt-office.key", pki.make_tls_crypt_key(), 0o600)
+        files.write_file_atomic(workdir / "server.key", keys.private_key_pem(server_key), 0o600)
+        files.write_file_atomic(workdir / "server.crt", keys.certificate_pem(server_cert))
+        files.write_file_atomic(workdir / "tls-crypt-office.key", keys.make_tls_crypt_key(), 0o600)
         # The node's copies: what the node role puts on a node, readable after OpenVPN drops root.
         shutil.copy(workdir / "ca" / "ca.crt", node_dir / "ca.crt")
         shutil.copy(workdir / "ca" / "crl.pem", node_dir / "crl.pem")
         # The controller's HTTPS certificate comes from another CA (a web CA), like a real site's.
-        web_ca = pki.CertificateAuthority.create(str(workdir / "web-ca"), common_name="vfk web CA")
+        web_ca = authority.CertificateAuthority.create(str(workdir / "web-ca"), common_name="vfk web CA")
         web_key, web_cert = web_ca.issue("controller", "server", ip_addresses=["127.0.0.1"], lifetime_days=2)
-        pki.write_file_atomic(workdir / "web.key", pki.private_key_pem(web_key), 0o600)
-        pki.write_file_atomic(workdir / "web.crt", pki.certificate_pem(web_cert))
+        files.write_file_atomic(workdir / "web.key", keys.private_key_pem(web_key), 0o600)
+        files.write_file_atomic(workdir / "web.crt", keys.certificate_pem(web_cert))
         shutil.copy(workdir / "web-ca" / "ca.crt", node_dir / "controller-ca.crt")
         token_file = node_dir / "hooks.token"
         token_file.write_text(NODE_TOKEN + "\n")

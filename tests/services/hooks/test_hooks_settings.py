@@ -12,7 +12,8 @@ import yaml
 
 from vpnfleet.hooks.cli import install_shim, main
 from vpnfleet.hooks.hook import write_deferred_result
-from vpnfleet.hooks.settings import ConfigError, HookSettings
+from vpnfleet.hooks.settings import HookSettings
+from vpnfleet.settings_file import SettingsError
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_defaults_and_no_token_in_repr(token_file):
         ({"node_name": None}, "node_name: is required"),
         ({"unreachable_policy": "maybe"}, "unreachable_policy: 'maybe' is not one of allow, deny"),
         ({"timeout_seconds": 60}, "timeout_seconds: 60 is not between 0.1 and 30.0"),
-        ({"timeout_seconds": "3"}, "timeout_seconds: must be a number of seconds"),
+        ({"timeout_seconds": "3"}, "timeout_seconds: must be a number, got '3'"),
         ({"ca_file": "/nonexistent/ca.pem"}, "ca_file: cannot read /nonexistent/ca.pem"),
         ({"token_file": "/nonexistent/token"}, "token_file: cannot read /nonexistent/token"),
         ({"profile_id": "Office!"}, "profile_id: 'Office!' is not a profile id"),
@@ -58,7 +59,7 @@ def test_defaults_and_no_token_in_repr(token_file):
     ],
 )
 def test_wrong_settings_are_named(token_file, overrides, message):
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(SettingsError) as error:
         HookSettings.from_mapping(_settings(token_file, **overrides))
     assert message in str(error.value)
 
@@ -66,18 +67,18 @@ def test_wrong_settings_are_named(token_file, overrides, message):
 def test_token_readable_by_others_is_refused(token_file):
     token_file.chmod(0o644)
     with pytest.raises(
-        ConfigError, match=r"token_file: .* is accessible to others \(mode 0644\); make it 0640"
+        SettingsError, match=r"token_file: .* is accessible to others \(mode 0644\); make it 0640"
     ):
         HookSettings.from_mapping(_settings(token_file))
 
 
-def test_check_config_cli(tmp_path, token_file, capsys):
+def test_check_settings_cli(tmp_path, token_file, capsys):
     config = tmp_path / "hooks.yaml"
     config.write_text(yaml.safe_dump(_settings(token_file, unreachable_policy="deny")))
-    assert main(["--config", str(config), "check-config"]) == 0
+    assert main(["--settings", str(config), "check-settings"]) == 0
     assert "unreachable_policy deny" in capsys.readouterr().out
     config.write_text("controller_url: [")
-    assert main(["--config", str(config), "check-config"]) == 2
+    assert main(["--settings", str(config), "check-settings"]) == 2
     assert "not valid YAML" in capsys.readouterr().err
 
 
@@ -133,7 +134,7 @@ def test_worker_with_broken_settings_denies_a_deferred_connect(tmp_path):
             sys.executable,
             "-m",
             "vpnfleet.hooks",
-            "--config",
+            "--settings",
             str(tmp_path / "none.yaml"),
             "run",
             "--deferred",
@@ -143,4 +144,4 @@ def test_worker_with_broken_settings_denies_a_deferred_connect(tmp_path):
         text=True,
     )
     assert deferred.read_text() == "0"
-    assert "connect DENY cn=abc" in result.stderr and "cannot read the hooks configuration" in result.stderr
+    assert "connect DENY cn=abc" in result.stderr and "cannot read the settings file" in result.stderr

@@ -7,7 +7,8 @@ import subprocess
 import threading
 
 import pytest
-from vpnfleet.shared import instances, pki
+from vpnfleet.shared import files, instances
+from vpnfleet.shared.pki import authority, keys
 
 V4 = "198.18.0.0/24"
 V6 = "2001:db8:100::/64"
@@ -323,11 +324,11 @@ needs_openvpn = pytest.mark.skipif(
 def test_openvpn_starts_with_the_rendered_config(tmp_path, index):
     """The real openvpn runs each rendered config up to "Initialization Sequence Completed", in a
     network namespace of its own so the host's interfaces and ports stay untouched."""
-    ca = pki.CertificateAuthority.create(str(tmp_path / "ca"))
+    ca = authority.CertificateAuthority.create(str(tmp_path / "ca"))
     key, cert = ca.issue("node", "server")
-    (tmp_path / "server.crt").write_bytes(pki.certificate_pem(cert))
-    pki.write_file_atomic(str(tmp_path / "server.key"), pki.private_key_pem(key), 0o600)
-    pki.write_file_atomic(str(tmp_path / "tc.key"), pki.make_tls_crypt_key(), 0o600)
+    (tmp_path / "server.crt").write_bytes(keys.certificate_pem(cert))
+    files.write_file_atomic(str(tmp_path / "server.key"), keys.private_key_pem(key), 0o600)
+    files.write_file_atomic(str(tmp_path / "tc.key"), keys.make_tls_crypt_key(), 0o600)
     opts = options(
         ca_path=ca.cert_path,
         cert_path=str(tmp_path / "server.crt"),

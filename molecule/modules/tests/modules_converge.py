@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from lab_testinfra import INVENTORY
 
 SCENARIO = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).resolve().parents[1]))
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
@@ -14,13 +15,12 @@ RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s
 
 def converge(processes, check=False):
     """Run converge.yml with ``modules_processes`` and return ``{host: changed count}``."""
-    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
-    if not inventory:
+    if not INVENTORY:
         pytest.skip("not run by molecule: MOLECULE_INVENTORY_FILE is not set")
     command = [
         "ansible-playbook",
         "-i",
-        str(Path(inventory).parent),
+        str(Path(INVENTORY).parent),
         str(SCENARIO / "converge.yml"),
         "-e",
         "modules_processes=%d" % processes,

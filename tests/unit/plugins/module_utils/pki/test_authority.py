@@ -1,0 +1,226 @@
+"""The CA (pki/authority.py) against the real `cryptography` and, where it settles a question, the
+real `openssl`."""
+
+import datetime
+import os
+import shutil
+import stat
+import threading
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from vpnfleet.shared.pki import authority, keys
+
+from .conftest import SAN_DNS, SAN_IP, extension, openssl_verify
+
+# --------------------------------------------------------------------------- the CA itself
+
+
+def test_ca_certificate_extensions(ca):
+    basic = extension(ca.cert, x509.BasicConstraints)
+    assert basic.critical and basic.value.ca and basic.value.path_length == 0
+    usage = extension(ca.cert, x509.KeyUsage)
+    assert usage.critical and usage.value.key_cert_sign and usage.value.crl_sign
+    assert not usage.value.digital_signature
+    ski = extension(ca.cert, x509.SubjectKeyIdentifier).value
+    assert extension(ca.cert, x509.AuthorityKeyIdentifier).value.key_identifier == ski.digest
+    assert keys.certificate_purpose(ca.cert) == "ca"
+
+
+def test_ca_files_and_modes(ca):
+    for name, mode in (("ca.key", 0o600), ("index.json", 0o600), ("ca.crt", 0o644), ("crl.pem", 0o644)):
+        assert stat.S_IMODE(os.stat(os.path.join(ca.directory, name)).st_mode) == mode, name
+    assert stat.S_IMODE(os.stat(ca.directory).st_mode) == 0o700
+
+
+def test_ca_loads_back_and_refuses_a_second_create(ca):
+    loaded = authority.CertificateAuthority.load(ca.directory)
+    assert loaded.cert == ca.cert
+    assert keys.key_type_of(loaded.key) == keys.key_type_of(ca.key)
+    with pytest.raises(keys.PkiError, match="exists"):
+        authority.CertificateAuthority.create(ca.directory)
+
+
+def test_load_refuses_a_key_of_another_ca(tmp_path):
+    first = authority.CertificateAuthority.create(str(tmp_path / "one"))
+    second = authority.CertificateAuthority.create(str(tmp_path / "two"))
+    shutil.copy(os.path.join(second.directory, "ca.key"), os.path.join(first.directory, "ca.key"))
+    with pytest.raises(keys.PkiError, match="does not belong"):
+        authority.CertificateAuthority.load(first.directory)
+
+
+def test_load_of_an_empty_directory_says_so(tmp_path):
+    with pytest.raises(keys.PkiError, match="no CA"):
+        authority.CertificateAuthority.load(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- purposes
+
+
+@pytest.mark.parametrize("purpose", keys.PURPOSES)
+def test_each_purpose_has_its_extensions(ca, purpose, tmp_path):
+    key, cert = ca.issue("leaf-" + purpose, purpose, SAN_DNS, SAN_IP, key_type=keys.key_type_of(ca.key))
+    assert extension(cert, x509.BasicConstraints).value.ca is False
+    usage = extension(cert, x509.KeyUsage)
+    assert usage.critical and usage.value.digital_signature
+    assert usage.value.key_encipherment == (keys.key_type_of(key) == "rsa3072")
+    assert not usage.value.key_cert_sign
+    usages = list(extension(cert, x509.ExtendedKeyUsage).value)
+    wanted_tls = ExtendedKeyUsageOID.SERVER_AUTH if "server" in purpose else ExtendedKeyUsageOID.CLIENT_AUTH
+    assert usages[0] == wanted_tls
+    assert usages[1:] == ([keys.purpose_oids()[purpose]] if purpose.startswith("daemon_") else [])
+    ca_ski = extension(ca.cert, x509.SubjectKeyIdentifier).value.digest
+    assert extension(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ca_ski
+    assert extension(cert, x509.SubjectKeyIdentifier).value == x509.SubjectKeyIdentifier.from_public_key(
+        key.public_key()
+    )
+    assert keys.certificate_purpose(cert) == purpose
+    assert keys.certificate_purpose(keys.certificate_pem(cert)) == purpose
+    facts = keys.certificate_facts(cert)
+    assert facts["dns_names"] == SAN_DNS and facts["ip_addresses"] == sorted(SAN_IP)
+    openssl_purpose = "sslserver" if "server" in purpose else "sslclient"
+    result = openssl_verify(tmp_path, ca, cert, openssl_purpose)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_client_certificate_is_no_server_certificate(ca, tmp_path):
+    _, cert = ca.issue("alice", "client", key_type=keys.key_type_of(ca.key))
+    assert openssl_verify(tmp_path, ca, cert, "sslserver").returncode != 0
+
+
+def test_purpose_oids_come_from_the_documented_arc():
+    assert keys.purpose_oids()["daemon_server"].dotted_string == keys.VPNFLEET_OID_ARC + ".1"
+    assert keys.purpose_oids()["daemon_client"].dotted_string == keys.VPNFLEET_OID_ARC + ".2"
+    assert keys.VPNFLEET_OID_ARC.startswith("2.25.")
+
+
+def test_unknown_purpose_and_key_type_are_refused(fresh_ca):
+    with pytest.raises(keys.PkiError, match="unknown purpose"):
+        fresh_ca.issue("x", "vpn")
+    with pytest.raises(keys.PkiError, match="unknown key type"):
+        fresh_ca.issue("x", "client", key_type="dsa")
+    with pytest.raises(keys.PkiError, match="not an IP address"):
+        fresh_ca.issue("x", "server", ip_addresses=["node-a"])
+
+
+def test_certificate_without_usages_has_unknown_purpose(fresh_ca):
+    key = keys.make_private_key()
+    now = keys.utcnow()
+    bare = (
+        x509.CertificateBuilder()
+        .subject_name(keys.x509_name("bare"))
+        .issuer_name(keys.x509_name("bare"))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    assert keys.certificate_purpose(bare) == "unknown"
+    assert not fresh_ca.issued_by_me(bare)
+
+
+def test_lifetime_never_passes_the_ca(tmp_path):
+    short_ca = authority.CertificateAuthority.create(str(tmp_path / "ca"), lifetime_days=10)
+    _, cert = short_ca.issue("long", "client", lifetime_days=400)
+    assert keys.not_after(cert) <= keys.not_after(short_ca.cert)
+
+
+# --------------------------------------------------------------------------- CSR flow
+
+
+def test_sign_csr_keeps_the_key_on_the_node(ca, tmp_path):
+    node_key = keys.make_private_key("ed25519")
+    csr = keys.make_csr(node_key, "node-a", SAN_DNS, ["203.0.113.10"])
+    cert = ca.sign_csr(keys.csr_pem(csr), "server")
+    assert keys.same_public_key(cert.public_key(), node_key.public_key())
+    facts = keys.certificate_facts(cert)
+    assert facts["common_name"] == "node-a"
+    assert facts["dns_names"] == SAN_DNS and facts["ip_addresses"] == ["203.0.113.10"]
+    assert facts["purpose"] == "server" and facts["key_type"] == "ed25519"
+    assert openssl_verify(tmp_path, ca, cert, "sslserver").returncode == 0
+
+
+def test_sign_csr_arguments_override_the_request(fresh_ca):
+    csr = keys.make_csr(keys.make_private_key(), "asked-name", ["asked.example.org"])
+    cert = fresh_ca.sign_csr(csr, "daemon_server", common_name="node-b", dns_names=["node-b.example.org"])
+    facts = keys.certificate_facts(cert)
+    assert facts["common_name"] == "node-b" and facts["dns_names"] == ["node-b.example.org"]
+    assert facts["purpose"] == "daemon_server"
+
+
+def test_sign_csr_refuses_garbage(fresh_ca):
+    with pytest.raises(keys.PkiError, match="certificate signing request"):
+        fresh_ca.sign_csr(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "client"
+        )
+
+
+def test_sign_csr_refuses_a_tampered_request(fresh_ca):
+    csr = keys.make_csr(keys.make_private_key(), "honest")
+    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
+    der[der.index(b"honest")] = ord("H")  # change the signed subject, keep the signature
+    tampered = x509.load_der_x509_csr(bytes(der))
+    with pytest.raises(keys.PkiError, match="signature"):
+        fresh_ca.sign_csr(tampered, "client")
+
+
+# --------------------------------------------------------------------------- revocation, CRL
+
+
+def test_revocation_lands_in_the_crl(fresh_ca, tmp_path):
+    _, kept = fresh_ca.issue("kept", "client")
+    _, revoked = fresh_ca.issue("gone", "client")
+    crl_number_before = extension(fresh_ca.crl(), x509.CRLNumber).value.crl_number
+    assert fresh_ca.revoke(revoked.serial_number, "key_compromise") is True
+    assert fresh_ca.revoke(keys.serial_hex(revoked.serial_number)) is False  # already revoked: no change
+
+    crl = fresh_ca.crl()
+    assert crl.is_signature_valid(fresh_ca.cert.public_key())
+    assert extension(crl, x509.CRLNumber).value.crl_number == crl_number_before + 1
+    entry = crl.get_revoked_certificate_by_serial_number(revoked.serial_number)
+    assert (
+        entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        == x509.ReasonFlags.key_compromise
+    )
+    assert crl.get_revoked_certificate_by_serial_number(kept.serial_number) is None
+    assert fresh_ca.is_revoked(revoked.serial_number) and not fresh_ca.is_revoked(kept.serial_number)
+
+    assert openssl_verify(tmp_path, fresh_ca, kept, with_crl=True).returncode == 0
+    refused = openssl_verify(tmp_path, fresh_ca, revoked, with_crl=True)
+    assert refused.returncode != 0 and "revoked" in refused.stdout + refused.stderr
+
+
+def test_revoking_a_foreign_serial_is_refused(fresh_ca):
+    with pytest.raises(keys.PkiError, match="not issued by this CA"):
+        fresh_ca.revoke(12345)
+    with pytest.raises(keys.PkiError, match="hexadecimal"):
+        fresh_ca.revoke("xyz")
+
+
+def test_crl_refresh_only_when_due(fresh_ca):
+    assert fresh_ca.refresh_crl(min_remaining_days=30) is False
+    before = extension(fresh_ca.crl(), x509.CRLNumber).value.crl_number
+    assert fresh_ca.refresh_crl(min_remaining_days=400) is True
+    assert extension(fresh_ca.crl(), x509.CRLNumber).value.crl_number == before + 1
+
+
+def test_index_records_every_issue_made_in_parallel(fresh_ca):
+    serials = []
+
+    def issue(number):
+        _, cert = fresh_ca.issue("user-%d" % number, "client")
+        serials.append(keys.serial_hex(cert.serial_number))
+
+    threads = [threading.Thread(target=issue, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = fresh_ca.records()
+    assert set(serials) <= set(records)
+    for serial in serials:
+        assert os.path.exists(os.path.join(fresh_ca.directory, "issued", serial + ".pem"))
+        assert records[serial]["purpose"] == "client"
