@@ -10,11 +10,14 @@ Public interface
     interfaces_from_ip_json(text, sys_root) interfaces from ``ip -json address show``
     link_speed_mbit(name, sys_root)         None where the kernel does not know it
     capacity(cores, interfaces)             processes and clients the node can carry
-    gather(ip_json, proc_root, sys_root)    all of the above as one dict
+    openvpn_from_version_text(text)         version and banner from ``openvpn --version``
+    gather(ip_json, proc_root, sys_root, openvpn_version_text)
+                                            all of the above as one dict
 """
 
 import json
 import os
+import re
 
 # eduVPN's figures: 16 cores carry about 1000 clients, so about 64 clients per process (core).
 CLIENTS_PER_PROCESS = 64
@@ -100,7 +103,17 @@ def capacity(cores, interfaces):
     }
 
 
-def gather(ip_json, proc_root="/proc", sys_root="/sys"):
+def openvpn_from_version_text(text):
+    """``OpenVPN 2.7.8 x86_64-pc-linux-gnu [SSL (OpenSSL)] ...`` -> version 2.7.8 and that line;
+    None when OpenVPN is not installed or says something else."""
+    for line in (text or "").splitlines():
+        match = re.match(r"OpenVPN (\d+\.\d+(?:\.\d+)?)(?:[_-]\S*)? ", line)
+        if match:
+            return {"version": match.group(1), "banner": line.strip()}
+    return None
+
+
+def gather(ip_json, proc_root="/proc", sys_root="/sys", openvpn_version_text=None):
     cores = usable_cores(proc_root)
     interfaces = interfaces_from_ip_json(ip_json, sys_root)
     return {
@@ -108,4 +121,5 @@ def gather(ip_json, proc_root="/proc", sys_root="/sys"):
         "aes_ni": cpu_has_aes(proc_root),
         "interfaces": interfaces,
         "capacity": capacity(cores, interfaces),
+        "openvpn": openvpn_from_version_text(openvpn_version_text),
     }

@@ -11,6 +11,7 @@ description:
   - Cores are those this host lets its processes run on (CPU affinity), else those in C(/proc/cpuinfo).
   - Interfaces come from C(ip -json address show); link speed from C(/sys/class/net/*/speed) where the kernel
     knows it (virtual links do not say).
+  - The OpenVPN version comes from C(openvpn --version), so a mixed fleet (2.6 and 2.7 nodes) can tell.
   - "Capacity: one OpenVPN process per core, about 64 clients per process (eduVPN: 1000 clients per 16 cores),
     and no more clients than the fastest known link carries at 10 Mbit/s each."
 author: vpnfleet developers (@vpnfleet)
@@ -56,6 +57,19 @@ ansible_facts:
           description: processes, clients, clients_by_cpu, clients_by_network, limited_by (cpu or network).
           type: dict
           returned: always
+        openvpn:
+          description: The installed OpenVPN, null when there is none.
+          type: dict
+          returned: always
+          contains:
+            version:
+              description: Its version, for example C(2.7.8).
+              type: str
+              returned: when OpenVPN is installed
+            banner:
+              description: The first line of C(openvpn --version) (version, platform, features).
+              type: str
+              returned: when OpenVPN is installed
   sample:
     vpnfleet_node:
       cores: 4
@@ -63,6 +77,7 @@ ansible_facts:
       interfaces:
         - {name: eth0, state: UP, loopback: false, mtu: 1500, addresses: [203.0.113.10/24], speed_mbit: 10000}
       capacity: {processes: 4, clients: 256, clients_by_cpu: 256, clients_by_network: 1000, limited_by: cpu}
+      openvpn: {version: 2.7.8, banner: "OpenVPN 2.7.8 x86_64-pc-linux-gnu [SSL (OpenSSL)] [EPOLL] [DCO]"}
 """
 
 # ruff: noqa: E402 - Ansible wants DOCUMENTATION, EXAMPLES and RETURN before the imports.
@@ -76,7 +91,12 @@ def main():
     unused_rc, ip_json, unused_err = module.run_command(
         [ip_command, "-json", "address", "show"], check_rc=True
     )
-    facts = node_facts.gather(ip_json)
+    openvpn_command = module.get_bin_path("openvpn")
+    openvpn_text = None
+    if openvpn_command:
+        # Older OpenVPN releases exit non-zero after printing their version: the text decides.
+        unused_rc, openvpn_text, unused_err = module.run_command([openvpn_command, "--version"])
+    facts = node_facts.gather(ip_json, openvpn_version_text=openvpn_text)
     module.exit_json(changed=False, ansible_facts={"vpnfleet_node": facts})
 
 

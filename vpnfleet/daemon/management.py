@@ -6,6 +6,7 @@ controller at most that deadline and is reported instead of failing the whole re
 """
 
 import glob
+import re
 import socket
 import threading
 import time
@@ -79,6 +80,9 @@ _CLIENT_COLUMNS = {
     "connected_since": "Connected Since (time_t)",
 }
 _INTEGER_FIELDS = ("client_id", "bytes_received", "bytes_sent", "connected_since")
+# OpenVPN 2.7 (one process, several sockets) names the socket before the address:
+# "udp6:198.51.100.130:52578", "tcp6-server:[2001:db8::2]:40000"; 2.6 gives the address alone.
+_SOCKET_PREFIX = re.compile(r"^(?:udp|tcp)[46]?(?:-server|-client)?:(?=[\[0-9a-fA-F])")
 
 
 def parse_client_list(status_lines: Iterable[str]) -> list[ConnectedClient]:
@@ -99,6 +103,7 @@ def parse_client_list(status_lines: Iterable[str]) -> list[ConnectedClient]:
                 raise ManagementError(f"status reply has a malformed client row: {line!r}")
             row = dict(zip(columns, cells[1:], strict=True))
             values: dict[str, Any] = {field: row[column] for field, column in _CLIENT_COLUMNS.items()}
+            values["real_address"] = _SOCKET_PREFIX.sub("", row[_CLIENT_COLUMNS["real_address"]])
             try:
                 for field in _INTEGER_FIELDS:
                     values[field] = int(values[field])

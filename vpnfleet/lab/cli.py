@@ -85,8 +85,9 @@ def command_up(spec: LabSpec, names: list[str] | None, progress: Progress) -> in
     folder = state_dir()
     hosts = spec.select(names)
     with lab_lock(folder, progress):
-        image = BaseImage(folder, spec)
-        image.ensure(progress)
+        images = {image: BaseImage(folder, image) for image in spec.images(hosts)}
+        for image in images.values():
+            image.ensure(progress)
         check_no_clash_with(spec, debian_mirror())
         made = LabNetwork(spec).up()
         _record_networks(folder, spec)
@@ -97,7 +98,7 @@ def command_up(spec: LabSpec, names: list[str] | None, progress: Progress) -> in
         for machine in machines:
             if machine.nspawn_pid() is not None:
                 continue
-            machine.prepare(image, spec, key)
+            machine.prepare(images[machine.known_host.image], spec, key)
             machine.start()
             started.append(machine.known_host.name)
         progress.say("booting " + ", ".join(started) if started else "every host is already up")
@@ -135,9 +136,7 @@ def command_down(spec: LabSpec | None, progress: Progress) -> int:
             progress.say(f"{name}: stopped and removed")
         networks = {n.name: n for n in _recorded_networks(folder)}
         networks.update({n.name: n for n in (spec.networks if spec else ())})
-        scratch = LabSpec(
-            inventory=Path("."), suite="", packages=(), networks=tuple(networks.values()), hosts=()
-        )
+        scratch = LabSpec(inventory=(), networks=tuple(networks.values()), hosts=())
         removed = LabNetwork(scratch).down()
         (folder / "networks.json").unlink(missing_ok=True)
         progress.say("removed " + (", ".join(removed) if removed else "no links (none were up)"))
@@ -146,7 +145,7 @@ def command_down(spec: LabSpec | None, progress: Progress) -> int:
 
 def print_status(spec: LabSpec, hosts: tuple[Host, ...] | None = None) -> None:
     folder = state_dir()
-    rows = [("HOST", "ROLE", "ADDRESS", "NETWORK", "SYSTEMD", "SSH")]
+    rows = [("HOST", "ROLE", "ADDRESS", "NETWORK", "SUITE", "SYSTEMD", "SSH")]
     for machine in _machines(folder, hosts or spec.hosts):
         state = machine.system_state()
         ssh = "yes" if state in BOOTED_STATES and machine.ssh_answers() else "no"
@@ -156,6 +155,7 @@ def print_status(spec: LabSpec, hosts: tuple[Host, ...] | None = None) -> None:
                 machine.known_host.role,
                 str(machine.known_host.ipv4),
                 machine.known_host.network.bridge,
+                machine.known_host.image.suite,
                 state,
                 ssh,
             )
@@ -163,8 +163,10 @@ def print_status(spec: LabSpec, hosts: tuple[Host, ...] | None = None) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    image = BaseImage(folder, spec)
-    print(f"base image: {image.root.name} ({'cached' if image.ready else 'not built'}); state in {folder}")
+    for spec_of_image in spec.images(hosts):
+        image = BaseImage(folder, spec_of_image)
+        print(f"base image: {image.root.name} ({'cached' if image.ready else 'not built'})")
+    print(f"state in {folder}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         "-i",
         "--inventory",
         type=Path,
-        default=Path(os.environ.get("VPNFLEET_LAB_INVENTORY", "inventories/lab")),
-        help="the Ansible inventory that describes the lab (default: inventories/lab)",
+        action="append",
+        help="the Ansible inventory that describes the lab (default: inventories/lab); "
+        "more than one merge as they do for ansible-playbook",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="build and boot the lab (idempotent)")
@@ -185,15 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("host")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    inventories = tuple(args.inventory or [Path(os.environ.get("VPNFLEET_LAB_INVENTORY", "inventories/lab"))])
 
     if os.geteuid() != 0:
         parser.error("the lab makes mounts, links and containers: run it as root")
     progress = Progress()
     try:
         if args.command == "down":
-            spec = read_spec(args.inventory) if args.inventory.exists() else None
+            spec = read_spec(inventories) if all(path.exists() for path in inventories) else None
             return command_down(spec, progress)
-        spec = read_spec(args.inventory)
+        spec = read_spec(inventories)
         if args.command == "up":
             return command_up(spec, args.hosts.split(",") if args.hosts else None, progress)
         if args.command == "status":

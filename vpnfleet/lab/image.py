@@ -1,8 +1,9 @@
 """The base image every lab host boots from: Debian made with debootstrap, cached on disk.
 
-The cache key covers the suite and the package list, so the image is rebuilt only when
-one of them changes. The build runs into a scratch folder and is renamed into place when
-it is complete: an interrupted build never passes for a good one.
+The cache key covers the suite and the package lists, so an image is rebuilt only when one
+of them changes, and hosts of different suites (a mixed fleet) boot from one image each.
+The build runs into a scratch folder and is renamed into place when it is complete: an
+interrupted build never passes for a good one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from .progress import Progress
-from .spec import LabSpec
+from .spec import ImageSpec
 
 # Units that make noise or reach out in a host that is booted offline; roles that need
 # one of them enable it themselves.
@@ -58,9 +59,9 @@ def debian_mirror() -> str:
 
 
 class BaseImage:
-    def __init__(self, state_dir: Path, spec: LabSpec):
+    def __init__(self, state_dir: Path, spec: ImageSpec):
         self.spec = spec
-        self.root = state_dir / "images" / spec.image_key()
+        self.root = state_dir / "images" / spec.key()
 
     @property
     def rootfs(self) -> Path:
@@ -81,41 +82,64 @@ class BaseImage:
             shutil.rmtree(scratch)
         scratch.mkdir(parents=True)
         started = time.monotonic()
-        self._debootstrap(scratch / "rootfs", progress)
+        mirror = debian_mirror()
+        self._debootstrap(scratch / "rootfs", mirror, progress)
+        if self.spec.backports:
+            self._install_backports(scratch / "rootfs", mirror, progress)
         self._prepare_for_lab(scratch / "rootfs")
-        (scratch / "packages").write_text("\n".join(sorted(self.spec.packages)) + "\n")
+        (scratch / "packages").write_text(
+            "".join(f"{name}\n" for name in sorted(self.spec.packages))
+            + "".join(f"{name}/{self.spec.backports_suite}\n" for name in sorted(self.spec.backports))
+        )
         (scratch / "complete").write_text(f"{time.monotonic() - started:.0f}\n")
         if self.root.exists():
             shutil.rmtree(self.root)
         scratch.rename(self.root)
         progress.say(f"base image {self.root.name}: built in {time.monotonic() - started:.0f} s")
 
-    def _debootstrap(self, target: Path, progress: Progress) -> None:
+    def _debootstrap(self, target: Path, mirror: str, progress: Progress) -> None:
         command = [
             "debootstrap",
             "--variant=minbase",
             f"--include={','.join(sorted(self.spec.packages))}",
             self.spec.suite,
             str(target),
-            debian_mirror(),
+            mirror,
         ]
         count = len(self.spec.packages)
         progress.say(f"base image {self.root.name}: debootstrap {self.spec.suite} with {count} packages")
-        log_path = target.parent / "debootstrap.log"
-        with (
-            open(log_path, "w") as log,
-            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process,
-        ):
-            assert process.stdout is not None
-            for line in process.stdout:
-                log.write(line)
-                # debootstrap says "I: Retrieving foo 1.2", "I: Configuring bar...": show the phase.
-                match = re.match(r"I: (\w+)", line)
-                if match:
-                    progress.status(f"base image: {line[3:].strip()[:70]}")
-        if process.returncode != 0:
-            tail = log_path.read_text().splitlines()[-15:]
-            raise RuntimeError("debootstrap failed:\n" + "\n".join(tail))
+        # debootstrap says "I: Retrieving foo 1.2", "I: Configuring bar...": show the phase.
+        _run_logged(command, target.parent / "debootstrap.log", r"I: (.*)", progress, "debootstrap")
+
+    def _install_backports(self, rootfs: Path, mirror: str, progress: Progress) -> None:
+        """Install the wanted packages from the suite's backports, and leave the suite in the
+        image's apt sources and lists: a role that asks apt for the backports version then finds
+        it installed and current, offline."""
+        suite = self.spec.backports_suite
+        (rootfs / "etc/apt/sources.list.d/vpnfleet-lab-backports.sources").write_text(
+            "# Written by the vpnfleet lab: the base image took packages from here.\n"
+            f"Types: deb\nURIs: {mirror}\nSuites: {suite}\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        )
+        names = sorted(self.spec.backports)
+        progress.say(f"base image {self.root.name}: {', '.join(names)} from {suite}")
+        log_path = rootfs.parent / "backports.log"
+        # Services the packages bring must not start inside the build's chroot.
+        policy = rootfs / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        try:
+            in_chroot = ["chroot", str(rootfs), "env", "DEBIAN_FRONTEND=noninteractive"]
+            _run_logged([*in_chroot, "apt-get", "update"], log_path, r"(?:Get|Hit):\d+ (.*)", progress, "apt")
+            _run_logged(
+                [*in_chroot, "apt-get", "install", "--yes", "--no-install-recommends", "-t", suite, *names],
+                log_path,
+                r"(?:Unpacking|Setting up) (.*)",
+                progress,
+                "apt",
+            )
+        finally:
+            policy.unlink()
 
     def _prepare_for_lab(self, rootfs: Path) -> None:
         def in_image(*args: str) -> None:
@@ -144,3 +168,20 @@ class BaseImage:
         )
         shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
         (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+
+
+def _run_logged(command: list[str], log_path: Path, phase: str, progress: Progress, what: str) -> None:
+    """Run a build step into its log, showing the lines that match ``phase`` as progress."""
+    with (
+        open(log_path, "a") as log,
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process,
+    ):
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            match = re.match(phase, line)
+            if match:
+                progress.status(f"base image: {match.group(1).strip()[:70]}")
+    if process.returncode != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        raise RuntimeError(f"{what} failed ({' '.join(command[:6])}...):\n" + "\n".join(tail))

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # The brief's address rule: lab networks live only in these documentation ranges.
@@ -22,6 +23,9 @@ ALLOWED_UNDERLAY = [
     ipaddress.ip_network("198.51.100.0/24"),
     ipaddress.ip_network("2001:db8::/32"),
 ]
+
+DEFAULT_SUITE = "bookworm"
+SUITE_NAME = re.compile(r"[a-z][a-z0-9-]*")
 
 # Interface names are limited to 15 characters by the kernel.
 BRIDGE_PREFIX = "vfl-"
@@ -61,11 +65,36 @@ class Network:
 
 
 @dataclass(frozen=True)
+class ImageSpec:
+    """What one base image holds: a Debian suite, the packages debootstrap installs, and those
+    taken from the suite's backports (a newer OpenVPN, say) in the same build, since lab hosts
+    reach no archive later."""
+
+    suite: str
+    packages: tuple[str, ...]
+    backports: tuple[str, ...] = ()
+
+    @property
+    def backports_suite(self) -> str:
+        return f"{self.suite}-backports"
+
+    def key(self) -> str:
+        """Changes whenever the base image would come out different."""
+        content: dict = {"suite": self.suite, "packages": sorted(self.packages), "format": 2}
+        # Only when there are some: the keys of the images made before backports stay valid.
+        if self.backports:
+            content["backports"] = sorted(self.backports)
+        text = json.dumps(content)
+        return f"{self.suite}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+@dataclass(frozen=True)
 class Host:
     name: str
     groups: tuple[str, ...]
     network: Network
     ipv4: ipaddress.IPv4Address
+    image: ImageSpec
 
     @property
     def ipv6(self) -> ipaddress.IPv6Address:
@@ -85,17 +114,13 @@ class Host:
 
 @dataclass(frozen=True)
 class LabSpec:
-    inventory: Path
-    suite: str
-    packages: tuple[str, ...]
+    inventory: tuple[Path, ...]
     networks: tuple[Network, ...]
     hosts: tuple[Host, ...]
-    variables: dict = field(default_factory=dict, compare=False, hash=False)
 
-    def image_key(self) -> str:
-        """Changes whenever the base image would come out different."""
-        text = json.dumps({"suite": self.suite, "packages": sorted(self.packages), "format": 2})
-        return f"{self.suite}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    def images(self, hosts: tuple[Host, ...] | None = None) -> tuple[ImageSpec, ...]:
+        """The base images the hosts boot from, each once, in the order of the hosts."""
+        return tuple(dict.fromkeys(host.image for host in (self.hosts if hosts is None else hosts)))
 
     def select(self, names: list[str] | None) -> tuple[Host, ...]:
         if not names:
@@ -109,8 +134,9 @@ class LabSpec:
         return tuple(known[name] for name in names)
 
 
-def load_inventory(inventory: Path) -> dict:
-    """The inventory as Ansible sees it (group_vars and host_vars applied)."""
+def load_inventory(inventories: tuple[Path, ...]) -> dict:
+    """The inventory as Ansible sees it (group_vars and host_vars applied); several sources
+    merge as they do for ansible-playbook, a later one's host vars over an earlier one's."""
     # Prefer the ansible-inventory of our own virtual environment, even when it is not on PATH.
     beside_python = Path(sys.executable).parent / "ansible-inventory"
     program = (
@@ -120,7 +146,7 @@ def load_inventory(inventory: Path) -> dict:
     )
     try:
         result = subprocess.run(
-            [program, "-i", str(inventory), "--list"],
+            [program, *(arg for path in inventories for arg in ("-i", str(path))), "--list"],
             check=True,
             capture_output=True,
             text=True,
@@ -131,7 +157,7 @@ def load_inventory(inventory: Path) -> dict:
         ) from error
     except subprocess.CalledProcessError as error:
         raise LabSpecError(
-            f"ansible-inventory could not read {inventory}:\n{error.stderr.strip()}"
+            f"ansible-inventory could not read {', '.join(map(str, inventories))}:\n{error.stderr.strip()}"
         ) from error
     return json.loads(result.stdout)
 
@@ -196,15 +222,41 @@ def _network(raw: dict) -> Network:
     return Network(name=name, ipv4=ipv4, ipv6=ipv6)
 
 
-def build_spec(inventory_path: Path, inventory: dict) -> LabSpec:
+def _names(host: str, variable: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise LabSpecError(f"host {host}: {variable} must be a list of package names, not {value!r}")
+    return tuple(value)
+
+
+def _image(host: str, variables: dict) -> ImageSpec:
+    """The host's base image; the suite and both package lists may differ per host or group
+    (ansible-inventory has already let a host var win over a group's)."""
+    suite = variables.get("vpnfleet_lab_suite", DEFAULT_SUITE)
+    if not isinstance(suite, str) or not SUITE_NAME.fullmatch(suite):
+        raise LabSpecError(
+            f"host {host}: vpnfleet_lab_suite is {suite!r}; "
+            "expected a Debian suite's code name (bookworm, trixie)"
+        )
+    packages = _names(host, "vpnfleet_lab_base_packages", variables.get("vpnfleet_lab_base_packages", []))
+    if not packages:
+        raise LabSpecError(f"host {host}: vpnfleet_lab_base_packages is empty (group_vars/all)")
+    backports = _names(
+        host, "vpnfleet_lab_backports_packages", variables.get("vpnfleet_lab_backports_packages", [])
+    )
+    return ImageSpec(suite=suite, packages=packages, backports=backports)
+
+
+def build_spec(inventory_path: Path | tuple[Path, ...], inventory: dict) -> LabSpec:
+    sources = inventory_path if isinstance(inventory_path, tuple) else (inventory_path,)
+    where = ", ".join(map(str, sources))
     hostvars = inventory.get("_meta", {}).get("hostvars", {})
     membership = _group_membership(inventory)
     if not hostvars:
-        raise LabSpecError(f"{inventory_path}: the inventory has no hosts")
+        raise LabSpecError(f"{where}: the inventory has no hosts")
     any_vars = next(iter(hostvars.values()))
     raw_networks = any_vars.get("vpnfleet_lab_networks")
     if not raw_networks:
-        raise LabSpecError(f"{inventory_path}: vpnfleet_lab_networks is not set (group_vars/all)")
+        raise LabSpecError(f"{where}: vpnfleet_lab_networks is not set (group_vars/all)")
     networks = tuple(_network(raw) for raw in raw_networks)
     by_name = {net.name: net for net in networks}
     if len(by_name) != len(networks):
@@ -243,17 +295,13 @@ def build_spec(inventory_path: Path, inventory: dict) -> LabSpec:
             )
         seen_addresses[address] = name
         groups = tuple(group for group in membership.get(name, []) if group not in ("all", "ungrouped"))
-        hosts.append(Host(name=name, groups=groups, network=network, ipv4=address))
+        hosts.append(
+            Host(name=name, groups=groups, network=network, ipv4=address, image=_image(name, variables))
+        )
 
-    return LabSpec(
-        inventory=inventory_path,
-        suite=str(any_vars.get("vpnfleet_lab_suite", "bookworm")),
-        packages=tuple(any_vars.get("vpnfleet_lab_base_packages", [])),
-        networks=networks,
-        hosts=tuple(hosts),
-        variables=any_vars,
-    )
+    return LabSpec(inventory=sources, networks=networks, hosts=tuple(hosts))
 
 
-def read_spec(inventory_path: Path) -> LabSpec:
-    return build_spec(inventory_path, load_inventory(inventory_path))
+def read_spec(inventory: Path | tuple[Path, ...]) -> LabSpec:
+    sources = inventory if isinstance(inventory, tuple) else (inventory,)
+    return build_spec(sources, load_inventory(sources))

@@ -35,6 +35,24 @@ def test_clients_are_read_by_column_name():
     assert (bob.client_id, bob.virtual_ipv6) == (7, "")
 
 
+# OpenVPN 2.7 (trixie-backports) names the socket a client came in on before its address.
+STATUS_2_7_ROWS = [
+    "CLIENT_LIST\tvfd-alice\tudp6:198.51.100.246:42246\t198.18.0.2\t2001:db8:100::2\t2276\t2418"
+    "\t2026-12-01 09:56:02\t1796118962\tUNDEF\t0\t0\tAES-256-GCM",
+    "CLIENT_LIST\tvfd-bob\ttcp6-server:198.51.100.246:54940\t198.18.0.4\t2001:db8:100::4\t2336\t2519"
+    "\t2026-12-01 09:56:02\t1796118962\tUNDEF\t2\t2\tAES-256-GCM",
+    "CLIENT_LIST\tvfd-carol\tudp6:[2001:db8:1f00:ff0::2]:45476\t198.18.0.5\t2001:db8:100::5\t3479\t3655"
+    "\t2026-12-01 09:56:02\t1796118962\tUNDEF\t3\t3\tAES-256-GCM",
+]
+
+
+def test_openvpn_2_7_addresses_read_as_2_6_ones():
+    alice, bob, carol = parse_client_list([STATUS_2_6[2], *STATUS_2_7_ROWS])
+    assert alice.real_address == "198.51.100.246:42246"
+    assert bob.real_address == "198.51.100.246:54940"
+    assert carol.real_address == "[2001:db8:1f00:ff0::2]:45476"
+
+
 def test_the_column_order_does_not_matter():
     header = (
         "HEADER\tCLIENT_LIST\tClient ID\tCommon Name\tVirtual Address\tVirtual IPv6 Address\tReal Address"

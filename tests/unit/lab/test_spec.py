@@ -1,5 +1,7 @@
 """The lab reads its shape from the inventory and refuses one it cannot build safely."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -53,9 +55,96 @@ def test_image_key_follows_the_package_list():
         }
     )
     same_again = inventory({"a": {"ansible_host": "203.0.113.10", "vpnfleet_lab_network": "core"}})
-    key = build_spec(Path("lab"), base).image_key()
-    assert key == build_spec(Path("lab"), same_again).image_key()
-    assert key != build_spec(Path("lab"), changed).image_key()
+    key = build_spec(Path("lab"), base).hosts[0].image.key()
+    assert key == build_spec(Path("lab"), same_again).hosts[0].image.key()
+    assert key != build_spec(Path("lab"), changed).hosts[0].image.key()
+
+
+def test_the_image_key_of_a_plain_image_is_the_one_it_had_before_backports():
+    # Caches built before per-host suites and backports stay valid.
+    spec = build_spec(
+        Path("lab"), inventory({"a": {"ansible_host": "203.0.113.10", "vpnfleet_lab_network": "core"}})
+    )
+    earlier = json.dumps({"suite": "bookworm", "packages": ["openvpn"], "format": 2})
+    assert spec.hosts[0].image.key() == "bookworm-" + hashlib.sha256(earlier.encode()).hexdigest()[:12]
+
+
+def mixed_fleet(node_vars, group_vars=None):
+    """A controller on the lab's default suite and two nodes of one location group."""
+    nodes = {
+        "node-x1": {"ansible_host": "198.51.100.10", "vpnfleet_lab_network": "location-x"},
+        "node-x2": {"ansible_host": "198.51.100.11", "vpnfleet_lab_network": "location-x"},
+    }
+    hosts = {
+        "controller": {"ansible_host": "203.0.113.10", "vpnfleet_lab_network": "core"},
+        **{
+            name: {**variables, **(group_vars or {}), **node_vars.get(name, {})}
+            for name, variables in nodes.items()
+        },
+    }
+    groups = {
+        "vpnfleet_controllers": {"hosts": ["controller"]},
+        "vpnfleet_location_x": {"hosts": list(nodes)},
+    }
+    return build_spec(Path("lab"), inventory(hosts, groups=groups))
+
+
+def test_each_host_boots_the_suite_its_vars_name_and_hosts_of_one_suite_share_an_image():
+    spec = mixed_fleet({}, group_vars={"vpnfleet_lab_suite": "trixie"})
+    suites = {host.name: host.image.suite for host in spec.hosts}
+    assert suites == {"controller": "bookworm", "node-x1": "trixie", "node-x2": "trixie"}
+    assert [image.suite for image in spec.images()] == ["bookworm", "trixie"]
+    keys = {image.key() for image in spec.images()}
+    assert len(keys) == 2 and all(key.startswith(("bookworm-", "trixie-")) for key in keys)
+
+
+def test_backports_packages_make_an_image_of_their_own():
+    spec = mixed_fleet(
+        {"node-x1": {"vpnfleet_lab_backports_packages": ["openvpn"]}},
+        group_vars={"vpnfleet_lab_suite": "trixie"},
+    )
+    by_name = {host.name: host.image for host in spec.hosts}
+    assert by_name["node-x1"].backports == ("openvpn",)
+    assert by_name["node-x1"].backports_suite == "trixie-backports"
+    assert by_name["node-x2"].backports == ()
+    assert by_name["node-x1"].key() != by_name["node-x2"].key()
+    assert len(spec.images()) == 3
+    # Only the hosts asked for: their images, not every image of the inventory.
+    assert spec.images(spec.select(["node-x2"])) == (by_name["node-x2"],)
+
+
+def test_the_selected_hosts_images_come_once_in_the_hosts_order():
+    spec = mixed_fleet({"node-x1": {"vpnfleet_lab_suite": "trixie"}})
+    assert [image.suite for image in spec.images(spec.select(["node-x2", "node-x1", "controller"]))] == [
+        "bookworm",
+        "trixie",
+    ]
+
+
+def test_a_host_var_wins_over_the_group_var_when_ansible_reads_the_inventory(tmp_path):
+    """The real precedence, from ansible-inventory: group_vars of a location, a host var on one node."""
+    from vpnfleet.lab.spec import read_spec
+
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all.yml").write_text(
+        "vpnfleet_lab_suite: bookworm\nvpnfleet_lab_base_packages: [openvpn]\n"
+        "vpnfleet_lab_networks:\n"
+        "  - {name: core, ipv4: 203.0.113.0/26, ipv6: '2001:db8:1f00:1::/64'}\n"
+    )
+    (tmp_path / "group_vars" / "vpnfleet_location_x.yml").write_text("vpnfleet_lab_suite: trixie\n")
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n  children:\n    vpnfleet_controllers:\n      hosts:\n"
+        "        controller: {ansible_host: 203.0.113.10, vpnfleet_lab_network: core}\n"
+        "    vpnfleet_location_x:\n      hosts:\n"
+        "        node-x1: {ansible_host: 203.0.113.11, vpnfleet_lab_network: core}\n"
+        "        node-x2: {ansible_host: 203.0.113.12, vpnfleet_lab_network: core,\n"
+        "                  vpnfleet_lab_suite: bookworm}\n"
+    )
+    # A second source laid over the first, as a molecule scenario lays its hosts over the lab's.
+    overlay = tmp_path / "overlay.yml"
+    overlay.write_text("all:\n  hosts:\n    controller: {vpnfleet_lab_suite: trixie}\n")
+    suites = {host.name: host.image.suite for host in read_spec((tmp_path / "hosts.yml", overlay)).hosts}
+    assert suites == {"controller": "trixie", "node-x1": "trixie", "node-x2": "bookworm"}
 
 
 @pytest.mark.parametrize(
@@ -109,6 +198,44 @@ def test_image_key_follows_the_package_list():
             None,
             "host a: ansible_host must be an IPv4 address",
         ),
+        (
+            {"a": {"ansible_host": "203.0.113.10", "vpnfleet_lab_network": "core", "vpnfleet_lab_suite": 13}},
+            None,
+            "host a: vpnfleet_lab_suite is 13; expected a Debian suite's code name",
+        ),
+        (
+            {
+                "a": {
+                    "ansible_host": "203.0.113.10",
+                    "vpnfleet_lab_network": "core",
+                    "vpnfleet_lab_suite": "Trixie Backports",
+                }
+            },
+            None,
+            "host a: vpnfleet_lab_suite is 'Trixie Backports'",
+        ),
+        (
+            {
+                "a": {
+                    "ansible_host": "203.0.113.10",
+                    "vpnfleet_lab_network": "core",
+                    "vpnfleet_lab_backports_packages": "openvpn",
+                }
+            },
+            None,
+            "host a: vpnfleet_lab_backports_packages must be a list of package names, not 'openvpn'",
+        ),
+        (
+            {
+                "a": {
+                    "ansible_host": "203.0.113.10",
+                    "vpnfleet_lab_network": "core",
+                    "vpnfleet_lab_base_packages": [],
+                }
+            },
+            None,
+            "host a: vpnfleet_lab_base_packages is empty",
+        ),
     ],
 )
 def test_inventory_mistakes_name_the_host_and_the_variable(hosts, networks, message):
@@ -125,3 +252,15 @@ def test_the_embedded_lab_inventory_builds():
     names = {host.name for host in spec.hosts}
     assert {"controller", "node-x1", "node-y1", "client", "internet"} <= names
     assert {host.role for host in spec.hosts if host.name.startswith("node-")} == {"node x", "node y"}
+    assert {host.image.suite for host in spec.hosts} == {"bookworm"}
+
+
+def test_the_trixie_scenario_lays_debian_13_nodes_over_the_lab():
+    from vpnfleet.lab.spec import read_spec
+
+    repo = Path(__file__).parents[3]
+    spec = read_spec((repo / "inventories" / "lab", repo / "molecule" / "trixie" / "inventory" / "hosts.yml"))
+    images = {host.name: host.image for host in spec.hosts}
+    assert images["controller"].suite == "bookworm"
+    assert (images["node-x1"].suite, images["node-x1"].backports) == ("trixie", ("openvpn",))
+    assert (images["node-y1"].suite, images["node-y1"].backports) == ("trixie", ())
