@@ -32,7 +32,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def delete_rows(db: Session, statement: Delete) -> int:
     """Run a DELETE; the number of rows it removed."""
     # A DML statement's result is a CursorResult, which Session.execute's annotation does not say.
-    return cast("CursorResult", db.execute(statement)).rowcount
+    return cast(CursorResult, db.execute(statement)).rowcount
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -33,7 +33,7 @@ class FleetView:
 def live_connections(controller: Controller, db: Session) -> FleetView:
     answers = controller.daemons.connection_lists()
     reported = [(answer.node, entry) for answer in answers if answer.ok for entry in answer.data]
-    names = {str(entry.get("common_name", "")) for _, entry in reported}
+    names = {str(entry.get("common_name", "")) for unused_name, entry in reported}
     configs = {
         config.common_name: config
         for config in db.scalars(select(VpnConfig).where(VpnConfig.common_name.in_(names)))

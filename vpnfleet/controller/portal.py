@@ -185,7 +185,7 @@ def delete(config_id: int):
     if config is None or config.user_id != signed_in_user().id:
         abort(404, "no such config")
     unreachable = revoke_configs(controller(), db(), [config])
-    message = f"Deleted “{config.display_name}”."
+    message = f'Deleted "{config.display_name}".'
     if unreachable:
         message += " Some nodes could not be told now; it is refused there at its next connect."
     flash(message)

@@ -170,7 +170,7 @@ def print_status(spec: LabSpec, hosts: tuple[Host, ...] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vpnfleet-lab", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="vpnfleet-lab", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument(
         "-i",
         "--inventory",

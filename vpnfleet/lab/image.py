@@ -35,7 +35,7 @@ def debian_mirror() -> str:
         for stanza in path.read_text().split("\n\n"):
             fields = dict(
                 (key.strip().lower(), value.strip())
-                for key, _, value in (
+                for key, unused_separator, value in (
                     line.partition(":") for line in stanza.splitlines() if not line.startswith("#")
                 )
             )

@@ -39,8 +39,8 @@ def addresses_of(names: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for name in names:
         try:
-            for *_, sockaddr in socket.getaddrinfo(name, None):
-                found[str(ipaddress.ip_address(sockaddr[0]))] = name
+            for address_info in socket.getaddrinfo(name, None):
+                found[str(ipaddress.ip_address(address_info[4][0]))] = name
         except OSError:
             continue
     return found
