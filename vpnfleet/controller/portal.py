@@ -239,7 +239,7 @@ def revoke_authorization(authorization_id: int):
         abort(404, "no such app authorization")
     registration = controller().settings.oauth_client(authorization.client_id)
     unreachable = end_authorization(controller(), db(), authorization, utcnow())
-    message = f"Revoked “{registration.name if registration else authorization.client_id}”."
+    message = f'Revoked "{registration.name if registration else authorization.client_id}".'
     if unreachable:
         message += " Some nodes could not be told now; its configs are refused there at their next connect."
     flash(message)
