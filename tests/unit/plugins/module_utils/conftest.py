@@ -47,7 +47,7 @@ class Inventory:
         for name, variables in self.variables.items():
             groups = tuple(group for group, members in self.groups.items() if name in members)
             given = {"vpnfleet_profiles": self.profiles, **variables}
-            found[name] = fleet.HostInput(name, groups, given, self.cores.get(name), None, "192.0.2.1")
+            found[name] = fleet.HostInput(name, groups, given, self.cores.get(name), None, "198.51.100.10")
         return found
 
     def plan(self):
