@@ -46,7 +46,8 @@ def test_the_controller_sees_every_process_and_only_the_profile_fields_it_reads(
         {"id": "office", "display_name": "Office (split tunnel)", "default_gateway": False, "groups": []},
     ]
     node_x1 = view["nodes"][0]
-    assert (node_x1["name"], node_x1["location"], node_x1["public_address"]) == ("node-x1", "x", "198.51.100.10")
+    node_x1_identity = (node_x1["name"], node_x1["location"], node_x1["public_address"])
+    assert node_x1_identity == ("node-x1", "x", "198.51.100.10")
     assert node_x1["processes"] == [
         {"profile": "internet", "proto": "udp", "port": 1194, "max_clients": 124},
         {"profile": "internet", "proto": "tcp", "port": 1194, "max_clients": 124},
