@@ -2,8 +2,8 @@
 
 From the shared ``openvpn_netlab``: a server namespace holds one real `openvpn` server per process
 that the controller's settings plan for node-x1 (configs rendered by ``vpnfleet.shared.instances``
-as the node role renders them, certificates from the controller's own CA, the CRL file the daemon keeps), and real
-clients in the client namespace use the .ovpn files the controller hands out. The real daemon
+as the node role renders them, certificates from the controller's own CA, the CRL file the daemon
+keeps), and real clients in the client namespace use the .ovpn files the controller hands out. The real daemon
 (``vpnfleet.daemon``, its HTTPS server with mutual TLS) serves the processes' management sockets.
 It runs on 127.0.0.1 in the test's own namespace, where the controller reaches it; a unix socket
 is reached through the file system, so the daemon needs no place in the server namespace.
