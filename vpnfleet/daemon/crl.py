@@ -54,6 +54,20 @@ class CrlFacts:
         }
 
 
+def _dates(crl: x509.CertificateRevocationList) -> tuple[datetime.datetime, datetime.datetime | None]:
+    """thisUpdate and nextUpdate, aware; cryptography before 42 (where the hooks may run on a
+    distribution's own) has only the naive properties."""
+    if hasattr(crl, "next_update_utc"):
+        return crl.last_update_utc, crl.next_update_utc
+    utc = datetime.UTC
+    next_update = crl.next_update
+    return crl.last_update.replace(tzinfo=utc), next_update.replace(tzinfo=utc) if next_update else None
+
+
+def next_update_of(crl: x509.CertificateRevocationList) -> datetime.datetime | None:
+    return _dates(crl)[1]
+
+
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
     try:
         if b"-----BEGIN X509 CRL-----" in data:
@@ -89,9 +103,10 @@ class CrlFile:
             number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
         except x509.ExtensionNotFound:
             raise CrlRefused("the CRL has no CRL number") from None
-        if crl.next_update_utc is None:
+        this_update, next_update = _dates(crl)
+        if next_update is None:
             raise CrlRefused("the CRL has no nextUpdate")
-        return CrlFacts(number, crl.last_update_utc, crl.next_update_utc, len(crl))
+        return CrlFacts(number, this_update, next_update, len(crl))
 
     def installed(self) -> CrlFacts | None:
         """The facts of the CRL in place (of any age), or None when there is none our CA signed."""

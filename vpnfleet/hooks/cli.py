@@ -33,6 +33,7 @@ from .hook import (
     CONNECT,
     DISCONNECT,
     ClientEvent,
+    Decision,
     DecisionLog,
     deliver,
     run_connect,
@@ -203,9 +204,11 @@ def _hard_deadline(settings: HookSettings, event: ClientEvent, log: DecisionLog,
 
     def expired(signum, frame) -> None:
         if event.script_type == CONNECT:
-            decision = without_answer(
-                settings, f"no decision within {settings.timeout_seconds + DEADLINE_MARGIN_SECONDS:g} s"
-            )
+            late = f"no decision within {settings.timeout_seconds + DEADLINE_MARGIN_SECONDS:g} s"
+            try:
+                decision = without_answer(settings, late)
+            except Exception as exc:  # noqa: BLE001 - refuse rather than leave the client deferred
+                decision = Decision(False, f"{late}; the CRL check failed: {exc}")
             allow = decision.allow
             log.line(
                 f"connect {'ALLOW' if allow else 'DENY'} {event.describe()} node={settings.node_name}: "

@@ -120,7 +120,7 @@ def crl_freshness(settings: HookSettings) -> tuple[bool, str]:
     if settings.crl_file is None:
         return False, "no crl_file to rely on"
     # Imported here: only a connect without an answer pays for loading cryptography.
-    from vpnfleet.daemon.crl import CrlFile, CrlRefused, load_crl
+    from vpnfleet.daemon.crl import CrlFile, CrlRefused, load_crl, next_update_of
 
     try:
         if settings.crl_ca_file is not None:
@@ -129,7 +129,7 @@ def crl_freshness(settings: HookSettings) -> tuple[bool, str]:
                 return False, f"no CRL of the node's CA in {settings.crl_file}"
             next_update: datetime.datetime | None = facts.next_update
         else:
-            next_update = load_crl(settings.crl_file.read_bytes()).next_update_utc
+            next_update = next_update_of(load_crl(settings.crl_file.read_bytes()))
     except (OSError, ValueError, CrlRefused) as exc:
         return False, f"cannot read the CRL {settings.crl_file}: {exc}"
     stamp = next_update.strftime("%Y-%m-%dT%H:%M:%SZ") if next_update else "never"
@@ -190,7 +190,10 @@ class DecisionLog:
 
 def run_connect(settings: HookSettings, event: ClientEvent, log: DecisionLog, *, deferred: bool) -> bool:
     started = time.monotonic()
-    decision = decide_connect(settings, event)
+    try:
+        decision = decide_connect(settings, event)
+    except Exception as exc:  # noqa: BLE001 - a bug must refuse the client, never leave it deferred
+        decision = Decision(False, f"hook failed: {type(exc).__name__}: {exc}")
     elapsed = time.monotonic() - started
     verdict = "ALLOW" if decision.allow else "DENY"
     log.line(
