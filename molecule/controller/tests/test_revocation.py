@@ -1,7 +1,7 @@
 """Revocation that holds when a part fails, on the converged lab (issue 10).
 
-The scenario's inventory (inventory/revocation.yml) makes the controller's CRL valid for 30 s and
-lets each node pull it every 5 s. Each test leaves the lab as it found it: the controller up, no
+The scenario's host_vars (molecule.yml) make the controller's CRL valid for 30 s and
+let each node pull it every 5 s. Each test leaves the lab as it found it: the controller up, no
 firewall rule of ours, every node holding a fresh CRL.
 """
 
