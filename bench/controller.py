@@ -56,6 +56,7 @@ import yaml
 from sqlalchemy import create_engine, insert, select
 from vpnfleet.shared.pki import authority, keys
 
+from bench.lab import BenchError, say
 from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.database import migrate
 from vpnfleet.controller.models import User, VpnConfig
@@ -71,14 +72,6 @@ NODE_NAME = "node-x1"
 NODE_TOKEN = "bench-node-token-" + "x" * 24  # noqa: S105 - a throwaway controller's node secret
 PASSWORD = "bench password of a test user"  # noqa: S105
 PROFILE = "internet"
-
-
-def say(message: str) -> None:
-    print(f"[controller {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 def free_port() -> int:
