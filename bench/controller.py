@@ -533,11 +533,13 @@ def _ratio(value: float, base: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.controller", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 s runs, 0 and 1,000 issued, 1 and 4 callers")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--parallel", default="1,4,8", help="parallel callers, comma-separated")
     parser.add_argument(
-        "--issued", default="0,10000,50000", help="certificates issued before, comma-separated"
+        "--quick", action="store_true", help="defaults of 2 s runs, 0 and 1,000 issued, 1 and 4 callers"
+    )
+    parser.add_argument("--seconds", type=float, help="per measurement (default 10)")
+    parser.add_argument("--parallel", help="parallel callers, comma-separated (default 1,4,8)")
+    parser.add_argument(
+        "--issued", help="certificates issued before, comma-separated (default 0,10000,50000)"
     )
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument(
@@ -547,8 +549,10 @@ def main(argv: list[str] | None = None) -> int:
         help="gunicorn workers (default: 2 x cores + 1, gunicorn's advice)",
     )
     arguments = parser.parse_args(argv)
-    if arguments.quick:
-        arguments.seconds, arguments.parallel, arguments.issued = 2.0, "1,4", "0,1000"
+    defaults = (2.0, "1,4", "0,1000") if arguments.quick else (10.0, "1,4,8", "0,10000,50000")
+    arguments.seconds = arguments.seconds or defaults[0]
+    arguments.parallel = arguments.parallel or defaults[1]
+    arguments.issued = arguments.issued or defaults[2]
     parallels = [int(value) for value in arguments.parallel.split(",")]
     issued_counts = [int(value) for value in arguments.issued.split(",")]
     databases = arguments.databases.split(",")
