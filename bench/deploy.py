@@ -12,8 +12,7 @@ Phases, each timed on the wall clock (see docs/bench.md):
    asserted: the molecule scenarios assert it).
 
 For the deploy and the re-run it lists the slowest tasks (the most a task took on one host, from
-ansible-core's own JUnit callback). ``--quick`` boots only the controller, node-x1, the client and
-the internet host and limits the playbook to them.
+ansible-core's own JUnit callback). ``--quick`` leaves out the re-run.
 
 It holds the lab's session lock for the whole run, starts from a clean lab and takes the lab down
 at the end, also on failure. It prints a table and writes bench/results/deploy-<timestamp>.json and
@@ -25,72 +24,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from bench import lab as lab_hosts
-from bench.lab import BenchError, Processes, lab, put, say, session_lock, sh_on, start_daemon
+from bench.lab import BenchError, Processes, lab, put, say, session_lock, sh_on, site_playbook, start_daemon
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO / "molecule"))
 from lab_portal import ALICE, Browser, csrf  # noqa: E402 - the scenarios' portal user, shared
 
-QUICK_HOSTS = ["controller", "node-x1", "client", "internet"]
 INTERNET_ADDRESS = "203.0.113.130"
 CLIENT_DIR = "/root/vfl-bench-deploy"
-RECAP = re.compile(
-    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<un>\d+)"
-    r"\s+failed=(?P<failed>\d+)",
-    re.MULTILINE,
-)
-
-
-def playbook(limit: list[str] | None, junit_dir: Path) -> dict:
-    """site.yml once: wall time, the recap per host and the slowest tasks."""
-    environment = dict(
-        os.environ,
-        ANSIBLE_INVENTORY=str(lab_hosts.INVENTORY),
-        ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.junit",
-        JUNIT_OUTPUT_DIR=str(junit_dir),
-        JUNIT_TASK_CLASS="yes",
-        ANSIBLE_FORCE_COLOR="0",
-    )
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), "playbooks/site.yml"]
-    if limit:
-        command += ["--limit", ",".join(limit)]
-    started = time.monotonic()
-    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=3600)
-    seconds = time.monotonic() - started
-    if result.returncode != 0:
-        raise BenchError(
-            f"site.yml failed ({result.returncode}):\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
-        )
-    recap = {
-        match["host"]: {"changed": int(match["changed"]), "failed": int(match["failed"])}
-        for match in RECAP.finditer(result.stdout)
-    }
-    return {"seconds": round(seconds, 1), "recap": recap, "slowest_tasks": slowest_tasks(junit_dir)}
-
-
-def slowest_tasks(junit_dir: Path, count: int = 8) -> list[dict]:
-    most: dict[str, float] = {}
-    for report in junit_dir.glob("*.xml"):
-        tree = ElementTree.parse(report)  # noqa: S314 - written by ansible-core's callback, here
-        for case in tree.getroot().iter("testcase"):
-            # "[host] task name": the task's longest time on one host.
-            name = re.sub(r"^\[[^\]]+\]\s*", "", case.get("name", ""))
-            most[name] = max(most.get(name, 0.0), float(case.get("time", 0) or 0))
-        report.unlink()
-    ranked = sorted(most.items(), key=lambda item: item[1], reverse=True)[:count]
-    return [{"task": name, "seconds": round(seconds, 1)} for name, seconds in ranked]
 
 
 def connect_a_client(procs: Processes) -> float:
@@ -139,9 +89,8 @@ def connect_a_client(procs: Processes) -> float:
 
 
 def run(arguments) -> dict:
-    hosts = QUICK_HOSTS if arguments.quick else None
     procs = Processes()
-    results: dict = {"benchmark": "deploy", "quick": arguments.quick, "hosts": hosts or "all"}
+    results: dict = {"benchmark": "deploy", "quick": arguments.quick}
     junit_dir = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-junit-"))
     with session_lock():
         try:
@@ -149,16 +98,17 @@ def run(arguments) -> dict:
             lab("down")
             began = time.monotonic()
             say("booting the lab")
-            lab("up", *(["--hosts", ",".join(hosts)] if hosts else []), timeout=1800)
+            lab("up", timeout=1800)
             results["boot_seconds"] = round(time.monotonic() - began, 1)
             say("site.yml on the fresh hosts")
-            results["deploy"] = playbook(hosts, junit_dir)
+            results["deploy"] = site_playbook(junit_dir)
             say("a client connects through the portal's config")
             results["client_seconds"] = round(connect_a_client(procs), 1)
             results["fresh_to_serving_seconds"] = round(time.monotonic() - began, 1)
             procs.stop_all()
-            say("site.yml again (changes nothing)")
-            results["rerun"] = playbook(hosts, junit_dir)
+            if not arguments.quick:
+                say("site.yml again (changes nothing)")
+                results["rerun"] = site_playbook(junit_dir)
         finally:
             procs.stop_all()
             say("taking the lab down")
@@ -170,37 +120,35 @@ def run(arguments) -> dict:
 
 
 def print_table(results: dict) -> None:
-    deploy, rerun = results["deploy"], results["rerun"]
+    runs = [("fresh deploy", results["deploy"])]
     rows = [
         ("boot (vpnfleet-lab up)", results["boot_seconds"], ""),
-        (
-            "site.yml, fresh hosts",
-            deploy["seconds"],
-            f"changed {sum(h['changed'] for h in deploy['recap'].values())}",
-        ),
+        ("site.yml, fresh hosts", results["deploy"]["seconds"], f"changed {_changed(results['deploy'])}"),
         ("a client passes traffic", results["client_seconds"], "portal login, config, tunnel, ping"),
         ("fresh lab to serving", results["fresh_to_serving_seconds"], "boot + deploy + client"),
-        (
-            "site.yml, re-run",
-            rerun["seconds"],
-            f"changed {sum(h['changed'] for h in rerun['recap'].values())}",
-        ),
     ]
+    if "rerun" in results:
+        runs.append(("re-run", results["rerun"]))
+        rows.append(
+            ("site.yml, re-run", results["rerun"]["seconds"], f"changed {_changed(results['rerun'])}")
+        )
     print(f"{'phase':<26}{'seconds':>9}  note")
     print("-" * 60)
     for name, seconds, note in rows:
         print(f"{name:<26}{seconds:>9}  {note}")
-    for title, run_result in (("fresh deploy", deploy), ("re-run", rerun)):
+    for title, run_result in runs:
         print(f"\nslowest tasks, {title} (longest on one host):")
         for task in run_result["slowest_tasks"]:
             print(f"  {task['seconds']:>6} s  {task['task']}")
 
 
+def _changed(run_result: dict) -> int:
+    return sum(host["changed"] for host in run_result["recap"].values())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.deploy", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="the controller, node-x1, client and internet only"
-    )
+    parser.add_argument("--quick", action="store_true", help="leave out the re-run")
     parser.add_argument("--inventory", type=Path, help="the lab's inventory (default: inventories/lab)")
     arguments = parser.parse_args(argv)
     if os.geteuid() != 0:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,3 +136,50 @@ def cpu_ticks(host: str, pids: list[int]) -> dict[int, int]:
         fields = rest.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
         ticks[int(pid)] = int(fields[11]) + int(fields[12])  # utime (14th), stime (15th)
     return ticks
+
+
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<un>\d+)"
+    r"\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+def site_playbook(junit_dir: Path | None = None) -> dict:
+    """playbooks/site.yml once on the lab: wall time, the recap per host and, given a directory for
+    ansible-core's JUnit callback, the slowest tasks."""
+    environment = dict(os.environ, ANSIBLE_INVENTORY=str(INVENTORY), ANSIBLE_FORCE_COLOR="0")
+    if junit_dir is not None:
+        environment.update(
+            ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.junit",
+            JUNIT_OUTPUT_DIR=str(junit_dir),
+            JUNIT_TASK_CLASS="yes",
+            JUNIT_HIDE_TASK_ARGUMENTS="yes",
+        )
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "playbooks/site.yml"]
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=3600)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise BenchError(
+            f"site.yml failed ({result.returncode}):\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
+        )
+    recap = {
+        match["host"]: {"changed": int(match["changed"]), "failed": int(match["failed"])}
+        for match in RECAP.finditer(result.stdout)
+    }
+    slowest = slowest_tasks(junit_dir) if junit_dir is not None else []
+    return {"seconds": round(seconds, 1), "recap": recap, "slowest_tasks": slowest}
+
+
+def slowest_tasks(junit_dir: Path, count: int = 8) -> list[dict]:
+    most: dict[str, float] = {}
+    for report in junit_dir.glob("*.xml"):
+        tree = ElementTree.parse(report)  # noqa: S314 - written by ansible-core's callback, here
+        for case in tree.getroot().iter("testcase"):
+            # "[host] play: role : task": the task's longest time on one host, without the play.
+            name = re.sub(r"^\[[^\]]+\]\s*", "", case.get("name", "")).split(": ", 1)[-1]
+            most[name] = max(most.get(name, 0.0), float(case.get("time", 0) or 0))
+        report.unlink()
+    ranked = sorted(most.items(), key=lambda item: item[1], reverse=True)[:count]
+    return [{"task": name, "seconds": round(seconds, 1)} for name, seconds in ranked]
