@@ -228,7 +228,8 @@ def plan_fleet(hosts, groups, play_variables=None, play_hosts=None, playbook_pyt
                 )
             else:
                 warnings.append(
-                    "host %s: no facts and no vpnfleet_cores: its processes are left out of this plan" % name
+                    "host %s: not in this run (outside --limit, or unreachable), no facts known and no "
+                    "vpnfleet_cores: its processes are left out of this plan" % name
                 )
             continue
         view, found = _node_view(host, location, cores, profiles, index, entry_points)

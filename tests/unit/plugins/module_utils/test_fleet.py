@@ -206,7 +206,8 @@ def test_a_node_outside_the_run_without_facts_is_left_out_with_a_warning(lab_inv
     plan = inventory.plan()
     assert set(plan.nodes) == {"node-x1"}
     assert plan.warnings == (
-        "host node-y1: no facts and no vpnfleet_cores: its processes are left out of this plan",
+        "host node-y1: not in this run (outside --limit, or unreachable), no facts known and no "
+        "vpnfleet_cores: its processes are left out of this plan",
     )
 
 
