@@ -32,12 +32,14 @@ def lab_plan(**internet):
     for location in ("x", "y"):
         group = "vpnfleet_location_%s" % location
         groups[group] = list(hosts["vpnfleet_nodes"]["children"][group]["hosts"])
+        group_vars = yaml.safe_load((LAB / "group_vars" / f"{group}.yml").read_text())
         for name, variables in hosts["vpnfleet_nodes"]["children"][group]["hosts"].items():
-            read = {key: value for key, value in variables.items() if key in fleet.HOST_VARIABLES}
+            merged = {**group_vars, **variables}
+            read = {key: value for key, value in merged.items() if key in fleet.HOST_VARIABLES}
             given[name] = fleet.HostInput(
                 name,
                 ("vpnfleet_nodes", group),
-                {"vpnfleet_profiles": profiles, "vpnfleet_location": location, **read},
+                {"vpnfleet_profiles": profiles, **read},
                 cores=2,
                 ansible_host=variables["ansible_host"],
             )
