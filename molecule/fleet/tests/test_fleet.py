@@ -211,17 +211,14 @@ def test_clients_on_the_one_public_port_land_on_every_process_of_the_node(client
             vpn.start()
         for vpn in clients:
             vpn.wait_connected()
-        info = wait_for(
-            lambda: (
-                found
-                if sum(
-                    p["client_count"] or 0 for p in (found := daemon_node_info("node-x1"))["o_process_list"]
-                )
-                >= 3
-                else None
-            ),
-            "the daemon of node-x1 to count the three clients",
-        )
+
+        def counted_all():
+            info = daemon_node_info("node-x1")
+            return (
+                info if sum(p["client_count"] or 0 for p in info["o_process_list"]) >= len(clients) else None
+            )
+
+        info = wait_for(counted_all, "the daemon of node-x1 to count the three clients")
         counts = {
             p["process"]: p["client_count"] for p in info["o_process_list"] if p["profile_id"] == "internet"
         }
