@@ -259,7 +259,7 @@ def unblock_ssh(name):
 def test_location_z_joins_with_one_command_while_node_y1_is_down(settings_before):
     block_ssh("node-y1")
     try:
-        output, recap, seconds = site(SCENARIO / "add_location_z.yml")
+        output, recap, seconds = site(SCENARIO / "inventory/add_location_z.yml")
     finally:
         unblock_ssh("node-y1")
     assert recap["node-y1"]["unreachable"] == 1, output
@@ -280,7 +280,7 @@ def test_location_z_joins_with_one_command_while_node_y1_is_down(settings_before
 
 
 def test_the_next_run_converges_node_y1_again():
-    output, recap, seconds = site(SCENARIO / "add_location_z.yml")
+    output, recap, seconds = site(SCENARIO / "inventory/add_location_z.yml")
     for name in ("controller", "node-x1", "node-y1", "node-z1"):
         assert (recap[name]["failed"], recap[name]["unreachable"]) == (0, 0), (name, output)
         assert recap[name]["ok"] > 0, (name, output)
