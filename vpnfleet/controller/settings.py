@@ -123,6 +123,13 @@ class Settings:
     api_connect_limit: int = 20
     api_connect_window: timedelta = timedelta(hours=1)
     connection_log_retention: timedelta = timedelta(days=90)
+    # How long a CRL the controller signs is valid (its nextUpdate). A node whose CRL is older
+    # admits no client without the controller's yes, so this is how long the nodes ride out a
+    # controller they cannot reach; it is also the longest a revocation can go unseen by a node
+    # cut off from the controller (docs/security.md). Renewed at half-life (crl.RENEW_AT).
+    crl_lifetime: timedelta = timedelta(hours=1)
+    # Each node's share of a revocation's push (the CRL, then the disconnects run on in parallel).
+    crl_push_timeout_seconds: float = 2.0
     oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
     # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
     behind_proxy: bool = True
@@ -245,6 +252,20 @@ def _at_least_one(value: int, setting: str) -> int:
     return value
 
 
+def _crl_lifetime(value: Any, setting: str) -> timedelta:
+    lifetime = parse_duration(value, setting)
+    # The nodes pull every minute or so and the controller renews at half-life.
+    if lifetime < timedelta(seconds=20):
+        raise SettingsError(f"{setting}: must be at least 20s, so the nodes can renew it in time")
+    return lifetime
+
+
+def _push_timeout(value: float, setting: str) -> float:
+    if not 0 < value <= 30:
+        raise SettingsError(f"{setting}: must be more than 0 and at most 30 seconds")
+    return float(value)
+
+
 # The settings a file may leave out, each with its type in the file and how it becomes the value of
 # Settings; their defaults are the dataclass's (Settings above), and nowhere else.
 _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] = {
@@ -260,6 +281,8 @@ _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] 
     "api_connect_limit": (int, _at_least_one),
     "api_connect_window": ((str, int), parse_duration),
     "connection_log_retention": ((str, int), parse_duration),
+    "crl_lifetime": ((str, int), _crl_lifetime),
+    "crl_push_timeout_seconds": ((int, float), _push_timeout),
     "behind_proxy": (bool, _as_read),
 }
 
