@@ -125,6 +125,7 @@ def daemon(
                 "tls_crl": str(lab_pki.crl),
                 "management_socket_glob": f"{socket_dir}/*.sock",
                 "management_timeout": MANAGEMENT_TIMEOUT,
+                "maintenance_flag_file": str(workdir / "maintenance"),
             }
         )
     )
