@@ -48,7 +48,7 @@ PING_PID = f"{WORK}/failover-ping.pid"
 PING_LOOP = f"""echo $$ > {PING_PID}
 while :; do
   t=$(date +%s.%N)
-  if ping -n -q -c 1 -W 0.4 -I {DEVICE} {TARGET} >/dev/null 2>&1; then echo "$t ok"; else echo "$t fail"; fi
+  if timeout 0.5 ping -n -q -c 1 -W 1 -I {DEVICE} {TARGET} >/dev/null 2>&1; then echo "$t ok"; else echo "$t fail"; fi
   sleep 0.2
 done
 """
