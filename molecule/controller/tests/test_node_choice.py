@@ -19,6 +19,7 @@ import re
 import secrets
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -48,7 +49,10 @@ PING_PID = f"{WORK}/failover-ping.pid"
 PING_LOOP = f"""echo $$ > {PING_PID}
 while :; do
   t=$(date +%s.%N)
-  if timeout 0.5 ping -n -q -c 1 -W 1 -I {DEVICE} {TARGET} >/dev/null 2>&1; then echo "$t ok"; else echo "$t fail"; fi
+  if timeout 0.5 ping -n -q -c 1 -W 1 -I {DEVICE} {TARGET} >/dev/null 2>&1
+  then echo "$t ok"
+  else echo "$t fail"
+  fi
   sleep 0.2
 done
 """
@@ -63,6 +67,19 @@ def tls_context():
 @pytest.fixture(scope="module")
 def state():
     return {}
+
+
+# The measured seconds also go to a file, for the report (pytest shows prints of failed tests only).
+TIMINGS = os.path.join(tempfile.gettempdir(), "vpnfleet-node-choice-timings.json")
+
+
+@pytest.fixture(autouse=True)
+def _timed(request, state):
+    started = time.monotonic()
+    yield
+    state.setdefault("durations", {})[request.node.name] = round(time.monotonic() - started, 1)
+    with open(TIMINGS, "w") as timings:
+        json.dump({"failover": state.get("failover", {}), "durations": state["durations"]}, timings)
 
 
 @pytest.fixture(scope="module", autouse=True)
