@@ -232,8 +232,8 @@ def test_full_tunnel_udp_config():
         'push "redirect-gateway def1 ipv6"',
         'push "block-outside-dns"',
         'push "dhcp-option DNS 198.18.0.1"',
-        # A silent node is given up after 10 s (failover within 20 s, docs/node.md).
-        "keepalive 2 10",
+        # A silent node is given up after 8 s (failover within 20 s, docs/node.md).
+        "keepalive 2 8",
     ):
         assert expected in lines, expected
     assert "client-to-client" not in lines
