@@ -113,7 +113,10 @@ class NodeHealthCache:
         self._fetched_at: float | None = None
         self._health: dict[str, NodeHealth] = {}
         self._last_answer: dict[str, datetime] = {}
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(nodes))), thread_name_prefix="health")
+        # Twice the nodes: a node that hung in the last round may still hold a worker in this one.
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(2, min(64, 2 * len(nodes))), thread_name_prefix="health"
+        )
 
     def get(self) -> dict[str, NodeHealth]:
         """The health of every node by name, at most ``ttl`` seconds old."""
