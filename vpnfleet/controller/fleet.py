@@ -145,10 +145,10 @@ def _load(processes: list[tuple[NodeProcess, int]], rel_load: int | None) -> flo
     """Address slots in use plus CPU in use, each as a fraction: a node full of clients and a
     node busy with a few heavy ones both go to the back. Slots count only where every process
     has a known maximum."""
-    limits = [process.max_clients for process, _ in processes]
+    limits = [process.max_clients for process, unused_clients in processes]
     slots = 0.0
     if None not in limits and sum(limit or 0 for limit in limits) > 0:
-        slots = sum(clients for _, clients in processes) / sum(limit or 0 for limit in limits)
+        slots = sum(clients for unused_process, clients in processes) / sum(limit or 0 for limit in limits)
     return slots + (rel_load or 0) / 100
 
 
@@ -158,8 +158,8 @@ def _entry_points(processes: list[tuple[NodeProcess, int]]) -> dict[str, list[No
         return clients / process.max_clients if process.max_clients else float(clients)
 
     points: dict[str, list[NodeProcess]] = {}
-    for process, _ in sorted(processes, key=fullness):
-        points.setdefault(process.proto, []).append(process)
+    for item in sorted(processes, key=fullness):
+        points.setdefault(item[0].proto, []).append(item[0])
     return points
 
 
