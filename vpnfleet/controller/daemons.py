@@ -82,10 +82,10 @@ class NodeHealth:
             found.append(ProcessHealth(name, profile, int(index), count if isinstance(count, int) else None))
         return found
 
-    def answering(self, profile_id: str) -> dict[int, int]:
-        """Client counts of the profile's processes that answered, by process index."""
+    def answering(self, profile_id: str) -> dict[str, int]:
+        """Client counts of the profile's processes that answered, by process name."""
         return {
-            process.index: process.clients
+            process.name: process.clients
             for process in self.processes
             if process.profile_id == profile_id and process.clients is not None
         }

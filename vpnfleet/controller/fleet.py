@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from vpnfleet.controller.daemons import NodeAnswer, NodeHealth
 from vpnfleet.controller.models import VpnConfig
-from vpnfleet.controller.settings import Node, NodeProcess, Settings
+from vpnfleet.controller.settings import EntryPoint, Node, NodeProcess, Settings
 from vpnfleet.controller.state import Controller
 from vpnfleet.shared.node_facts import CLIENTS_PER_PROCESS
 
@@ -115,7 +115,9 @@ class Candidate:
 
     node: Node
     load: float  # clients over capacity of the profile's answering processes + rel_load/100
-    entry_points: dict[str, list[NodeProcess]]  # by protocol, the least full process first
+    # By protocol, where clients should connect: the node's public ports of the profile where it
+    # has them (nftables spreads them over the processes), else its least full process first.
+    entry_points: dict[str, list[EntryPoint | NodeProcess]]
 
 
 def profile_locations(settings: Settings, profile_id: str) -> list[str]:
@@ -131,14 +133,26 @@ def candidates(settings: Settings, profile_id: str, health: dict[str, NodeHealth
             continue
         answering = state.answering(profile_id)
         processes = [
-            (process, answering[index])
-            for index, process in enumerate(node.processes_of(profile_id))
-            if index in answering
+            (process, answering[name]) for name, process in _named(node, profile_id) if name in answering
         ]
         if not processes:
             continue
-        found.append(Candidate(node, _load(processes, state.rel_load), _entry_points(processes)))
+        points = _entry_points(processes)
+        public = node.entry_points_of(profile_id)
+        if public:
+            # Only the protocols some process of which answered: a public port leads to them.
+            points = {proto: [entry for entry in public if entry.proto == proto] for proto in points}
+            points = {proto: entries for proto, entries in points.items() if entries}
+        found.append(Candidate(node, _load(processes, state.rel_load), points))
     return found
+
+
+def _named(node: Node, profile_id: str) -> list[tuple[str, NodeProcess]]:
+    """The profile's processes of the node with the names their daemon reports them by."""
+    return [
+        (process.name or f"{profile_id}-{index}", process)
+        for index, process in enumerate(node.processes_of(profile_id))
+    ]
 
 
 def _load(processes: list[tuple[NodeProcess, int]], rel_load: int | None) -> float:
@@ -152,12 +166,12 @@ def _load(processes: list[tuple[NodeProcess, int]], rel_load: int | None) -> flo
     return slots + (rel_load or 0) / 100
 
 
-def _entry_points(processes: list[tuple[NodeProcess, int]]) -> dict[str, list[NodeProcess]]:
+def _entry_points(processes: list[tuple[NodeProcess, int]]) -> dict[str, list[EntryPoint | NodeProcess]]:
     def fullness(item: tuple[NodeProcess, int]) -> float:
         process, clients = item
         return clients / process.max_clients if process.max_clients else float(clients)
 
-    points: dict[str, list[NodeProcess]] = {}
+    points: dict[str, list[EntryPoint | NodeProcess]] = {}
     for item in sorted(processes, key=fullness):
         points.setdefault(item[0].proto, []).append(item[0])
     return points
@@ -319,11 +333,11 @@ def node_rows(settings: Settings, health: dict[str, NodeHealth]) -> list[NodeRow
         reported = {process.name: process for process in state.processes}
         processes = []
         for profile in settings.profiles:
-            for index, process in enumerate(node.processes_of(profile.id)):
-                seen = reported.get(f"{profile.id}-{index}")
+            for name, process in _named(node, profile.id):
+                seen = reported.get(name)
                 processes.append(
                     ProcessRow(
-                        name=f"{profile.id}-{index}",
+                        name=name,
                         profile_id=profile.id,
                         entry=f"{process.proto}/{process.port}",
                         clients=seen.clients if seen else None,

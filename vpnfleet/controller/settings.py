@@ -6,6 +6,7 @@ message naming the setting, rather than failing on the first request that needs 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,27 @@ class NodeProcess:
     proto: str  # udp or tcp
     port: int
     max_clients: int | None
+    # The process's name and address slices (the fleet plan's), so that an address names its process.
+    name: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+
+    def holds(self, address: str) -> bool:
+        """Whether ``address`` lies in one of the process's slices."""
+        try:
+            found = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(found in ipaddress.ip_network(network) for network in (self.ipv4, self.ipv6) if network)
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """A public port of a node for a profile; nftables spreads its new flows over the processes."""
+
+    profile_id: str
+    proto: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -64,9 +86,13 @@ class Node:
     daemon_address: str
     api_token_sha256: str
     processes: tuple[NodeProcess, ...]
+    entry_points: tuple[EntryPoint, ...] = ()
 
     def processes_of(self, profile_id: str) -> list[NodeProcess]:
         return [process for process in self.processes if process.profile_id == profile_id]
+
+    def entry_points_of(self, profile_id: str) -> list[EntryPoint]:
+        return [entry for entry in self.entry_points if entry.profile_id == profile_id]
 
 
 @dataclass(frozen=True)
@@ -111,6 +137,13 @@ class Settings:
 
     def node(self, name: str) -> Node | None:
         return next((node for node in self.nodes if node.name == name), None)
+
+    def holder_of(self, address: str) -> tuple[Node, NodeProcess] | None:
+        """The node and process whose slice holds a client address (the fleet plan makes them disjoint)."""
+        return next(
+            ((node, process) for node in self.nodes for process in node.processes if process.holds(address)),
+            None,
+        )
 
     def oauth_client(self, client_id: str) -> OAuthClient | None:
         return next((client for client in self.oauth_clients if client.client_id == client_id), None)
@@ -158,7 +191,27 @@ def _read_node(reader: SettingsReader, profile_ids: set[str]) -> Node:
             raise SettingsError(f"{process.where('port')}: {proto}/{port} is used twice on node {name}")
         seen_ports.add((proto, port))
         max_clients = process.get("max_clients", int, None)
-        processes.append(NodeProcess(profile_id, proto, port, max_clients))
+        slices = [process.get(family, str, None) for family in ("ipv4", "ipv6")]
+        for family, network in zip(("ipv4", "ipv6"), slices, strict=True):
+            try:
+                if network is not None:
+                    ipaddress.ip_network(network)
+            except ValueError as error:
+                raise SettingsError(f"{process.where(family)}: {error}") from None
+        name_of_process = process.get("name", str, None)
+        processes.append(NodeProcess(profile_id, proto, port, max_clients, name_of_process, *slices))
+    entry_points = []
+    for entry in reader.items("entry_points", []):
+        profile_id = entry.get("profile", str)
+        if profile_id not in profile_ids:
+            raise SettingsError(f"{entry.where('profile')}: unknown profile {profile_id!r}")
+        proto = entry.get("proto", str)
+        if proto not in PROTOCOLS:
+            raise SettingsError(f"{entry.where('proto')}: must be udp or tcp, got {proto!r}")
+        port = entry.get("port", int)
+        if not 1 <= port <= 65535:
+            raise SettingsError(f"{entry.where('port')}: {port} is not a port number")
+        entry_points.append(EntryPoint(profile_id, proto, port))
     public_address = reader.get("public_address", str, nonempty=True)
     return Node(
         name=name,
@@ -167,6 +220,7 @@ def _read_node(reader: SettingsReader, profile_ids: set[str]) -> Node:
         daemon_address=reader.get("daemon_address", str, public_address, nonempty=True),
         api_token_sha256=token_hash,
         processes=tuple(processes),
+        entry_points=tuple(entry_points),
     )
 
 

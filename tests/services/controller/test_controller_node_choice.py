@@ -23,7 +23,7 @@ from vpnfleet.controller.fleet import (
     rank_now,
     remote_lines,
 )
-from vpnfleet.controller.settings import DaemonClientTLS, Node, NodeProcess, Profile, Settings
+from vpnfleet.controller.settings import DaemonClientTLS, EntryPoint, Node, NodeProcess, Profile, Settings
 
 NOW = datetime(2026, 12, 1, 12, 0, 0)
 
@@ -233,3 +233,31 @@ def test_the_health_cache_asks_once_per_ttl_and_never_waits_longer_than_its_time
         assert sorted(asked) == ["node-x1", "node-x1", "node-y1", "node-y1"]
     finally:
         release.set()
+
+
+def test_a_node_with_a_public_port_is_named_by_it_for_the_protocols_that_answer():
+    public = Node(
+        name="node-p1",
+        location="x",
+        public_address="198.51.100.12",
+        daemon_address="198.51.100.12",
+        api_token_sha256="0" * 64,
+        processes=(
+            NodeProcess("office", "udp", 1301, 100, "office-0"),
+            NodeProcess("office", "udp", 1302, 100, "office-1"),
+            NodeProcess("office", "tcp", 1303, 100, "office-2"),
+        ),
+        entry_points=(EntryPoint("office", "udp", 1194), EntryPoint("office", "tcp", 443)),
+    )
+    settings = _settings(public)
+    assert choose_remotes(
+        settings, "office", _states(_health(public, [3, 0, 1])), lives_for_months=False
+    ) == [
+        "remote 198.51.100.12 1194 udp",
+        "remote 198.51.100.12 443 tcp",
+    ]
+    # Its TCP process does not answer: the TCP public port would lead nowhere, so it is left out.
+    only_udp = choose_remotes(
+        settings, "office", _states(_health(public, [3, 0, None])), lives_for_months=False
+    )
+    assert only_udp == ["remote 198.51.100.12 1194 udp"]
