@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from vpnfleet.controller.accounts import end_user_sessions
 from vpnfleet.controller.crl import revoke_on_nodes
+from vpnfleet.controller.fleet import AUTOMATIC, NoNodeAvailable, choose_remotes
 from vpnfleet.controller.models import OAuthAuthorization, OAuthToken, User, VpnConfig, utcnow
 from vpnfleet.controller.ovpn import render_client_config
 from vpnfleet.controller.state import Controller
@@ -18,6 +19,10 @@ from vpnfleet.controller.state import Controller
 
 class ConfigRefused(Exception):
     """A config that may not be made; the message is shown to the user."""
+
+
+class NoNodeNow(ConfigRefused):
+    """No node takes new clients of the profile now (all down or in maintenance)."""
 
 
 class ConnectThrottled(ConfigRefused):
@@ -64,6 +69,7 @@ def create_config(
     *,
     authorization: OAuthAuthorization | None = None,
     prefer_tcp: bool = False,
+    location: str = AUTOMATIC,
 ) -> NewConfig:
     """Issue a certificate; the config row, its .ovpn text and the configs it replaced.
 
@@ -71,6 +77,10 @@ def create_config(
     has at most max_configs_per_user active configs, portal and API together: the portal refuses
     one more; an app's /connect replaces its authorization's config and, at the limit, the user's
     oldest config, API-made ones first (eduVPN's maxActiveConfigurations).
+
+    The remotes are chosen before anything is issued (controller/fleet.py): an app's config
+    (made at every connection) names the best node now, a portal config (kept for months) the
+    location's nodes in random order; NoNodeAvailable when no node takes clients now.
     """
     settings = controller.settings
     profile = settings.profile(profile_id)
@@ -80,6 +90,19 @@ def create_config(
         tls_crypt_key = profile.tls_crypt_key_file.read_text()
     except OSError as error:
         raise RuntimeError(f"cannot read the tls-crypt key of profile {profile.id}: {error}") from error
+    try:
+        remotes = choose_remotes(
+            settings,
+            profile.id,
+            controller.daemons.health.get(),
+            lives_for_months=authorization is None,
+            location=location,
+            prefer_tcp=prefer_tcp,
+        )
+    except ValueError as error:
+        raise ConfigRefused(str(error)) from None
+    except NoNodeAvailable as error:
+        raise NoNodeNow(str(error)) from None
     lock_user(db, user)
     try:
         now = utcnow()
@@ -109,12 +132,7 @@ def create_config(
         db.rollback()
         raise
     text = render_client_config(
-        profile,
-        settings.nodes,
-        controller.issuer.ca_certificate_pem(),
-        certificate,
-        tls_crypt_key,
-        prefer_tcp,
+        profile, remotes, controller.issuer.ca_certificate_pem(), certificate, tls_crypt_key
     )
     unreachable = revoke_on_nodes(controller, db, [old.common_name for old in replaced]) if replaced else []
     return NewConfig(config, text, replaced, unreachable)

@@ -26,6 +26,7 @@ from vpnfleet.controller.configs import (
     end_authorization,
     revoke_configs,
 )
+from vpnfleet.controller.fleet import AUTOMATIC, profile_locations
 from vpnfleet.controller.forms import ActionForm, CreateConfigForm, LoginForm
 from vpnfleet.controller.models import OAuthAuthorization, VpnConfig, utcnow
 from vpnfleet.controller.state import controller, db
@@ -119,7 +120,16 @@ def _profiles_for(user):
 
 def _create_form(user) -> CreateConfigForm:
     form = CreateConfigForm()
-    form.profile_id.choices = [(profile.id, profile.display_name) for profile in _profiles_for(user)]
+    profiles = _profiles_for(user)
+    form.profile_id.choices = [(profile.id, profile.display_name) for profile in profiles]
+    settings = controller().settings
+    served: dict[str, list[str]] = {}
+    for profile in profiles:
+        for location in profile_locations(settings, profile.id):
+            served.setdefault(location, []).append(profile.display_name)
+    form.location.choices = [(AUTOMATIC, "automatic")] + [
+        (location, f"{location} ({', '.join(names)})") for location, names in sorted(served.items())
+    ]
     return form
 
 
@@ -161,6 +171,7 @@ def create():
             form.profile_id.data,
             form.display_name.data.strip(),
             session_expires_at(),
+            location=form.location.data or AUTOMATIC,
         )
     except ConfigRefused as refusal:
         return _render_home(user, form, str(refusal), 409)

@@ -133,6 +133,11 @@ class Settings:
     oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
     # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
     behind_proxy: bool = True
+    # Node choice (docs/controller.md): how long a node's /i/node answer is reused, how long a
+    # config waits for the nodes at most, and how many nodes a config lists after the first.
+    node_health_ttl_seconds: float = 5.0
+    node_health_timeout_seconds: float = 2.0
+    config_fallback_nodes: int = 2
 
     def profile(self, profile_id: str) -> Profile | None:
         return next((profile for profile in self.profiles if profile.id == profile_id), None)
@@ -246,6 +251,18 @@ def _seconds(value: float, setting: str) -> float:
     return float(value)
 
 
+def _positive_seconds(value: float, setting: str) -> float:
+    if value <= 0:
+        raise SettingsError(f"{setting}: must be more than 0 seconds")
+    return float(value)
+
+
+def _not_negative(value: int, setting: str) -> int:
+    if value < 0:
+        raise SettingsError(f"{setting}: must be 0 or more")
+    return value
+
+
 def _at_least_one(value: int, setting: str) -> int:
     if value < 1:
         raise SettingsError(f"{setting}: must be at least 1")
@@ -284,6 +301,9 @@ _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] 
     "crl_lifetime": ((str, int), _crl_lifetime),
     "crl_push_timeout_seconds": ((int, float), _push_timeout),
     "behind_proxy": (bool, _as_read),
+    "node_health_ttl_seconds": ((int, float), _positive_seconds),
+    "node_health_timeout_seconds": ((int, float), _positive_seconds),
+    "config_fallback_nodes": (int, _not_negative),
 }
 
 

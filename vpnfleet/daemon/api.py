@@ -12,7 +12,7 @@ from http import HTTPStatus
 
 from . import node
 from .crl import CrlFile, CrlRefused
-from .management import ProcessFleet, ProcessReport
+from .management import ManagementError, ProcessFleet, ProcessReport
 
 # X.509 allows at most 64 characters in a common name (RFC 5280, ub-common-name).
 MAX_COMMON_NAME_LENGTH = 64
@@ -66,8 +66,8 @@ def node_info(state: NodeState, query: Parameters) -> dict:
         "cpu_count": cores,
         "load_average": load,
         "rel_load_average": node.relative_load_average(load, cores),
-        # vpnfleet has no maintenance mode; the field stays for the portal, which reads it.
-        "maintenance_mode": False,
+        # eduVPN 3.8's field: a node in maintenance gets no new clients (POST /i/maintenance_mode).
+        "maintenance_mode": fleet.in_maintenance(),
         "v": daemon_version(),
     }
     info["crl"] = crl_status(state)
@@ -151,11 +151,40 @@ def crl_status(state: NodeState) -> dict:
     return facts.as_dict(datetime.datetime.now(datetime.UTC))
 
 
+def maintenance_mode(state: NodeState, form: Parameters) -> dict:
+    """POST /i/maintenance_mode (form field maintenance_mode=yes|no), a vpnfleet call.
+
+    yes: the node holds the flag (its /i/node says so, the controller names it in no new config)
+    and every client of it is told to move on to the next remote of its config; asked again, it
+    moves on whoever connected since. no: the flag goes; clients come back with new configs.
+    """
+    if _single(form, "maintenance_mode") is None:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "maintenance_mode is required")
+    on = _yes_no(form, "maintenance_mode", default=False)
+    fleet = state.fleet
+    try:
+        changed = fleet.set_maintenance(on)
+    except ManagementError as error:
+        raise ApiError(HTTPStatus.CONFLICT, str(error)) from None
+    except OSError as error:
+        raise ApiError(
+            HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot change the maintenance flag: {error.strerror or error}"
+        ) from None
+    reports = fleet.move_everyone_on() if on else []
+    return {
+        "maintenance_mode": on,
+        "changed": changed,
+        "moved_count": sum(report.disconnected for report in reports),
+        "unreachable_process_list": _unreachable(reports),
+    }
+
+
 ROUTES = {
     "/i/node": Route("GET", node_info),
     "/o/connection_list": Route("GET", connection_list),
     "/o/disconnect_client": Route("POST", disconnect_client),
     "/crl": Route("POST", install_crl, body="crl"),
+    "/i/maintenance_mode": Route("POST", maintenance_mode),
 }
 
 

@@ -19,6 +19,10 @@ from typing import Any
 # A client told HALT stops for good; the default RESTART would make it reconnect at once and
 # undo the disconnect the controller asked for.
 DISCONNECT_MESSAGE = "HALT"
+# A client of a node going into maintenance is told to restart with the next remote of its
+# config ("[N]", as `explicit-exit-notify 2` tells it when a server stops), which is another
+# node: the order of the remotes sees to that (controller/fleet.py).
+MOVE_ON_MESSAGE = "RESTART,[N]"
 # Enough for one thread per OpenVPN process of a large node; more processes simply queue.
 MAX_PARALLEL_SESSIONS = 64
 # How long a client told HALT has to leave before its instance is ended without a word. A client
@@ -155,9 +159,9 @@ class ManagementSession:
             lines.append(line)
         return parse_client_list(lines)
 
-    def kill_client(self, client_id: int) -> bool:
+    def kill_client(self, client_id: int, message: str = DISCONNECT_MESSAGE) -> bool:
         """True when OpenVPN disconnected the client; False when it was gone already."""
-        self._send(f"client-kill {client_id} {DISCONNECT_MESSAGE}")
+        self._send(f"client-kill {client_id} {message}")
         while True:
             line = self._read_reply_line()
             if line.startswith("SUCCESS:"):
@@ -226,9 +230,11 @@ class ManagementSession:
 class ProcessFleet:
     """All OpenVPN processes of the node, found by a glob over their management sockets."""
 
-    def __init__(self, socket_glob: str, timeout: float):
+    def __init__(self, socket_glob: str, timeout: float, maintenance_flag: Path | None = None):
         self._socket_glob = socket_glob
         self._timeout = timeout
+        # The node's maintenance mode is a file, so that it outlives a restart of the daemon.
+        self._maintenance_flag = maintenance_flag
         self._executor = ThreadPoolExecutor(MAX_PARALLEL_SESSIONS, thread_name_prefix="management")
         # OpenVPN serves one management client at a time and queues the rest, so our own
         # concurrent requests take turns per socket instead of timing each other out.
@@ -256,6 +262,30 @@ class ProcessFleet:
             return matching, killed
 
         return self._ask_all(kill_matching)
+
+    def move_everyone_on(self) -> list[ProcessReport]:
+        """Every client of every process is told to take the next remote of its config."""
+
+        def kill_all(session: ManagementSession) -> tuple[list[ConnectedClient], int]:
+            clients = session.status()
+            return clients, sum(session.kill_client(client.client_id, MOVE_ON_MESSAGE) for client in clients)
+
+        return self._ask_all(kill_all)
+
+    def in_maintenance(self) -> bool:
+        return self._maintenance_flag is not None and self._maintenance_flag.exists()
+
+    def set_maintenance(self, on: bool) -> bool:
+        """Set or clear the flag; True when that changed it."""
+        if self._maintenance_flag is None:
+            raise ManagementError("this daemon has no maintenance_flag_file")
+        if on == self.in_maintenance():
+            return False
+        if on:
+            self._maintenance_flag.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        else:
+            self._maintenance_flag.unlink(missing_ok=True)
+        return True
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -181,7 +181,9 @@ class DaemonHTTPServer(ThreadingHTTPServer):
 def create_server(settings: DaemonSettings) -> DaemonHTTPServer:
     """The app factory: everything the daemon needs, from its settings; raises SettingsError."""
     tls_context = server_context(settings)
-    fleet = ProcessFleet(settings.management_socket_glob, settings.management_timeout)
+    fleet = ProcessFleet(
+        settings.management_socket_glob, settings.management_timeout, settings.maintenance_flag_file
+    )
     try:
         return DaemonHTTPServer(settings, tls_context, fleet)
     except OSError as exc:

@@ -188,6 +188,7 @@ def _start_daemon(lab: NodeLab, socket_dir: Path) -> None:
                 "tls_crl": str(lab.crl_path),
                 "management_socket_glob": f"{socket_dir}/*.sock",
                 "management_timeout": 10,  # generous: this machine may be busy
+                "maintenance_flag_file": str(lab.workdir / "maintenance"),
             }
         )
         try:

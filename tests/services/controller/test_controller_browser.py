@@ -167,7 +167,8 @@ def test_log_in_create_and_download_a_config(served_controller, browser, pki_dir
     assert (pki_dir / "tls-crypt-office.key").read_text().strip() in text
     assert "<cert>" in text and "<key>" in text and "client" in text.splitlines()
     remotes = [line for line in text.splitlines() if line.startswith("remote ")]
-    assert len(remotes) == 5 and remotes[-1].endswith(" tcp") and remotes[0].endswith(" udp")
+    # node-x1 only (node-y1 does not answer): one UDP, then one TCP entry point.
+    assert len(remotes) == 2 and remotes[-1].endswith(" tcp") and remotes[0].endswith(" udp")
 
     browser.get(served_controller + "/")
     assert "phone" in browser.find_element(By.ID, "configs").text

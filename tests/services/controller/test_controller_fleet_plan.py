@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import copy
 import pathlib
+from datetime import datetime
 
 import pytest
 import yaml
 from controller_helpers import settings_mapping
 from vpnfleet.shared import fleet
 
-from vpnfleet.controller.ovpn import remote_lines
+from vpnfleet.controller.daemons import NodeHealth
+from vpnfleet.controller.fleet import choose_remotes
 from vpnfleet.controller.settings import SettingsError, settings_from_mapping
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -69,17 +71,43 @@ def test_every_client_address_names_its_node_and_process(pki_dir):
     assert settings.holder_of("203.0.113.130") is None
 
 
+def _every_process_answers(settings) -> dict[str, NodeHealth]:
+    """Each node as its daemon would describe it with every process up and empty."""
+    return {
+        node.name: NodeHealth(
+            node=node,
+            asked_at=datetime(2026, 12, 1),
+            info={
+                "rel_load_average": [0, 0, 0],
+                "maintenance_mode": False,
+                "o_process_list": [
+                    {"process": process.name, "profile_id": process.profile_id, "client_count": 0}
+                    for process in node.processes
+                ],
+            },
+            error=None,
+            last_answer_at=datetime(2026, 12, 1),
+        )
+        for node in settings.nodes
+    }
+
+
 def test_a_node_with_public_ports_gets_one_remote_per_port(pki_dir):
     settings = settings_of(lab_plan(processes=4, public_ports=["udp/1190", "tcp/443"]), pki_dir)
-    internet, office = settings.profile("internet"), settings.profile("office")
-    assert sorted(remote_lines(internet, settings.nodes)) == [
+    health = _every_process_answers(settings)
+
+    def remotes(profile_id):
+        return choose_remotes(settings, profile_id, health, lives_for_months=True)
+
+    assert sorted(remotes("internet")) == [
         "remote 198.51.100.10 1190 udp",
         "remote 198.51.100.10 443 tcp",
         "remote 198.51.100.74 1190 udp",
         "remote 198.51.100.74 443 tcp",
     ]
-    # A profile without public ports keeps a remote per process.
-    assert len(remote_lines(office, settings.nodes)) == 4
+    # A profile without public ports: one process's port per node and protocol.
+    office = remotes("office")
+    assert len(office) == 4 and {line.split()[1] for line in office} == {"198.51.100.10", "198.51.100.74"}
 
 
 @pytest.mark.parametrize(

@@ -126,6 +126,7 @@ def daemon(
                 "tls_crl": str(workdir / "node-crl.pem"),
                 "management_socket_glob": f"{socket_dir}/*.sock",
                 "management_timeout": MANAGEMENT_TIMEOUT,
+                "maintenance_flag_file": str(workdir / "maintenance"),
             }
         )
     )

@@ -43,6 +43,7 @@ import vpnfleet.hooks
 from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.configs import create_config
+from vpnfleet.controller.daemons import NodeAnswer, NodeHealthCache
 from vpnfleet.controller.database import migrate
 from vpnfleet.controller.models import ConnectionLogEntry, User, utcnow
 from vpnfleet.controller.settings import settings_from_mapping
@@ -126,6 +127,22 @@ class Lab:
         }
         settings.update(overrides)
         self.hooks_config.write_text(yaml.safe_dump(settings))
+
+
+def _node_answers_without_a_daemon(app) -> None:
+    """This lab runs the node's OpenVPN and hooks but no VPN daemon; new configs need the node to
+    look healthy to the controller's node choice, so its health is the answer its daemon would
+    give (one process of the profile, no clients) instead of a call to a daemon that is not there."""
+    daemons = app.extensions[EXTENSION_KEY].daemons
+    answer = {
+        "cpu_count": 1,
+        "rel_load_average": [0, 0, 0],
+        "maintenance_mode": False,
+        "o_process_list": [{"process": f"{PROFILE}-0", "profile_id": PROFILE, "client_count": 0}],
+    }
+    daemons.health = NodeHealthCache(
+        lambda node: NodeAnswer(node, data=answer), daemons.settings.nodes, ttl=60, timeout=5
+    )
 
 
 def _controller_settings(workdir: Path, database_url: str) -> dict:
@@ -254,6 +271,7 @@ def lab() -> Iterator[Lab]:
         migrate(database_url)
         app = create_app(settings_from_mapping(_controller_settings(workdir, database_url)))
         stack.append(lambda: app.extensions[EXTENSION_KEY].sessions.kw["bind"].dispose())
+        _node_answers_without_a_daemon(app)
         with app.app_context():
             session = app.extensions[EXTENSION_KEY].sessions()
             ensure_user(session, "alice", "correct horse battery staple", is_admin=False, groups=[])
