@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from vpnfleet.controller.configs import disconnect_everywhere
 from vpnfleet.controller.database import delete_rows
+from vpnfleet.controller.directory_users import check_ldap_users
 from vpnfleet.controller.fleet import live_connections
 from vpnfleet.controller.models import ConnectionLogEntry, OAuthCode, PortalSession, utcnow
 from vpnfleet.controller.state import Controller
@@ -24,6 +25,7 @@ class HousekeepingReport:
     sessions_purged: int = 0
     codes_purged: int = 0
     nodes_unreachable: tuple[str, ...] = ()
+    directory: dict | None = None  # the LDAP check: who was disabled, which profiles were lost
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -32,6 +34,9 @@ class HousekeepingReport:
 def run_housekeeping(controller: Controller, db: Session) -> HousekeepingReport:
     now = utcnow()
     report = HousekeepingReport()
+    if controller.settings.ldap is not None:
+        # First, so that a user the directory dropped is disconnected below in the same run.
+        report.directory = asdict(check_ldap_users(controller, db))
     view = live_connections(controller, db)
     report.nodes_unreachable = tuple(answer.node.name for answer in view.unreachable)
 
