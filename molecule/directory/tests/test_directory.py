@@ -5,7 +5,6 @@ dropped. A wrong password and an unknown user get the same answer; a directory t
 clear 503, while the inventory's local users still log in. The tests run in file order."""
 
 import re
-import ssl
 import urllib.error
 
 import pytest
@@ -20,10 +19,8 @@ testinfra_hosts = ["controller"]
 
 
 @pytest.fixture(scope="module")
-def tls_context():
-    """Trust only the fleet's CA."""
-    ca_pem = lab_host("controller").file("/var/lib/vpnfleet/ca/ca.crt").content_string
-    return ssl.create_default_context(cadata=ca_pem)
+def tls_context(fleet_tls_context):
+    return fleet_tls_context
 
 
 @pytest.fixture(scope="module")
