@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vpnfleet.controller.accounts import end_user_sessions
+from vpnfleet.controller.crl import revoke_on_nodes
 from vpnfleet.controller.models import OAuthAuthorization, OAuthToken, User, VpnConfig, utcnow
 from vpnfleet.controller.ovpn import render_client_config
 from vpnfleet.controller.state import Controller
@@ -88,7 +89,6 @@ def create_config(
             raise ConfigRefused("your session has expired; log in again")
         replaced = _configs_to_replace(settings, db, user, authorization, now)
         for config in replaced:
-            controller.issuer.revoke(config.serial_number)
             config.revoked_at = now
         # The replaced rows leave the one-active-config index before the new row enters it.
         db.flush()
@@ -116,7 +116,7 @@ def create_config(
         tls_crypt_key,
         prefer_tcp,
     )
-    unreachable = disconnect_everywhere(controller, [old.common_name for old in replaced]) if replaced else []
+    unreachable = revoke_on_nodes(controller, db, [old.common_name for old in replaced]) if replaced else []
     return NewConfig(config, text, replaced, unreachable)
 
 
@@ -172,23 +172,38 @@ def _configs_to_replace(
 
 
 def revoke_configs(controller: Controller, db: Session, configs: list[VpnConfig]) -> list[str]:
-    """Revoke the certificates (CRL), mark the rows and disconnect them on every node.
+    """Mark the rows revoked, then a new CRL and the disconnects to every node (crl.revoke_on_nodes).
 
-    Returns the names of nodes that could not be told; the CRL still refuses the next connect
-    there, and the node API refuses the config at once.
+    Returns the names of nodes that could not be told: the node API refuses the config at once,
+    and their pull timer brings them the CRL within a minute.
     """
-    now = utcnow()
+    revoked = _mark_revoked(configs, utcnow())
+    db.commit()
+    return revoke_on_nodes(controller, db, revoked)
+
+
+def _mark_revoked(configs: list[VpnConfig], now: datetime) -> list[str]:
+    """The common names of the configs that were not revoked yet, now marked."""
     to_revoke = [config for config in configs if config.revoked_at is None]
     for config in to_revoke:
-        controller.issuer.revoke(config.serial_number)
         config.revoked_at = now
-    db.commit()
-    return disconnect_everywhere(controller, [config.common_name for config in to_revoke])
+    return [config.common_name for config in to_revoke]
 
 
 def disconnect_everywhere(controller: Controller, common_names: list[str]) -> list[str]:
     answers = controller.daemons.disconnect(common_names)
     return [answer.node.name for answer in answers if not answer.ok]
+
+
+def _end_authorization_rows(db: Session, authorization: OAuthAuthorization, now: datetime) -> list[str]:
+    authorization.revoked_at = authorization.revoked_at or now
+    db.execute(
+        update(OAuthToken)
+        .where(OAuthToken.authorization_id == authorization.id, OAuthToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    configs = db.scalars(select(VpnConfig).where(VpnConfig.authorization_id == authorization.id))
+    return _mark_revoked(list(configs), now)
 
 
 def end_authorization(
@@ -197,25 +212,18 @@ def end_authorization(
     """Revoke an app authorization: its tokens stop working and its configs are revoked.
 
     Returns the nodes that could not be told (see revoke_configs)."""
-    authorization.revoked_at = authorization.revoked_at or now
-    db.execute(
-        update(OAuthToken)
-        .where(OAuthToken.authorization_id == authorization.id, OAuthToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    return revoke_configs(
-        controller,
-        db,
-        list(db.scalars(select(VpnConfig).where(VpnConfig.authorization_id == authorization.id))),
-    )
+    revoked = _end_authorization_rows(db, authorization, now)
+    db.commit()
+    return revoke_on_nodes(controller, db, revoked)
 
 
 def disable_user(controller: Controller, db: Session, user: User) -> list[str]:
-    """Disable a user: every config revoked and disconnected, every app authorization ended."""
+    """Disable a user: every config revoked and disconnected, every app authorization ended;
+    one CRL for all of it."""
     now = utcnow()
     user.is_disabled = True
     end_user_sessions(db, user.id)
-    unreachable: set[str] = set()
+    revoked: list[str] = []
     for authorization in list(
         db.scalars(
             select(OAuthAuthorization).where(
@@ -223,6 +231,7 @@ def disable_user(controller: Controller, db: Session, user: User) -> list[str]:
             )
         )
     ):
-        unreachable.update(end_authorization(controller, db, authorization, now))
-    unreachable.update(revoke_configs(controller, db, active_configs(db, user, now)))
-    return sorted(unreachable)
+        revoked += _end_authorization_rows(db, authorization, now)
+    revoked += _mark_revoked(active_configs(db, user, now), now)
+    db.commit()
+    return sorted(set(revoke_on_nodes(controller, db, revoked)))

@@ -17,6 +17,9 @@ from typing import Any
 
 from vpnfleet.controller.settings import Node, Settings
 
+# What POST /crl of our daemons takes (docs/daemon.md).
+CRL_CONTENT_TYPE = "application/x-pem-file"
+
 
 @dataclass(frozen=True)
 class NodeAnswer:
@@ -49,13 +52,22 @@ class NodeDaemons:
             host = f"[{host}]"
         return f"https://{host}:{self.settings.daemon_port}{path}"
 
-    def _call(self, node: Node, path: str, form: dict[str, str] | None = None) -> NodeAnswer:
-        body = urllib.parse.urlencode(form).encode() if form is not None else None
+    def _call(
+        self,
+        node: Node,
+        path: str,
+        form: dict[str, str] | None = None,
+        *,
+        crl_pem: bytes | None = None,
+        timeout: float | None = None,
+    ) -> NodeAnswer:
+        body = urllib.parse.urlencode(form).encode() if form is not None else crl_pem
+        headers = {"Content-Type": CRL_CONTENT_TYPE} if crl_pem is not None else {}
         # Always https to a configured node (S310 warns about file: and custom schemes).
-        request = urllib.request.Request(self._url(node, path), data=body)  # noqa: S310
+        request = urllib.request.Request(self._url(node, path), data=body, headers=headers)  # noqa: S310
         try:
             with urllib.request.urlopen(  # noqa: S310
-                request, context=self._tls_context(), timeout=self.settings.daemon_timeout_seconds
+                request, context=self._tls_context(), timeout=timeout or self.settings.daemon_timeout_seconds
             ) as response:
                 payload = response.read()
         except urllib.error.HTTPError as error:
@@ -98,12 +110,26 @@ class NodeDaemons:
         if not common_names:
             return []
 
-        def disconnect_on(node: Node) -> NodeAnswer:
-            errors = [
-                answer.error
-                for name in common_names
-                if not (answer := self._call(node, "/o/disconnect_client", {"common_name": name})).ok
-            ]
-            return NodeAnswer(node, data={}, error=errors[0] if errors else None)
+        return self._each_node(lambda node: self._disconnect_on(node, common_names))
 
-        return self._each_node(disconnect_on)
+    def _disconnect_on(self, node: Node, common_names: list[str]) -> NodeAnswer:
+        errors = [
+            answer.error
+            for name in common_names
+            if not (answer := self._call(node, "/o/disconnect_client", {"common_name": name})).ok
+        ]
+        return NodeAnswer(node, data={}, error=errors[0] if errors else None)
+
+    def push_crl_and_disconnect(self, crl_pem: bytes, common_names: list[str]) -> list[NodeAnswer]:
+        """POST /crl (ours), then /o/disconnect_client for each name, on every node at once.
+
+        The CRL goes first so that a client that reconnects at once meets it in the handshake;
+        a node that takes too long for the CRL holds up only its own disconnects."""
+
+        def on(node: Node) -> NodeAnswer:
+            pushed = self._call(node, "/crl", crl_pem=crl_pem, timeout=self.settings.crl_push_timeout_seconds)
+            disconnected = self._disconnect_on(node, common_names) if common_names else pushed
+            error = pushed.error and f"CRL not taken: {pushed.error}"
+            return NodeAnswer(node, data=pushed.data, error=error or disconnected.error)
+
+        return self._each_node(on)

@@ -22,15 +22,17 @@ _CLIENT_OPTIONS = (
 
 
 def remote_lines(profile: Profile, nodes: tuple[Node, ...], prefer_tcp: bool = False) -> list[str]:
-    """A remote for every node process serving the profile: UDP first (TCP first if asked).
+    """A remote for every node process serving the profile, or for every entry point of a node that
+    has them (one public port per protocol, spread over the processes by the node's nftables):
+    UDP first (TCP first if asked).
 
     Within a protocol the order is shuffled, so that clients spread over processes and nodes; a
     client that cannot reach one remote moves on to the next by itself.
     """
     by_proto: dict[str, list[str]] = {"udp": [], "tcp": []}
     for node in nodes:
-        for process in node.processes_of(profile.id):
-            by_proto[process.proto].append(f"remote {node.public_address} {process.port} {process.proto}")
+        for entry in node.entry_points_of(profile.id) or node.processes_of(profile.id):
+            by_proto[entry.proto].append(f"remote {node.public_address} {entry.port} {entry.proto}")
     for remotes in by_proto.values():
         random.shuffle(remotes)
     order = ("tcp", "udp") if prefer_tcp else ("udp", "tcp")

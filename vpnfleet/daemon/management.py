@@ -21,6 +21,13 @@ from typing import Any
 DISCONNECT_MESSAGE = "HALT"
 # Enough for one thread per OpenVPN process of a large node; more processes simply queue.
 MAX_PARALLEL_SESSIONS = 64
+# How long a client told HALT has to leave before its instance is ended without a word. A client
+# that acts on the HALT is gone within a round trip; one that got it in the moment right after its
+# PUSH_REPLY may never act on it (seen with OpenVPN 2.6 over TCP: no HALT in the client's log, the
+# connection left open until the server's own delayed exit 5 s later, or the client aborting on a
+# broken stream), and a UDP client's instance stays for those 5 s although it halted.
+HALT_GRACE_SECONDS = 0.5
+STATUS_POLL_SECONDS = 0.05
 # A status line is about 200 bytes; this bounds memory if a socket talks nonsense.
 MAX_LINE_BYTES = 64 * 1024
 
@@ -158,6 +165,26 @@ class ManagementSession:
             if line.startswith("ERROR:"):
                 return False
 
+    def kill_address(self, real_address: str) -> bool:
+        """End the instance at this address at once (no message); False when it was gone."""
+        self._send(f"kill {real_address}")
+        while True:
+            line = self._read_reply_line()
+            if line.startswith("SUCCESS:"):
+                return True
+            if line.startswith("ERROR:"):
+                return False
+
+    def still_listed(self, client_ids: set[int], grace: float) -> list[ConnectedClient]:
+        """Those of these clients that are still listed after ``grace`` seconds (or less, within
+        the session's deadline), polled so that the answer comes as soon as they are gone."""
+        until = min(time.monotonic() + grace, self._deadline - 2 * STATUS_POLL_SECONDS)
+        while True:
+            left = [client for client in self.status() if client.client_id in client_ids]
+            if not left or time.monotonic() >= until:
+                return left
+            time.sleep(STATUS_POLL_SECONDS)
+
     @property
     def _connected(self) -> socket.socket:
         if self._sock is None:
@@ -218,7 +245,15 @@ class ProcessFleet:
         def kill_matching(session: ManagementSession) -> tuple[list[ConnectedClient], int]:
             matching = [client for client in session.status() if client.common_name == common_name]
             # Killing by client id, never `kill <cn>`: no name ever reaches the command line.
-            return matching, sum(session.kill_client(client.client_id) for client in matching)
+            killed = sum(session.kill_client(client.client_id) for client in matching)
+            if killed:
+                told = {client.client_id for client in matching}
+                for client in session.still_listed(told, HALT_GRACE_SECONDS):
+                    # `kill IP:port` takes IPv4 only; an IPv6 client goes at the delayed exit.
+                    if ":" in client.real_address.rpartition(":")[0]:
+                        continue
+                    session.kill_address(client.real_address)
+            return matching, killed
 
         return self._ask_all(kill_matching)
 

@@ -65,6 +65,7 @@ class Lab:
     hooks_config: Path
     shim: Path
     server: OpenVpnProcess | None = None
+    crl_number: int = 1000
 
     def session(self):
         return self.app.extensions[EXTENSION_KEY].sessions()
@@ -104,6 +105,15 @@ class Lab:
         finally:
             session.close()
 
+    def write_node_crl(self, valid_for: timedelta) -> None:
+        """Put a CRL of the CA on the node whose nextUpdate lies ``valid_for`` from now (negative:
+        stale), numbered above every one before it."""
+        ca = authority.CertificateAuthority.load(str(self.workdir / "ca"))
+        now = utcnow()
+        self.crl_number += 1
+        pem = ca.sign_crl([], now - timedelta(hours=2), now + valid_for, self.crl_number)
+        files.write_file_atomic(self.node_dir / "crl.pem", pem)
+
     def write_hooks_config(self, **overrides) -> None:
         settings = {
             "controller_url": f"https://127.0.0.1:{self.controller.port}",
@@ -111,7 +121,8 @@ class Lab:
             "token_file": str(self.node_dir / "hooks.token"),
             "ca_file": str(self.node_dir / "controller-ca.crt"),
             "timeout_seconds": 3,
-            "unreachable_policy": "allow",
+            "crl_file": str(self.node_dir / "crl.pem"),
+            "crl_ca_file": str(self.node_dir / "ca.crt"),
         }
         settings.update(overrides)
         self.hooks_config.write_text(yaml.safe_dump(settings))
@@ -284,6 +295,7 @@ def hooks(lab: Lab) -> Iterator[Callable[..., None]]:
     yield lab.write_hooks_config
     lab.write_hooks_config()
     lab.front.fail_status = None
+    lab.front.fail_body = None
     for gate in lab.front.held.values():
         gate.set()
     lab.front.held.clear()
