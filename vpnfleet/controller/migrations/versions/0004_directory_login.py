@@ -1,15 +1,15 @@
 """where a user comes from: local (inventory), ldap or oidc
 
-Revision ID: 0003_directory
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-01 13:00:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_directory"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
