@@ -28,6 +28,9 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # local (the inventory's users, who log in with a password here), ldap or oidc: a directory
+    # user's password, groups and admin flag are the directory's, refreshed at each login.
+    source: Mapped[str] = mapped_column(String(16), default="local", server_default="local")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     configs: Mapped[list[VpnConfig]] = relationship(back_populates="user")

@@ -26,6 +26,7 @@ from vpnfleet.controller.configs import (
     end_authorization,
     revoke_configs,
 )
+from vpnfleet.controller.directory_users import ldap_password_check
 from vpnfleet.controller.fleet import AUTOMATIC, profile_locations
 from vpnfleet.controller.forms import ActionForm, CreateConfigForm, LoginForm
 from vpnfleet.controller.models import OAuthAuthorization, VpnConfig, utcnow
@@ -44,6 +45,8 @@ blueprint = Blueprint("portal", __name__)
 _LOGIN_REFUSALS = {
     "invalid": (401, "Wrong user name or password."),
     "throttled": (429, "Too many failed logins; wait {retry_after} s and try again."),
+    "unavailable": (503, "The directory cannot be reached now; try again in a few minutes."),
+    "conflict": (403, "This name belongs to an account of another kind here; ask the administrators."),
 }
 # Set after a login: this browser may skip the throttle key that counts a user's failures from
 # every address, so an attack on the user from elsewhere does not slow the user down here.
@@ -82,6 +85,7 @@ def login():
         form.password.data,
         request.remote_addr or "unknown",
         known_device=_known_device(username),
+        directory=ldap_password_check(controller(), db()) if controller().settings.ldap else None,
     )
     if result.user is None:
         status, message = _LOGIN_REFUSALS[result.refusal or "invalid"]

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from vpnfleet.controller.login_settings import LdapSettings, OidcSettings, read_ldap, read_oidc
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS, OAuthClient
 from vpnfleet.settings_file import SettingsError, SettingsReader, load_settings_file
 from vpnfleet.shared.profiles import PROTOCOLS, ProfileError, check_profile_id
@@ -138,6 +139,9 @@ class Settings:
     node_health_ttl_seconds: float = 5.0
     node_health_timeout_seconds: float = 2.0
     config_fallback_nodes: int = 2
+    # Directory logins beside the local users (login_settings.py).
+    ldap: LdapSettings | None = None
+    oidc: OidcSettings | None = None
 
     def profile(self, profile_id: str) -> Profile | None:
         return next((profile for profile in self.profiles if profile.id == profile_id), None)
@@ -339,6 +343,10 @@ def settings_from_mapping(data: Any) -> Settings:
     }
     if "oauth_clients" in reader.data:
         optional["oauth_clients"] = _read_oauth_clients(reader)
+    if reader.has("ldap"):
+        optional["ldap"] = read_ldap(SettingsReader(reader.get("ldap", dict), "ldap"))
+    if reader.has("oidc"):
+        optional["oidc"] = read_oidc(SettingsReader(reader.get("oidc", dict), "oidc"))
     return Settings(
         base_url=base_url,
         secret_key=secret_key,
