@@ -58,7 +58,7 @@ PING_INTERVAL = 0.5
 OUTAGE = 1.5
 
 ISSUER = """
-import datetime, json, sys
+import datetime, json, secrets, sys
 from sqlalchemy import select
 from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.app import create_app
@@ -74,7 +74,8 @@ with app.app_context():
     session = db()
     for number in range(count):
         name = "storm-%d" % number
-        ensure_user(session, name, None, is_admin=False, groups=[])
+        # A password nobody knows: these users never log in, their configs are all they are for.
+        ensure_user(session, name, secrets.token_urlsafe(24), is_admin=False, groups=[])
         session.commit()
         user = session.scalar(select(User).where(User.username == name))
         expires_at = utcnow() + datetime.timedelta(days=1)
