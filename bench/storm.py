@@ -92,8 +92,9 @@ def issue_configs(count: int) -> list[str]:
     put(CONTROLLER, f"{WORK}/issue.py", ISSUER)
     out = sh_on(
         CONTROLLER,
-        f"cd / && runuser -u {CONTROLLER_USER} -- {CONTROLLER_VENV}/bin/python {WORK}/issue.py "
-        f"{count} {PROFILE} {CONTROLLER_SETTINGS}",
+        # The script on standard input: the service's user cannot read root's files.
+        f"cd / && runuser -u {CONTROLLER_USER} -- {CONTROLLER_VENV}/bin/python - "
+        f"{count} {PROFILE} {CONTROLLER_SETTINGS} < {WORK}/issue.py",
         timeout=600,
     )
     return json.loads(out.strip().splitlines()[-1])
