@@ -17,10 +17,11 @@ What it measures, every row in one run (see docs/bench.md):
 
 The controller is the real one: the service's package under gunicorn (as the role runs it, with
 ``--workers W``), on 127.0.0.1, with the real CA and a real database (a throwaway PostgreSQL 15
-cluster, the tests' own). nginx and the nodes are left out on purpose, so the figures are the
-controller's own cost: the nodes' daemon addresses point at a closed port of 127.0.0.1, so a
-disconnect of a replaced config is refused at once. The callers run on the same 2 cores as the
-server: the figures are a floor of what a controller with its own cores serves.
+cluster, the tests' own), and node-x1 as the service tests run it (its real OpenVPN servers and
+daemon in a network namespace): node choice names only nodes that answer, and every /connect that
+replaces a config pushes the new CRL and the disconnect to it. nginx is left out, so the figures
+are the controller's own cost. The callers run on the same 2 cores as the server: the figures are
+a floor of what a controller with its own cores serves.
 
 It prints a table and writes bench/results/controller-<timestamp>.json and
 bench/results/controller-latest.json. It uses no lab host, so it takes no lab lock.
