@@ -55,7 +55,7 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import create_engine, insert, select
-from vpnfleet.shared.pki import authority, keys
+from vpnfleet.shared.pki import authority
 
 from bench.lab import BenchError, result_stamp, say, write_results
 from vpnfleet.controller.accounts import ensure_user
@@ -67,7 +67,7 @@ RESULTS = REPO / "bench" / "results"
 # The service tests' throwaway PostgreSQL cluster, their real node-x1 and its settings, shared on purpose.
 sys.path[:0] = [str(REPO / "tests" / "services"), str(REPO / "tests" / "services" / "controller")]
 import postgres_cluster  # noqa: E402
-from controller_helpers import NODE_TOKENS, settings_mapping  # noqa: E402
+from controller_helpers import NODE_TOKENS, make_pki, settings_mapping  # noqa: E402
 from controller_node_lab import start_node_lab  # noqa: E402
 
 CLIENT_ID = "org.eduvpn.app.linux"
@@ -85,21 +85,6 @@ def free_port() -> int:
 
 
 # ----------------------------------------------------------------------------- the controller
-
-
-def make_pki(directory: Path) -> None:
-    """The CA, node-x1's daemon_server pair (127.0.0.1), the controller's daemon_client pair and the
-    profiles' tls-crypt keys, where the tests' node lab and settings expect them."""
-    ca = authority.CertificateAuthority.create(str(directory / "ca"), common_name="bench CA")
-    for purpose, name, addresses in (
-        ("daemon_server", "node", ["127.0.0.1"]),
-        ("daemon_client", "controller", []),
-    ):
-        key, cert = ca.issue(name, purpose, ip_addresses=addresses, lifetime_days=2)
-        (directory / f"{purpose}.key").write_bytes(keys.private_key_pem(key))
-        (directory / f"{purpose}.crt").write_bytes(keys.certificate_pem(cert))
-    for profile in ("office", "internet"):
-        (directory / f"tls-crypt-{profile}.key").write_text(keys.make_tls_crypt_key())
 
 
 def settings_for(pki: Path, ca_dir: Path, database_url: str, daemon_port: int) -> dict:
@@ -550,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             if not postgres_cluster.available():
                 raise BenchError("PostgreSQL 15 is not installed (bash scripts/setup installs it)")
             cluster = postgres_cluster.PostgresCluster().start()
-        make_pki(pki)
+        make_pki(pki, common_name="bench CA")
         say("node-x1 as the service tests run it: its OpenVPN servers and daemon in a network namespace")
         node = start_node_lab(pki, settings_for(pki, pki / "ca", "sqlite://", 0))
         for kind in databases:

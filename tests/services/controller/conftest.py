@@ -7,10 +7,9 @@ from pathlib import Path
 
 import postgres_cluster
 import pytest
-from controller_helpers import settings_mapping
+from controller_helpers import make_pki, settings_mapping
 from controller_node_lab import NodeLab, client_config, start_node_lab, vpn_clients
 from openvpn_netlab import OpenVpnProcess, require_lab
-from vpnfleet.shared.pki import authority, keys
 
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.database import migrate
@@ -21,18 +20,7 @@ from vpnfleet.controller.state import EXTENSION_KEY
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory) -> Path:
     """A CA with the daemon TLS pair and the profiles' tls-crypt keys."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca = authority.CertificateAuthority.create(str(directory / "ca"), common_name="test CA")
-    for purpose, name, addresses in (
-        ("daemon_server", "node", ["127.0.0.1"]),
-        ("daemon_client", "controller", []),
-    ):
-        key, cert = ca.issue(name, purpose, ip_addresses=addresses, lifetime_days=2)
-        (directory / f"{purpose}.key").write_bytes(keys.private_key_pem(key))
-        (directory / f"{purpose}.crt").write_bytes(keys.certificate_pem(cert))
-    for profile in ("office", "internet"):
-        (directory / f"tls-crypt-{profile}.key").write_text(keys.make_tls_crypt_key())
-    return directory
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from controller_node_lab import DAEMON_ADDRESS, NODE_X1_ADDRESS, SILENT_DAEMON_ADDRESS
 from sqlalchemy import select
+from vpnfleet.shared.pki import authority, keys
 
 from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.models import ConnectionLogEntry, VpnConfig
@@ -15,6 +16,21 @@ from vpnfleet.controller.state import EXTENSION_KEY
 
 NODE_TOKENS = {"node-x1": "token-of-node-x1-" + "a" * 20, "node-y1": "token-of-node-y1-" + "b" * 20}
 PASSWORD = "correct horse battery staple"  # noqa: S105 - the test users' password
+
+
+def make_pki(directory: Path, common_name: str = "test CA") -> Path:
+    """A CA with the daemon TLS pair (the daemon on 127.0.0.1) and the profiles' tls-crypt keys."""
+    ca = authority.CertificateAuthority.create(str(directory / "ca"), common_name=common_name)
+    for purpose, name, addresses in (
+        ("daemon_server", "node", ["127.0.0.1"]),
+        ("daemon_client", "controller", []),
+    ):
+        key, cert = ca.issue(name, purpose, ip_addresses=addresses, lifetime_days=2)
+        (directory / f"{purpose}.key").write_bytes(keys.private_key_pem(key))
+        (directory / f"{purpose}.crt").write_bytes(keys.certificate_pem(cert))
+    for profile in ("office", "internet"):
+        (directory / f"tls-crypt-{profile}.key").write_text(keys.make_tls_crypt_key())
+    return directory
 
 
 def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict:
