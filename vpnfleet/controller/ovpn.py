@@ -6,13 +6,19 @@ import random
 
 from vpnfleet.controller.certificates import IssuedClientCertificate
 from vpnfleet.controller.settings import Node, Profile
+from vpnfleet.shared.pki.keys import VPN_SERVER_OID
 
 # What every client gets; the routes, DNS and addresses are pushed by the node's server config.
 _CLIENT_OPTIONS = (
     "dev tun",
     "client",
     "nobind",
-    "remote-cert-tls server",
+    # A node's vpn_server usage, not just serverAuth: any TLS server certificate of the CA (the
+    # controller's web one) would pass "remote-cert-tls server". A name prefix would not hold
+    # either: the web certificate of a controller that is also a node carries the node's name.
+    # The key usage must be present ("remote-cert-ku" without values) as remote-cert-tls asked.
+    "remote-cert-ku",
+    f"remote-cert-eku {VPN_SERVER_OID}",
     "verb 3",
     "server-poll-timeout 10",
     "tls-version-min 1.3",

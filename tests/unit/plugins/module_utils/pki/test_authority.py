@@ -70,7 +70,7 @@ def test_each_purpose_has_its_extensions(ca, purpose, tmp_path):
     usages = list(extension(cert, x509.ExtendedKeyUsage).value)
     wanted_tls = ExtendedKeyUsageOID.SERVER_AUTH if "server" in purpose else ExtendedKeyUsageOID.CLIENT_AUTH
     assert usages[0] == wanted_tls
-    assert usages[1:] == ([keys.purpose_oids()[purpose]] if purpose.startswith("daemon_") else [])
+    assert usages[1:] == ([keys.purpose_oids()[purpose]] if purpose in keys.PURPOSE_OID_STRINGS else [])
     ca_ski = extension(ca.cert, x509.SubjectKeyIdentifier).value.digest
     assert extension(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ca_ski
     assert extension(cert, x509.SubjectKeyIdentifier).value == x509.SubjectKeyIdentifier.from_public_key(
@@ -85,6 +85,15 @@ def test_each_purpose_has_its_extensions(ca, purpose, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_a_plain_server_certificate_is_no_vpn_server(ca):
+    _, web = ca.issue("controller", "server", key_type=keys.key_type_of(ca.key))
+    _, daemon = ca.issue("node", "daemon_server", key_type=keys.key_type_of(ca.key))
+    assert keys.certificate_purpose(web) == "server"
+    assert keys.certificate_purpose(daemon) == "daemon_server"
+    for cert in (web, daemon):
+        assert keys.purpose_oids()["vpn_server"] not in extension(cert, x509.ExtendedKeyUsage).value
+
+
 def test_a_client_certificate_is_no_server_certificate(ca, tmp_path):
     _, cert = ca.issue("alice", "client", key_type=keys.key_type_of(ca.key))
     assert openssl_verify(tmp_path, ca, cert, "sslserver").returncode != 0
@@ -93,6 +102,8 @@ def test_a_client_certificate_is_no_server_certificate(ca, tmp_path):
 def test_purpose_oids_come_from_the_documented_arc():
     assert keys.purpose_oids()["daemon_server"].dotted_string == keys.VPNFLEET_OID_ARC + ".1"
     assert keys.purpose_oids()["daemon_client"].dotted_string == keys.VPNFLEET_OID_ARC + ".2"
+    assert keys.purpose_oids()["vpn_server"].dotted_string == keys.VPNFLEET_OID_ARC + ".3"
+    assert keys.VPN_SERVER_OID == keys.VPNFLEET_OID_ARC + ".3"
     assert keys.VPNFLEET_OID_ARC.startswith("2.25.")
 
 
