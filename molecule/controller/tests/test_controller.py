@@ -85,7 +85,15 @@ def test_every_openvpn_process_calls_the_controller_through_its_hooks():
                 assert "client-connect /usr/local/libexec/vpnfleet/openvpn-hook" in config
                 assert "client-disconnect /usr/local/libexec/vpnfleet/openvpn-hook" in config
         token = node.file("/etc/vpnfleet/hooks.token")
-        assert (token.user, token.group, token.mode) == ("root", "nogroup", 0o640)
+        assert (token.user, token.group, token.mode) == ("root", "vpnfleet-openvpn", 0o640)
+        assert node.group("vpnfleet-openvpn").exists and not node.user("vpnfleet-openvpn").home.startswith(
+            "/home"
+        )
+        # Every process has dropped to OpenVPN's own user and group, not nobody/nogroup.
+        owners = node.check_output("ps -o user=,group= -C openvpn").split("\n")
+        assert owners and {tuple(line.split()) for line in owners} == {
+            ("vpnfleet-openvpn", "vpnfleet-openvpn")
+        }
         assert (
             node.run(
                 "/opt/vpnfleet/daemon/bin/vpnfleet-hook --settings /etc/vpnfleet/hooks.yaml check-settings"
