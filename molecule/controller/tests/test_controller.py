@@ -75,6 +75,26 @@ def test_the_services_run_hardened_and_nginx_redirects_http(controller, client):
     assert tokens not in settings and "api_token_sha256" in settings
 
 
+def _handshake(client, *options: str) -> bool:
+    """Whether the portal's nginx completes a TLS handshake with the client host's openssl."""
+    command = "openssl s_client -connect 203.0.113.10:443 -servername 203.0.113.10 " + " ".join(options)
+    return client.run("echo | timeout 20 " + command).rc == 0
+
+
+def test_nginx_speaks_mozillas_intermediate_tls_and_sends_the_portals_headers(client):
+    # CBC suites with SHA-1 or SHA-256 MACs are refused in TLS 1.2, an AEAD suite is taken.
+    assert not _handshake(client, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA")
+    assert not _handshake(client, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA384")
+    assert not _handshake(client, "-tls1_1")
+    assert _handshake(client, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert _handshake(client, "-tls1_3")
+    headers = client.check_output("curl -s -k -D - -o /dev/null https://203.0.113.10/login").lower()
+    assert "\nserver: nginx\r" in headers  # no version
+    assert "content-security-policy: default-src 'none'; style-src 'self';" in headers
+    assert "strict-transport-security: max-age=63072000" in headers
+    assert "x-content-type-options: nosniff" in headers and "x-frame-options: deny" in headers
+
+
 def test_every_openvpn_process_calls_the_controller_through_its_hooks():
     for name in ("node-x1", "node-y1"):
         node = lab_host(name)
