@@ -85,7 +85,6 @@ def test_nginx_speaks_mozillas_intermediate_tls_and_sends_the_portals_headers(cl
     # CBC suites with SHA-1 or SHA-256 MACs are refused in TLS 1.2, an AEAD suite is taken.
     assert not _handshake(client, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA")
     assert not _handshake(client, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA384")
-    assert not _handshake(client, "-tls1_1")
     assert _handshake(client, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
     assert _handshake(client, "-tls1_3")
     headers = client.check_output("curl -s -k -D - -o /dev/null https://203.0.113.10/login").lower()
