@@ -10,7 +10,10 @@ Public interface
     CertificateAuthority.load(directory)
     CertificateAuthority.exists(directory)
     ca.issue(common_name, purpose, dns_names, ip_addresses, lifetime_days, key_type) -> (key, cert)
-    ca.sign_public_key(public_key, common_name, purpose, dns_names, ip_addresses, lifetime_days) -> cert
+    ca.sign_public_key(public_key, common_name, purpose, dns_names, ip_addresses, lifetime_days,
+                       record=True, valid_until=None) -> cert
+    ca.sign_crl(revoked, this_update, next_update) -> PEM bytes (the certificates that are not
+                       in the index: users' client certificates, whose record is the controller's)
     ca.sign_csr(csr, purpose, common_name, dns_names, ip_addresses, lifetime_days) -> cert
     ca.revoke(serial, reason) -> bool (False when it was revoked already)
     ca.is_revoked(serial), ca.issued_by_me(cert), ca.records(), ca.record(serial)
@@ -18,7 +21,15 @@ Public interface
     ca.facts() -> dict
 
 Directory layout: ``ca.key`` (0600), ``ca.crt``, ``crl.pem``, ``index.json`` (the serial and
-revocation database), ``issued/<SERIAL>.pem`` (a copy of each issued certificate), ``.lock``.
+revocation database of the certificates Ansible issues: hosts, daemons), ``issued/<SERIAL>.pem``
+(a copy of each of those), ``client-revoked.json`` (the revoked client certificates the last
+``sign_crl`` was given, so that every re-signing of the CRL keeps them), ``.lock``.
+
+Users' client certificates (``record=False``) are in neither the index nor ``issued/``: the
+controller's database holds them, and an issuance costs the same with a million issued before.
+
+Run as root (Ansible), every file written here goes to the directory's owner, so that the signer
+service that owns the CA can keep using it.
 """
 
 import contextlib
@@ -75,6 +86,7 @@ CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
 CRL_FILE = "crl.pem"
 INDEX_FILE = "index.json"
+CLIENT_REVOKED_FILE = "client-revoked.json"
 ISSUED_DIR = "issued"
 LOCK_FILE = ".lock"
 
@@ -131,13 +143,13 @@ class CertificateAuthority:
             )
             .sign(key, signature_hash(key))
         )
-        write_file_atomic(os.path.join(directory, CA_KEY_FILE), private_key_pem(key), 0o600)
         ca = cls(directory, key, cert)
+        ca._write(os.path.join(directory, CA_KEY_FILE), private_key_pem(key), 0o600)
         with ca._locked():
             ca._write_index({"crl_number": 0, "crl_lifetime_days": crl_lifetime_days, "certificates": {}})
             ca._write_crl(ca._read_index())
         # The certificate goes last: its presence is what marks the CA as complete.
-        write_file_atomic(os.path.join(directory, CA_CERT_FILE), certificate_pem(cert), 0o644)
+        ca._write(os.path.join(directory, CA_CERT_FILE), certificate_pem(cert), 0o644)
         return ca
 
     @classmethod
@@ -172,9 +184,24 @@ class CertificateAuthority:
 
     # -- the database
 
+    def _write(self, path, data, mode):
+        write_file_atomic(path, data, mode)
+        self._adopt(path)
+
+    def _adopt(self, path):
+        """Give a file that root wrote to the directory's owner (the signer service's user)."""
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(self.directory)
+        info = os.stat(path)
+        if (info.st_uid, info.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid)
+
     @contextlib.contextmanager
     def _locked(self):
-        with open(os.path.join(self.directory, LOCK_FILE), "a") as lock:
+        path = os.path.join(self.directory, LOCK_FILE)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as lock:
+            self._adopt(path)
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -186,7 +213,7 @@ class CertificateAuthority:
 
     def _write_index(self, index):
         text = json.dumps(index, indent=2, sort_keys=True) + "\n"
-        write_file_atomic(os.path.join(self.directory, INDEX_FILE), text, 0o600)
+        self._write(os.path.join(self.directory, INDEX_FILE), text, 0o600)
 
     def records(self):
         """serial -> {common_name, purpose, not_after, sha256, revoked_at, revocation_reason}."""
@@ -250,14 +277,24 @@ class CertificateAuthority:
         )
 
     def sign_public_key(
-        self, public_key, common_name, purpose, dns_names=(), ip_addresses=(), lifetime_days=365
+        self,
+        public_key,
+        common_name,
+        purpose,
+        dns_names=(),
+        ip_addresses=(),
+        lifetime_days=365,
+        record=True,
+        valid_until=None,
     ):
-        """Certify a key that exists already (a renewal that keeps the key)."""
+        """Certify a key that exists already (a renewal that keeps the key). ``record=False``
+        leaves it out of the index and ``issued/`` (users' certificates: the controller's database
+        records them); ``valid_until`` (aware) replaces ``lifetime_days``."""
         if key_type_of(public_key) is None:
             raise PkiError("unsupported key; use one of %s" % ", ".join(KEY_TYPES))
         usages = extended_key_usages(purpose)
         now = utcnow()
-        valid_until = now + datetime.timedelta(days=lifetime_days)
+        valid_until = valid_until or now + datetime.timedelta(days=lifetime_days)
         # A certificate outliving its CA would be refused by every peer from that day on.
         valid_until = min(valid_until, not_after(self.cert))
         builder = (
@@ -282,6 +319,8 @@ class CertificateAuthority:
         if alt_names:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         cert = builder.sign(self.key, signature_hash(self.key))
+        if not record:
+            return cert
         serial = serial_hex(cert.serial_number)
         with self._locked():
             index = self._read_index()
@@ -293,8 +332,8 @@ class CertificateAuthority:
                 "revoked_at": None,
                 "revocation_reason": None,
             }
-            write_file_atomic(
-                os.path.join(self.directory, ISSUED_DIR, serial + ".pem"), certificate_pem(cert)
+            self._write(
+                os.path.join(self.directory, ISSUED_DIR, serial + ".pem"), certificate_pem(cert), 0o644
             )
             self._write_index(index)
         return cert
@@ -341,30 +380,67 @@ class CertificateAuthority:
             self._write_crl(self._read_index())
         return True
 
-    def _write_crl(self, index):
+    def crl_lifetime(self):
+        return datetime.timedelta(days=self._read_index()["crl_lifetime_days"])
+
+    def sign_crl(self, revoked, this_update, next_update):
+        """Sign and publish the CRL with these revoked client certificates (``revoked``: pairs
+        of serial hex and aware revocation time) beside the index's own; returns its PEM.
+
+        The list replaces the one given last: the caller (the controller, from its database)
+        decides which client certificates are listed, expired ones leaving it."""
+        entries = sorted((serial_hex(serial), isoformat(revoked_at)) for serial, revoked_at in revoked)
+        with self._locked():
+            index = self._read_index()
+            self._write(os.path.join(self.directory, CLIENT_REVOKED_FILE), json.dumps(entries) + "\n", 0o600)
+            return self._write_crl(index, entries, this_update, next_update)
+
+    def _client_revoked(self):
+        path = os.path.join(self.directory, CLIENT_REVOKED_FILE)
+        if not os.path.exists(path):
+            return []
+        return json.loads(read_file(path))
+
+    def _write_crl(self, index, client_revoked=None, this_update=None, next_update=None):
         """Called with the lock held; bumps the CRL number in ``index`` and saves both."""
         now = utcnow()
         index["crl_number"] += 1
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.cert.subject)
-            .last_update(now - BACKDATE)
-            .next_update(now + datetime.timedelta(days=index["crl_lifetime_days"]))
+            .last_update(this_update or now - BACKDATE)
+            .next_update(next_update or now + datetime.timedelta(days=index["crl_lifetime_days"]))
             .add_extension(x509.CRLNumber(index["crl_number"]), critical=False)
             .add_extension(self._authority_key_identifier(), critical=False)
         )
+        listed = set()
         for serial, record in sorted(index["certificates"].items()):
-            if not record["revoked_at"]:
-                continue
-            revoked_at = datetime.datetime.strptime(record["revoked_at"], "%Y-%m-%dT%H:%M:%SZ")
-            entry = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(int(serial, 16))
-                .revocation_date(revoked_at.replace(tzinfo=datetime.UTC))
-                .add_extension(x509.CRLReason(x509.ReasonFlags[record["revocation_reason"]]), critical=False)
-                .build()
-            )
-            builder = builder.add_revoked_certificate(entry)
+            if record["revoked_at"]:
+                listed.add(serial)
+                builder = builder.add_revoked_certificate(
+                    _revoked_entry(serial, record["revoked_at"], record["revocation_reason"])
+                )
+        if client_revoked is None:
+            client_revoked = self._client_revoked()
+        for serial, revoked_at in client_revoked:
+            if serial not in listed:
+                listed.add(serial)
+                builder = builder.add_revoked_certificate(
+                    _revoked_entry(serial, revoked_at, "cessation_of_operation")
+                )
         crl = builder.sign(self.key, signature_hash(self.key))
         self._write_index(index)
-        write_file_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        pem = crl.public_bytes(serialization.Encoding.PEM)
+        self._write(self.crl_path, pem, 0o644)
+        return pem
+
+
+def _revoked_entry(serial, revoked_at, reason):
+    moment = datetime.datetime.strptime(revoked_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    return (
+        x509.RevokedCertificateBuilder()
+        .serial_number(int(serial, 16))
+        .revocation_date(moment)
+        .add_extension(x509.CRLReason(x509.ReasonFlags[reason]), critical=False)
+        .build()
+    )

@@ -235,3 +235,58 @@ def test_index_records_every_issue_made_in_parallel(fresh_ca):
     for serial in serials:
         assert os.path.exists(os.path.join(fresh_ca.directory, "issued", serial + ".pem"))
         assert records[serial]["purpose"] == "client"
+
+
+# --------------------------------------------------------------------------- users' certificates
+
+
+def test_unrecorded_client_certificates_leave_the_index_and_issued_alone(fresh_ca):
+    index_before = open(os.path.join(fresh_ca.directory, authority.INDEX_FILE)).read()
+    until = keys.utcnow().replace(microsecond=0) + datetime.timedelta(hours=8)
+    for _ in range(3):
+        cert = fresh_ca.sign_public_key(
+            keys.make_private_key().public_key(), "a" * 32, "client", record=False, valid_until=until
+        )
+    assert keys.not_after(cert) == until and keys.certificate_purpose(cert) == "client"
+    assert open(os.path.join(fresh_ca.directory, authority.INDEX_FILE)).read() == index_before
+    assert os.listdir(os.path.join(fresh_ca.directory, authority.ISSUED_DIR)) == []
+
+
+def test_sign_crl_lists_the_given_clients_beside_the_index_and_re_signing_keeps_them(fresh_ca, tmp_path):
+    _, node = fresh_ca.issue("node", "vpn_server")
+    fresh_ca.revoke(node.serial_number)
+    user = fresh_ca.sign_public_key(keys.make_private_key().public_key(), "b" * 32, "client", record=False)
+    now = keys.utcnow().replace(microsecond=0)
+    pem = fresh_ca.sign_crl(
+        [(keys.serial_hex(user.serial_number), now)], now, now + datetime.timedelta(hours=1)
+    )
+    crl = x509.load_pem_x509_crl(pem)
+    assert crl.next_update_utc == now + datetime.timedelta(hours=1) and crl.is_signature_valid(
+        fresh_ca.key.public_key()
+    )
+    assert {entry.serial_number for entry in crl} == {node.serial_number, user.serial_number}
+    assert open(fresh_ca.crl_path, "rb").read() == pem
+    assert openssl_verify(tmp_path, fresh_ca, user, with_crl=True).returncode != 0
+    # Ansible's refresh re-signs from the index: the controller's entries stay on the CRL.
+    assert fresh_ca.refresh_crl(min_remaining_days=10000)
+    assert {entry.serial_number for entry in fresh_ca.crl()} == {node.serial_number, user.serial_number}
+    # The next list replaces it: an expired certificate leaves the CRL.
+    fresh_ca.sign_crl([], now, now + datetime.timedelta(hours=1))
+    assert {entry.serial_number for entry in fresh_ca.crl()} == {node.serial_number}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can hand files to another user")
+def test_files_root_writes_go_to_the_owner_of_the_ca_directory(fresh_ca):
+    os.chown(fresh_ca.directory, 65534, 65534)
+    fresh_ca.issue("node", "daemon_server")
+    now = keys.utcnow()
+    fresh_ca.sign_crl([], now, now + datetime.timedelta(hours=1))
+    for name in (
+        authority.INDEX_FILE,
+        authority.CRL_FILE,
+        authority.LOCK_FILE,
+        authority.CLIENT_REVOKED_FILE,
+    ):
+        info = os.stat(os.path.join(fresh_ca.directory, name))
+        assert (info.st_uid, info.st_gid) == (65534, 65534), name
+    assert stat.S_IMODE(os.stat(os.path.join(fresh_ca.directory, authority.LOCK_FILE)).st_mode) == 0o600
