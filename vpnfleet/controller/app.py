@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions[EXTENSION_KEY] = Controller(
         settings=settings,
         sessions=make_session_factory(engine),
-        issuer=ClientCertificateIssuer(settings.ca_dir),
+        issuer=ClientCertificateIssuer(settings.signer_socket),
         daemons=NodeDaemons(settings),
         throttle=LoginThrottle(settings),
     )

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vpnfleet.controller.accounts import end_user_sessions
+from vpnfleet.controller.certificates import publish_crl
 from vpnfleet.controller.models import OAuthAuthorization, OAuthToken, User, VpnConfig, utcnow
 from vpnfleet.controller.ovpn import render_client_config
 from vpnfleet.controller.state import Controller
@@ -88,7 +89,6 @@ def create_config(
             raise ConfigRefused("your session has expired; log in again")
         replaced = _configs_to_replace(settings, db, user, authorization, now)
         for config in replaced:
-            controller.issuer.revoke(config.serial_number)
             config.revoked_at = now
         # The replaced rows leave the one-active-config index before the new row enters it.
         db.flush()
@@ -108,6 +108,8 @@ def create_config(
     except BaseException:
         db.rollback()
         raise
+    if replaced:
+        publish_crl(controller.issuer, db, now)
     text = render_client_config(
         profile,
         settings.nodes,
@@ -180,9 +182,10 @@ def revoke_configs(controller: Controller, db: Session, configs: list[VpnConfig]
     now = utcnow()
     to_revoke = [config for config in configs if config.revoked_at is None]
     for config in to_revoke:
-        controller.issuer.revoke(config.serial_number)
         config.revoked_at = now
     db.commit()
+    if to_revoke:
+        publish_crl(controller.issuer, db, now)
     return disconnect_everywhere(controller, [config.common_name for config in to_revoke])
 
 

@@ -100,6 +100,8 @@ class Settings:
     oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
     # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
     behind_proxy: bool = True
+    # The signer service's socket: the CA key is the signer's, the app only asks it (docs/security.md).
+    signer_socket: Path = Path("/run/vpnfleet-signer/signer.sock")
 
     def profile(self, profile_id: str) -> Profile | None:
         return next((profile for profile in self.profiles if profile.id == profile_id), None)
@@ -207,6 +209,7 @@ _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] 
     "api_connect_window": ((str, int), parse_duration),
     "connection_log_retention": ((str, int), parse_duration),
     "behind_proxy": (bool, _as_read),
+    "signer_socket": (str, lambda value, _setting: Path(value)),
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 from controller_helpers import settings_mapping
 from controller_node_lab import NodeLab, client_config, start_node_lab, vpn_clients
 from openvpn_netlab import OpenVpnProcess, require_lab
+from signer_process import start_signer
 from vpnfleet.shared.pki import authority, keys
 
 from vpnfleet.controller.app import create_app
@@ -33,6 +34,14 @@ def pki_dir(tmp_path_factory) -> Path:
     for profile in ("office", "internet"):
         (directory / f"tls-crypt-{profile}.key").write_text(keys.make_tls_crypt_key())
     return directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signer(pki_dir):
+    """The real signer over the test CA: the app signs through it, as on a controller."""
+    process = start_signer(pki_dir / "ca", pki_dir)
+    yield process
+    process.stop()
 
 
 @pytest.fixture(scope="session")
