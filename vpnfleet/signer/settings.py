@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 
+from vpnfleet.controller.settings import parse_duration
 from vpnfleet.settings_file import SettingsReader, load_settings_file
 
 DEFAULT_SETTINGS_PATH = Path("/etc/vpnfleet/signer.yml")
@@ -21,16 +22,9 @@ class SignerSettings:
     # The group that may connect to a socket the signer makes (systemd's SocketGroup otherwise).
     socket_group: str | None = None
     # No client certificate outlives this: the controller's longest session (90 days by default).
-    max_client_lifetime_days: float = 90.0
-    max_crl_lifetime_days: float = 30.0
-
-    @property
-    def max_client_lifetime(self) -> timedelta:
-        return timedelta(days=self.max_client_lifetime_days)
-
-    @property
-    def max_crl_lifetime(self) -> timedelta:
-        return timedelta(days=self.max_crl_lifetime_days)
+    max_client_lifetime: timedelta = timedelta(days=90)
+    # The CA's own CRL lifetime by default (the ca module's crl_lifetime_days).
+    max_crl_lifetime: timedelta = timedelta(days=365)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> SignerSettings:
@@ -53,10 +47,7 @@ class SignerSettings:
             except KeyError:
                 raise reader.fail("socket_group", f"no such group: {group}") from None
             values["socket_group"] = group
-        for name in ("max_client_lifetime_days", "max_crl_lifetime_days"):
+        for name in ("max_client_lifetime", "max_crl_lifetime"):
             if reader.has(name):
-                days = reader.get(name, (int, float))
-                if not 0 < days <= 3650:
-                    raise reader.fail(name, f"must be more than 0 and at most 3650 days (got {days})")
-                values[name] = float(days)
+                values[name] = parse_duration(reader.get(name, (str, int)), name)
         return cls(**values)

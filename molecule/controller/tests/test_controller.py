@@ -42,9 +42,11 @@ def test_the_services_run_hardened_and_nginx_redirects_http(controller, client):
         "nginx.service",
         "vpnfleet-controller-housekeeping.timer",
         "vpnfleet-controller-backup.timer",
-        "vpnfleet-controller-ca-access.path",
+        "vpnfleet-signer.socket",
     ):
         assert controller.service(unit).is_running, unit
+    # The workaround that handed the CA to the web app's user is gone.
+    assert not controller.file("/etc/systemd/system/vpnfleet-controller-ca-access.path").exists
     assert controller.user("vpnfleet-controller").shell == "/usr/sbin/nologin"
     gunicorn = controller.check_output(
         "systemctl show -p User,ProtectSystem,NoNewPrivileges vpnfleet-controller"
@@ -58,10 +60,13 @@ def test_the_services_run_hardened_and_nginx_redirects_http(controller, client):
         "curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://203.0.113.10/login"
     )
     assert redirect == "301 https://203.0.113.10/login"
-    # The CA, the database and the settings are the service's, secrets closed to others.
+    # The CA is the signer's, the database and the settings the service's, secrets closed to others.
     for path, owner, mode in (
-        ("/var/lib/vpnfleet/ca/ca.key", "vpnfleet-controller", 0o600),
-        ("/var/lib/vpnfleet/ca/index.json", "vpnfleet-controller", 0o600),
+        ("/var/lib/vpnfleet/ca", "vpnfleet-signer", 0o710),
+        ("/var/lib/vpnfleet/ca/ca.key", "vpnfleet-signer", 0o600),
+        ("/var/lib/vpnfleet/ca/index.json", "vpnfleet-signer", 0o600),
+        ("/var/lib/vpnfleet/ca/tls-crypt-office.key", "vpnfleet-signer", 0o640),
+        ("/run/vpnfleet-signer/signer.sock", "vpnfleet-signer", 0o660),
         ("/var/lib/vpnfleet-controller/controller.sqlite", "vpnfleet-controller", None),
         ("/etc/vpnfleet/controller/secret", "root", 0o640),
         ("/etc/vpnfleet/controller/web.key", "root", 0o600),
@@ -73,6 +78,40 @@ def test_the_services_run_hardened_and_nginx_redirects_http(controller, client):
     settings = controller.file("/etc/vpnfleet/controller.yml").content_string
     tokens = controller.check_output("cat /etc/vpnfleet/controller/node-tokens/node-x1.token")
     assert tokens not in settings and "api_token_sha256" in settings
+
+
+def test_the_web_app_cannot_read_the_ca_key_and_only_its_group_reaches_the_signer(controller):
+    as_controller = "runuser -u vpnfleet-controller -- "
+    assert controller.run(as_controller + "cat /var/lib/vpnfleet/ca/ca.key").rc != 0
+    assert controller.run(as_controller + "cat /var/lib/vpnfleet/ca/tls-crypt-office.key").rc == 0
+    assert controller.file("/run/vpnfleet-signer/signer.sock").group == "vpnfleet-controller"
+    connect = (
+        "/opt/vpnfleet/controller/bin/python -c 'import socket; "
+        'socket.socket(socket.AF_UNIX).connect("/run/vpnfleet-signer/signer.sock")\''
+    )
+    assert controller.run(as_controller + connect).rc == 0
+    assert controller.run("runuser -u www-data -- " + connect).rc != 0
+    # The signer sees no network and runs as its own user.
+    shown = controller.check_output("systemctl show -p User,PrivateNetwork,ActiveState vpnfleet-signer")
+    assert "User=vpnfleet-signer" in shown and "PrivateNetwork=yes" in shown and "ActiveState=active" in shown
+
+
+EXPOSURE_GOAL = 2.0
+
+
+def _exposure(host, unit: str) -> float:
+    out = host.check_output(f"systemd-analyze security --no-pager {unit} | tail -1")
+    return float(re.search(r"exposure level for \S+: ([0-9.]+)", out).group(1))
+
+
+def test_the_controller_the_signer_and_the_daemon_score_at_most_2_in_systemd_analyze_security(controller):
+    figures = {
+        unit: _exposure(controller, unit)
+        for unit in ("vpnfleet-controller.service", "vpnfleet-signer.service")
+    }
+    figures["vpnfleet-daemon.service"] = _exposure(lab_host("node-x1"), "vpnfleet-daemon.service")
+    print("systemd-analyze security:", figures)
+    assert all(figure <= EXPOSURE_GOAL for figure in figures.values()), figures
 
 
 def _handshake(client, *options: str) -> bool:

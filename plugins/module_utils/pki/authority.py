@@ -121,8 +121,11 @@ class CertificateAuthority:
     ):
         if cls.exists(directory):
             raise PkiError("a CA exists in %s already" % directory)
-        os.makedirs(os.path.join(directory, ISSUED_DIR), mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700)
+            os.chmod(directory, 0o700)  # makedirs' mode is cut by the umask
+        # A directory made ready beforehand (owner, group, mode) is left as it is: its owner is
+        # the CA's (the signer service), see _adopt.
         key = make_private_key(key_type)
         now = utcnow()
         public_key = key.public_key()
@@ -144,6 +147,9 @@ class CertificateAuthority:
             .sign(key, signature_hash(key))
         )
         ca = cls(directory, key, cert)
+        issued = os.path.join(directory, ISSUED_DIR)
+        os.makedirs(issued, mode=0o700, exist_ok=True)
+        ca._adopt(issued)
         ca._write(os.path.join(directory, CA_KEY_FILE), private_key_pem(key), 0o600)
         with ca._locked():
             ca._write_index({"crl_number": 0, "crl_lifetime_days": crl_lifetime_days, "certificates": {}})

@@ -41,8 +41,8 @@ def signer(ca, workdir):
     process = start_signer(
         Path(ca.directory),
         workdir,
-        max_client_lifetime_days=MAX_CLIENT_DAYS,
-        max_crl_lifetime_days=1,
+        max_client_lifetime=f"{MAX_CLIENT_DAYS}d",
+        max_crl_lifetime="1d",
         **({"socket_group": group} if group else {}),
     )
     yield process
