@@ -16,8 +16,7 @@ _CLIENT_OPTIONS = (
     # A node's vpn_server usage, not just serverAuth: any TLS server certificate of the CA (the
     # controller's web one) would pass "remote-cert-tls server". A name prefix would not hold
     # either: the web certificate of a controller that is also a node carries the node's name.
-    # The key usage must be present ("remote-cert-ku" without values) as remote-cert-tls asked.
-    "remote-cert-ku",
+    # The key usage is left to the TLS library, as remote-cert-tls does since OpenVPN 2.4.
     f"remote-cert-eku {VPN_SERVER_OID}",
     "verb 3",
     "server-poll-timeout 10",
