@@ -7,6 +7,7 @@ the config, a reconnect with it is refused. The tests run in file order.
 """
 
 import json
+import os
 import re
 import ssl
 
@@ -105,13 +106,23 @@ def _exposure(host, unit: str) -> float:
 
 
 def test_the_controller_the_signer_and_the_daemon_score_at_most_2_in_systemd_analyze_security(controller):
-    figures = {
+    node = lab_host("node-x1")
+    goal = {
         unit: _exposure(controller, unit)
         for unit in ("vpnfleet-controller.service", "vpnfleet-signer.service")
     }
-    figures["vpnfleet-daemon.service"] = _exposure(lab_host("node-x1"), "vpnfleet-daemon.service")
-    print("systemd-analyze security:", figures)
-    assert all(figure <= EXPOSURE_GOAL for figure in figures.values()), figures
+    goal["vpnfleet-daemon.service"] = _exposure(node, "vpnfleet-daemon.service")
+    # The others are recorded, not held to the goal: OpenVPN's is Debian's unit, the hooks run in it.
+    recorded = {
+        unit: _exposure(controller, unit)
+        for unit in ("vpnfleet-controller-housekeeping.service", "vpnfleet-controller-backup.service")
+    }
+    recorded["openvpn-server@office-0.service"] = _exposure(node, "openvpn-server@office-0.service")
+    report = os.environ.get("VPNFLEET_EXPOSURE_REPORT")
+    if report:
+        with open(report, "w") as out:
+            json.dump({**goal, **recorded}, out, indent=2)
+    assert all(figure <= EXPOSURE_GOAL for figure in goal.values()), goal
 
 
 def _handshake(client, *options: str) -> bool:
