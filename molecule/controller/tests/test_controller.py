@@ -159,7 +159,7 @@ def test_every_openvpn_process_calls_the_controller_through_its_hooks():
             "/home"
         )
         # Every process has dropped to OpenVPN's own user and group, not nobody/nogroup.
-        owners = node.check_output("ps -o user=,group= -C openvpn").split("\n")
+        owners = node.check_output("ps -o user:32=,group:32= -C openvpn").split("\n")
         assert owners and {tuple(line.split()) for line in owners} == {
             ("vpnfleet-openvpn", "vpnfleet-openvpn")
         }
