@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from vpnfleet.controller import admin, api, authorize, node_api, oauth, portal
+from vpnfleet.controller import admin, api, authorize, node_api, oauth, oidc_login, portal
 from vpnfleet.controller.accounts import LoginThrottle
 from vpnfleet.controller.certificates import ClientCertificateIssuer
 from vpnfleet.controller.daemons import NodeDaemons
@@ -70,6 +70,8 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(admin.blueprint, url_prefix="/admin")
     app.register_blueprint(api.blueprint)
     app.register_blueprint(node_api.blueprint, url_prefix="/node-api/v1")
+    if settings.oidc is not None:
+        oidc_login.init_oidc(app, settings.oidc)
     # Programs authenticate with tokens, not cookies: CSRF does not apply to them.
     for blueprint in (api.blueprint, node_api.blueprint):
         csrf.exempt(blueprint)
@@ -77,7 +79,12 @@ def create_app(settings: Settings) -> Flask:
     init_security_headers(app)
     _register_error_pages(app)
     app.add_template_filter(_utc, "utc")
-    app.context_processor(lambda: {"current_user": current_user()})
+    app.context_processor(
+        lambda: {
+            "current_user": current_user(),
+            "oidc_name": settings.oidc.display_name if settings.oidc else None,
+        }
+    )
     return app
 
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from vpnfleet.controller.models import VpnConfig
 from vpnfleet.shared.pki import keys
 from vpnfleet.signer import protocol
 from vpnfleet.signer.protocol import SignerError
@@ -35,7 +32,8 @@ class IssuedClientCertificate:
 
 
 class ClientCertificateIssuer:
-    """Asks the signer; the CA certificate and the signer's bounds are fetched once per process."""
+    """Issues the certificates in users' configs and has the CRL signed, both by asking the signer;
+    the CA certificate is fetched once per process."""
 
     def __init__(self, socket_path: Path):
         self.socket_path = socket_path
@@ -51,10 +49,6 @@ class ClientCertificateIssuer:
 
     def ca_certificate_pem(self) -> str:
         return self._ca_answer()["certificate"]
-
-    @property
-    def max_crl_lifetime(self) -> timedelta:
-        return timedelta(seconds=self._ca_answer()["max_crl_lifetime_seconds"])
 
     def issue(self, expires_at: datetime, now: datetime) -> IssuedClientCertificate:
         # The common name says nothing about the user: it travels in clear in TLS 1.2 handshakes.
@@ -85,7 +79,13 @@ class ClientCertificateIssuer:
     def sign_crl(
         self, revoked: list[tuple[str, datetime]], this_update: datetime, next_update: datetime
     ) -> bytes:
-        """The CRL (PEM) listing ``revoked`` (serial hex, revocation time; naive times are UTC)."""
+        """The CRL (PEM) of these revoked configs (serial hex, revoked_at; naive is UTC) and of the
+        node certificates revoked in the CA's own index, signed and published by the signer: the
+        only place a CRL is signed.
+
+        Its number is at least thisUpdate in microseconds (authority._write_crl): it grows with
+        every CRL the controller signs (one at a time, see crl.publish_crl), and the nodes refuse
+        a lower one."""
         answer = self._call(
             {
                 "op": "sign_crl",
@@ -95,22 +95,3 @@ class ClientCertificateIssuer:
             }
         )
         return answer["crl"].encode()
-
-
-def revoked_serials(db: Session, now: datetime) -> list[tuple[str, datetime]]:
-    """The revoked configs' certificates that have not expired yet (the CRL's client entries)."""
-    rows = db.execute(
-        select(VpnConfig.serial_number, VpnConfig.revoked_at).where(
-            VpnConfig.revoked_at.is_not(None), VpnConfig.expires_at > now
-        )
-    ).all()
-    # revoked_at is set on every row the query selects.
-    return [(serial, revoked_at.replace(tzinfo=UTC)) for serial, revoked_at in rows if revoked_at]
-
-
-def publish_crl(issuer: ClientCertificateIssuer, db: Session, now: datetime) -> bytes:
-    """Re-sign the CA's CRL from the database's revocations (the signer publishes it in the CA)."""
-    aware_now = now.replace(tzinfo=UTC) if now.tzinfo is None else now
-    # Backdated like the certificates: a node whose clock is a little behind accepts it.
-    this_update = aware_now - timedelta(minutes=5)
-    return issuer.sign_crl(revoked_serials(db, now), this_update, this_update + issuer.max_crl_lifetime)

@@ -12,6 +12,7 @@ from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.configs import disable_user
 from vpnfleet.controller.database import migrate
+from vpnfleet.controller.fleet import DrainRefused, set_maintenance
 from vpnfleet.controller.housekeeping import run_housekeeping
 from vpnfleet.controller.models import User
 from vpnfleet.controller.settings import load_settings
@@ -41,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument("--group", action="append", default=[], help="a group of the user (repeatable)")
     user.add_argument("--disabled", action=argparse.BooleanOptionalAction, default=False)
     commands.add_parser("housekeeping", help="disconnect what must go, close stale log rows, purge old rows")
+    maintenance = commands.add_parser(
+        "node-maintenance",
+        help="drain a node (no new config names it, its clients move on) or undrain it; prints JSON",
+    )
+    maintenance.add_argument("node")
+    maintenance.add_argument(
+        "--drain", action=argparse.BooleanOptionalAction, required=True, help="--drain or --no-drain"
+    )
+    maintenance.add_argument("--force", action="store_true", help="drain even the last node of its location")
     return parser
 
 
@@ -61,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     with app.app_context():
         if arguments.command == "user":
             return _user(arguments)
+        if arguments.command == "node-maintenance":
+            return _node_maintenance(arguments)
         print(json.dumps(run_housekeeping(controller(), db()).as_dict()))
     return 0
 
@@ -83,6 +95,30 @@ def _user(arguments: argparse.Namespace) -> int:
         user = db().scalars(select(User).where(User.username == arguments.username)).one()
         disable_user(controller(), db(), user)
     print(json.dumps({"changed": change.changed, "created": change.created}))
+    return 0
+
+
+# The last node of a location is not drained without --force: the playbook tells this apart.
+EXIT_NEEDS_FORCE = 3
+
+
+def _node_maintenance(arguments: argparse.Namespace) -> int:
+    try:
+        change = set_maintenance(controller(), arguments.node, arguments.drain, arguments.force)
+    except DrainRefused as refusal:
+        print(f"vpnfleet-controller: {refusal}", file=sys.stderr)
+        return EXIT_NEEDS_FORCE if refusal.needs_force else 2
+    print(
+        json.dumps(
+            {
+                "node": change.node.name,
+                "maintenance_mode": change.on,
+                "changed": change.changed,
+                "moved": change.moved,
+                "warning": change.warning,
+            }
+        )
+    )
     return 0
 
 

@@ -15,7 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from vpnfleet.settings_file import SettingsError
 
-from .api import ROUTES, ApiError, Parameters
+from .api import ROUTES, ApiError, NodeState, Parameters
+from .crl import MAX_CRL_BYTES, CrlFile
 from .management import ProcessFleet
 from .settings import DaemonSettings
 from .tls import peer_common_name, peer_refusal, server_context
@@ -28,6 +29,7 @@ REQUEST_IDLE_TIMEOUT = 30.0
 MAX_FORM_BYTES = 4096
 MAX_FORM_FIELDS = 16
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+CRL_CONTENT_TYPES = ("application/x-pem-file", "application/pkix-crl")
 
 
 class DaemonRequestHandler(BaseHTTPRequestHandler):
@@ -68,8 +70,11 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no such call: {url.path}")
             if self.command != route.method:
                 raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{url.path} takes {route.method} only")
-            parameters = self._read_form() if route.method == "POST" else _parse_fields(url.query)
-            payload = route.call(self.server.fleet, parameters)
+            if route.body == "crl":
+                payload = route.call(self.server.state, self._read_crl())  # type: ignore[arg-type]
+            else:
+                parameters = self._read_form() if route.method == "POST" else _parse_fields(url.query)
+                payload = route.call(self.server.state, parameters)  # type: ignore[arg-type]
         except ApiError as refusal:
             self.close_connection = True
             self._send_json(refusal.status, {"error": refusal.reason})
@@ -83,18 +88,27 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
             return
         self._send_json(HTTPStatus.OK, payload)
 
+    def _read_crl(self) -> bytes:
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type not in CRL_CONTENT_TYPES:
+            raise ApiError(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send the CRL as {' or '.join(CRL_CONTENT_TYPES)}"
+            )
+        return self._read_body(MAX_CRL_BYTES)
+
+    def _read_body(self, limit: int) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        if int(length) > limit:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body may be {limit} bytes at most")
+        return self.rfile.read(int(length))
+
     def _read_form(self) -> Parameters:
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != FORM_CONTENT_TYPE:
             raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send the parameters as {FORM_CONTENT_TYPE}")
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-        if int(length) > MAX_FORM_BYTES:
-            raise ApiError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the form may be {MAX_FORM_BYTES} bytes at most"
-            )
-        body = self.rfile.read(int(length))
+        body = self._read_body(MAX_FORM_BYTES)
         try:
             return _parse_fields(body.decode("utf-8"))
         except UnicodeDecodeError:
@@ -127,6 +141,8 @@ class DaemonHTTPServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in settings.listen_address else socket.AF_INET
         self.tls_context = tls_context
         self.fleet = fleet
+        crl = CrlFile(settings.tls_crl, settings.tls_ca) if settings.tls_crl is not None else None
+        self.state = NodeState(fleet, crl)
         super().__init__((settings.listen_address, settings.listen_port), DaemonRequestHandler)
 
     def server_bind(self) -> None:
@@ -149,7 +165,7 @@ class DaemonHTTPServer(ThreadingHTTPServer):
             return
         try:
             # Decided before a single byte of the request is read.
-            refusal = peer_refusal(tls_socket)
+            refusal = peer_refusal(tls_socket, self.state.crl)
             if refusal:
                 log.warning("refused %s (%s): %s", client_address[0], peer_common_name(tls_socket), refusal)
                 return
@@ -165,7 +181,9 @@ class DaemonHTTPServer(ThreadingHTTPServer):
 def create_server(settings: DaemonSettings) -> DaemonHTTPServer:
     """The app factory: everything the daemon needs, from its settings; raises SettingsError."""
     tls_context = server_context(settings)
-    fleet = ProcessFleet(settings.management_socket_glob, settings.management_timeout)
+    fleet = ProcessFleet(
+        settings.management_socket_glob, settings.management_timeout, settings.maintenance_flag_file
+    )
     try:
         return DaemonHTTPServer(settings, tls_context, fleet)
     except OSError as exc:

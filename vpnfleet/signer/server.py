@@ -96,7 +96,7 @@ class Signer:
                 f"{self.settings.max_crl_lifetime}"
             )
         revoked = _revoked_list(request["revoked"], now)
-        crl = self.ca.sign_crl(revoked, this_update, next_update)
+        crl = self.ca.publish_crl(revoked, this_update, next_update)
         log.info(
             "signed a CRL with %d client certificates, next update %s",
             len(revoked),

@@ -12,18 +12,20 @@ Public interface
     ca.issue(common_name, purpose, dns_names, ip_addresses, lifetime_days, key_type) -> (key, cert)
     ca.sign_public_key(public_key, common_name, purpose, dns_names, ip_addresses, lifetime_days,
                        record=True, valid_until=None) -> cert
-    ca.sign_crl(revoked, this_update, next_update) -> PEM bytes (the certificates that are not
-                       in the index: users' client certificates, whose record is the controller's)
     ca.sign_csr(csr, purpose, common_name, dns_names, ip_addresses, lifetime_days) -> cert
     ca.revoke(serial, reason) -> bool (False when it was revoked already)
     ca.is_revoked(serial), ca.issued_by_me(cert), ca.records(), ca.record(serial)
     ca.crl() -> x509.CertificateRevocationList, ca.crl_needs_refresh(days), ca.refresh_crl(days) -> bool
+    ca.revoked_records(now) -> [(serial, revoked_at)] of revoked certificates not yet expired
+    ca.sign_crl(revoked, this_update, next_update, number) -> PEM bytes (signs only what it is given)
+    ca.publish_crl(client_revoked, this_update, next_update) -> PEM bytes (the CA's CRL: the index's
+                       revocations and these users' client certificates, whose record is the controller's)
     ca.facts() -> dict
 
 Directory layout: ``ca.key`` (0600), ``ca.crt``, ``crl.pem``, ``index.json`` (the serial and
 revocation database of the certificates Ansible issues: hosts, daemons), ``issued/<SERIAL>.pem``
 (a copy of each of those), ``client-revoked.json`` (the revoked client certificates the last
-``sign_crl`` was given, so that every re-signing of the CRL keeps them), ``.lock``.
+``publish_crl`` was given, so that every re-signing of the CRL keeps them), ``.lock``.
 
 Users' client certificates (``record=False``) are in neither the index nor ``issued/``: the
 controller's database holds them, and an issuance costs the same with a million issued before.
@@ -386,20 +388,52 @@ class CertificateAuthority:
             self._write_crl(self._read_index())
         return True
 
-    def crl_lifetime(self):
-        return datetime.timedelta(days=self._read_index()["crl_lifetime_days"])
+    def revoked_records(self, now=None):
+        """(serial, revoked_at, reason) of every revoked certificate in the index that has not
+        expired: an expired certificate is refused for its dates, so it leaves the CRL."""
+        return _unexpired_revocations(self._read_index(), _aware(now or utcnow()))
 
-    def sign_crl(self, revoked, this_update, next_update):
-        """Sign and publish the CRL with these revoked client certificates (``revoked``: pairs
-        of serial hex and aware revocation time) beside the index's own; returns its PEM.
+    def sign_crl(self, revoked, this_update, next_update, number):
+        """A CRL (PEM bytes) listing ``revoked``: (serial hex, revoked_at) or (serial hex,
+        revoked_at, reason) tuples, the reason a REVOCATION_REASONS name; nothing else is read
+        and nothing is saved (publish_crl is the CA's own CRL).
 
-        The list replaces the one given last: the caller (the controller, from its database)
+        Its cost grows with the entries given, never with what the CA ever issued."""
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(_aware(this_update))
+            .next_update(_aware(next_update))
+            .add_extension(x509.CRLNumber(number), critical=False)
+            .add_extension(self._authority_key_identifier(), critical=False)
+        )
+        for serial, revoked_at, *reason in revoked:
+            reason_flag = x509.ReasonFlags[reason[0] if reason else "cessation_of_operation"]
+            entry = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(serial, 16))
+                .revocation_date(_aware(revoked_at))
+                .add_extension(x509.CRLReason(reason_flag), critical=False)
+                .build()
+            )
+            builder = builder.add_revoked_certificate(entry)
+        crl = builder.sign(self.key, signature_hash(self.key))
+        return crl.public_bytes(serialization.Encoding.PEM)
+
+    def publish_crl(self, client_revoked, this_update, next_update):
+        """Sign and publish the CA's CRL: the index's own unexpired revocations and these revoked
+        client certificates (pairs of serial hex and revocation time, naive is UTC); returns its PEM.
+
+        The client list replaces the one given last and is saved, so that every other re-signing
+        (revoke, refresh_crl) keeps listing it: the caller (the controller, from its database)
         decides which client certificates are listed, expired ones leaving it."""
-        entries = sorted((serial_hex(serial), isoformat(revoked_at)) for serial, revoked_at in revoked)
+        entries = sorted(
+            (serial_hex(serial), isoformat(_aware(revoked_at))) for serial, revoked_at in client_revoked
+        )
         with self._locked():
             index = self._read_index()
             self._write(os.path.join(self.directory, CLIENT_REVOKED_FILE), json.dumps(entries) + "\n", 0o600)
-            return self._write_crl(index, entries, this_update, next_update)
+            return self._write_crl(index, entries, _aware(this_update), _aware(next_update))
 
     def _client_revoked(self):
         path = os.path.join(self.directory, CLIENT_REVOKED_FILE)
@@ -408,45 +442,47 @@ class CertificateAuthority:
         return json.loads(read_file(path))
 
     def _write_crl(self, index, client_revoked=None, this_update=None, next_update=None):
-        """Called with the lock held; bumps the CRL number in ``index`` and saves both."""
+        """Called with the lock held; bumps the CRL number in ``index``, saves both, returns the PEM.
+
+        A CRL with a thisUpdate of its own (the controller's) is numbered at least by that time in
+        microseconds: the controller's CRLs are numbered so (controller/crl.py) and a node refuses
+        a lower number than the one it has, whoever signed which."""
         now = utcnow()
         index["crl_number"] += 1
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self.cert.subject)
-            .last_update(this_update or now - BACKDATE)
-            .next_update(next_update or now + datetime.timedelta(days=index["crl_lifetime_days"]))
-            .add_extension(x509.CRLNumber(index["crl_number"]), critical=False)
-            .add_extension(self._authority_key_identifier(), critical=False)
-        )
-        listed = set()
-        for serial, record in sorted(index["certificates"].items()):
-            if record["revoked_at"]:
-                listed.add(serial)
-                builder = builder.add_revoked_certificate(
-                    _revoked_entry(serial, record["revoked_at"], record["revocation_reason"])
-                )
+        if this_update is not None:
+            index["crl_number"] = max(index["crl_number"], _microseconds(this_update))
+        listed = {entry[0]: entry for entry in _unexpired_revocations(index, now)}
         if client_revoked is None:
             client_revoked = self._client_revoked()
         for serial, revoked_at in client_revoked:
-            if serial not in listed:
-                listed.add(serial)
-                builder = builder.add_revoked_certificate(
-                    _revoked_entry(serial, revoked_at, "cessation_of_operation")
-                )
-        crl = builder.sign(self.key, signature_hash(self.key))
+            listed.setdefault(serial, (serial, _parse_time(revoked_at), "cessation_of_operation"))
+        pem = self.sign_crl(
+            sorted(listed.values()),
+            this_update or now - BACKDATE,
+            next_update or now + datetime.timedelta(days=index["crl_lifetime_days"]),
+            index["crl_number"],
+        )
         self._write_index(index)
-        pem = crl.public_bytes(serialization.Encoding.PEM)
         self._write(self.crl_path, pem, 0o644)
         return pem
 
 
-def _revoked_entry(serial, revoked_at, reason):
-    moment = datetime.datetime.strptime(revoked_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-    return (
-        x509.RevokedCertificateBuilder()
-        .serial_number(int(serial, 16))
-        .revocation_date(moment)
-        .add_extension(x509.CRLReason(x509.ReasonFlags[reason]), critical=False)
-        .build()
-    )
+def _unexpired_revocations(index, now):
+    return [
+        (serial, _parse_time(record["revoked_at"]), record["revocation_reason"])
+        for serial, record in sorted(index["certificates"].items())
+        if record["revoked_at"] and _parse_time(record["not_after"]) > now
+    ]
+
+
+def _parse_time(text):
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+def _aware(moment):
+    """Naive datetimes are UTC (the controller's database keeps them so)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+def _microseconds(moment):
+    return int(moment.timestamp() * 1_000_000)

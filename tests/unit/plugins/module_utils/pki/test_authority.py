@@ -252,12 +252,12 @@ def test_unrecorded_client_certificates_leave_the_index_and_issued_alone(fresh_c
     assert os.listdir(os.path.join(fresh_ca.directory, authority.ISSUED_DIR)) == []
 
 
-def test_sign_crl_lists_the_given_clients_beside_the_index_and_re_signing_keeps_them(fresh_ca, tmp_path):
+def test_publish_crl_lists_the_given_clients_beside_the_index_and_re_signing_keeps_them(fresh_ca, tmp_path):
     _, node = fresh_ca.issue("node", "vpn_server")
     fresh_ca.revoke(node.serial_number)
     user = fresh_ca.sign_public_key(keys.make_private_key().public_key(), "b" * 32, "client", record=False)
     now = keys.utcnow().replace(microsecond=0)
-    pem = fresh_ca.sign_crl(
+    pem = fresh_ca.publish_crl(
         [(keys.serial_hex(user.serial_number), now)], now, now + datetime.timedelta(hours=1)
     )
     crl = x509.load_pem_x509_crl(pem)
@@ -266,12 +266,17 @@ def test_sign_crl_lists_the_given_clients_beside_the_index_and_re_signing_keeps_
     )
     assert {entry.serial_number for entry in crl} == {node.serial_number, user.serial_number}
     assert open(fresh_ca.crl_path, "rb").read() == pem
+    # Numbered by thisUpdate in microseconds, as the controller's CRLs are (controller/crl.py).
+    number = extension(crl, x509.CRLNumber).value.crl_number
+    assert number == int(now.timestamp() * 1_000_000)
     assert openssl_verify(tmp_path, fresh_ca, user, with_crl=True).returncode != 0
-    # Ansible's refresh re-signs from the index: the controller's entries stay on the CRL.
+    # Ansible's refresh re-signs from the index: the controller's entries stay on the CRL, and
+    # its number is above the controller's, or the nodes would refuse it.
     assert fresh_ca.refresh_crl(min_remaining_days=10000)
     assert {entry.serial_number for entry in fresh_ca.crl()} == {node.serial_number, user.serial_number}
+    assert extension(fresh_ca.crl(), x509.CRLNumber).value.crl_number == number + 1
     # The next list replaces it: an expired certificate leaves the CRL.
-    fresh_ca.sign_crl([], now, now + datetime.timedelta(hours=1))
+    fresh_ca.publish_crl([], now, now + datetime.timedelta(hours=1))
     assert {entry.serial_number for entry in fresh_ca.crl()} == {node.serial_number}
 
 
@@ -280,7 +285,7 @@ def test_files_root_writes_go_to_the_owner_of_the_ca_directory(fresh_ca):
     os.chown(fresh_ca.directory, 65534, 65534)
     fresh_ca.issue("node", "daemon_server")
     now = keys.utcnow()
-    fresh_ca.sign_crl([], now, now + datetime.timedelta(hours=1))
+    fresh_ca.publish_crl([], now, now + datetime.timedelta(hours=1))
     for name in (
         authority.INDEX_FILE,
         authority.CRL_FILE,
@@ -290,3 +295,36 @@ def test_files_root_writes_go_to_the_owner_of_the_ca_directory(fresh_ca):
         info = os.stat(os.path.join(fresh_ca.directory, name))
         assert (info.st_uid, info.st_gid) == (65534, 65534), name
     assert stat.S_IMODE(os.stat(os.path.join(fresh_ca.directory, authority.LOCK_FILE)).st_mode) == 0o600
+
+
+def test_expired_revoked_certificates_leave_the_crl(fresh_ca):
+    _, short = fresh_ca.issue("short-lived", "client", lifetime_days=1)
+    _, long = fresh_ca.issue("long-lived", "client", lifetime_days=30)
+    fresh_ca.revoke(short.serial_number)
+    fresh_ca.revoke(long.serial_number)
+    in_two_days = keys.utcnow() + datetime.timedelta(days=2)
+    assert [serial for serial, _, _ in fresh_ca.revoked_records(in_two_days)] == [
+        keys.serial_hex(long.serial_number)
+    ]
+    assert len(fresh_ca.revoked_records()) == 2
+
+
+def test_sign_crl_lists_exactly_what_it_is_given(fresh_ca):
+    _, revoked = fresh_ca.issue("gone", "client")
+    fresh_ca.revoke(revoked.serial_number)  # in the index, but not given: not listed
+    now = keys.utcnow()
+    pem = fresh_ca.sign_crl(
+        [("0AB1", now.replace(tzinfo=None)), ("FF00", now, "key_compromise")],
+        now - datetime.timedelta(minutes=1),
+        now + datetime.timedelta(hours=1),
+        1_796_000_000_000_000,
+    )
+    crl = x509.load_pem_x509_crl(pem)
+    assert crl.is_signature_valid(fresh_ca.cert.public_key())
+    assert sorted(entry.serial_number for entry in crl) == [0x0AB1, 0xFF00]
+    assert extension(crl, x509.CRLNumber).value.crl_number == 1_796_000_000_000_000
+    assert crl.next_update_utc - crl.last_update_utc == datetime.timedelta(minutes=61)
+    reason = crl.get_revoked_certificate_by_serial_number(0xFF00).extensions.get_extension_for_class(
+        x509.CRLReason
+    )
+    assert reason.value.reason == x509.ReasonFlags.key_compromise
