@@ -17,10 +17,11 @@ What it measures, every row in one run (see docs/bench.md):
 
 The controller is the real one: the service's package under gunicorn (as the role runs it, with
 ``--workers W``), on 127.0.0.1, with the real CA and a real database (a throwaway PostgreSQL 15
-cluster, the tests' own). nginx and the nodes are left out on purpose, so the figures are the
-controller's own cost: the nodes' daemon addresses point at a closed port of 127.0.0.1, so a
-disconnect of a replaced config is refused at once. The callers run on the same 2 cores as the
-server: the figures are a floor of what a controller with its own cores serves.
+cluster, the tests' own), and node-x1 as the service tests run it (its real OpenVPN servers and
+daemon in a network namespace): node choice names only nodes that answer, and every /connect that
+replaces a config pushes the new CRL and the disconnect to it. nginx is left out, so the figures
+are the controller's own cost. The callers run on the same 2 cores as the server: the figures are
+a floor of what a controller with its own cores serves.
 
 It prints a table and writes bench/results/controller-<timestamp>.json and
 bench/results/controller-latest.json. It uses no lab host, so it takes no lab lock.
@@ -56,22 +57,25 @@ import yaml
 from sqlalchemy import create_engine, insert, select
 from vpnfleet.shared.pki import authority, keys
 
-from bench.lab import BenchError, say
+from bench.lab import BenchError, result_stamp, say, write_results
 from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.database import migrate
 from vpnfleet.controller.models import User, VpnConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-sys.path.insert(0, str(REPO / "tests" / "services" / "controller"))
-import postgres_cluster  # noqa: E402 - the tests' throwaway PostgreSQL cluster, shared on purpose
+# The service tests' throwaway PostgreSQL cluster, their real node-x1 and its settings, shared on purpose.
+sys.path[:0] = [str(REPO / "tests" / "services"), str(REPO / "tests" / "services" / "controller")]
+import postgres_cluster  # noqa: E402
+from controller_helpers import NODE_TOKENS, settings_mapping  # noqa: E402
+from controller_node_lab import start_node_lab  # noqa: E402
 
 CLIENT_ID = "org.eduvpn.app.linux"
 REDIRECT_URI = "http://127.0.0.1:41234/callback"
 NODE_NAME = "node-x1"
-NODE_TOKEN = "bench-node-token-" + "x" * 24  # noqa: S105 - a throwaway controller's node secret
+NODE_TOKEN = NODE_TOKENS[NODE_NAME]
 PASSWORD = "bench password of a test user"  # noqa: S105
-PROFILE = "internet"
+PROFILE = "office"  # the tests' profile for every user
 
 
 def free_port() -> int:
@@ -84,53 +88,28 @@ def free_port() -> int:
 
 
 def make_pki(directory: Path) -> None:
+    """The CA, node-x1's daemon_server pair (127.0.0.1), the controller's daemon_client pair and the
+    profiles' tls-crypt keys, where the tests' node lab and settings expect them."""
     ca = authority.CertificateAuthority.create(str(directory / "ca"), common_name="bench CA")
-    key, cert = ca.issue("controller", "daemon_client", lifetime_days=2)
-    (directory / "daemon_client.key").write_bytes(keys.private_key_pem(key))
-    (directory / "daemon_client.crt").write_bytes(keys.certificate_pem(cert))
-    (directory / f"tls-crypt-{PROFILE}.key").write_text(keys.make_tls_crypt_key())
+    for purpose, name, addresses in (
+        ("daemon_server", "node", ["127.0.0.1"]),
+        ("daemon_client", "controller", []),
+    ):
+        key, cert = ca.issue(name, purpose, ip_addresses=addresses, lifetime_days=2)
+        (directory / f"{purpose}.key").write_bytes(keys.private_key_pem(key))
+        (directory / f"{purpose}.crt").write_bytes(keys.certificate_pem(cert))
+    for profile in ("office", "internet"):
+        (directory / f"tls-crypt-{profile}.key").write_text(keys.make_tls_crypt_key())
 
 
-def settings_for(directory: Path, database_url: str) -> dict:
-    closed_port = free_port()  # nothing listens there: a daemon call is refused at once
-    return {
-        "base_url": "http://127.0.0.1",
-        "secret_key": secrets.token_hex(24),
-        "database_url": database_url,
-        "ca_dir": str(directory / "ca"),
-        "daemon_client": {
-            "cert": str(directory / "daemon_client.crt"),
-            "key": str(directory / "daemon_client.key"),
-            "ca": str(directory / "ca" / "ca.crt"),
-        },
-        "daemon_port": closed_port,
-        "daemon_timeout_seconds": 1,
-        "behind_proxy": False,
-        # The bench calls /connect as fast as it can: the per-app rate limit must not be what it measures.
-        "api_connect_limit": 1_000_000,
-        "max_configs_per_user": 3,
-        "profiles": [
-            {
-                "id": PROFILE,
-                "display_name": "Internet",
-                "default_gateway": True,
-                "tls_crypt_key_file": str(directory / f"tls-crypt-{PROFILE}.key"),
-            }
-        ],
-        "nodes": [
-            {
-                "name": NODE_NAME,
-                "location": "x",
-                "public_address": "198.51.100.10",
-                "daemon_address": "127.0.0.1",
-                "api_token_sha256": hashlib.sha256(NODE_TOKEN.encode()).hexdigest(),
-                "processes": [
-                    {"profile": PROFILE, "proto": "udp", "port": 1194, "max_clients": 124},
-                    {"profile": PROFILE, "proto": "tcp", "port": 1194, "max_clients": 124},
-                ],
-            }
-        ],
-    }
+def settings_for(pki: Path, ca_dir: Path, database_url: str, daemon_port: int) -> dict:
+    """The service tests' settings (node-x1 real, its OpenVPN servers and daemon), this run's CA
+    copy, and no per-app rate limit: the bench calls /connect as fast as it can."""
+    settings = settings_mapping(pki, database_url, daemon_port)
+    settings.update(base_url="http://127.0.0.1", ca_dir=str(ca_dir), api_connect_limit=1_000_000)
+    # node-y1 of the tests never answers: a node that is down is not what this bench measures.
+    settings["nodes"] = [node for node in settings["nodes"] if node["name"] == NODE_NAME]
+    return settings
 
 
 class Gunicorn:
@@ -404,18 +383,20 @@ def check_caller(port: int, common_names: list[str]):
 # ----------------------------------------------------------------------------- one setup
 
 
-def measure_database(kind: str, issued_counts, parallels, seconds, workers, cluster) -> list[dict]:
+def measure_database(kind: str, issued_counts, parallels, seconds, workers, cluster, pki, node) -> list[dict]:
     rows = []
     for issued_count in issued_counts:
         directory = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-controller-"))
         try:
-            make_pki(directory)
+            # The same CA for node-x1 and every row; a fresh copy of its index and files for each.
+            shutil.copytree(pki / "ca", directory / "ca")
             url = (
                 f"sqlite:///{directory / 'controller.sqlite'}" if kind == "sqlite" else cluster.new_database()
             )
             migrate(url)
             settings_file = directory / "controller.yml"
-            settings_file.write_text(yaml.safe_dump(settings_for(directory, url)))
+            settings = settings_for(pki, directory / "ca", url, node.daemon_port)
+            settings_file.write_text(yaml.safe_dump(settings))
             users = [f"bench-{number}" for number in range(max(parallels))]
             _make_users(url, [*users, "bench-history"])
             seed_started = time.monotonic()
@@ -559,25 +540,34 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(databases) - {"sqlite", "postgresql"}
     if unknown or min(parallels) < 1 or min(issued_counts) < 0:
         parser.error("--databases takes sqlite and postgresql; --parallel at least 1; --issued at least 0")
-    cluster = None
+    if os.geteuid() != 0:
+        parser.error("node-x1 (network namespaces, OpenVPN servers) needs root")
+    cluster = node = None
+    pki = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-pki-"))
     rows: list[dict] = []
     try:
         if "postgresql" in databases:
             if not postgres_cluster.available():
                 raise BenchError("PostgreSQL 15 is not installed (bash scripts/setup installs it)")
             cluster = postgres_cluster.PostgresCluster().start()
+        make_pki(pki)
+        say("node-x1 as the service tests run it: its OpenVPN servers and daemon in a network namespace")
+        node = start_node_lab(pki, settings_for(pki, pki / "ca", "sqlite://", 0))
         for kind in databases:
             rows += measure_database(
-                kind, issued_counts, parallels, arguments.seconds, arguments.workers, cluster
+                kind, issued_counts, parallels, arguments.seconds, arguments.workers, cluster, pki, node
             )
     except BenchError as error:
         say(f"failed: {error}")
         return 1
     finally:
+        if node is not None:
+            node.stop()
         if cluster is not None:
             cluster.stop()
+        shutil.rmtree(pki, ignore_errors=True)
     print_table(rows)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = result_stamp()
     result = {
         "benchmark": "controller",
         "when": stamp,
@@ -587,10 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": arguments.workers,
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in (f"controller-{stamp}.json", "controller-latest.json"):
-        (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
-    say(f"wrote {RESULTS / f'controller-{stamp}.json'}")
+    write_results("controller", result, stamp)
     return 0
 
 

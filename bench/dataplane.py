@@ -30,7 +30,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,13 +42,17 @@ from bench.lab import (
     BenchError,
     Processes,
     cpu_ticks,
+    interrupt_on_sigterm,
     lab,
     put,
+    result_stamp,
     run_on,
     say,
     session_lock,
     sh_on,
     start_daemon,
+    take_lab_arguments,
+    write_results,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -700,16 +703,6 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
-def write_results(results: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS / f"dataplane-{stamp}.json"
-    text = json.dumps(results, indent=2, sort_keys=False) + "\n"
-    path.write_text(text)
-    (RESULTS / "dataplane-latest.json").write_text(text)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10, help="length of each iperf3 run (default 10)")
@@ -743,16 +736,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds must be at least 1 and --rounds at least 1")
     if args.seconds == int(args.seconds):
         args.seconds = int(args.seconds)
-    if os.geteuid() != 0:
-        parser.error("the lab needs root")
+    take_lab_arguments(parser, args)
     os.chdir(REPO)
-    if args.inventory:
-        lab_hosts.INVENTORY = args.inventory.resolve()
-
-    def stop(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
+    interrupt_on_sigterm()
     try:
         with session_lock():
             results = run_benchmark(args)
@@ -762,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         say(f"interrupted ({interrupt or 'SIGINT'}); the lab was taken down")
         return 130
-    path = write_results(results)
+    path = write_results("dataplane", results, result_stamp())
     print(table(results))
     print(f"\nfigures: {path.relative_to(REPO)} (and bench/results/dataplane-latest.json)")
     return 0

@@ -22,17 +22,27 @@ bench/results/deploy-latest.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import ssl
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import lab as lab_hosts
-from bench.lab import BenchError, Processes, lab, put, say, session_lock, sh_on, site_playbook, start_daemon
+from bench.lab import (
+    BenchError,
+    Processes,
+    interrupt_on_sigterm,
+    lab,
+    put,
+    result_stamp,
+    say,
+    session_lock,
+    sh_on,
+    site_playbook,
+    start_daemon,
+    take_lab_arguments,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -151,27 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="leave out the re-run")
     parser.add_argument("--inventory", type=Path, help="the lab's inventory (default: inventories/lab)")
     arguments = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        parser.error("the lab needs root")
-    if arguments.inventory:
-        lab_hosts.INVENTORY = arguments.inventory.resolve()
-
-    def stop(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
+    take_lab_arguments(parser, arguments)
+    interrupt_on_sigterm()
     try:
         results = run(arguments)
     except BenchError as error:
         say(f"failed: {error}")
         return 1
     print_table(results)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    results["when"] = stamp
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in (f"deploy-{stamp}.json", "deploy-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
-    say(f"wrote {RESULTS / f'deploy-{stamp}.json'}")
+    results["when"] = stamp = result_stamp()
+    write_results("deploy", results, stamp)
     return 0
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
 SESSION_LOCK = Path("/run/vpnfleet-lab.session")
 LAB_STATE = Path(os.environ.get("VPNFLEET_LAB_DIR", "/var/lib/vpnfleet-lab"))
 # The benchmark's --inventory sets it.
@@ -183,3 +186,35 @@ def slowest_tasks(junit_dir: Path, count: int = 8) -> list[dict]:
         report.unlink()
     ranked = sorted(most.items(), key=lambda item: item[1], reverse=True)[:count]
     return [{"task": name, "seconds": round(seconds, 1)} for name, seconds in ranked]
+
+
+def take_lab_arguments(parser, arguments) -> None:
+    """What every benchmark on the lab checks first: root, and the inventory it was given."""
+    if os.geteuid() != 0:
+        parser.error("the lab needs root")
+    if arguments.inventory:
+        global INVENTORY
+        INVENTORY = arguments.inventory.resolve()
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM as Ctrl-C, so that a benchmark stopped by CI still cleans up the lab."""
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def result_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def write_results(name: str, results: dict, stamp: str) -> Path:
+    """bench/results/NAME-STAMP.json and NAME-latest.json; the first one's path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2) + "\n"
+    for file_name in (f"{name}-{stamp}.json", f"{name}-latest.json"):
+        (RESULTS / file_name).write_text(text)
+    say(f"wrote {RESULTS / f'{name}-{stamp}.json'}")
+    return RESULTS / f"{name}-{stamp}.json"

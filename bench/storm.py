@@ -31,15 +31,24 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
 
-from bench import lab as lab_hosts
-from bench.lab import BenchError, lab, put, say, session_lock, sh_on, site_playbook
+from bench.lab import (
+    BenchError,
+    interrupt_on_sigterm,
+    lab,
+    put,
+    result_stamp,
+    say,
+    session_lock,
+    sh_on,
+    site_playbook,
+    take_lab_arguments,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -511,28 +520,18 @@ def main(argv: list[str] | None = None) -> int:
     arguments.events = events.split(",")
     if set(arguments.events) - {"process", "node", "reboot", "controller"} or arguments.clients < 1:
         parser.error("--events takes process, node, reboot and controller; --clients at least 1")
-    if os.geteuid() != 0:
-        parser.error("the lab needs root")
-    if arguments.inventory:
-        lab_hosts.INVENTORY = arguments.inventory.resolve()
-
-    def stop(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
+    take_lab_arguments(parser, arguments)
+    interrupt_on_sigterm()
     try:
         results = run(arguments)
     except BenchError as error:
         say(f"failed: {error}")
         return 1
     print_table(results)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    results["when"] = stamp
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(results, RESULTS / f"storm-{stamp}.png")
-    for name in (f"storm-{stamp}.json", "storm-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
-    say(f"wrote {RESULTS / f'storm-{stamp}.json'} and the plot storm-{stamp}.png")
+    results["when"] = stamp = result_stamp()
+    path = write_results("storm", results, stamp)
+    plot(results, path.with_suffix(".png"))
+    say(f"drew {path.with_suffix('.png')}")
     return 0
 
 
