@@ -47,7 +47,10 @@ def login_error(page):
 
 
 def profiles_offered(home):
-    return set(re.findall(r'<option value="([a-z0-9-]+)"', home))
+    """The profiles in the portal's profile choice (the location choice beside it has options too)."""
+    select = re.search(r'<select[^>]*name="profile_id"[^>]*>(.*?)</select>', home, re.DOTALL)
+    assert select, home
+    return set(re.findall(r'<option[^>]*value="([a-z0-9-]+)"', select.group(1)))
 
 
 def directory(command):
