@@ -16,6 +16,7 @@ from vpnfleet.controller.accounts import LoginThrottle
 from vpnfleet.controller.certificates import ClientCertificateIssuer
 from vpnfleet.controller.daemons import NodeDaemons
 from vpnfleet.controller.database import make_engine, make_session_factory
+from vpnfleet.controller.security_headers import init_security_headers
 from vpnfleet.controller.settings import Settings
 from vpnfleet.controller.state import EXTENSION_KEY, Controller, close_db
 from vpnfleet.controller.web_session import current_user
@@ -54,7 +55,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions[EXTENSION_KEY] = Controller(
         settings=settings,
         sessions=make_session_factory(engine),
-        issuer=ClientCertificateIssuer(settings.ca_dir),
+        issuer=ClientCertificateIssuer(settings.signer_socket),
         daemons=NodeDaemons(settings),
         throttle=LoginThrottle(settings),
     )
@@ -75,6 +76,7 @@ def create_app(settings: Settings) -> Flask:
     for blueprint in (api.blueprint, node_api.blueprint):
         csrf.exempt(blueprint)
     app.before_request(_refuse_unusable_characters)
+    init_security_headers(app)
     _register_error_pages(app)
     app.add_template_filter(_utc, "utc")
     app.context_processor(

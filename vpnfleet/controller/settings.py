@@ -134,6 +134,8 @@ class Settings:
     oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
     # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
     behind_proxy: bool = True
+    # The signer service's socket: the CA key is the signer's, the app only asks it (docs/security.md).
+    signer_socket: Path = Path("/run/vpnfleet-signer/signer.sock")
     # Node choice (docs/controller.md): how long a node's /i/node answer is reused, how long a
     # config waits for the nodes at most, and how many nodes a config lists after the first.
     node_health_ttl_seconds: float = 5.0
@@ -305,6 +307,7 @@ _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] 
     "crl_lifetime": ((str, int), _crl_lifetime),
     "crl_push_timeout_seconds": ((int, float), _push_timeout),
     "behind_proxy": (bool, _as_read),
+    "signer_socket": (str, lambda value, _setting: Path(value)),
     "node_health_ttl_seconds": ((int, float), _positive_seconds),
     "node_health_timeout_seconds": ((int, float), _positive_seconds),
     "config_fallback_nodes": (int, _not_negative),

@@ -39,6 +39,7 @@ def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict
         "secret_key": "s" * 40,
         "database_url": database_url,
         "ca_dir": str(pki_dir / "ca"),
+        "signer_socket": str(pki_dir / "signer.sock"),
         "daemon_client": {
             "cert": str(pki_dir / "daemon_client.crt"),
             "key": str(pki_dir / "daemon_client.key"),
