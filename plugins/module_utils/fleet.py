@@ -122,6 +122,7 @@ class FleetPlan:
                         "processes": [
                             {
                                 "profile": served["id"],
+                                "name": process["name"],
                                 "proto": process["proto"],
                                 "port": process["port"],
                                 "max_clients": process["max_clients"],

@@ -93,6 +93,10 @@ class NodeDaemons:
         """GET /i/node of every node (load, CPUs, uptime and whatever else the daemon reports)."""
         return self._each_node(lambda node: self._call(node, "/i/node"))
 
+    def node_client_counts(self) -> list[NodeAnswer]:
+        """GET /i/node with the clients of every OpenVPN process (o_process_list), of every node."""
+        return self._each_node(lambda node: self._call(node, "/i/node?include_client_peer_count=yes"))
+
     def disconnect(self, common_names: list[str]) -> list[NodeAnswer]:
         """POST /o/disconnect_client for each common name on every node."""
         if not common_names:

@@ -18,6 +18,7 @@ from flask import (
 from itsdangerous import BadData, URLSafeTimedSerializer
 from sqlalchemy import func, select
 
+from vpnfleet.controller import metrics
 from vpnfleet.controller.accounts import authenticate
 from vpnfleet.controller.configs import (
     ConfigRefused,
@@ -83,6 +84,7 @@ def login():
         known_device=_known_device(username),
     )
     if result.user is None:
+        metrics.login_failed("local", result.refusal or "invalid")
         status, message = _LOGIN_REFUSALS[result.refusal or "invalid"]
         response = make_response(
             render_template("login.html", form=form, error=message.format(retry_after=result.retry_after)),

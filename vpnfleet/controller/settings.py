@@ -54,6 +54,9 @@ class NodeProcess:
     proto: str  # udp or tcp
     port: int
     max_clients: int | None
+    # "<profile>-<index>" as the node's daemon reports it (the fleet plan names it); None in a
+    # file that leaves it out, where the position among the profile's processes stands for the index.
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class Settings:
     oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
     # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
     behind_proxy: bool = True
+    # SHA-256 of the bearer token Prometheus scrapes /metrics with; None: no /metrics at all.
+    metrics_token_sha256: str | None = None
 
     def profile(self, profile_id: str) -> Profile | None:
         return next((profile for profile in self.profiles if profile.id == profile_id), None)
@@ -153,7 +158,7 @@ def _read_node(reader: SettingsReader, profile_ids: set[str]) -> Node:
             raise SettingsError(f"{process.where('port')}: {proto}/{port} is used twice on node {name}")
         seen_ports.add((proto, port))
         max_clients = process.get("max_clients", int, None)
-        processes.append(NodeProcess(profile_id, proto, port, max_clients))
+        processes.append(NodeProcess(profile_id, proto, port, max_clients, process.get("name", str, None)))
     public_address = reader.get("public_address", str, nonempty=True)
     return Node(
         name=name,
@@ -185,6 +190,12 @@ def _seconds(value: float, setting: str) -> float:
     return float(value)
 
 
+def _sha256_hex(value: str, setting: str) -> str:
+    if not _SHA256_HEX.match(value.lower()):
+        raise SettingsError(f"{setting}: must be 64 hex digits (SHA-256 of the token)")
+    return value.lower()
+
+
 def _at_least_one(value: int, setting: str) -> int:
     if value < 1:
         raise SettingsError(f"{setting}: must be at least 1")
@@ -207,6 +218,7 @@ _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] 
     "api_connect_window": ((str, int), parse_duration),
     "connection_log_retention": ((str, int), parse_duration),
     "behind_proxy": (bool, _as_read),
+    "metrics_token_sha256": (str, _sha256_hex),
 }
 
 

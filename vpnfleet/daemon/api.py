@@ -31,7 +31,8 @@ class ApiError(Exception):
 @dataclass(frozen=True)
 class Route:
     method: str
-    call: Callable[[ProcessFleet, Parameters], dict]
+    # A dict is answered as JSON, bytes as Prometheus' text format.
+    call: Callable[[ProcessFleet, Parameters], dict | bytes]
 
 
 def daemon_version() -> str:

@@ -15,10 +15,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from vpnfleet.settings_file import SettingsError
 
-from .api import ROUTES, ApiError, Parameters
+from . import metrics
+from .api import ROUTES, ApiError, Parameters, Route
 from .management import ProcessFleet
 from .settings import DaemonSettings
-from .tls import peer_common_name, peer_refusal, server_context
+from .tls import (
+    metrics_server_context,
+    peer_common_name,
+    peer_refusal,
+    pinned_fingerprints,
+    pinned_peer_refusal,
+    server_context,
+)
 
 log = logging.getLogger("vpnfleet.daemon")
 
@@ -62,7 +70,7 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
-        route = ROUTES.get(url.path)
+        route = self.server.routes.get(url.path)
         try:
             if route is None:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no such call: {url.path}")
@@ -70,6 +78,9 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
                 raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{url.path} takes {route.method} only")
             parameters = self._read_form() if route.method == "POST" else _parse_fields(url.query)
             payload = route.call(self.server.fleet, parameters)
+            if isinstance(payload, bytes):
+                self._send(HTTPStatus.OK, payload, metrics.CONTENT_TYPE)
+                return
         except ApiError as refusal:
             self.close_connection = True
             self._send_json(refusal.status, {"error": refusal.reason})
@@ -101,12 +112,14 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
             raise ApiError(HTTPStatus.BAD_REQUEST, "the form is not UTF-8") from None
 
     def _send_json(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         if status == HTTPStatus.METHOD_NOT_ALLOWED:
-            self.send_header("Allow", ROUTES[urlsplit(self.path).path].method)
+            self.send_header("Allow", self.server.routes[urlsplit(self.path).path].method)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -121,13 +134,27 @@ def _parse_fields(text: str) -> Parameters:
 
 
 class DaemonHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+    """The API for the controller; the same server class, with other routes, a port and a peer
+    check of its own, serves /metrics to the monitoring host (``metrics``, None when off)."""
 
-    def __init__(self, settings: DaemonSettings, tls_context: ssl.SSLContext, fleet: ProcessFleet):
+    daemon_threads = True
+    routes: dict[str, Route] = ROUTES
+    metrics: "MetricsHTTPServer | None" = None
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        tls_context: ssl.SSLContext,
+        fleet: ProcessFleet,
+        port: int | None = None,
+    ):
         self.address_family = socket.AF_INET6 if ":" in settings.listen_address else socket.AF_INET
         self.tls_context = tls_context
         self.fleet = fleet
-        super().__init__((settings.listen_address, settings.listen_port), DaemonRequestHandler)
+        super().__init__((settings.listen_address, port or settings.listen_port), DaemonRequestHandler)
+
+    def peer_refusal(self, tls_socket: ssl.SSLSocket) -> str | None:
+        return peer_refusal(tls_socket)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
@@ -149,7 +176,7 @@ class DaemonHTTPServer(ThreadingHTTPServer):
             return
         try:
             # Decided before a single byte of the request is read.
-            refusal = peer_refusal(tls_socket)
+            refusal = self.peer_refusal(tls_socket)
             if refusal:
                 log.warning("refused %s (%s): %s", client_address[0], peer_common_name(tls_socket), refusal)
                 return
@@ -159,18 +186,46 @@ class DaemonHTTPServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        if self.metrics is not None:
+            self.metrics.server_close()
         self.fleet.close()
+
+
+class MetricsHTTPServer(DaemonHTTPServer):
+    routes = {"/metrics": Route("GET", lambda fleet, query: metrics.render(fleet))}
+
+    def __init__(self, settings: DaemonSettings, fleet: ProcessFleet):
+        assert settings.metrics_client_certificates is not None and settings.metrics_listen_port
+        self.fingerprints = pinned_fingerprints(settings.metrics_client_certificates)
+        super().__init__(settings, metrics_server_context(settings), fleet, settings.metrics_listen_port)
+
+    def peer_refusal(self, tls_socket: ssl.SSLSocket) -> str | None:
+        return pinned_peer_refusal(tls_socket, self.fingerprints)
+
+    def server_close(self) -> None:
+        # The fleet is the API server's, which closes it.
+        ThreadingHTTPServer.server_close(self)
 
 
 def create_server(settings: DaemonSettings) -> DaemonHTTPServer:
     """The app factory: everything the daemon needs, from its settings; raises SettingsError."""
     tls_context = server_context(settings)
     fleet = ProcessFleet(settings.management_socket_glob, settings.management_timeout)
+    port = settings.listen_port
     try:
-        return DaemonHTTPServer(settings, tls_context, fleet)
+        server = DaemonHTTPServer(settings, tls_context, fleet)
+        if settings.metrics_listen_port is not None:
+            port = settings.metrics_listen_port
+            try:
+                server.metrics = MetricsHTTPServer(settings, fleet)
+            except BaseException:
+                server.socket.close()
+                raise
+        return server
     except OSError as exc:
         fleet.close()
+        setting = "listen_port" if port == settings.listen_port else "metrics_listen_port"
         raise SettingsError(
-            f"listen_address/listen_port: cannot listen on [{settings.listen_address}]:"
-            f"{settings.listen_port}: {exc.strerror or exc}"
+            f"listen_address/{setting}: cannot listen on [{settings.listen_address}]:"
+            f"{port}: {exc.strerror or exc}"
         ) from None

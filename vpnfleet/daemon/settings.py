@@ -27,6 +27,11 @@ class DaemonSettings:
     listen_port: int = 41194
     management_socket_glob: str = "/run/openvpn-server/*.sock"
     management_timeout: float = 2.0
+    # GET /metrics on a port of its own (off when None), for the monitoring host only: mutual
+    # TLS against the certificates in metrics_client_certificates (pinned: a monitoring host
+    # holds no certificate of the fleet's CA, which would let it disconnect clients).
+    metrics_listen_port: int | None = None
+    metrics_client_certificates: Path | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> DaemonSettings:
@@ -51,11 +56,21 @@ class DaemonSettings:
                 raise reader.fail(
                     "listen_address", f"not an IPv4 or IPv6 address (got {address!r})"
                 ) from None
-        if reader.has("listen_port"):
-            port = reader.get("listen_port", int)
-            if not 1 <= port <= 65535:
-                raise reader.fail("listen_port", f"must be an integer from 1 to 65535 (got {port})")
-            values["listen_port"] = port
+        for name in ("listen_port", "metrics_listen_port"):
+            if reader.has(name):
+                port = reader.get(name, int)
+                if not 1 <= port <= 65535:
+                    raise reader.fail(name, f"must be an integer from 1 to 65535 (got {port})")
+                values[name] = port
+        if values.get("metrics_listen_port") is not None:
+            if values["metrics_listen_port"] == values.get("listen_port", cls.listen_port):
+                raise reader.fail("metrics_listen_port", "must differ from listen_port")
+            if not reader.has("metrics_client_certificates"):
+                raise reader.fail(
+                    "metrics_client_certificates", "is required with metrics_listen_port (who may scrape)"
+                )
+        if reader.has("metrics_client_certificates"):
+            values["metrics_client_certificates"] = _readable_file(reader, "metrics_client_certificates")
         if reader.has("management_socket_glob"):
             pattern = reader.get("management_socket_glob", str)
             if not pattern.startswith("/"):

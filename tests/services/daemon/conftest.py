@@ -11,6 +11,7 @@ import pytest
 import yaml
 from daemon_lab import (
     DAEMON_PORT,
+    METRICS_PORT,
     SERVER_UNDERLAY_ADDRESS,
     DaemonClient,
     LabPki,
@@ -101,12 +102,45 @@ def openvpn_servers(
 
 
 @pytest.fixture(scope="session")
+def monitoring(workdir: Path) -> Credentials:
+    """What the monitoring host holds: a self-signed client certificate, made as the monitoring role
+    makes it (openssl req -x509), which the daemon pins for /metrics."""
+    certificate, key = workdir / "monitoring.crt", workdir / "monitoring.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vfd-monitoring",
+            "-addext",
+            "extendedKeyUsage=clientAuth",
+            "-keyout",
+            str(key),
+            "-out",
+            str(certificate),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return Credentials(certificate, key, 0)
+
+
+@pytest.fixture(scope="session")
 def daemon(
     namespaces: Namespaces,
     lab_pki: LabPki,
     workdir: Path,
     socket_dir: Path,
     openvpn_servers: dict[str, OpenVpnProcess],
+    monitoring: Credentials,
 ) -> Iterator[RunningDaemon]:
     credentials = lab_pki.credentials(
         "vfd-node-daemon", "daemon_server", ip_addresses=[SERVER_UNDERLAY_ADDRESS]
@@ -125,6 +159,8 @@ def daemon(
                 "tls_crl": str(lab_pki.crl),
                 "management_socket_glob": f"{socket_dir}/*.sock",
                 "management_timeout": MANAGEMENT_TIMEOUT,
+                "metrics_listen_port": METRICS_PORT,
+                "metrics_client_certificates": str(monitoring.certificate),
             }
         )
     )

@@ -58,6 +58,13 @@ def test_json_is_read_as_well_as_yaml(tls_files, tmp_path):
         ({"tls_ca": "ca.crt"}, "tls_ca: must be an absolute path"),
         ({"tls_certificate": "/nonexistent/daemon.crt"}, "tls_certificate: no such file"),
         ({"listen_prot": 41194}, "unknown setting(s) listen_prot"),
+        ({"metrics_listen_port": 70000}, "metrics_listen_port: must be an integer from 1 to 65535"),
+        ({"metrics_listen_port": 41194}, "metrics_listen_port: must differ from listen_port"),
+        ({"metrics_listen_port": 9194}, "metrics_client_certificates: is required with metrics_listen_port"),
+        (
+            {"metrics_listen_port": 9194, "metrics_client_certificates": "/nonexistent/monitoring.crt"},
+            "metrics_client_certificates: no such file",
+        ),
         ({"tls_private_key": None}, "tls_private_key: is required"),
     ],
 )

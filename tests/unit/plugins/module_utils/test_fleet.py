@@ -49,10 +49,10 @@ def test_the_controller_sees_every_process_and_only_the_profile_fields_it_reads(
     node_x1_identity = (node_x1["name"], node_x1["location"], node_x1["public_address"])
     assert node_x1_identity == ("node-x1", "x", "198.51.100.10")
     assert node_x1["processes"] == [
-        {"profile": "internet", "proto": "udp", "port": 1194, "max_clients": 124},
-        {"profile": "internet", "proto": "tcp", "port": 1194, "max_clients": 124},
-        {"profile": "office", "proto": "udp", "port": 1294, "max_clients": 124},
-        {"profile": "office", "proto": "tcp", "port": 1294, "max_clients": 124},
+        {"profile": "internet", "name": "internet-0", "proto": "udp", "port": 1194, "max_clients": 124},
+        {"profile": "internet", "name": "internet-1", "proto": "tcp", "port": 1194, "max_clients": 124},
+        {"profile": "office", "name": "office-0", "proto": "udp", "port": 1294, "max_clients": 124},
+        {"profile": "office", "name": "office-1", "proto": "tcp", "port": 1294, "max_clients": 124},
     ]
     assert sum(len(node["processes"]) for node in view["nodes"]) == 4 + 2 + 4
 
