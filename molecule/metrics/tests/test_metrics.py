@@ -3,13 +3,15 @@ daemon (mutual TLS, pinned certificate): every target is up, and a real client c
 config from the portal moves the clients of its node, profile and process by one, in what the
 controller reports and in what the node reports."""
 
+import csv
+import io
 import json
 import shlex
 import ssl
 import time
 
 import pytest
-from lab_portal import ALICE, Browser, PortalClient, csrf
+from lab_portal import ADMIN, ALICE, Browser, PortalClient, csrf
 from lab_testinfra import lab_host, wait_for
 
 testinfra_hosts = ["monitoring"]
@@ -78,11 +80,35 @@ def test_a_client_connecting_moves_its_node_profile_and_process_by_one(client, t
         process = wait_for(lambda: moved_by_one("vpnfleet-controller"), "the controller's view", timeout=30)
         assert wait_for(lambda: moved_by_one("vpnfleet-node"), "the node's view", timeout=30) == process
         print(f"{process}: moved by one in Prometheus {time.monotonic() - started:.1f} s after the connect")
-        # The controller's series carries the protocol too; the profile's free addresses went down.
+        # The controller's series carries the protocol too.
         [labels] = query(f'openvpn_server_connected_clients{{job="vpnfleet-controller",process="{process}"}}')
         assert dict(labels)["protocol"] in ("udp", "tcp")
+        who_had_the_address(vpn, tls_context)
     finally:
         vpn.stop()
+
+
+def who_had_the_address(vpn, tls_context):
+    """The auditor's question for this real session: who had its 198.18.x.y at time T (now), by the
+    CLI on the controller and by the admin page's CSV."""
+    address = str(vpn.interface().ip)
+    assert address.startswith("198.18."), address
+    controller = lab_host("controller")
+    moment = controller.check_output("date -u +%Y-%m-%dT%H:%M:%SZ")
+    answer = controller.check_output(
+        "runuser -u vpnfleet-controller -- /opt/vpnfleet/controller/bin/vpnfleet-controller "
+        f"connection-log --address {address} --at {moment} --csv"
+    )
+    rows = list(csv.DictReader(io.StringIO(answer)))
+    assert [(row["username"], row["node"], row["vpn_ipv4"], row["disconnected_at"]) for row in rows] == [
+        ("alice", "node-x1", address, "")
+    ], answer
+    admin = Browser(tls_context)
+    admin.login(*ADMIN)
+    _, headers, export = admin.get(f"/admin/log?address={address}&at={moment}&format=csv")
+    assert headers["Content-Type"].startswith("text/csv")
+    assert [row["username"] for row in csv.DictReader(io.StringIO(export))] == ["alice"]
+    print(f"who had {address} at {moment}: alice (CLI and admin CSV)")
 
 
 def test_the_readme_queries_answer():
