@@ -76,7 +76,7 @@ def token_allowed(settings: Settings, authorization: str | None) -> bool:
     """Whether an Authorization header carries the scrape token whose SHA-256 the settings hold."""
     if settings.metrics_token_sha256 is None or not authorization:
         return False
-    scheme, _, token = authorization.partition(" ")
+    scheme, unused_space, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return False
     digest = hashlib.sha256(token.strip().encode()).hexdigest()
