@@ -44,12 +44,24 @@ def tls_context():
     return ssl.create_default_context(cadata=ca_pem)
 
 
+def target_errors():
+    """Each target's health and last scrape error, as Prometheus tells them (for a failure's message)."""
+    answer = lab_host("monitoring").check_output("curl -sf http://127.0.0.1:9090/api/v1/targets")
+    return [
+        (target["labels"].get("job"), target["scrapeUrl"], target["health"], target["lastError"])
+        for target in json.loads(answer)["data"]["activeTargets"]
+    ]
+
+
 def test_prometheus_scrapes_every_target_and_each_is_up():
     def all_up():
         found = query("up")
         return len(found) >= 3 and all(value == 1 for value in found.values()) and found
 
-    found = wait_for(all_up, "every target up", timeout=60)
+    try:
+        found = wait_for(all_up, "every target up", timeout=60)
+    except AssertionError as error:
+        raise AssertionError(f"{error}: {target_errors()}") from None
     assert {dict(labels)["job"] for labels in found} == JOBS
     node = [dict(labels) for labels in found if dict(labels)["job"] == "vpnfleet-node"]
     assert [(target["node"], target["location"]) for target in node] == [("node-x1", "x")]
