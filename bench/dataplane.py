@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import fcntl
 import gzip
 import ipaddress
 import json
@@ -39,11 +38,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import lab as lab_hosts
+from bench.lab import (
+    BenchError,
+    Processes,
+    cpu_ticks,
+    lab,
+    put,
+    run_on,
+    say,
+    session_lock,
+    sh_on,
+    start_daemon,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-SESSION_LOCK = Path("/run/vpnfleet-lab.session")
-LAB_STATE = Path(os.environ.get("VPNFLEET_LAB_DIR", "/var/lib/vpnfleet-lab"))
-INVENTORY = Path(os.environ.get("VPNFLEET_LAB_INVENTORY", REPO / "inventories" / "lab")).resolve()
 
 NODE, CLIENT = "node-x1", "client"
 NODE_ADDRESS = "198.51.100.10"
@@ -60,122 +70,6 @@ CIPHER = "AES-256-GCM"
 # Where the files go inside the hosts.
 REMOTE_DIR = "/etc/vpnfleet-bench"
 RUN_DIR = "/run/vpnfleet-bench"
-
-
-def say(message: str) -> None:
-    print(f"[dataplane {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-# ----------------------------------------------------------------------------- the lab
-
-
-def lab_tool() -> str:
-    beside = Path(sys.executable).parent / "vpnfleet-lab"
-    return str(beside) if beside.exists() else (shutil.which("vpnfleet-lab") or "vpnfleet-lab")
-
-
-def lab(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [lab_tool(), "-i", str(INVENTORY), *args], capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise BenchError(
-            "vpnfleet-lab %s failed (%d):\n%s%s"
-            % (" ".join(args), result.returncode, result.stdout, result.stderr)
-        )
-    return result
-
-
-def run_on(host: str, *command: str, check: bool = True, timeout: float = 300) -> str:
-    return lab("exec", host, "--", *command, check=check, timeout=timeout).stdout
-
-
-def sh_on(host: str, script: str, check: bool = True, timeout: float = 300) -> str:
-    return run_on(host, "sh", "-c", script, check=check, timeout=timeout)
-
-
-def host_root(host: str) -> Path:
-    return LAB_STATE / "hosts" / host / "root"
-
-
-def put(host: str, path: str, text: str, mode: int = 0o644) -> None:
-    """Write a file into a running host through its root (an overlay mount)."""
-    target = host_root(host) / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    os.chmod(target, mode)
-
-
-@contextlib.contextmanager
-def session_lock():
-    SESSION_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(SESSION_LOCK, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"the lab is in use by another session ({SESSION_LOCK}); waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        say("holding the lab session lock")
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            say("released the lab session lock")
-
-
-class Processes:
-    """Every process this benchmark started inside the hosts, by host and PID, so that exactly
-    these (and nothing else) are stopped at the end."""
-
-    def __init__(self):
-        self.started: list[tuple[str, int, str]] = []
-
-    def add(self, host: str, pid: int, what: str) -> None:
-        self.started.append((host, pid, what))
-
-    def stop(self, host: str, pid: int) -> None:
-        sh_on(
-            host,
-            f"kill {pid} 2>/dev/null; for i in $(seq 50); do kill -0 {pid} 2>/dev/null || exit 0; "
-            "sleep 0.1; done; kill -9 %d 2>/dev/null; true" % pid,
-            check=False,
-        )
-        self.started = [entry for entry in self.started if entry[:2] != (host, pid)]
-
-    def stop_all(self) -> None:
-        for host, pid, _ in list(reversed(self.started)):
-            try:
-                self.stop(host, pid)
-            except Exception as error:  # noqa: BLE001 - cleanup goes on; the lab goes down anyway
-                say(f"could not stop {pid} on {host}: {error}")
-
-
-def start_daemon(procs: Processes, host: str, command: str, pidfile: str, what: str) -> int:
-    """Start a self-daemonising command (openvpn --daemon, iperf3 -D) and record its PID."""
-    sh_on(host, f"rm -f {pidfile}; {command} </dev/null >/dev/null 2>&1")
-    for _ in range(100):
-        text = sh_on(host, f"cat {pidfile} 2>/dev/null", check=False).strip()
-        if text.isdigit():
-            pid = int(text)
-            procs.add(host, pid, what)
-            return pid
-        time.sleep(0.1)
-    raise BenchError(f"{what} on {host} wrote no pid file {pidfile}")
-
-
-def cpu_ticks(host: str, pids: list[int]) -> dict[int, int]:
-    """utime+stime of each process (clock ticks), read from /proc/PID/stat inside the host."""
-    out = sh_on(host, " ; ".join(f"echo {pid} $(cat /proc/{pid}/stat)" for pid in pids))
-    ticks = {}
-    for line in out.splitlines():
-        pid, rest = line.split(" ", 1)
-        fields = rest.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
-        ticks[int(pid)] = int(fields[11]) + int(fields[12])  # utime (14th), stime (15th)
-    return ticks
 
 
 # ----------------------------------------------------------------------------- PKI and configs
@@ -391,9 +285,9 @@ def measure(tunnels: list[Tunnel], seconds: float, reverse: bool, hz: int) -> di
     runs = [
         subprocess.Popen(
             [
-                lab_tool(),
+                lab_hosts.lab_tool(),
                 "-i",
-                str(INVENTORY),
+                str(lab_hosts.INVENTORY),
                 "exec",
                 CLIENT,
                 "--",
@@ -853,8 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the lab needs root")
     os.chdir(REPO)
     if args.inventory:
-        global INVENTORY
-        INVENTORY = args.inventory.resolve()
+        lab_hosts.INVENTORY = args.inventory.resolve()
 
     def stop(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")

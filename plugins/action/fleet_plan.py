@@ -55,7 +55,9 @@ class ActionModule(ActionBase):
                 hosts,
                 groups,
                 play_variables=play_variables,
-                play_hosts=task_vars.get("ansible_play_hosts_all"),
+                # The hosts still in the run: one that did not answer is planned from what is
+                # known of it (cached facts, vpnfleet_cores), or left out with a warning.
+                play_hosts=task_vars.get("ansible_play_hosts", task_vars.get("ansible_play_hosts_all")),
                 playbook_python=task_vars.get("ansible_playbook_python"),
             )
         except fleet.FleetRefused as exc:

@@ -11,22 +11,35 @@ The plan (``FleetPlan.as_dict()``):
 
     contract    the values the controller and the node roles must agree on (CONTRACT below)
     profiles    every profile, defaults filled in (profiles.Profile.as_dict())
-    nodes       node name -> {name, location, cores, public_address,
-                              profiles: [profile + plan (instances.ProfilePlan.as_dict())
-                                         + ports_in_use (the other profiles' listeners)],
+    nodes       node name -> {name, location, cores, public_address, slice,
+                              profiles: [profile + plan (instances.ProfilePlan.as_dict(), its
+                                         ranges the node's part) + ports_in_use (the other
+                                         profiles' listeners) + entry_points (the node's
+                                         public ports of the profile, each spread over the
+                                         processes of its protocol: {proto, port, ports})],
                               absent: [ids of the profiles the node does not serve]}
     controller  {profiles: [the fields the controller reads], nodes: [{name, location,
-                 public_address, processes: [{profile, proto, port, max_clients}]}]}
+                 public_address, slices: [{profile, ipv4, ipv6}],
+                 entry_points: [{profile, proto, port}],
+                 processes: [{profile, name, proto, port, max_clients, ipv4, ipv6}]}]}
+
+Per-node slices: each profile's ranges are cut into ``max_nodes`` parts (rounded up to a power
+of two, so the parts are equal), and a node takes part ``vpnfleet_slice`` (default 0) of every
+profile it serves, which its processes then split. A node's part depends on its own index and the
+profile alone, never on the other nodes: adding a node moves nobody (docs/node.md says why the
+index is written down rather than derived from names or order). Two nodes of one profile on the
+same index are refused.
     warnings    what is odd but not wrong (a node nobody can plan now, a profile no node serves)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import posixpath
 
 from . import instances
-from .profiles import ProfileError, Refusal, profile_label, read_profiles
+from .profiles import ProfileError, Refusal, parse_listen, profile_label, read_profiles
 
 CONTROLLERS_GROUP = "vpnfleet_controllers"
 NODES_GROUP = "vpnfleet_nodes"
@@ -50,7 +63,13 @@ CONTRACT = {
     "vpnfleet_node_token_dir": "/etc/vpnfleet/controller/node-tokens",
 }
 # Per-host variables the plan reads.
-HOST_VARIABLES = ("vpnfleet_location", "vpnfleet_cores", "vpnfleet_public_address")
+HOST_VARIABLES = (
+    "vpnfleet_location",
+    "vpnfleet_cores",
+    "vpnfleet_public_address",
+    "vpnfleet_slice",
+    "vpnfleet_entry_points",
+)
 # Role variables the fleet-level ones replaced: set, they would be ignored, so they are refused.
 RETIRED = {
     "node_profiles": PROFILES_VARIABLE,
@@ -119,6 +138,21 @@ class FleetPlan:
                         "name": node["name"],
                         "location": node["location"],
                         "public_address": node["public_address"],
+                        # Which node and process handed out an address: the connection log's question.
+                        "slices": [
+                            {
+                                "profile": served["id"],
+                                "ipv4": served["plan"]["ipv4_range"],
+                                "ipv6": served["plan"]["ipv6_range"],
+                            }
+                            for served in node["profiles"]
+                        ],
+                        # Where present, a config needs one remote per entry point, not per process.
+                        "entry_points": [
+                            {"profile": served["id"], "proto": entry["proto"], "port": entry["port"]}
+                            for served in node["profiles"]
+                            for entry in served["entry_points"]
+                        ],
                         "processes": [
                             {
                                 "profile": served["id"],
@@ -126,6 +160,8 @@ class FleetPlan:
                                 "proto": process["proto"],
                                 "port": process["port"],
                                 "max_clients": process["max_clients"],
+                                "ipv4": process["ipv4"],
+                                "ipv6": process["ipv6"],
                             }
                             for served in node["profiles"]
                             for process in served["plan"]["processes"]
@@ -166,13 +202,20 @@ def plan_fleet(hosts, groups, play_variables=None, play_hosts=None, playbook_pyt
         refusals += found
 
     planned = {}
+    slices = {}
     for name in nodes:
         host = hosts.get(name) or HostInput(name)
         location, found = _location(host, known_locations)
         refusals += found
         cores, found = _cores(host)
         refusals += found
-        if found or location is None or not profiles:
+        index, slice_found = _slice(host)
+        refusals += slice_found
+        entry_points, entry_found = _entry_points(host, profiles)
+        refusals += entry_found
+        if location is not None and not slice_found:
+            slices[name] = (location, index)
+        if found or slice_found or entry_found or location is None or not profiles:
             continue
         if cores is None:
             if play_hosts is None or name in play_hosts:
@@ -185,12 +228,14 @@ def plan_fleet(hosts, groups, play_variables=None, play_hosts=None, playbook_pyt
                 )
             else:
                 warnings.append(
-                    "host %s: no facts and no vpnfleet_cores: its processes are left out of this plan" % name
+                    "host %s: not in this run (outside --limit, or unreachable), no facts known and no "
+                    "vpnfleet_cores: its processes are left out of this plan" % name
                 )
             continue
-        view, found = _node_view(host, location, cores, profiles)
+        view, found = _node_view(host, location, cores, profiles, index, entry_points)
         refusals += found
         planned[name] = view
+    refusals += _shared_slices(slices, profiles)
     served = {served["id"] for view in planned.values() for served in view["profiles"]}
     warnings += [
         "%s: no node serves it" % profile_label(PROFILES_VARIABLE, index, {"id": profile.id})
@@ -370,17 +415,148 @@ def _public_address(host):
     return host.variables.get("vpnfleet_public_address") or host.address or host.ansible_host or host.name
 
 
-def _node_view(host, location, cores, profiles):
-    """Plan the profiles the node serves, in the inventory's order, each refusing the ports of
-    those before it -> (view, [Refusal])."""
-    here = [(index, profile) for index, profile in enumerate(profiles) if profile.serves(location)]
+def _slice(host):
+    """The node's index among the nodes of its profiles -> (index, [Refusal])."""
+    value = host.variables.get("vpnfleet_slice", _MISSING)
+    if value is _MISSING or value is None:
+        return 0, []
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0, [Refusal(host.name, "vpnfleet_slice", "must be a whole number from 0, got %r" % (value,))]
+    return value, []
+
+
+def _entry_points(host, profiles):
+    """The node's own entry points beyond the profiles' public ports (udp/53, tcp/80 where networks
+    block the rest) -> ({profile id: [listener]}, [Refusal])."""
+    value = host.variables.get("vpnfleet_entry_points", _MISSING)
+    if value is _MISSING or value is None:
+        return {}, []
+    if not isinstance(value, dict):
+        reason = "must be a mapping of profile id to listeners (internet: [udp/53, tcp/80]), got %r" % (
+            value,
+        )
+        return {}, [Refusal(host.name, "vpnfleet_entry_points", reason)]
+    known = [profile.id for profile in profiles]
+    found, refusals = {}, []
+    for profile_id, listeners in value.items():
+        variable = "vpnfleet_entry_points.%s" % profile_id
+        if profile_id not in known:
+            reason = "is not a profile of the fleet (%s)" % ", ".join(known)
+            refusals.append(Refusal(host.name, variable, reason))
+            continue
+        if isinstance(listeners, str) or not isinstance(listeners, (list, tuple)):
+            reason = "must be a list of listeners (proto/port), got %r" % (listeners,)
+            refusals.append(Refusal(host.name, variable, reason))
+            continue
+        found[profile_id] = []
+        for position, listener in enumerate(listeners):
+            try:
+                found[profile_id].append("%s/%d" % parse_listen(listener))
+            except ProfileError as exc:
+                refusals.append(Refusal(host.name, "%s[%d]" % (variable, position), str(exc)))
+    return found, refusals
+
+
+def slots_of(max_nodes):
+    """The parts a range is cut into for ``max_nodes`` nodes: the next power of two, so all are equal."""
+    return 1 << (max_nodes - 1).bit_length()
+
+
+def node_part(network, max_nodes, index):
+    """Part ``index`` of ``network`` cut for ``max_nodes`` nodes; None when it cannot be cut so fine."""
+    network = ipaddress.ip_network(network)
+    bits = (slots_of(max_nodes) - 1).bit_length()
+    if network.prefixlen + bits > network.max_prefixlen:
+        return None
+    return ipaddress.ip_network(
+        (int(network.network_address) + index * (network.num_addresses >> bits), network.prefixlen + bits)
+    )
+
+
+def _shared_slices(slices, profiles):
+    """Two nodes of one profile on one index would hand out the same addresses: refused, once per
+    node, on the node that comes later by name (the earlier keeps its part)."""
+    refusals = []
+    holders = {}  # profile id -> {index: node}
+    for name in sorted(slices):
+        location, position = slices[name]
+        clashes, beyond = [], []
+        for index, profile in enumerate(profiles):
+            if not profile.serves(location):
+                continue
+            label = profile_label(PROFILES_VARIABLE, index, {"id": profile.id})
+            taken = holders.setdefault(profile.id, {})
+            if position >= profile.max_nodes:
+                beyond.append(
+                    "%s.max_nodes is %d (parts 0-%d)" % (label, profile.max_nodes, profile.max_nodes - 1)
+                )
+            elif position in taken:
+                clashes.append((label, taken[position], profile))
+            else:
+                taken[position] = name
+        if beyond:
+            reason = "is %d, but %s: give the node a lower index, or raise max_nodes (which moves every part)"
+            refusals.append(Refusal(name, "vpnfleet_slice", reason % (position, "; ".join(beyond))))
+        if clashes:
+            free = sorted(
+                set.intersection(
+                    *(
+                        set(range(profile.max_nodes)) - set(holders[profile.id])
+                        for unused, unused_node, profile in clashes
+                    )
+                )
+            )
+            reason = (
+                "is %d, as on %s: each node of a profile needs a part of its own (free for all of them: %s)"
+                % (
+                    position,
+                    ", ".join(
+                        "node %s, which serves %s too" % (node, label) for label, node, unused in clashes
+                    ),
+                    ", ".join(map(str, free)) or "none; raise max_nodes",
+                )
+            )
+            refusals.append(Refusal(name, "vpnfleet_slice", reason))
+    return refusals
+
+
+def _node_part_or_refusal(host, label, profile, field, index):
+    text = getattr(profile, field)
+    if text is None:
+        return None, []
+    part = node_part(text, profile.max_nodes, index)
+    if part is not None:
+        return str(part), []
+    reason = (
+        "%s cannot be cut into %d parts (max_nodes %d): give the profile a larger range or lower max_nodes"
+        % (
+            text,
+            slots_of(profile.max_nodes),
+            profile.max_nodes,
+        )
+    )
+    return None, [Refusal(host.name, "%s.%s" % (label, field), reason)]
+
+
+def _node_view(host, location, cores, profiles, index, entry_points):
+    """Plan the profiles the node serves, in the inventory's order, each on the node's part of
+    its ranges and refusing the ports of those before it -> (view, [Refusal])."""
+    here = [(position, profile) for position, profile in enumerate(profiles) if profile.serves(location)]
     taken, plans, refusals = {}, {}, []
-    for index, profile in here:
+    for position, profile in here:
+        label = profile_label(PROFILES_VARIABLE, position, {"id": profile.id})
+        ipv4_part, found = _node_part_or_refusal(host, label, profile, "ipv4_range", index)
+        ipv6_part, found6 = _node_part_or_refusal(host, label, profile, "ipv6_range", index)
+        if found or found6:
+            refusals += found + found6
+            continue
         try:
             plan = instances.plan_profile(
                 profile.id,
-                profile.ipv4_range,
-                profile.ipv6_range,
+                ipv4_part,
+                ipv6_part,
                 cores=cores,
                 processes=profile.processes,
                 listen=list(profile.listen) if profile.listen else None,
@@ -390,26 +566,104 @@ def _node_view(host, location, cores, profiles):
                 ports_in_use=taken,
             )
         except ProfileError as exc:
-            label = profile_label(PROFILES_VARIABLE, index, {"id": profile.id})
             variable = "%s.%s" % (label, exc.field) if exc.field else label
-            refusals.append(Refusal(host.name, variable, "%s (the node has %d cores)" % (exc, cores)))
+            reason = "%s (the node has %d cores)" % (exc, cores)
+            if exc.field in ("ipv4_range", "ipv6_range"):
+                reason = _part_too_small(profile, exc.field, index, cores)
+            refusals.append(Refusal(host.name, variable, reason))
             continue
         plans[profile.id] = plan
         taken[profile.id] = plan.listeners()
+    entries, found = _plan_entry_points(host, profiles, plans, entry_points)
+    refusals += found
     served = []
-    for profile in (profile for unused_index, profile in here if profile.id in plans):
+    for profile in (profile for unused_position, profile in here if profile.id in plans):
         entry = profile.as_dict()
         entry["plan"] = plans[profile.id].as_dict()
         entry["ports_in_use"] = {
             other: plan.listeners() for other, plan in plans.items() if other != profile.id
         }
+        entry["entry_points"] = entries.get(profile.id, [])
         served.append(entry)
     view = {
         "name": host.name,
         "location": location,
         "cores": cores,
         "public_address": _public_address(host),
+        "slice": index,
         "profiles": served,
         "absent": [profile.id for profile in profiles if not profile.serves(location)],
     }
     return view, refusals
+
+
+def _part_too_small(profile, field, index, cores):
+    """Why the node's part of a range cannot hold its processes, and what the profile needs."""
+    count = len(profile.listen or ()) or profile.processes or cores
+    smallest = instances.SMALLEST_IPV4_SLICE if field == "ipv4_range" else instances.IPV6_SLICE
+    bits = (slots_of(profile.max_nodes) - 1).bit_length()
+    needed = smallest - (count - 1).bit_length() - bits
+    part = node_part(getattr(profile, field), profile.max_nodes, index)
+    return (
+        "the node's part of %s (part %d of %d, max_nodes %d) is %s, too small for its %d processes, each of "
+        "which needs a /%d: give the profile a /%d or larger, lower max_nodes, or plan fewer processes "
+        "(the node has %d cores)"
+        % (
+            getattr(profile, field),
+            index,
+            slots_of(profile.max_nodes),
+            profile.max_nodes,
+            part,
+            count,
+            smallest,
+            needed,
+            cores,
+        )
+    )
+
+
+def _plan_entry_points(host, profiles, plans, extra):
+    """Each served profile's public ports and the node's own entry points, with the process
+    ports nftables spreads them over -> ({profile id: [{proto, port, ports}]}, [Refusal]).
+
+    A public port is nobody's listener: the processes of every profile keep their own ports, and
+    two profiles never share an entry point (the profile is told by the port)."""
+    listeners = {
+        parse_listen(item): profile_id for profile_id, plan in plans.items() for item in plan.listeners()
+    }
+    claimed, found, refusals = {}, {}, []
+    for position, profile in enumerate(profiles):
+        if profile.id not in plans:
+            continue
+        label = profile_label(PROFILES_VARIABLE, position, {"id": profile.id})
+        wanted = [(item, "%s.public_ports" % label) for item in profile.public_ports]
+        wanted += [(item, "vpnfleet_entry_points.%s" % profile.id) for item in extra.get(profile.id, [])]
+        found[profile.id] = []
+        for item, variable in wanted:
+            proto, port = parse_listen(item)
+            ports = [process.port for process in plans[profile.id].processes if process.proto == proto]
+            if (proto, port) in listeners:
+                reason = (
+                    "%s is the own port of a process of profile %s: choose a port no process listens on"
+                    % (
+                        item,
+                        listeners[(proto, port)],
+                    )
+                )
+            elif (proto, port) in claimed:
+                reason = "%s is an entry point of profile %s already on this node" % (
+                    item,
+                    claimed[(proto, port)],
+                )
+            elif not ports:
+                reason = "%s: the node runs no %s process of profile %s (see tcp_share, processes)" % (
+                    item,
+                    proto.upper(),
+                    profile.id,
+                )
+            else:
+                claimed[(proto, port)] = profile.id
+                found[profile.id].append({"proto": proto, "port": port, "ports": ports})
+                continue
+            refusals.append(Refusal(host.name, variable, reason))
+    return found, refusals

@@ -470,7 +470,9 @@ def render_server_config(plan, process, options):
         "max-clients %d" % process.max_clients,
         # A reconnect storm after a restart must refill a full process within seconds.
         "connect-freq-initial %d 10" % max(100, process.max_clients),
-        "keepalive 10 60",
+        # Failover in seconds (docs/node.md): clients ping every 2 s and give a silent node up
+        # after 8 s (the server waits twice that before it drops a silent client).
+        "keepalive 2 8",
         # eduVPN's choice: new data channel keys every 10 hours instead of every hour.
         "reneg-sec 36000",
         "persist-key",
@@ -497,8 +499,9 @@ def render_server_config(plan, process, options):
         "setenv VPNFLEET_PROCESS %d" % process.index,
     ]
     if process.proto == "udp":
-        # Tell clients when this process stops, and ask them to tell us when they leave.
-        lines += ["explicit-exit-notify 1", 'push "explicit-exit-notify 1"']
+        # When this process stops its clients are told to take the next remote (2: "[N]"), which
+        # is another node; and they are asked to tell us when they leave.
+        lines += ["explicit-exit-notify 2", 'push "explicit-exit-notify 1"']
     else:
         lines.append("tcp-nodelay")
     if options.client_connect or options.client_disconnect:

@@ -30,6 +30,9 @@ import re
 
 PROTOCOLS = ("udp", "tcp")
 DEFAULT_TCP_SHARE = 0.25
+# The parts a profile's ranges are cut into, one per node (fleet.py, docs/node.md): room for
+# nodes not there yet, so that a node added later takes a free part and no other node's moves.
+DEFAULT_MAX_NODES = 4
 DEFAULT_PORT_BASE = 1194
 PROFILE_ID_RULE = "1 to 32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
 _PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -230,6 +233,18 @@ FIELDS = (
     Field("tcp_share", _share, DEFAULT_TCP_SHARE, doc="share of TCP processes (at least one of two)"),
     Field("udp_port_base", _port, DEFAULT_PORT_BASE, doc="port of the first UDP process"),
     Field("tcp_port_base", _port, DEFAULT_PORT_BASE, doc="port of the first TCP process"),
+    Field(
+        "public_ports",
+        _list_of(_listener),
+        (),
+        doc="one public port per protocol (udp/1194, tcp/443), spread by nftables over the processes",
+    ),
+    Field(
+        "max_nodes",
+        _count,
+        DEFAULT_MAX_NODES,
+        doc="nodes the ranges are cut for, each node one part (its vpnfleet_slice); room to grow",
+    ),
     Field("locations", _list_of(_text), (), doc="locations that serve the profile; empty: every one"),
     Field("groups", _list_of(_text), (), doc="user groups that may use it (the controller's business)"),
 )
@@ -256,6 +271,8 @@ class Profile:
     tcp_share: float
     udp_port_base: int
     tcp_port_base: int
+    public_ports: tuple
+    max_nodes: int
     locations: tuple
     groups: tuple
 
@@ -321,6 +338,20 @@ def read_profile(value, host, label, known_locations=None):
                 "is %d but listen names %d listeners; give one of them"
                 % (filled["processes"], len(filled["listen"])),
             )
+    protocols = [listener.split("/")[0] for listener in filled["public_ports"]]
+    if len(set(protocols)) != len(protocols):
+        refuse(
+            "public_ports",
+            "names %s: one public port per protocol (the node's own entry points: vpnfleet_entry_points)"
+            % ", ".join(filled["public_ports"]),
+        )
+    clashing = sorted(set(filled["public_ports"]) & set(filled["listen"] or ()))
+    if clashing:
+        refuse(
+            "public_ports",
+            "%s is a process's own listener too (listen): a public port is spread over the processes, "
+            "so no process may listen on it" % ", ".join(clashing),
+        )
     known = filled["locations"] if known_locations is None else known_locations
     unknown = [name for name in filled["locations"] if name not in known]
     if unknown:

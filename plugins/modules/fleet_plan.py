@@ -22,7 +22,9 @@ description:
     C(/etc/vpnfleet/controller/node-tokens)).
   - Per-node variables. C(vpnfleet_location) (set in the node's C(vpnfleet_location_<name>) group),
     C(vpnfleet_cores) (default the cores in the host's facts), C(vpnfleet_public_address) (default its
-    address on the default route, else C(ansible_host)).
+    address on the default route, else C(ansible_host)), C(vpnfleet_slice) (its part of every profile's
+    ranges, default 0, unique among the nodes of a profile), C(vpnfleet_entry_points) (extra public
+    ports per profile id).
   - Every problem is collected, each naming the host, the variable as the inventory spells it (the
     profile by its index and id, then the field) and the reason; the task fails with all of them.
   - Role variables that the fleet-level ones replaced (C(node_profiles), C(controller_profiles),
@@ -91,15 +93,17 @@ profiles:
   elements: dict
 nodes:
   description: >-
-    Per node name its location, cores, public address, the profiles it serves (each with C(plan), the
-    processes, ports and address slices, and C(ports_in_use), the other profiles' listeners) and C(absent),
-    the ids of the profiles it does not serve.
+    Per node name its location, cores, public address, C(slice), the profiles it serves (each with
+    C(plan), the processes, ports and address slices within the node's part of the ranges,
+    C(ports_in_use), the other profiles' listeners, and C(entry_points), the public ports with the process
+    ports nftables spreads them over) and C(absent), the ids of the profiles it does not serve.
   returned: success
   type: dict
 controller:
   description: >-
     The controller's view; C(profiles) with the fields the controller reads, C(nodes) with name, location,
-    public address and processes (profile, proto, port, max_clients).
+    public address, slices (profile, ipv4, ipv6), entry points (profile, proto, port) and processes
+    (profile, name, proto, port, max_clients, ipv4, ipv6).
   returned: success
   type: dict
 problems:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -214,7 +215,7 @@ def _locked_rows(db: Session, key_hashes: list[str]) -> dict[str, LoginThrottleE
 @dataclass(frozen=True)
 class LoginResult:
     user: User | None
-    refusal: str | None = None  # "invalid" or "throttled"
+    refusal: str | None = None  # "invalid", "throttled", "unavailable" (the directory) or "conflict"
     retry_after: int | None = None
 
 
@@ -226,14 +227,22 @@ def authenticate(
     remote_addr: str,
     *,
     known_device: bool = False,
+    directory: Callable[[str, str], LoginResult] | None = None,
 ) -> LoginResult:
     """The user, or why not. A disabled account is refused exactly as a wrong password: the
-    same answer, after the same hash check, so that neither tells the account is disabled."""
+    same answer, after the same hash check, so that neither tells the account is disabled.
+
+    ``directory`` checks the names that are not local users (LDAP), under the same throttle."""
     keys = throttle.keys(username, remote_addr, known_device=known_device)
     attempt = throttle.begin_attempt(db, keys)
     if attempt.wait_seconds is not None:
         return LoginResult(None, "throttled", attempt.wait_seconds)
     user = db.scalar(select(User).where(User.username == username))
+    if directory is not None and (user is None or user.source != "local"):
+        result = directory(username, password)
+        if result.user is not None:
+            throttle.forgive(db, keys, attempt)
+        return result
     matches = password_matches(user.password_hash if user else _DUMMY_HASH, password)
     if user is None or not matches or user.is_disabled:
         return LoginResult(None, "invalid")

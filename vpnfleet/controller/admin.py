@@ -9,7 +9,13 @@ from vpnfleet.controller import connection_log
 from vpnfleet.controller.accounts import end_user_sessions
 from vpnfleet.controller.configs import active_configs, disable_user, disconnect_everywhere
 from vpnfleet.controller.connection_log import LogSearch, LogSearchError
-from vpnfleet.controller.fleet import capacity_table, live_connections
+from vpnfleet.controller.fleet import (
+    DrainRefused,
+    capacity_table,
+    live_connections,
+    node_rows,
+    set_maintenance,
+)
 from vpnfleet.controller.forms import ActionForm, SearchLogForm
 from vpnfleet.controller.models import User, VpnConfig, utcnow
 from vpnfleet.controller.state import controller, db
@@ -33,7 +39,39 @@ def connections():
 @blueprint.get("/nodes")
 @admin_required
 def nodes():
-    return render_template("admin/nodes.html", answers=controller().daemons.node_infos())
+    settings = controller().settings
+    return render_template(
+        "admin/nodes.html",
+        rows=node_rows(settings, controller().daemons.health.get()),
+        now=utcnow(),
+        action_form=ActionForm(),
+        confirm=request.args.get("confirm"),
+    )
+
+
+@blueprint.post("/nodes/<name>/maintenance")
+@admin_required
+def node_maintenance(name: str):
+    """Drain (on=yes) or undrain a node; the last node of a location needs force=yes."""
+    _checked_action()
+    on = request.form.get("on") == "yes"
+    force = request.form.get("force") == "yes"
+    if controller().settings.node(name) is None:
+        abort(404, "no such node")
+    try:
+        change = set_maintenance(controller(), name, on, force)
+    except DrainRefused as refusal:
+        flash(str(refusal))
+        # The page then offers the forced drain of this node.
+        confirm = name if refusal.needs_force else None
+        return redirect(url_for("admin.nodes", confirm=confirm))
+    if change.warning:
+        flash("Warning: " + change.warning + ".")
+    if on:
+        flash(f"{name} is in maintenance: no new config names it; {change.moved} client(s) told to move on.")
+    else:
+        flash(f"{name} takes new clients again.")
+    return redirect(url_for("admin.nodes"))
 
 
 @blueprint.get("/users")

@@ -13,7 +13,13 @@ from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 
-from vpnfleet.controller.configs import ConfigRefused, ConnectThrottled, create_config, revoke_configs
+from vpnfleet.controller.configs import (
+    ConfigRefused,
+    ConnectThrottled,
+    NoNodeNow,
+    create_config,
+    revoke_configs,
+)
 from vpnfleet.controller.models import OAuthToken, VpnConfig
 from vpnfleet.controller.oauth import API_SCOPE
 from vpnfleet.controller.state import controller, db
@@ -135,6 +141,11 @@ def connect():
     except ConnectThrottled as throttled:
         response = api_error(429, str(throttled))
         response.headers["Retry-After"] = str(throttled.retry_after)
+        return response
+    except NoNodeNow as unavailable:
+        # The app may try again: nodes come back, maintenance ends.
+        response = api_error(503, str(unavailable))
+        response.headers["Retry-After"] = str(int(controller().settings.node_health_ttl_seconds) + 1)
         return response
     except ConfigRefused as refusal:
         return api_error(403, str(refusal))

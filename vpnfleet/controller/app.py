@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from vpnfleet.controller import admin, api, authorize, metrics, node_api, oauth, portal
+from vpnfleet.controller import admin, api, authorize, metrics, node_api, oauth, oidc_login, portal
 from vpnfleet.controller.accounts import LoginThrottle
 from vpnfleet.controller.certificates import ClientCertificateIssuer
 from vpnfleet.controller.daemons import NodeDaemons
@@ -70,13 +70,20 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(api.blueprint)
     app.register_blueprint(node_api.blueprint, url_prefix="/node-api/v1")
     app.register_blueprint(metrics.blueprint)
+    if settings.oidc is not None:
+        oidc_login.init_oidc(app, settings.oidc)
     # Programs authenticate with tokens, not cookies: CSRF does not apply to them.
     for blueprint in (api.blueprint, node_api.blueprint, metrics.blueprint):
         csrf.exempt(blueprint)
     app.before_request(_refuse_unusable_characters)
     _register_error_pages(app)
     app.add_template_filter(_utc, "utc")
-    app.context_processor(lambda: {"current_user": current_user()})
+    app.context_processor(
+        lambda: {
+            "current_user": current_user(),
+            "oidc_name": settings.oidc.display_name if settings.oidc else None,
+        }
+    )
     return app
 
 

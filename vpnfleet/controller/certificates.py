@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from vpnfleet.shared.pki import authority, keys
@@ -20,7 +20,7 @@ class IssuedClientCertificate:
 
 
 class ClientCertificateIssuer:
-    """Issues and revokes the certificates in users' configs; loads the CA once per process."""
+    """Issues the certificates in users' configs and signs the CRL; loads the CA once per process."""
 
     def __init__(self, ca_dir: Path):
         self.ca_dir = ca_dir
@@ -48,8 +48,19 @@ class ClientCertificateIssuer:
             expires_at=keys.not_after(cert).replace(tzinfo=None),
         )
 
-    def revoke(self, serial_number: str) -> None:
-        self.ca.revoke(serial_number, "cessation_of_operation")
+    def sign_crl(
+        self, revoked: list[tuple[str, datetime]], this_update: datetime, next_update: datetime
+    ) -> bytes:
+        """The CRL (PEM) of these revoked configs (serial hex, revoked_at; naive UTC) and of the
+        node certificates revoked in the CA's own index; the only place a CRL is signed here.
+
+        Its number is thisUpdate in microseconds: it grows with every CRL the controller signs
+        (they are signed one at a time, see crl.publish_crl), and the nodes refuse a lower one."""
+        listed: dict[str, tuple] = {serial: (serial, revoked_at) for serial, revoked_at in revoked}
+        for serial, revoked_at, reason in self.ca.revoked_records(this_update):
+            listed.setdefault(serial, (serial, revoked_at, reason))
+        number = int(this_update.replace(tzinfo=UTC).timestamp() * 1_000_000)
+        return self.ca.sign_crl(sorted(listed.values()), this_update, next_update, number)
 
 
 def _text(pem: bytes | str) -> str:

@@ -13,6 +13,7 @@ from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.configs import disable_user
 from vpnfleet.controller.database import migrate
+from vpnfleet.controller.fleet import DrainRefused, set_maintenance
 from vpnfleet.controller.housekeeping import run_housekeeping
 from vpnfleet.controller.models import User
 from vpnfleet.controller.settings import load_settings
@@ -52,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     log.add_argument("--at", help="sessions connected at this time (ISO 8601; UTC unless it says otherwise)")
     log.add_argument("--csv", action="store_true", help="CSV with a header row instead of a table")
     log.add_argument("--limit", type=int, default=connection_log.EXPORT_LIMIT, help="at most this many rows")
+    maintenance = commands.add_parser(
+        "node-maintenance",
+        help="drain a node (no new config names it, its clients move on) or undrain it; prints JSON",
+    )
+    maintenance.add_argument("node")
+    maintenance.add_argument(
+        "--drain", action=argparse.BooleanOptionalAction, required=True, help="--drain or --no-drain"
+    )
+    maintenance.add_argument("--force", action="store_true", help="drain even the last node of its location")
     return parser
 
 
@@ -74,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             return _user(arguments)
         if arguments.command == "connection-log":
             return _connection_log(arguments)
+        if arguments.command == "node-maintenance":
+            return _node_maintenance(arguments)
         print(json.dumps(run_housekeeping(controller(), db()).as_dict()))
     return 0
 
@@ -118,6 +130,30 @@ def _connection_log(arguments: argparse.Namespace) -> int:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if len(entries) == arguments.limit:
         print(f"vpnfleet-controller: only the newest {arguments.limit} sessions (--limit)", file=sys.stderr)
+    return 0
+
+
+# The last node of a location is not drained without --force: the playbook tells this apart.
+EXIT_NEEDS_FORCE = 3
+
+
+def _node_maintenance(arguments: argparse.Namespace) -> int:
+    try:
+        change = set_maintenance(controller(), arguments.node, arguments.drain, arguments.force)
+    except DrainRefused as refusal:
+        print(f"vpnfleet-controller: {refusal}", file=sys.stderr)
+        return EXIT_NEEDS_FORCE if refusal.needs_force else 2
+    print(
+        json.dumps(
+            {
+                "node": change.node.name,
+                "maintenance_mode": change.on,
+                "changed": change.changed,
+                "moved": change.moved,
+                "warning": change.warning,
+            }
+        )
+    )
     return 0
 
 

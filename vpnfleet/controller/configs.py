@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 
 from vpnfleet.controller import metrics
 from vpnfleet.controller.accounts import end_user_sessions
+from vpnfleet.controller.crl import revoke_on_nodes
+from vpnfleet.controller.fleet import AUTOMATIC, NoNodeAvailable, choose_remotes
 from vpnfleet.controller.models import OAuthAuthorization, OAuthToken, User, VpnConfig, utcnow
 from vpnfleet.controller.ovpn import render_client_config
 from vpnfleet.controller.state import Controller
@@ -18,6 +20,10 @@ from vpnfleet.controller.state import Controller
 
 class ConfigRefused(Exception):
     """A config that may not be made; the message is shown to the user."""
+
+
+class NoNodeNow(ConfigRefused):
+    """No node takes new clients of the profile now (all down or in maintenance)."""
 
 
 class ConnectThrottled(ConfigRefused):
@@ -64,6 +70,7 @@ def create_config(
     *,
     authorization: OAuthAuthorization | None = None,
     prefer_tcp: bool = False,
+    location: str = AUTOMATIC,
 ) -> NewConfig:
     """Issue a certificate; the config row, its .ovpn text and the configs it replaced.
 
@@ -71,6 +78,10 @@ def create_config(
     has at most max_configs_per_user active configs, portal and API together: the portal refuses
     one more; an app's /connect replaces its authorization's config and, at the limit, the user's
     oldest config, API-made ones first (eduVPN's maxActiveConfigurations).
+
+    The remotes are chosen before anything is issued (controller/fleet.py): an app's config
+    (made at every connection) names the best node now, a portal config (kept for months) the
+    location's nodes in random order; NoNodeAvailable when no node takes clients now.
     """
     settings = controller.settings
     profile = settings.profile(profile_id)
@@ -80,6 +91,19 @@ def create_config(
         tls_crypt_key = profile.tls_crypt_key_file.read_text()
     except OSError as error:
         raise RuntimeError(f"cannot read the tls-crypt key of profile {profile.id}: {error}") from error
+    try:
+        remotes = choose_remotes(
+            settings,
+            profile.id,
+            controller.daemons.health.get(),
+            lives_for_months=authorization is None,
+            location=location,
+            prefer_tcp=prefer_tcp,
+        )
+    except ValueError as error:
+        raise ConfigRefused(str(error)) from None
+    except NoNodeAvailable as error:
+        raise NoNodeNow(str(error)) from None
     lock_user(db, user)
     try:
         now = utcnow()
@@ -89,7 +113,6 @@ def create_config(
             raise ConfigRefused("your session has expired; log in again")
         replaced = _configs_to_replace(settings, db, user, authorization, now)
         for config in replaced:
-            controller.issuer.revoke(config.serial_number)
             config.revoked_at = now
         # The replaced rows leave the one-active-config index before the new row enters it.
         db.flush()
@@ -111,14 +134,9 @@ def create_config(
         db.rollback()
         raise
     text = render_client_config(
-        profile,
-        settings.nodes,
-        controller.issuer.ca_certificate_pem(),
-        certificate,
-        tls_crypt_key,
-        prefer_tcp,
+        profile, remotes, controller.issuer.ca_certificate_pem(), certificate, tls_crypt_key
     )
-    unreachable = disconnect_everywhere(controller, [old.common_name for old in replaced]) if replaced else []
+    unreachable = revoke_on_nodes(controller, db, [old.common_name for old in replaced]) if replaced else []
     return NewConfig(config, text, replaced, unreachable)
 
 
@@ -174,23 +192,38 @@ def _configs_to_replace(
 
 
 def revoke_configs(controller: Controller, db: Session, configs: list[VpnConfig]) -> list[str]:
-    """Revoke the certificates (CRL), mark the rows and disconnect them on every node.
+    """Mark the rows revoked, then a new CRL and the disconnects to every node (crl.revoke_on_nodes).
 
-    Returns the names of nodes that could not be told; the CRL still refuses the next connect
-    there, and the node API refuses the config at once.
+    Returns the names of nodes that could not be told: the node API refuses the config at once,
+    and their pull timer brings them the CRL within a minute.
     """
-    now = utcnow()
+    revoked = _mark_revoked(configs, utcnow())
+    db.commit()
+    return revoke_on_nodes(controller, db, revoked)
+
+
+def _mark_revoked(configs: list[VpnConfig], now: datetime) -> list[str]:
+    """The common names of the configs that were not revoked yet, now marked."""
     to_revoke = [config for config in configs if config.revoked_at is None]
     for config in to_revoke:
-        controller.issuer.revoke(config.serial_number)
         config.revoked_at = now
-    db.commit()
-    return disconnect_everywhere(controller, [config.common_name for config in to_revoke])
+    return [config.common_name for config in to_revoke]
 
 
 def disconnect_everywhere(controller: Controller, common_names: list[str]) -> list[str]:
     answers = controller.daemons.disconnect(common_names)
     return [answer.node.name for answer in answers if not answer.ok]
+
+
+def _end_authorization_rows(db: Session, authorization: OAuthAuthorization, now: datetime) -> list[str]:
+    authorization.revoked_at = authorization.revoked_at or now
+    db.execute(
+        update(OAuthToken)
+        .where(OAuthToken.authorization_id == authorization.id, OAuthToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    configs = db.scalars(select(VpnConfig).where(VpnConfig.authorization_id == authorization.id))
+    return _mark_revoked(list(configs), now)
 
 
 def end_authorization(
@@ -199,25 +232,18 @@ def end_authorization(
     """Revoke an app authorization: its tokens stop working and its configs are revoked.
 
     Returns the nodes that could not be told (see revoke_configs)."""
-    authorization.revoked_at = authorization.revoked_at or now
-    db.execute(
-        update(OAuthToken)
-        .where(OAuthToken.authorization_id == authorization.id, OAuthToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    return revoke_configs(
-        controller,
-        db,
-        list(db.scalars(select(VpnConfig).where(VpnConfig.authorization_id == authorization.id))),
-    )
+    revoked = _end_authorization_rows(db, authorization, now)
+    db.commit()
+    return revoke_on_nodes(controller, db, revoked)
 
 
 def disable_user(controller: Controller, db: Session, user: User) -> list[str]:
-    """Disable a user: every config revoked and disconnected, every app authorization ended."""
+    """Disable a user: every config revoked and disconnected, every app authorization ended;
+    one CRL for all of it."""
     now = utcnow()
     user.is_disabled = True
     end_user_sessions(db, user.id)
-    unreachable: set[str] = set()
+    revoked: list[str] = []
     for authorization in list(
         db.scalars(
             select(OAuthAuthorization).where(
@@ -225,6 +251,7 @@ def disable_user(controller: Controller, db: Session, user: User) -> list[str]:
             )
         )
     ):
-        unreachable.update(end_authorization(controller, db, authorization, now))
-    unreachable.update(revoke_configs(controller, db, active_configs(db, user, now)))
-    return sorted(unreachable)
+        revoked += _end_authorization_rows(db, authorization, now)
+    revoked += _mark_revoked(active_configs(db, user, now), now)
+    db.commit()
+    return sorted(set(revoke_on_nodes(controller, db, revoked)))

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from vpnfleet.controller.settings import Node, Settings
+
+# What POST /crl of our daemons takes (docs/daemon.md).
+CRL_CONTENT_TYPE = "application/x-pem-file"
 
 
 @dataclass(frozen=True)
@@ -29,10 +36,143 @@ class NodeAnswer:
         return self.error is None
 
 
+@dataclass(frozen=True)
+class ProcessHealth:
+    name: str  # "<profile>-<index>", as the node's daemon names its processes
+    profile_id: str
+    index: int
+    clients: int | None  # None: the process did not answer its daemon (stopped, hung)
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """One node as its daemon last described it (GET /i/node with the client counts)."""
+
+    node: Node
+    asked_at: datetime  # UTC, naive as the database's times
+    info: dict | None  # the daemon's answer; None when it did not answer this time
+    error: str | None
+    last_answer_at: datetime | None  # the last time it answered at all (this process's memory)
+
+    @property
+    def up(self) -> bool:
+        return self.error is None
+
+    @property
+    def maintenance(self) -> bool:
+        return bool(self.info and self.info.get("maintenance_mode") is True)
+
+    @property
+    def rel_load(self) -> int | None:
+        """The 1-minute load in percent of the node's cores, as the daemon reports it."""
+        load = self.info.get("rel_load_average") if self.info else None
+        if isinstance(load, list) and load and isinstance(load[0], int | float):
+            return int(load[0])
+        return None
+
+    @property
+    def processes(self) -> list[ProcessHealth]:
+        listed = self.info.get("o_process_list") if self.info else None
+        found = []
+        for entry in listed if isinstance(listed, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            name = str(entry.get("process", ""))
+            profile, dash, index = name.rpartition("-")
+            if not dash or not index.isdigit():
+                continue
+            count = entry.get("client_count")
+            found.append(ProcessHealth(name, profile, int(index), count if isinstance(count, int) else None))
+        return found
+
+    def answering(self, profile_id: str) -> dict[str, int]:
+        """Client counts of the profile's processes that answered, by process name."""
+        return {
+            process.name: process.clients
+            for process in self.processes
+            if process.profile_id == profile_id and process.clients is not None
+        }
+
+
+class NodeHealthCache:
+    """Every node's /i/node, asked in parallel and kept for a few seconds.
+
+    A config must not wait for a dead node: the nodes are asked at most once per ``ttl``, and
+    one round takes at most ``timeout`` (a node slower than that counts as not answering), so a
+    request that needs the health waits at most about ``timeout``. Concurrent requests share
+    one round rather than each asking every node.
+    """
+
+    def __init__(
+        self,
+        ask: Callable[[Node], NodeAnswer],
+        nodes: tuple[Node, ...],
+        ttl: float,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._ask, self._nodes, self._ttl, self._timeout, self._clock = ask, nodes, ttl, timeout, clock
+        self._lock = threading.Lock()
+        self._fetched_at: float | None = None
+        self._health: dict[str, NodeHealth] = {}
+        self._last_answer: dict[str, datetime] = {}
+        # Twice the nodes: a node that hung in the last round may still hold a worker in this one.
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(2, min(64, 2 * len(nodes))), thread_name_prefix="health"
+        )
+
+    def get(self) -> dict[str, NodeHealth]:
+        """The health of every node by name, at most ``ttl`` seconds old."""
+        with self._lock:
+            if self._fetched_at is None or self._clock() - self._fetched_at >= self._ttl:
+                self._refresh()
+            return dict(self._health)
+
+    def invalidate(self) -> None:
+        """Ask again at the next get (after a drain, say)."""
+        with self._lock:
+            self._fetched_at = None
+
+    def _refresh(self) -> None:
+        asked_at = datetime.now(UTC).replace(tzinfo=None)
+        futures: dict[Node, Future] = {node: self._pool.submit(self._ask, node) for node in self._nodes}
+        wait(futures.values(), timeout=self._timeout)
+        health = {}
+        for node, future in futures.items():
+            if future.done() and future.exception() is None:
+                answer = future.result()
+            else:
+                future.cancel()
+                answer = NodeAnswer(node, error=f"no answer within {self._timeout:g} s")
+            if answer.ok and not isinstance(answer.data, dict):
+                answer = NodeAnswer(node, error="answer is not a JSON object")
+            if answer.ok:
+                self._last_answer[node.name] = asked_at
+            health[node.name] = NodeHealth(
+                node=node,
+                asked_at=asked_at,
+                info=answer.data if answer.ok else None,
+                error=answer.error,
+                last_answer_at=self._last_answer.get(node.name),
+            )
+        self._health = health
+        self._fetched_at = self._clock()
+
+
 class NodeDaemons:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._tls: ssl.SSLContext | None = None
+        self.health = NodeHealthCache(
+            lambda node: self._call(
+                node,
+                "/i/node?include_client_peer_count=yes",
+                timeout=settings.node_health_timeout_seconds,
+            ),
+            settings.nodes,
+            settings.node_health_ttl_seconds,
+            settings.node_health_timeout_seconds,
+        )
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
@@ -49,17 +189,26 @@ class NodeDaemons:
             host = f"[{host}]"
         return f"https://{host}:{self.settings.daemon_port}{path}"
 
-    def _call(self, node: Node, path: str, form: dict[str, str] | None = None) -> NodeAnswer:
-        body = urllib.parse.urlencode(form).encode() if form is not None else None
+    def _call(
+        self,
+        node: Node,
+        path: str,
+        form: dict[str, str] | None = None,
+        *,
+        crl_pem: bytes | None = None,
+        timeout: float | None = None,
+    ) -> NodeAnswer:
+        body = urllib.parse.urlencode(form).encode() if form is not None else crl_pem
+        headers = {"Content-Type": CRL_CONTENT_TYPE} if crl_pem is not None else {}
         # Always https to a configured node (S310 warns about file: and custom schemes).
-        request = urllib.request.Request(self._url(node, path), data=body)  # noqa: S310
+        request = urllib.request.Request(self._url(node, path), data=body, headers=headers)  # noqa: S310
         try:
             with urllib.request.urlopen(  # noqa: S310
-                request, context=self._tls_context(), timeout=self.settings.daemon_timeout_seconds
+                request, context=self._tls_context(), timeout=timeout or self.settings.daemon_timeout_seconds
             ) as response:
                 payload = response.read()
         except urllib.error.HTTPError as error:
-            return NodeAnswer(node, error=f"HTTP {error.code}")
+            return NodeAnswer(node, error=f"HTTP {error.code}{_reason(error)}")
         except (OSError, ssl.SSLError) as error:
             return NodeAnswer(node, error=str(getattr(error, "reason", None) or error))
         if not payload:
@@ -93,21 +242,46 @@ class NodeDaemons:
         """GET /i/node of every node (load, CPUs, uptime and whatever else the daemon reports)."""
         return self._each_node(lambda node: self._call(node, "/i/node"))
 
-    def node_client_counts(self) -> list[NodeAnswer]:
-        """GET /i/node with the clients of every OpenVPN process (o_process_list), of every node."""
-        return self._each_node(lambda node: self._call(node, "/i/node?include_client_peer_count=yes"))
+    def set_maintenance(self, node: Node, on: bool) -> NodeAnswer:
+        """POST /i/maintenance_mode: the node holds the flag; going on, it moves its clients on."""
+        answer = self._call(node, "/i/maintenance_mode", {"maintenance_mode": "yes" if on else "no"})
+        self.health.invalidate()
+        return answer
 
     def disconnect(self, common_names: list[str]) -> list[NodeAnswer]:
         """POST /o/disconnect_client for each common name on every node."""
         if not common_names:
             return []
 
-        def disconnect_on(node: Node) -> NodeAnswer:
-            errors = [
-                answer.error
-                for name in common_names
-                if not (answer := self._call(node, "/o/disconnect_client", {"common_name": name})).ok
-            ]
-            return NodeAnswer(node, data={}, error=errors[0] if errors else None)
+        return self._each_node(lambda node: self._disconnect_on(node, common_names))
 
-        return self._each_node(disconnect_on)
+    def _disconnect_on(self, node: Node, common_names: list[str]) -> NodeAnswer:
+        errors = [
+            answer.error
+            for name in common_names
+            if not (answer := self._call(node, "/o/disconnect_client", {"common_name": name})).ok
+        ]
+        return NodeAnswer(node, data={}, error=errors[0] if errors else None)
+
+    def push_crl_and_disconnect(self, crl_pem: bytes, common_names: list[str]) -> list[NodeAnswer]:
+        """POST /crl (ours), then /o/disconnect_client for each name, on every node at once.
+
+        The CRL goes first so that a client that reconnects at once meets it in the handshake;
+        a node that takes too long for the CRL holds up only its own disconnects."""
+
+        def on(node: Node) -> NodeAnswer:
+            pushed = self._call(node, "/crl", crl_pem=crl_pem, timeout=self.settings.crl_push_timeout_seconds)
+            disconnected = self._disconnect_on(node, common_names) if common_names else pushed
+            error = pushed.error and f"CRL not taken: {pushed.error}"
+            return NodeAnswer(node, data=pushed.data, error=error or disconnected.error)
+
+        return self._each_node(on)
+
+
+def _reason(error: urllib.error.HTTPError) -> str:
+    """The daemon's {"error": ...} text, where it sent one."""
+    try:
+        reason = json.loads(error.read() or b"{}").get("error")
+    except (ValueError, AttributeError, OSError):
+        return ""
+    return f": {reason}" if isinstance(reason, str) else ""

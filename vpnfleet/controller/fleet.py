@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vpnfleet.controller.daemons import NodeAnswer
+from vpnfleet.controller.daemons import NodeAnswer, NodeHealth
 from vpnfleet.controller.models import VpnConfig
-from vpnfleet.controller.settings import Node, Settings
+from vpnfleet.controller.settings import EntryPoint, Node, NodeProcess, Settings
 from vpnfleet.controller.state import Controller
+from vpnfleet.shared.node_facts import CLIENTS_PER_PROCESS
 
 
 @dataclass(frozen=True)
@@ -94,4 +96,263 @@ def capacity_table(settings: Settings, view: FleetView) -> list[CapacityRow]:
                     nodes_unreachable=sum(1 for node in nodes if node.name in unreachable),
                 )
             )
+    return rows
+
+
+# --- Node choice: which nodes a new config names, in which order (docs/controller.md) ---
+
+AUTOMATIC = ""  # the location a user who did not choose one gets: every location of the profile
+
+
+class NoNodeAvailable(Exception):
+    """No node of the profile (in the chosen locations) answers and takes new clients now."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A node that may take a new client of a profile: up, not in maintenance, and with at least
+    one process of the profile that answered its daemon."""
+
+    node: Node
+    load: float  # clients over capacity of the profile's answering processes + rel_load/100
+    # By protocol, where clients should connect: the node's public ports of the profile where it
+    # has them (nftables spreads them over the processes), else its least full process first.
+    entry_points: dict[str, list[EntryPoint | NodeProcess]]
+
+
+def profile_locations(settings: Settings, profile_id: str) -> list[str]:
+    return sorted({node.location for node in settings.nodes if node.processes_of(profile_id)})
+
+
+def candidates(settings: Settings, profile_id: str, health: dict[str, NodeHealth]) -> list[Candidate]:
+    """The nodes that may take a new client of the profile now, in the settings' order."""
+    found = []
+    for node in settings.nodes:
+        state = health.get(node.name)
+        if state is None or not state.up or state.maintenance:
+            continue
+        answering = state.answering(profile_id)
+        processes = [
+            (process, answering[name]) for name, process in _named(node, profile_id) if name in answering
+        ]
+        if not processes:
+            continue
+        points = _entry_points(processes)
+        public = node.entry_points_of(profile_id)
+        if public:
+            # Only the protocols some process of which answered: a public port leads to them.
+            points = {proto: [entry for entry in public if entry.proto == proto] for proto in points}
+            points = {proto: entries for proto, entries in points.items() if entries}
+        found.append(Candidate(node, _load(processes, state.rel_load), points))
+    return found
+
+
+def _named(node: Node, profile_id: str) -> list[tuple[str, NodeProcess]]:
+    """The profile's processes of the node with the names their daemon reports them by."""
+    return [
+        (process.name or f"{profile_id}-{index}", process)
+        for index, process in enumerate(node.processes_of(profile_id))
+    ]
+
+
+def _load(processes: list[tuple[NodeProcess, int]], rel_load: int | None) -> float:
+    """Address slots in use plus CPU in use, each as a fraction: a node full of clients and a
+    node busy with a few heavy ones both go to the back. Slots count only where every process
+    has a known maximum."""
+    limits = [process.max_clients for process, unused_clients in processes]
+    slots = 0.0
+    if None not in limits and sum(limit or 0 for limit in limits) > 0:
+        slots = sum(clients for unused_process, clients in processes) / sum(limit or 0 for limit in limits)
+    return slots + (rel_load or 0) / 100
+
+
+def _entry_points(processes: list[tuple[NodeProcess, int]]) -> dict[str, list[EntryPoint | NodeProcess]]:
+    def fullness(item: tuple[NodeProcess, int]) -> float:
+        process, clients = item
+        return clients / process.max_clients if process.max_clients else float(clients)
+
+    points: dict[str, list[EntryPoint | NodeProcess]] = {}
+    for item in sorted(processes, key=fullness):
+        points.setdefault(item[0].proto, []).append(item[0])
+    return points
+
+
+def rank_now(found: list[Candidate], location: str = AUTOMATIC) -> list[Candidate]:
+    """For a config made at every connection (the apps): the chosen location first, then the
+    least loaded node first."""
+    return sorted(
+        found, key=lambda c: (location != AUTOMATIC and c.node.location != location, c.load, c.node.name)
+    )
+
+
+def rank_for_months(
+    found: list[Candidate], location: str = AUTOMATIC, rng: random.Random | None = None
+) -> list[Candidate]:
+    """For a config that lives for months (the portal): the chosen location first, in random
+    order within a location's group, so that configs spread over the nodes evenly rather than
+    all naming the node that happened to be least loaded on the day they were made."""
+    shuffled = list(found)
+    (rng or random.SystemRandom()).shuffle(shuffled)
+    return sorted(shuffled, key=lambda c: location != AUTOMATIC and c.node.location != location)
+
+
+def remote_lines(ranked: list[Candidate], fallback_nodes: int, prefer_tcp: bool = False) -> list[str]:
+    """The config's remotes: the first node, then up to ``fallback_nodes`` more, one entry point
+    per node and protocol, UDP first (TCP first if asked).
+
+    Protocol before node: a client told to move on ("RESTART,[N]": drain, or a UDP process that
+    stops) takes the next remote, and that must be another node, not the same node's other
+    protocol. One entry point per node and protocol: a second one on the same node would be
+    where a client of a drained node lands next.
+    """
+    chosen = ranked[: 1 + fallback_nodes]
+    order = ("tcp", "udp") if prefer_tcp else ("udp", "tcp")
+    return [
+        f"remote {candidate.node.public_address} {candidate.entry_points[proto][0].port} {proto}"
+        for proto in order
+        for candidate in chosen
+        if candidate.entry_points.get(proto)
+    ]
+
+
+def choose_remotes(
+    settings: Settings,
+    profile_id: str,
+    health: dict[str, NodeHealth],
+    *,
+    lives_for_months: bool,
+    location: str = AUTOMATIC,
+    prefer_tcp: bool = False,
+) -> list[str]:
+    """The remote lines of a new config, or NoNodeAvailable naming why there are none."""
+    found = candidates(settings, profile_id, health)
+    if location != AUTOMATIC:
+        if location not in profile_locations(settings, profile_id):
+            raise ValueError(f"profile {profile_id} is not served in location {location}")
+    if not found:
+        raise NoNodeAvailable(f"no node serving profile {profile_id} takes new clients now; try again later")
+    ranked = rank_for_months(found, location) if lives_for_months else rank_now(found, location)
+    return remote_lines(ranked, settings.config_fallback_nodes, prefer_tcp)
+
+
+# --- Maintenance (drain) ---
+
+
+class DrainRefused(Exception):
+    """The node was not put into (or out of) maintenance; the message says why."""
+
+    def __init__(self, message: str, needs_force: bool = False):
+        super().__init__(message)
+        self.needs_force = needs_force  # only a forced drain would do it
+
+
+@dataclass(frozen=True)
+class MaintenanceChange:
+    node: Node
+    on: bool
+    changed: bool
+    moved: int  # clients told to move on to another node
+    warning: str | None  # set when a forced drain left a location without service
+
+
+def last_in_location(settings: Settings, node: Node, health: dict[str, NodeHealth]) -> list[str]:
+    """The profiles for which ``node`` is the last node of its location taking new clients."""
+    alone = []
+    for profile in settings.profiles:
+        if not node.processes_of(profile.id):
+            continue
+        others = [
+            candidate
+            for candidate in candidates(settings, profile.id, health)
+            if candidate.node.location == node.location and candidate.node.name != node.name
+        ]
+        if not others:
+            alone.append(profile.id)
+    return alone
+
+
+def set_maintenance(controller: Controller, name: str, on: bool, force: bool = False) -> MaintenanceChange:
+    """Drain (on) or undrain a node through its daemon. Draining the last node of a location
+    that takes clients of a profile is refused unless forced."""
+    settings = controller.settings
+    node = settings.node(name)
+    if node is None:
+        raise DrainRefused(f"no such node: {name}")
+    warning = None
+    if on:
+        alone = last_in_location(settings, node, controller.daemons.health.get())
+        if alone:
+            warning = (
+                f"{node.name} is the last node of location {node.location} that takes new clients "
+                f"of profile(s) {', '.join(alone)}: draining it leaves the location without them"
+            )
+            if not force:
+                raise DrainRefused(warning + "; drain it with force to do so anyway", needs_force=True)
+    answer = controller.daemons.set_maintenance(node, on)
+    if not answer.ok or not isinstance(answer.data, dict):
+        raise DrainRefused(f"{node.name} did not take the change: {answer.error or 'unreadable answer'}")
+    return MaintenanceChange(
+        node=node,
+        on=on,
+        changed=bool(answer.data.get("changed")),
+        moved=int(answer.data.get("moved_count") or 0),
+        warning=warning,
+    )
+
+
+# --- The admin's node table ---
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    name: str
+    profile_id: str
+    entry: str  # proto/port
+    clients: int | None  # None: did not answer
+    address_slots: int | None  # the process's max-clients, from the plan
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    health: NodeHealth
+    processes: list[ProcessRow]
+    address_slots: int | None  # sum of the processes' max-clients; None where one is unknown
+    cpu_estimate: int | None  # cores x CLIENTS_PER_PROCESS, as playbooks/capacity.yml counts
+    clients: int | None
+
+    @property
+    def node(self) -> Node:
+        return self.health.node
+
+
+def node_rows(settings: Settings, health: dict[str, NodeHealth]) -> list[NodeRow]:
+    rows = []
+    for node in settings.nodes:
+        state = health[node.name]
+        reported = {process.name: process for process in state.processes}
+        processes = []
+        for profile in settings.profiles:
+            for name, process in _named(node, profile.id):
+                seen = reported.get(name)
+                processes.append(
+                    ProcessRow(
+                        name=name,
+                        profile_id=profile.id,
+                        entry=f"{process.proto}/{process.port}",
+                        clients=seen.clients if seen else None,
+                        address_slots=process.max_clients,
+                    )
+                )
+        limits = [process.address_slots for process in processes]
+        cores = state.info.get("cpu_count") if state.info else None
+        counted = [process.clients for process in processes]
+        rows.append(
+            NodeRow(
+                health=state,
+                processes=processes,
+                address_slots=None if None in limits else sum(limit or 0 for limit in limits),
+                cpu_estimate=cores * CLIENTS_PER_PROCESS if isinstance(cores, int) else None,
+                clients=None if not state.up else sum(count or 0 for count in counted),
+            )
+        )
     return rows

@@ -15,6 +15,8 @@ class LoginForm(FlaskForm):
 
 class CreateConfigForm(FlaskForm):
     profile_id = SelectField("Profile", validators=[DataRequired()], validate_choice=True)
+    # "" is automatic: every location of the profile, the nodes in random order.
+    location = SelectField("Location", default="", validate_choice=True)
     display_name = StringField(
         "Name",
         validators=[

@@ -9,7 +9,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from vpnfleet.controller.configs import disconnect_everywhere
+from vpnfleet.controller.crl import current_crl, push
 from vpnfleet.controller.database import delete_rows
+from vpnfleet.controller.directory_users import check_ldap_users
 from vpnfleet.controller.fleet import live_connections
 from vpnfleet.controller.models import ConnectionLogEntry, OAuthCode, PortalSession, utcnow
 from vpnfleet.controller.state import Controller
@@ -24,14 +26,25 @@ class HousekeepingReport:
     sessions_purged: int = 0
     codes_purged: int = 0
     nodes_unreachable: tuple[str, ...] = ()
+    crl_renewed: bool = False
+    nodes_without_crl: tuple[str, ...] = ()
+    directory: dict | None = None  # the LDAP check: who was disabled, which profiles were lost
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def run_housekeeping(controller: Controller, db: Session) -> HousekeepingReport:
-    now = utcnow()
     report = HousekeepingReport()
+    if controller.settings.ldap is not None:
+        # First, so that a user the directory dropped is revoked and disconnected in this run.
+        report.directory = asdict(check_ldap_users(controller, db))
+    # First the CRL: it must not lapse on the nodes (they would admit no client without the
+    # controller's yes), and configs that expired leave it.
+    crl, report.crl_renewed = current_crl(controller, db)
+    if report.crl_renewed:
+        report.nodes_without_crl = tuple(push(controller, crl, []))
+    now = utcnow()
     view = live_connections(controller, db)
     report.nodes_unreachable = tuple(answer.node.name for answer in view.unreachable)
 

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from vpnfleet.controller.daemons import NodeAnswer
+from vpnfleet.controller.daemons import NodeHealth
 from vpnfleet.controller.settings import Node, Settings
 from vpnfleet.controller.state import Controller, controller
 from vpnfleet.shared.instances import instance_name
@@ -117,45 +117,46 @@ class ProcessCount:
     clients: int | None  # None: the process did not answer
 
 
-def process_counts(settings: Settings, answers: list[NodeAnswer]) -> list[ProcessCount]:
+def process_counts(settings: Settings, health: list[NodeHealth]) -> list[ProcessCount]:
     """Every planned process of every node that answered, with the clients its daemon counted."""
     counts = []
-    for answer in answers:
-        if not answer.ok:
+    for node_health in health:
+        if not node_health.up:
             continue
-        reported = {
-            str(entry.get("process")): entry.get("client_count")
-            for entry in (answer.data.get("o_process_list") or [])
-            if isinstance(entry, dict)
-        }
+        reported = {process.name: process.clients for process in node_health.processes}
+        node = node_health.node
         for profile in settings.profiles:
-            for index, planned in enumerate(answer.node.processes_of(profile.id)):
+            for index, planned in enumerate(node.processes_of(profile.id)):
                 name = planned.name or instance_name(profile.id, index)
-                count = reported.get(name)
                 counts.append(
                     ProcessCount(
-                        node=answer.node,
+                        node=node,
                         profile_id=profile.id,
                         process=name,
                         protocol=planned.proto,
                         max_clients=planned.max_clients,
-                        clients=count if isinstance(count, int) else None,
+                        clients=reported.get(name),
                     )
                 )
     return counts
 
 
 class FleetCollector(Collector):
-    """The fleet's state at scrape time: one /i/node call to every daemon, in parallel."""
+    """The fleet's state at scrape time, from the nodes' health that node choice keeps too.
+
+    Its cache (node_health_ttl_seconds) is shorter than any scrape interval: each scrape sees
+    the nodes as they answered at most that long ago, and scrapes add no calls to a node that
+    portal and API traffic already asks.
+    """
 
     def __init__(self, controller: Controller):
         self.controller = controller
 
     def collect(self) -> Iterator[Metric]:
         settings = self.controller.settings
-        answers = self.controller.daemons.node_client_counts()
-        yield from _node_metrics(answers)
-        counts = process_counts(settings, answers)
+        health = list(self.controller.daemons.health.get().values())
+        yield from _node_metrics(health)
+        counts = process_counts(settings, health)
         yield from _process_metrics(counts)
         yield from _profile_metrics(settings, counts)
         yield from _crl_metrics(settings.ca_dir / "crl.pem")
@@ -165,7 +166,7 @@ _NODE_LABELS = ["node", "location"]
 _PROCESS_LABELS = ["node", "location", "profile", "process", "protocol"]
 
 
-def _node_metrics(answers: list[NodeAnswer]) -> Iterator[Metric]:
+def _node_metrics(health: list[NodeHealth]) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "vpnfleet_node_up", "1 when the node's daemon answered the controller.", labels=_NODE_LABELS
     )
@@ -174,11 +175,11 @@ def _node_metrics(answers: list[NodeAnswer]) -> Iterator[Metric]:
         "1 when the node's daemon reports maintenance mode (no new connections).",
         labels=_NODE_LABELS,
     )
-    for answer in answers:
-        labels = [answer.node.name, answer.node.location]
-        up.add_metric(labels, 1 if answer.ok else 0)
-        if answer.ok:
-            maintenance.add_metric(labels, 1 if answer.data.get("maintenance_mode") is True else 0)
+    for node_health in health:
+        labels = [node_health.node.name, node_health.node.location]
+        up.add_metric(labels, 1 if node_health.up else 0)
+        if node_health.up:
+            maintenance.add_metric(labels, 1 if node_health.maintenance else 0)
     yield up
     yield maintenance
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -28,6 +28,9 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # local (the inventory's users, who log in with a password here), ldap or oidc: a directory
+    # user's password, groups and admin flag are the directory's, refreshed at each login.
+    source: Mapped[str] = mapped_column(String(16), default="local", server_default="local")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     configs: Mapped[list[VpnConfig]] = relationship(back_populates="user")
@@ -150,6 +153,13 @@ class VpnConfig(Base):
             sqlite_where=text("revoked_at IS NULL"),
             postgresql_where=text("revoked_at IS NULL"),
         ),
+        # The CRL lists the revoked configs that have not expired: found without reading the rest.
+        Index(
+            "ix_vpn_configs_revoked_by_expiry",
+            "expires_at",
+            sqlite_where=text("revoked_at IS NOT NULL"),
+            postgresql_where=text("revoked_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -192,3 +202,19 @@ class ConnectionLogEntry(Base):
     bytes_received: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     bytes_sent: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     close_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class PublishedCrl(Base):
+    """The CRL the controller signed last (one row): what it pushes and what the nodes pull.
+
+    Signing happens with this row locked, so CRLs come out one at a time, each listing every
+    revocation committed before it."""
+
+    __tablename__ = "published_crl"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    crl_number: Mapped[int] = mapped_column(BigInteger)
+    this_update: Mapped[datetime] = mapped_column(DateTime)
+    next_update: Mapped[datetime] = mapped_column(DateTime)
+    revoked_count: Mapped[int] = mapped_column(Integer)
+    pem: Mapped[str] = mapped_column(Text)

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
 
 from vpnfleet.controller import metrics
+from vpnfleet.controller.crl import current_crl
 from vpnfleet.controller.models import ConnectionLogEntry, VpnConfig, utcnow
 from vpnfleet.controller.settings import Node
 from vpnfleet.controller.state import controller, db
@@ -180,6 +181,15 @@ def _client_connect() -> Response:
     session.commit()
     current_app.logger.info("allowed %s (%s) on node %s", common_name, config.user.username, node.name)
     return jsonify(allow=True, connection_id=entry.id)
+
+
+@blueprint.get("/crl")
+def crl():
+    """The current CRL, for the node's pull timer (`vpnfleet-hook fetch-crl`)."""
+    current, signed = current_crl(controller(), db())
+    if signed:
+        current_app.logger.info("CRL %d signed for the pull of node %s", current.crl_number, g.node.name)
+    return Response(current.pem, mimetype="application/x-pem-file", headers={"Cache-Control": "no-store"})
 
 
 @blueprint.post("/disconnect")

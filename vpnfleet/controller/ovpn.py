@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import random
-
 from vpnfleet.controller.certificates import IssuedClientCertificate
-from vpnfleet.controller.settings import Node, Profile
+from vpnfleet.controller.settings import Profile
 
 # What every client gets; the routes, DNS and addresses are pushed by the node's server config.
 _CLIENT_OPTIONS = (
@@ -14,37 +12,24 @@ _CLIENT_OPTIONS = (
     "nobind",
     "remote-cert-tls server",
     "verb 3",
-    "server-poll-timeout 10",
+    # Failover in seconds (docs/node.md): 5 s for a remote to answer before the next one, a
+    # second between attempts, and backing off to at most 30 s when every remote fails.
+    "server-poll-timeout 5",
+    "connect-retry 1 30",
     "tls-version-min 1.3",
     "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
     "reneg-sec 0",
 )
 
 
-def remote_lines(profile: Profile, nodes: tuple[Node, ...], prefer_tcp: bool = False) -> list[str]:
-    """A remote for every node process serving the profile: UDP first (TCP first if asked).
-
-    Within a protocol the order is shuffled, so that clients spread over processes and nodes; a
-    client that cannot reach one remote moves on to the next by itself.
-    """
-    by_proto: dict[str, list[str]] = {"udp": [], "tcp": []}
-    for node in nodes:
-        for process in node.processes_of(profile.id):
-            by_proto[process.proto].append(f"remote {node.public_address} {process.port} {process.proto}")
-    for remotes in by_proto.values():
-        random.shuffle(remotes)
-    order = ("tcp", "udp") if prefer_tcp else ("udp", "tcp")
-    return [line for proto in order for line in by_proto[proto]]
-
-
 def render_client_config(
     profile: Profile,
-    nodes: tuple[Node, ...],
+    remotes: list[str],
     ca_certificate_pem: str,
     certificate: IssuedClientCertificate,
     tls_crypt_key: str,
-    prefer_tcp: bool = False,
 ) -> str:
+    """The .ovpn; ``remotes`` are the remote lines the node choice made (controller/fleet.py)."""
     lines = [f"# {profile.display_name}", *_CLIENT_OPTIONS]
     for tag, content in (
         ("ca", ca_certificate_pem),
@@ -53,5 +38,5 @@ def render_client_config(
         ("tls-crypt", tls_crypt_key),
     ):
         lines += [f"<{tag}>", content.strip(), f"</{tag}>"]
-    lines += remote_lines(profile, nodes, prefer_tcp)
+    lines += remotes
     return "\n".join(lines) + "\n"

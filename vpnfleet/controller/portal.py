@@ -27,6 +27,8 @@ from vpnfleet.controller.configs import (
     end_authorization,
     revoke_configs,
 )
+from vpnfleet.controller.directory_users import ldap_password_check
+from vpnfleet.controller.fleet import AUTOMATIC, profile_locations
 from vpnfleet.controller.forms import ActionForm, CreateConfigForm, LoginForm
 from vpnfleet.controller.models import OAuthAuthorization, VpnConfig, utcnow
 from vpnfleet.controller.state import controller, db
@@ -44,6 +46,8 @@ blueprint = Blueprint("portal", __name__)
 _LOGIN_REFUSALS = {
     "invalid": (401, "Wrong user name or password."),
     "throttled": (429, "Too many failed logins; wait {retry_after} s and try again."),
+    "unavailable": (503, "The directory cannot be reached now; try again in a few minutes."),
+    "conflict": (403, "This name belongs to an account of another kind here; ask the administrators."),
 }
 # Set after a login: this browser may skip the throttle key that counts a user's failures from
 # every address, so an attack on the user from elsewhere does not slow the user down here.
@@ -82,6 +86,7 @@ def login():
         form.password.data,
         request.remote_addr or "unknown",
         known_device=_known_device(username),
+        directory=ldap_password_check(controller(), db()) if controller().settings.ldap else None,
     )
     if result.user is None:
         metrics.login_failed("local", result.refusal or "invalid")
@@ -121,7 +126,16 @@ def _profiles_for(user):
 
 def _create_form(user) -> CreateConfigForm:
     form = CreateConfigForm()
-    form.profile_id.choices = [(profile.id, profile.display_name) for profile in _profiles_for(user)]
+    profiles = _profiles_for(user)
+    form.profile_id.choices = [(profile.id, profile.display_name) for profile in profiles]
+    settings = controller().settings
+    served: dict[str, list[str]] = {}
+    for profile in profiles:
+        for location in profile_locations(settings, profile.id):
+            served.setdefault(location, []).append(profile.display_name)
+    form.location.choices = [(AUTOMATIC, "automatic")] + [
+        (location, f"{location} ({', '.join(names)})") for location, names in sorted(served.items())
+    ]
     return form
 
 
@@ -163,6 +177,7 @@ def create():
             form.profile_id.data,
             form.display_name.data.strip(),
             session_expires_at(),
+            location=form.location.data or AUTOMATIC,
         )
     except ConfigRefused as refusal:
         return _render_home(user, form, str(refusal), 409)

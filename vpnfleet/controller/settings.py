@@ -6,6 +6,7 @@ message naming the setting, rather than failing on the first request that needs 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from vpnfleet.controller.login_settings import LdapSettings, OidcSettings, read_ldap, read_oidc
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS, OAuthClient
 from vpnfleet.settings_file import SettingsError, SettingsReader, load_settings_file
 from vpnfleet.shared.profiles import PROTOCOLS, ProfileError, check_profile_id
@@ -54,9 +56,28 @@ class NodeProcess:
     proto: str  # udp or tcp
     port: int
     max_clients: int | None
-    # "<profile>-<index>" as the node's daemon reports it (the fleet plan names it); None in a
-    # file that leaves it out, where the position among the profile's processes stands for the index.
+    # The process's name ("<profile>-<index>", as the node's daemon reports it) and address slices
+    # (the fleet plan's), so that an address names its process. None in a file that leaves them out.
     name: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+
+    def holds(self, address: str) -> bool:
+        """Whether ``address`` lies in one of the process's slices."""
+        try:
+            found = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(found in ipaddress.ip_network(network) for network in (self.ipv4, self.ipv6) if network)
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """A public port of a node for a profile; nftables spreads its new flows over the processes."""
+
+    profile_id: str
+    proto: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -67,9 +88,13 @@ class Node:
     daemon_address: str
     api_token_sha256: str
     processes: tuple[NodeProcess, ...]
+    entry_points: tuple[EntryPoint, ...] = ()
 
     def processes_of(self, profile_id: str) -> list[NodeProcess]:
         return [process for process in self.processes if process.profile_id == profile_id]
+
+    def entry_points_of(self, profile_id: str) -> list[EntryPoint]:
+        return [entry for entry in self.entry_points if entry.profile_id == profile_id]
 
 
 @dataclass(frozen=True)
@@ -100,17 +125,39 @@ class Settings:
     api_connect_limit: int = 20
     api_connect_window: timedelta = timedelta(hours=1)
     connection_log_retention: timedelta = timedelta(days=90)
+    # How long a CRL the controller signs is valid (its nextUpdate). A node whose CRL is older
+    # admits no client without the controller's yes, so this is how long the nodes ride out a
+    # controller they cannot reach; it is also the longest a revocation can go unseen by a node
+    # cut off from the controller (docs/security.md). Renewed at half-life (crl.RENEW_AT).
+    crl_lifetime: timedelta = timedelta(hours=1)
+    # Each node's share of a revocation's push (the CRL, then the disconnects run on in parallel).
+    crl_push_timeout_seconds: float = 2.0
     oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
     # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
     behind_proxy: bool = True
     # SHA-256 of the bearer token Prometheus scrapes /metrics with; None: no /metrics at all.
     metrics_token_sha256: str | None = None
+    # Node choice (docs/controller.md): how long a node's /i/node answer is reused, how long a
+    # config waits for the nodes at most, and how many nodes a config lists after the first.
+    node_health_ttl_seconds: float = 5.0
+    node_health_timeout_seconds: float = 2.0
+    config_fallback_nodes: int = 2
+    # Directory logins beside the local users (login_settings.py).
+    ldap: LdapSettings | None = None
+    oidc: OidcSettings | None = None
 
     def profile(self, profile_id: str) -> Profile | None:
         return next((profile for profile in self.profiles if profile.id == profile_id), None)
 
     def node(self, name: str) -> Node | None:
         return next((node for node in self.nodes if node.name == name), None)
+
+    def holder_of(self, address: str) -> tuple[Node, NodeProcess] | None:
+        """The node and process whose slice holds a client address (the fleet plan makes them disjoint)."""
+        return next(
+            ((node, process) for node in self.nodes for process in node.processes if process.holds(address)),
+            None,
+        )
 
     def oauth_client(self, client_id: str) -> OAuthClient | None:
         return next((client for client in self.oauth_clients if client.client_id == client_id), None)
@@ -158,7 +205,27 @@ def _read_node(reader: SettingsReader, profile_ids: set[str]) -> Node:
             raise SettingsError(f"{process.where('port')}: {proto}/{port} is used twice on node {name}")
         seen_ports.add((proto, port))
         max_clients = process.get("max_clients", int, None)
-        processes.append(NodeProcess(profile_id, proto, port, max_clients, process.get("name", str, None)))
+        slices = [process.get(family, str, None) for family in ("ipv4", "ipv6")]
+        for family, network in zip(("ipv4", "ipv6"), slices, strict=True):
+            try:
+                if network is not None:
+                    ipaddress.ip_network(network)
+            except ValueError as error:
+                raise SettingsError(f"{process.where(family)}: {error}") from None
+        name_of_process = process.get("name", str, None)
+        processes.append(NodeProcess(profile_id, proto, port, max_clients, name_of_process, *slices))
+    entry_points = []
+    for entry in reader.items("entry_points", []):
+        profile_id = entry.get("profile", str)
+        if profile_id not in profile_ids:
+            raise SettingsError(f"{entry.where('profile')}: unknown profile {profile_id!r}")
+        proto = entry.get("proto", str)
+        if proto not in PROTOCOLS:
+            raise SettingsError(f"{entry.where('proto')}: must be udp or tcp, got {proto!r}")
+        port = entry.get("port", int)
+        if not 1 <= port <= 65535:
+            raise SettingsError(f"{entry.where('port')}: {port} is not a port number")
+        entry_points.append(EntryPoint(profile_id, proto, port))
     public_address = reader.get("public_address", str, nonempty=True)
     return Node(
         name=name,
@@ -167,6 +234,7 @@ def _read_node(reader: SettingsReader, profile_ids: set[str]) -> Node:
         daemon_address=reader.get("daemon_address", str, public_address, nonempty=True),
         api_token_sha256=token_hash,
         processes=tuple(processes),
+        entry_points=tuple(entry_points),
     )
 
 
@@ -196,10 +264,36 @@ def _sha256_hex(value: str, setting: str) -> str:
     return value.lower()
 
 
+def _positive_seconds(value: float, setting: str) -> float:
+    if value <= 0:
+        raise SettingsError(f"{setting}: must be more than 0 seconds")
+    return float(value)
+
+
+def _not_negative(value: int, setting: str) -> int:
+    if value < 0:
+        raise SettingsError(f"{setting}: must be 0 or more")
+    return value
+
+
 def _at_least_one(value: int, setting: str) -> int:
     if value < 1:
         raise SettingsError(f"{setting}: must be at least 1")
     return value
+
+
+def _crl_lifetime(value: Any, setting: str) -> timedelta:
+    lifetime = parse_duration(value, setting)
+    # The nodes pull every minute or so and the controller renews at half-life.
+    if lifetime < timedelta(seconds=20):
+        raise SettingsError(f"{setting}: must be at least 20s, so the nodes can renew it in time")
+    return lifetime
+
+
+def _push_timeout(value: float, setting: str) -> float:
+    if not 0 < value <= 30:
+        raise SettingsError(f"{setting}: must be more than 0 and at most 30 seconds")
+    return float(value)
 
 
 # The settings a file may leave out, each with its type in the file and how it becomes the value of
@@ -217,8 +311,13 @@ _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] 
     "api_connect_limit": (int, _at_least_one),
     "api_connect_window": ((str, int), parse_duration),
     "connection_log_retention": ((str, int), parse_duration),
+    "crl_lifetime": ((str, int), _crl_lifetime),
+    "crl_push_timeout_seconds": ((int, float), _push_timeout),
     "behind_proxy": (bool, _as_read),
     "metrics_token_sha256": (str, _sha256_hex),
+    "node_health_ttl_seconds": ((int, float), _positive_seconds),
+    "node_health_timeout_seconds": ((int, float), _positive_seconds),
+    "config_fallback_nodes": (int, _not_negative),
 }
 
 
@@ -254,6 +353,10 @@ def settings_from_mapping(data: Any) -> Settings:
     }
     if "oauth_clients" in reader.data:
         optional["oauth_clients"] = _read_oauth_clients(reader)
+    if reader.has("ldap"):
+        optional["ldap"] = read_ldap(SettingsReader(reader.get("ldap", dict), "ldap"))
+    if reader.has("oidc"):
+        optional["oidc"] = read_oidc(SettingsReader(reader.get("oidc", dict), "oidc"))
     return Settings(
         base_url=base_url,
         secret_key=secret_key,

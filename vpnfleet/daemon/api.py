@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from . import node
-from .management import ProcessFleet, ProcessReport
+from .crl import CrlFile, CrlRefused
+from .management import ManagementError, ProcessFleet, ProcessReport
 
 # X.509 allows at most 64 characters in a common name (RFC 5280, ub-common-name).
 MAX_COMMON_NAME_LENGTH = 64
@@ -29,10 +30,24 @@ class ApiError(Exception):
 
 
 @dataclass(frozen=True)
+class NodeState:
+    """What the calls act on: the OpenVPN processes and the CRL file they check (if configured)."""
+
+    fleet: ProcessFleet
+    crl: CrlFile | None = None
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
-    # A dict is answered as JSON, bytes as Prometheus' text format.
-    call: Callable[[ProcessFleet, Parameters], dict | bytes]
+    # A dict is answered as JSON, bytes as Prometheus' text format (the metrics port's route).
+    call: (
+        Callable[[NodeState, Parameters], dict]
+        | Callable[[NodeState, Parameters], bytes]
+        | Callable[[NodeState, bytes], dict]
+    )
+    # "form": parameters (query or urlencoded form); "crl": the body is a CRL (PEM or DER).
+    body: str = "form"
 
 
 def daemon_version() -> str:
@@ -42,12 +57,13 @@ def daemon_version() -> str:
         return "unknown"
 
 
-def node_info(fleet: ProcessFleet, query: Parameters) -> dict:
+def node_info(state: NodeState, query: Parameters) -> dict:
     """GET /i/node: cores, load and uptime; with include_client_peer_count=yes also the clients per process.
 
     Counting is optional, as upstream: it asks every OpenVPN process, which a caller that only
     wants the load does not need.
     """
+    fleet = state.fleet
     count_clients = _yes_no(query, "include_client_peer_count", default=False)
     cores = node.cpu_count()
     load = node.load_average()
@@ -55,10 +71,11 @@ def node_info(fleet: ProcessFleet, query: Parameters) -> dict:
         "cpu_count": cores,
         "load_average": load,
         "rel_load_average": node.relative_load_average(load, cores),
-        # vpnfleet has no maintenance mode; the field stays for the portal, which reads it.
-        "maintenance_mode": False,
+        # eduVPN 3.8's field: a node in maintenance gets no new clients (POST /i/maintenance_mode).
+        "maintenance_mode": fleet.in_maintenance(),
         "v": daemon_version(),
     }
+    info["crl"] = crl_status(state)
     uptime = node.uptime_seconds()
     if uptime is not None:
         # Left out rather than null where unknown: the portal reads it as an integer.
@@ -78,9 +95,9 @@ def node_info(fleet: ProcessFleet, query: Parameters) -> dict:
     return info
 
 
-def connection_list(fleet: ProcessFleet, query: Parameters) -> dict:
+def connection_list(state: NodeState, query: Parameters) -> dict:
     """GET /o/connection_list: every client connected to any OpenVPN process of the node."""
-    reports = fleet.connection_reports()
+    reports = state.fleet.connection_reports()
     connections = [
         {
             "common_name": client.common_name,
@@ -98,7 +115,7 @@ def connection_list(fleet: ProcessFleet, query: Parameters) -> dict:
     return {"connection_list": connections, "unreachable_process_list": _unreachable(reports)}
 
 
-def disconnect_client(fleet: ProcessFleet, form: Parameters) -> dict:
+def disconnect_client(state: NodeState, form: Parameters) -> dict:
     """POST /o/disconnect_client (form field common_name): disconnect it from every process."""
     common_name = _single(form, "common_name")
     if common_name is None:
@@ -108,10 +125,61 @@ def disconnect_client(fleet: ProcessFleet, form: Parameters) -> dict:
             HTTPStatus.BAD_REQUEST,
             f"common_name must be 1 to {MAX_COMMON_NAME_LENGTH} printable characters",
         )
-    reports = fleet.disconnect(common_name)
+    reports = state.fleet.disconnect(common_name)
     return {
         "common_name": common_name,
         "disconnected_count": sum(report.disconnected for report in reports),
+        "unreachable_process_list": _unreachable(reports),
+    }
+
+
+def install_crl(state: NodeState, body: bytes) -> dict:
+    """POST /crl (ours): a new CRL for the file OpenVPN's crl-verify reads; 400 for one that is
+    not our CA's or has expired, 409 for one older than the one in place (a replay)."""
+    if state.crl is None:
+        raise ApiError(HTTPStatus.CONFLICT, "this daemon has no tls_crl to keep")
+    try:
+        installed, facts = state.crl.install(body)
+    except CrlRefused as refusal:
+        status = HTTPStatus.CONFLICT if refusal.conflict else HTTPStatus.BAD_REQUEST
+        raise ApiError(status, refusal.reason) from None
+    return {"installed": installed, "crl": facts.as_dict(datetime.datetime.now(datetime.UTC))}
+
+
+def crl_status(state: NodeState) -> dict:
+    """The CRL the node's processes check: its dates, and stale once its nextUpdate passed."""
+    if state.crl is None:
+        return {"stale": True, "error": "no tls_crl configured"}
+    facts = state.crl.installed()
+    if facts is None:
+        return {"stale": True, "error": f"no CRL of this node's CA in {state.crl.path}"}
+    return facts.as_dict(datetime.datetime.now(datetime.UTC))
+
+
+def maintenance_mode(state: NodeState, form: Parameters) -> dict:
+    """POST /i/maintenance_mode (form field maintenance_mode=yes|no), a vpnfleet call.
+
+    yes: the node holds the flag (its /i/node says so, the controller names it in no new config)
+    and every client of it is told to move on to the next remote of its config; asked again, it
+    moves on whoever connected since. no: the flag goes; clients come back with new configs.
+    """
+    if _single(form, "maintenance_mode") is None:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "maintenance_mode is required")
+    on = _yes_no(form, "maintenance_mode", default=False)
+    fleet = state.fleet
+    try:
+        changed = fleet.set_maintenance(on)
+    except ManagementError as error:
+        raise ApiError(HTTPStatus.CONFLICT, str(error)) from None
+    except OSError as error:
+        raise ApiError(
+            HTTPStatus.INTERNAL_SERVER_ERROR, f"cannot change the maintenance flag: {error.strerror or error}"
+        ) from None
+    reports = fleet.move_everyone_on() if on else []
+    return {
+        "maintenance_mode": on,
+        "changed": changed,
+        "moved_count": sum(report.disconnected for report in reports),
         "unreachable_process_list": _unreachable(reports),
     }
 
@@ -120,6 +188,8 @@ ROUTES = {
     "/i/node": Route("GET", node_info),
     "/o/connection_list": Route("GET", connection_list),
     "/o/disconnect_client": Route("POST", disconnect_client),
+    "/crl": Route("POST", install_crl, body="crl"),
+    "/i/maintenance_mode": Route("POST", maintenance_mode),
 }
 
 

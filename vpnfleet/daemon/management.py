@@ -19,8 +19,19 @@ from typing import Any
 # A client told HALT stops for good; the default RESTART would make it reconnect at once and
 # undo the disconnect the controller asked for.
 DISCONNECT_MESSAGE = "HALT"
+# A client of a node going into maintenance is told to restart with the next remote of its
+# config ("[N]", as `explicit-exit-notify 2` tells it when a server stops), which is another
+# node: the order of the remotes sees to that (controller/fleet.py).
+MOVE_ON_MESSAGE = "RESTART,[N]"
 # Enough for one thread per OpenVPN process of a large node; more processes simply queue.
 MAX_PARALLEL_SESSIONS = 64
+# How long a client told HALT has to leave before its instance is ended without a word. A client
+# that acts on the HALT is gone within a round trip; one that got it in the moment right after its
+# PUSH_REPLY may never act on it (seen with OpenVPN 2.6 over TCP: no HALT in the client's log, the
+# connection left open until the server's own delayed exit 5 s later, or the client aborting on a
+# broken stream), and a UDP client's instance stays for those 5 s although it halted.
+HALT_GRACE_SECONDS = 0.5
+STATUS_POLL_SECONDS = 0.05
 # A status line is about 200 bytes; this bounds memory if a socket talks nonsense.
 MAX_LINE_BYTES = 64 * 1024
 
@@ -148,15 +159,35 @@ class ManagementSession:
             lines.append(line)
         return parse_client_list(lines)
 
-    def kill_client(self, client_id: int) -> bool:
+    def kill_client(self, client_id: int, message: str = DISCONNECT_MESSAGE) -> bool:
         """True when OpenVPN disconnected the client; False when it was gone already."""
-        self._send(f"client-kill {client_id} {DISCONNECT_MESSAGE}")
+        self._send(f"client-kill {client_id} {message}")
         while True:
             line = self._read_reply_line()
             if line.startswith("SUCCESS:"):
                 return True
             if line.startswith("ERROR:"):
                 return False
+
+    def kill_address(self, real_address: str) -> bool:
+        """End the instance at this address at once (no message); False when it was gone."""
+        self._send(f"kill {real_address}")
+        while True:
+            line = self._read_reply_line()
+            if line.startswith("SUCCESS:"):
+                return True
+            if line.startswith("ERROR:"):
+                return False
+
+    def still_listed(self, client_ids: set[int], grace: float) -> list[ConnectedClient]:
+        """Those of these clients that are still listed after ``grace`` seconds (or less, within
+        the session's deadline), polled so that the answer comes as soon as they are gone."""
+        until = min(time.monotonic() + grace, self._deadline - 2 * STATUS_POLL_SECONDS)
+        while True:
+            left = [client for client in self.status() if client.client_id in client_ids]
+            if not left or time.monotonic() >= until:
+                return left
+            time.sleep(STATUS_POLL_SECONDS)
 
     @property
     def _connected(self) -> socket.socket:
@@ -199,9 +230,11 @@ class ManagementSession:
 class ProcessFleet:
     """All OpenVPN processes of the node, found by a glob over their management sockets."""
 
-    def __init__(self, socket_glob: str, timeout: float):
+    def __init__(self, socket_glob: str, timeout: float, maintenance_flag: Path | None = None):
         self._socket_glob = socket_glob
         self._timeout = timeout
+        # The node's maintenance mode is a file, so that it outlives a restart of the daemon.
+        self._maintenance_flag = maintenance_flag
         self._executor = ThreadPoolExecutor(MAX_PARALLEL_SESSIONS, thread_name_prefix="management")
         # OpenVPN serves one management client at a time and queues the rest, so our own
         # concurrent requests take turns per socket instead of timing each other out.
@@ -218,9 +251,41 @@ class ProcessFleet:
         def kill_matching(session: ManagementSession) -> tuple[list[ConnectedClient], int]:
             matching = [client for client in session.status() if client.common_name == common_name]
             # Killing by client id, never `kill <cn>`: no name ever reaches the command line.
-            return matching, sum(session.kill_client(client.client_id) for client in matching)
+            killed = sum(session.kill_client(client.client_id) for client in matching)
+            if killed:
+                told = {client.client_id for client in matching}
+                for client in session.still_listed(told, HALT_GRACE_SECONDS):
+                    # `kill IP:port` takes IPv4 only; an IPv6 client goes at the delayed exit.
+                    if ":" in client.real_address.rpartition(":")[0]:
+                        continue
+                    session.kill_address(client.real_address)
+            return matching, killed
 
         return self._ask_all(kill_matching)
+
+    def move_everyone_on(self) -> list[ProcessReport]:
+        """Every client of every process is told to take the next remote of its config."""
+
+        def kill_all(session: ManagementSession) -> tuple[list[ConnectedClient], int]:
+            clients = session.status()
+            return clients, sum(session.kill_client(client.client_id, MOVE_ON_MESSAGE) for client in clients)
+
+        return self._ask_all(kill_all)
+
+    def in_maintenance(self) -> bool:
+        return self._maintenance_flag is not None and self._maintenance_flag.exists()
+
+    def set_maintenance(self, on: bool) -> bool:
+        """Set or clear the flag; True when that changed it."""
+        if self._maintenance_flag is None:
+            raise ManagementError("this daemon has no maintenance_flag_file")
+        if on == self.in_maintenance():
+            return False
+        if on:
+            self._maintenance_flag.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        else:
+            self._maintenance_flag.unlink(missing_ok=True)
+        return True
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

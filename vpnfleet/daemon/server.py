@@ -16,7 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 from vpnfleet.settings_file import SettingsError
 
 from . import metrics
-from .api import ROUTES, ApiError, Parameters, Route
+from .api import ROUTES, ApiError, NodeState, Parameters, Route
+from .crl import MAX_CRL_BYTES, CrlFile
 from .management import ProcessFleet
 from .settings import DaemonSettings
 from .tls import (
@@ -36,6 +37,7 @@ REQUEST_IDLE_TIMEOUT = 30.0
 MAX_FORM_BYTES = 4096
 MAX_FORM_FIELDS = 16
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+CRL_CONTENT_TYPES = ("application/x-pem-file", "application/pkix-crl")
 
 
 class DaemonRequestHandler(BaseHTTPRequestHandler):
@@ -76,8 +78,11 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no such call: {url.path}")
             if self.command != route.method:
                 raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{url.path} takes {route.method} only")
-            parameters = self._read_form() if route.method == "POST" else _parse_fields(url.query)
-            payload = route.call(self.server.fleet, parameters)
+            if route.body == "crl":
+                payload = route.call(self.server.state, self._read_crl())  # type: ignore[arg-type]
+            else:
+                parameters = self._read_form() if route.method == "POST" else _parse_fields(url.query)
+                payload = route.call(self.server.state, parameters)  # type: ignore[arg-type]
             if isinstance(payload, bytes):
                 self._send(HTTPStatus.OK, payload, metrics.CONTENT_TYPE)
                 return
@@ -94,18 +99,27 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
             return
         self._send_json(HTTPStatus.OK, payload)
 
+    def _read_crl(self) -> bytes:
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type not in CRL_CONTENT_TYPES:
+            raise ApiError(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send the CRL as {' or '.join(CRL_CONTENT_TYPES)}"
+            )
+        return self._read_body(MAX_CRL_BYTES)
+
+    def _read_body(self, limit: int) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        if int(length) > limit:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body may be {limit} bytes at most")
+        return self.rfile.read(int(length))
+
     def _read_form(self) -> Parameters:
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != FORM_CONTENT_TYPE:
             raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send the parameters as {FORM_CONTENT_TYPE}")
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-        if int(length) > MAX_FORM_BYTES:
-            raise ApiError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the form may be {MAX_FORM_BYTES} bytes at most"
-            )
-        body = self.rfile.read(int(length))
+        body = self._read_body(MAX_FORM_BYTES)
         try:
             return _parse_fields(body.decode("utf-8"))
         except UnicodeDecodeError:
@@ -134,8 +148,9 @@ def _parse_fields(text: str) -> Parameters:
 
 
 class DaemonHTTPServer(ThreadingHTTPServer):
-    """The API for the controller; the same server class, with other routes, a port and a peer
-    check of its own, serves /metrics to the monitoring host (``metrics``, None when off)."""
+    """The API for the controller; the same server class, with other routes, a port, a
+    certificate and a peer check of its own, serves /metrics to the monitoring host
+    (``metrics``, None when off)."""
 
     daemon_threads = True
     routes: dict[str, Route] = ROUTES
@@ -145,16 +160,16 @@ class DaemonHTTPServer(ThreadingHTTPServer):
         self,
         settings: DaemonSettings,
         tls_context: ssl.SSLContext,
-        fleet: ProcessFleet,
+        state: NodeState,
         port: int | None = None,
     ):
         self.address_family = socket.AF_INET6 if ":" in settings.listen_address else socket.AF_INET
         self.tls_context = tls_context
-        self.fleet = fleet
+        self.state = state
         super().__init__((settings.listen_address, port or settings.listen_port), DaemonRequestHandler)
 
     def peer_refusal(self, tls_socket: ssl.SSLSocket) -> str | None:
-        return peer_refusal(tls_socket)
+        return peer_refusal(tls_socket, self.state.crl)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
@@ -188,16 +203,16 @@ class DaemonHTTPServer(ThreadingHTTPServer):
         super().server_close()
         if self.metrics is not None:
             self.metrics.server_close()
-        self.fleet.close()
+        self.state.fleet.close()
 
 
 class MetricsHTTPServer(DaemonHTTPServer):
-    routes = {"/metrics": Route("GET", lambda fleet, query: metrics.render(fleet))}
+    routes = {"/metrics": Route("GET", lambda state, query: metrics.render(state.fleet))}
 
-    def __init__(self, settings: DaemonSettings, fleet: ProcessFleet):
+    def __init__(self, settings: DaemonSettings, state: NodeState):
         assert settings.metrics_client_certificates is not None and settings.metrics_listen_port
         self.fingerprints = pinned_fingerprints(settings.metrics_client_certificates)
-        super().__init__(settings, metrics_server_context(settings), fleet, settings.metrics_listen_port)
+        super().__init__(settings, metrics_server_context(settings), state, settings.metrics_listen_port)
 
     def peer_refusal(self, tls_socket: ssl.SSLSocket) -> str | None:
         return pinned_peer_refusal(tls_socket, self.fingerprints)
@@ -210,14 +225,18 @@ class MetricsHTTPServer(DaemonHTTPServer):
 def create_server(settings: DaemonSettings) -> DaemonHTTPServer:
     """The app factory: everything the daemon needs, from its settings; raises SettingsError."""
     tls_context = server_context(settings)
-    fleet = ProcessFleet(settings.management_socket_glob, settings.management_timeout)
+    fleet = ProcessFleet(
+        settings.management_socket_glob, settings.management_timeout, settings.maintenance_flag_file
+    )
+    crl = CrlFile(settings.tls_crl, settings.tls_ca) if settings.tls_crl is not None else None
+    state = NodeState(fleet, crl)
     port = settings.listen_port
     try:
-        server = DaemonHTTPServer(settings, tls_context, fleet)
+        server = DaemonHTTPServer(settings, tls_context, state)
         if settings.metrics_listen_port is not None:
             port = settings.metrics_listen_port
             try:
-                server.metrics = MetricsHTTPServer(settings, fleet)
+                server.metrics = MetricsHTTPServer(settings, state)
             except BaseException:
                 server.socket.close()
                 raise

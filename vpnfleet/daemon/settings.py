@@ -27,6 +27,9 @@ class DaemonSettings:
     listen_port: int = 41194
     management_socket_glob: str = "/run/openvpn-server/*.sock"
     management_timeout: float = 2.0
+    # The node's maintenance mode (docs/daemon.md): present means in maintenance. In the unit's
+    # StateDirectory, so it survives restarts and reboots.
+    maintenance_flag_file: Path = Path("/var/lib/vpnfleet-daemon/maintenance")
     # GET /metrics on a port of its own (off when None), for the monitoring host only: mutual
     # TLS against the certificates in metrics_client_certificates (pinned: a monitoring host
     # holds no certificate of the fleet's CA, which would let it disconnect clients).
@@ -86,6 +89,11 @@ class DaemonSettings:
                     f"must be more than 0 and at most {MAX_MANAGEMENT_TIMEOUT:g} (got {timeout})",
                 )
             values["management_timeout"] = float(timeout)
+        if reader.has("maintenance_flag_file"):
+            flag = reader.get("maintenance_flag_file", str)
+            if not flag.startswith("/"):
+                raise reader.fail("maintenance_flag_file", f"must be an absolute path (got {flag!r})")
+            values["maintenance_flag_file"] = Path(flag)
         return cls(**values)
 
 

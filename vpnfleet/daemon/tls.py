@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes
 from vpnfleet.settings_file import SettingsError
 from vpnfleet.shared.pki import keys
 
+from .crl import CrlFile
 from .settings import DaemonSettings
 
 ACCEPTED_CLIENT_PURPOSE = "daemon_client"
@@ -32,16 +33,10 @@ def server_context(settings: DaemonSettings) -> ssl.SSLContext:
         context.load_verify_locations(cafile=settings.tls_ca)
     except (ssl.SSLError, OSError) as exc:
         raise SettingsError(f"tls_ca: cannot load {settings.tls_ca}: {exc}") from None
-    if settings.tls_crl is not None:
-        try:
-            context.load_verify_locations(cafile=settings.tls_crl)
-        except (ssl.SSLError, OSError) as exc:
-            raise SettingsError(f"tls_crl: cannot load {settings.tls_crl}: {exc}") from None
-        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
 
 
-def peer_refusal(tls_socket: ssl.SSLSocket) -> str | None:
+def peer_refusal(tls_socket: ssl.SSLSocket, crl: CrlFile | None = None) -> str | None:
     """Why the peer of a completed handshake may not talk to us, or None when it may.
 
     OpenSSL has checked the chain to our CA already; the purpose is ours to check, because a
@@ -50,9 +45,14 @@ def peer_refusal(tls_socket: ssl.SSLSocket) -> str | None:
     der = tls_socket.getpeercert(binary_form=True)
     if der is None:
         return "no client certificate"
-    purpose = keys.certificate_purpose(x509.load_der_x509_certificate(der))
+    certificate = x509.load_der_x509_certificate(der)
+    purpose = keys.certificate_purpose(certificate)
     if purpose != ACCEPTED_CLIENT_PURPOSE:
         return f"certificate purpose is {purpose}, not {ACCEPTED_CLIENT_PURPOSE}"
+    # Checked here rather than by OpenSSL, which would refuse every peer once the CRL is past
+    # its nextUpdate: the controller must still reach a node whose CRL went stale, to renew it.
+    if crl is not None and certificate.serial_number in crl.revoked_serials():
+        return "certificate revoked (on the node's CRL)"
     return None
 
 

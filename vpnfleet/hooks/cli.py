@@ -5,6 +5,8 @@
                                                         {"changed": true|false}
     vpnfleet-hook [--settings FILE] run [--deferred] [--profile ID] [OPENVPN_FILE]
                                                         one hook run, from OpenVPN's environment
+    vpnfleet-hook [--settings FILE] fetch-crl           the node's pull timer: the controller's CRL
+                                                        into crl_file; prints {"installed": ...}
 
 OpenVPN runs the shim (``client-connect PATH`` and ``client-disconnect PATH``). For a connect the
 shim writes "2" (deferred) to ``$client_connect_deferred_file``, starts ``run --deferred`` in the
@@ -15,6 +17,7 @@ report in the background and returns. The OpenVPN process never waits for the co
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shlex
@@ -25,7 +28,18 @@ from pathlib import Path
 
 from vpnfleet.settings_file import SettingsError, add_settings_argument
 
-from .hook import CONNECT, DISCONNECT, ClientEvent, DecisionLog, deliver, run_connect, run_disconnect
+from . import node_api
+from .hook import (
+    CONNECT,
+    DISCONNECT,
+    ClientEvent,
+    Decision,
+    DecisionLog,
+    deliver,
+    run_connect,
+    run_disconnect,
+    without_answer,
+)
 from .settings import DEFAULT_SETTINGS_PATH, HookSettings
 
 EXIT_SETTINGS_ERROR = 2
@@ -101,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check-settings", help="load and check the settings file")
     shim = commands.add_parser("install-shim", help="write the shim that OpenVPN runs")
     shim.add_argument("path", type=Path)
+    commands.add_parser("fetch-crl", help="fetch the controller's CRL into crl_file (the pull timer)")
     run = commands.add_parser("run", help="one hook run from OpenVPN's environment")
     run.add_argument("--deferred", action="store_true", help="write the decision to the deferred file")
     run.add_argument("--profile", help="the profile of this OpenVPN process (default: $VPNFLEET_PROFILE)")
@@ -119,10 +134,42 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_SETTINGS_ERROR
         print(
             f"{args.settings}: ok (node {settings.node_name}, {settings.node_api_url}, "
-            f"timeout {settings.timeout_seconds:g} s, unreachable_policy {settings.unreachable_policy})"
+            f"timeout {settings.timeout_seconds:g} s, CRL {settings.crl_file or 'none'})"
         )
         return 0
+    if args.command == "fetch-crl":
+        return _fetch_crl(args.settings)
     return _run(args)
+
+
+def _fetch_crl(settings_path: str) -> int:
+    """Exit 0 when the CRL in place is the controller's current one (or newer), 1 when the
+    controller gave none, 2 for settings without crl_file and crl_ca_file."""
+    try:
+        settings = HookSettings.from_file(settings_path)
+    except SettingsError as exc:
+        print(f"vpnfleet-hook: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS_ERROR
+    if settings.crl_file is None or settings.crl_ca_file is None:
+        print(f"vpnfleet-hook: {settings_path}: crl_file and crl_ca_file are needed", file=sys.stderr)
+        return EXIT_SETTINGS_ERROR
+    from vpnfleet.daemon.crl import CrlFile, CrlRefused
+
+    try:
+        crl_file = CrlFile(settings.crl_file, settings.crl_ca_file)
+        installed, facts = crl_file.install(node_api.get_crl(settings))
+    except node_api.ControllerUnavailable as exc:
+        print(f"vpnfleet-hook: fetch-crl: controller unavailable ({exc})", file=sys.stderr)
+        return 1
+    except CrlRefused as exc:
+        # Older than ours: a push brought a newer one in between; nothing to do.
+        if exc.conflict:
+            print(json.dumps({"installed": False, "reason": exc.reason}))
+            return 0
+        print(f"vpnfleet-hook: fetch-crl: the controller's CRL is refused: {exc.reason}", file=sys.stderr)
+        return 1
+    print(json.dumps({"installed": installed, **facts.as_dict(datetime.datetime.now(datetime.UTC))}))
+    return 0
 
 
 def _run(args) -> int:
@@ -157,11 +204,15 @@ def _hard_deadline(settings: HookSettings, event: ClientEvent, log: DecisionLog,
 
     def expired(signum, frame) -> None:
         if event.script_type == CONNECT:
-            allow = settings.unreachable_policy == "allow"
+            late = f"no decision within {settings.timeout_seconds + DEADLINE_MARGIN_SECONDS:g} s"
+            try:
+                decision = without_answer(settings, late)
+            except Exception as exc:  # noqa: BLE001 - refuse rather than leave the client deferred
+                decision = Decision(False, f"{late}; the CRL check failed: {exc}")
+            allow = decision.allow
             log.line(
                 f"connect {'ALLOW' if allow else 'DENY'} {event.describe()} node={settings.node_name}: "
-                f"no decision within {settings.timeout_seconds + DEADLINE_MARGIN_SECONDS:g} s; "
-                f"unreachable_policy is {settings.unreachable_policy}",
+                f"{decision.reason}",
                 warning=True,
             )
             if deferred:

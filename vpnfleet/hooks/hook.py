@@ -1,15 +1,18 @@
 """What one hook run does: read OpenVPN's environment, ask the controller, decide, log one line.
 
-client-connect: allow only on the controller's explicit ``{"allow": true}``. A 4xx or
-``allow: false`` always denies. No usable answer (unreachable, timeout, TLS failure, 5xx) follows
-``unreachable_policy``. In deferred mode the decision goes to OpenVPN's
-``client_connect_deferred_file`` ("1" allow, "0" deny) instead of the exit status.
+client-connect: allow on the controller's explicit ``{"allow": true}``. A 4xx or ``allow: false``
+always denies. Anything else is no answer, never a yes (refused, timeout, TLS failure, 3xx, 5xx,
+not JSON, a 2xx without a true or false ``allow``): then the client gets in only while the node's
+CRL is fresh (OpenVPN has checked the certificate against it already), and is refused once it is
+stale. In deferred mode the decision goes to OpenVPN's ``client_connect_deferred_file`` ("1" allow,
+"0" deny) instead of the exit status.
 
 client-disconnect: tell the controller (bytes, address); nothing to decide.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import syslog
@@ -93,17 +96,46 @@ def decide_connect(settings: HookSettings, event: ClientEvent) -> Decision:
             },
         )
     except node_api.ControllerUnavailable as exc:
-        allow = settings.unreachable_policy == "allow"
-        return Decision(
-            allow, f"controller unavailable ({exc}); unreachable_policy is {settings.unreachable_policy}"
-        )
+        return without_answer(settings, f"controller unavailable ({exc})")
     said = answer.body.get("reason") or answer.body.get("error")
-    if answer.status < 300 and answer.body.get("allow") is True:
+    if answer.status >= 300:
+        return Decision(False, f"controller refused (HTTP {answer.status}): {said or 'no reason given'}")
+    allow = answer.body.get("allow")
+    if allow is True:
         connection = answer.body.get("connection_id")
         return Decision(True, "controller allowed" + (f" (connection {connection})" if connection else ""))
-    if answer.status < 300:
+    if allow is False:
         return Decision(False, f"controller did not allow: {said or 'no reason given'}")
-    return Decision(False, f"controller refused (HTTP {answer.status}): {said or 'no reason given'}")
+    return without_answer(settings, f"not a controller answer (HTTP {answer.status} without allow)")
+
+
+def without_answer(settings: HookSettings, why: str) -> Decision:
+    """No valid answer: in only while the node's CRL is fresh, so that a revocation the node may
+    have missed counts for at most the time the CRL is valid without renewal."""
+    fresh, crl = crl_freshness(settings)
+    return Decision(fresh, f"{why}; {crl}")
+
+
+def crl_freshness(settings: HookSettings) -> tuple[bool, str]:
+    if settings.crl_file is None:
+        return False, "no crl_file to rely on"
+    # Imported here: only a connect without an answer pays for loading cryptography.
+    from vpnfleet.daemon.crl import CrlFile, CrlRefused, load_crl, next_update_of
+
+    try:
+        if settings.crl_ca_file is not None:
+            facts = CrlFile(settings.crl_file, settings.crl_ca_file).installed()
+            if facts is None:
+                return False, f"no CRL of the node's CA in {settings.crl_file}"
+            next_update: datetime.datetime | None = facts.next_update
+        else:
+            next_update = next_update_of(load_crl(settings.crl_file.read_bytes()))
+    except (OSError, ValueError, CrlRefused) as exc:
+        return False, f"cannot read the CRL {settings.crl_file}: {exc}"
+    stamp = next_update.strftime("%Y-%m-%dT%H:%M:%SZ") if next_update else "never"
+    if next_update is None or next_update <= datetime.datetime.now(datetime.UTC):
+        return False, f"the node's CRL is stale (nextUpdate {stamp})"
+    return True, f"the node's CRL is fresh (nextUpdate {stamp})"
 
 
 def report_disconnect(settings: HookSettings, event: ClientEvent) -> str:
@@ -158,7 +190,10 @@ class DecisionLog:
 
 def run_connect(settings: HookSettings, event: ClientEvent, log: DecisionLog, *, deferred: bool) -> bool:
     started = time.monotonic()
-    decision = decide_connect(settings, event)
+    try:
+        decision = decide_connect(settings, event)
+    except Exception as exc:  # noqa: BLE001 - a bug must refuse the client, never leave it deferred
+        decision = Decision(False, f"hook failed: {type(exc).__name__}: {exc}")
     elapsed = time.monotonic() - started
     verdict = "ALLOW" if decision.allow else "DENY"
     log.line(

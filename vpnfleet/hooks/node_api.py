@@ -16,6 +16,7 @@ from .settings import HookSettings
 USER_AGENT = "vpnfleet-hook/1"
 # Answers are a small JSON object; anything larger is not our controller.
 MAX_ANSWER_BYTES = 64 * 1024
+MAX_CRL_BYTES = 4 * 1024 * 1024
 
 
 class ControllerUnavailable(Exception):
@@ -38,44 +39,10 @@ def post(settings: HookSettings, call: str, fields: dict) -> Answer:
     """POST ``fields`` as JSON to ``<node API>/<call>``. Returns 2xx and 4xx answers; raises
     ControllerUnavailable for everything else. Redirects are not followed: a redirect would
     carry the node's credentials somewhere else."""
-    url = urlsplit(f"{settings.node_api_url}/{call}")
-    credentials = base64.b64encode(f"{settings.node_name}:{settings.token}".encode()).decode()
     body = json.dumps({key: value for key, value in fields.items() if value not in (None, "")}).encode()
-    # HookSettings refuses a controller_url without a host name.
-    connection = http.client.HTTPSConnection(
-        cast(str, url.hostname),
-        url.port or 443,
-        timeout=settings.timeout_seconds,
-        context=tls_context(settings),
-    )
-    try:
-        connection.request(
-            "POST",
-            url.path,
-            body=body,
-            headers={
-                "Authorization": f"Basic {credentials}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": USER_AGENT,
-                "Connection": "close",
-            },
-        )
-        response = connection.getresponse()
-        payload = response.read(MAX_ANSWER_BYTES + 1)
-        status = response.status
-    except ssl.SSLError as exc:
-        raise ControllerUnavailable(f"TLS failure: {exc.reason or exc}") from None
-    except TimeoutError:
-        raise ControllerUnavailable(f"no answer within {settings.timeout_seconds:g} s") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise ControllerUnavailable(_network_reason(exc)) from None
-    finally:
-        connection.close()
+    status, payload = _exchange(settings, "POST", call, body, "application/json", MAX_ANSWER_BYTES)
     if status >= 500 or status < 200 or 300 <= status < 400:
         raise ControllerUnavailable(f"HTTP {status}")
-    if len(payload) > MAX_ANSWER_BYTES:
-        raise ControllerUnavailable(f"HTTP {status} with an oversized answer")
     try:
         data = json.loads(payload) if payload else {}
     except ValueError:
@@ -86,6 +53,52 @@ def post(settings: HookSettings, call: str, fields: dict) -> Answer:
         else:
             raise ControllerUnavailable(f"HTTP {status} without a JSON object")
     return Answer(status, data)
+
+
+def get_crl(settings: HookSettings) -> bytes:
+    """GET <node API>/crl: the controller's current CRL (checked by whoever installs it)."""
+    status, payload = _exchange(settings, "GET", "crl", None, "application/x-pem-file", MAX_CRL_BYTES)
+    if status != 200:
+        raise ControllerUnavailable(f"HTTP {status}")
+    return payload
+
+
+def _exchange(
+    settings: HookSettings, method: str, call: str, body: bytes | None, accept: str, limit: int
+) -> tuple[int, bytes]:
+    url = urlsplit(f"{settings.node_api_url}/{call}")
+    credentials = base64.b64encode(f"{settings.node_name}:{settings.token}".encode()).decode()
+    # HookSettings refuses a controller_url without a host name.
+    connection = http.client.HTTPSConnection(
+        cast(str, url.hostname),
+        url.port or 443,
+        timeout=settings.timeout_seconds,
+        context=tls_context(settings),
+    )
+    headers = {
+        "Authorization": f"Basic {credentials}",
+        "Accept": accept,
+        "User-Agent": USER_AGENT,
+        "Connection": "close",
+    }
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        connection.request(method, url.path, body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read(limit + 1)
+        status = response.status
+    except ssl.SSLError as exc:
+        raise ControllerUnavailable(f"TLS failure: {exc.reason or exc}") from None
+    except TimeoutError:
+        raise ControllerUnavailable(f"no answer within {settings.timeout_seconds:g} s") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ControllerUnavailable(_network_reason(exc)) from None
+    finally:
+        connection.close()
+    if len(payload) > limit:
+        raise ControllerUnavailable(f"HTTP {status} with an oversized answer")
+    return status, payload
 
 
 def _network_reason(exc: Exception) -> str:

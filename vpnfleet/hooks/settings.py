@@ -6,7 +6,9 @@ node_name: node-x1                             # HTTP Basic user name (the contr
 token_file: /etc/vpnfleet/hooks.token          # the node's token; 0640 root:<OpenVPN's group>
 ca_file: /etc/vpnfleet/controller-ca.pem       # optional; default: the system's CA bundle
 timeout_seconds: 3                             # the whole call to the controller, 0.1 .. 30
-unreachable_policy: allow                      # allow | deny: controller unreachable or 5xx
+crl_file: /var/lib/vpnfleet-crl/crl.pem        # the CRL OpenVPN checks; with no valid answer from
+                                               # the controller a client gets in only while it is fresh
+crl_ca_file: /etc/openvpn/server/pki/ca.crt    # the CA that signs it (fetch-crl checks the signature)
 syslog: false                                  # also log each decision to syslog (LOG_DAEMON)
 profile_id: office                             # optional; default: $VPNFLEET_PROFILE (setenv)
 ```
@@ -28,7 +30,13 @@ DEFAULT_SETTINGS_PATH = Path("/etc/vpnfleet/hooks.yaml")
 MIN_TIMEOUT_SECONDS = 0.1
 # OpenVPN's client waits for its PUSH_REPLY; a check that takes longer than this helps nobody.
 MAX_TIMEOUT_SECONDS = 30.0
-POLICIES = ("allow", "deny")
+# Settings that are no longer read, and why: a file that still sets one is refused.
+RETIRED = {
+    "unreachable_policy": (
+        "retired: with no valid answer from the controller a client gets in only while the node's "
+        "CRL (crl_file) is fresh, never on a policy (docs/hooks.md)"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,9 @@ class HookSettings:
     token_file: Path
     ca_file: Path | None = None
     timeout_seconds: float = 3.0
-    unreachable_policy: str = "allow"
+    # Without it, no valid answer means no: there is no CRL to rely on.
+    crl_file: Path | None = None
+    crl_ca_file: Path | None = None
     syslog: bool = False
     profile_id: str | None = None
 
@@ -58,6 +68,9 @@ class HookSettings:
     def from_mapping(cls, data: object) -> HookSettings:
         """The settings, checked; a SettingsError names the first wrong setting and the reason."""
         reader = SettingsReader(data)
+        for name, reason in RETIRED.items():
+            if isinstance(reader.data, dict) and name in reader.data:
+                raise reader.fail(name, reason)
         reader.refuse_unknown(field.name for field in fields(cls) if field.name != "token")
 
         url = reader.get("controller_url", str, nonempty=True).rstrip("/")
@@ -90,11 +103,14 @@ class HookSettings:
                 )
             values["timeout_seconds"] = float(timeout)
 
-        if reader.has("unreachable_policy"):
-            policy = reader.get("unreachable_policy", str)
-            if policy not in POLICIES:
-                raise reader.fail("unreachable_policy", f"{policy!r} is not one of {', '.join(POLICIES)}")
-            values["unreachable_policy"] = policy
+        for name in ("crl_file", "crl_ca_file"):
+            if reader.has(name):
+                path = reader.get(name, str, nonempty=True)
+                if not path.startswith("/"):
+                    raise reader.fail(name, f"must be an absolute path (got {path!r})")
+                values[name] = Path(path)
+        if "crl_ca_file" in values and "crl_file" not in values:
+            raise reader.fail("crl_ca_file", "is set without crl_file")
 
         if reader.has("syslog"):
             values["syslog"] = reader.get("syslog", bool)

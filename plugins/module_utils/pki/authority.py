@@ -15,6 +15,8 @@ Public interface
     ca.revoke(serial, reason) -> bool (False when it was revoked already)
     ca.is_revoked(serial), ca.issued_by_me(cert), ca.records(), ca.record(serial)
     ca.crl() -> x509.CertificateRevocationList, ca.crl_needs_refresh(days), ca.refresh_crl(days) -> bool
+    ca.revoked_records(now) -> [(serial, revoked_at)] of revoked certificates not yet expired
+    ca.sign_crl(revoked, this_update, next_update, number) -> PEM bytes (signs only what it is given)
     ca.facts() -> dict
 
 Directory layout: ``ca.key`` (0600), ``ca.crt``, ``crl.pem``, ``index.json`` (the serial and
@@ -341,30 +343,63 @@ class CertificateAuthority:
             self._write_crl(self._read_index())
         return True
 
-    def _write_crl(self, index):
-        """Called with the lock held; bumps the CRL number in ``index`` and saves both."""
-        now = utcnow()
-        index["crl_number"] += 1
+    def revoked_records(self, now=None):
+        """(serial, revoked_at) of every revoked certificate in the index that has not expired:
+        an expired certificate is refused for its dates, so it leaves the CRL."""
+        return _unexpired_revocations(self._read_index(), _aware(now or utcnow()))
+
+    def sign_crl(self, revoked, this_update, next_update, number):
+        """A CRL (PEM bytes) listing ``revoked``: (serial hex, revoked_at) or (serial hex,
+        revoked_at, reason) tuples, the reason a REVOCATION_REASONS name; nothing else is read.
+
+        Its cost grows with the entries given, never with what the CA ever issued."""
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.cert.subject)
-            .last_update(now - BACKDATE)
-            .next_update(now + datetime.timedelta(days=index["crl_lifetime_days"]))
-            .add_extension(x509.CRLNumber(index["crl_number"]), critical=False)
+            .last_update(_aware(this_update))
+            .next_update(_aware(next_update))
+            .add_extension(x509.CRLNumber(number), critical=False)
             .add_extension(self._authority_key_identifier(), critical=False)
         )
-        for serial, record in sorted(index["certificates"].items()):
-            if not record["revoked_at"]:
-                continue
-            revoked_at = datetime.datetime.strptime(record["revoked_at"], "%Y-%m-%dT%H:%M:%SZ")
+        for serial, revoked_at, *reason in revoked:
+            reason_flag = x509.ReasonFlags[reason[0] if reason else "cessation_of_operation"]
             entry = (
                 x509.RevokedCertificateBuilder()
                 .serial_number(int(serial, 16))
-                .revocation_date(revoked_at.replace(tzinfo=datetime.UTC))
-                .add_extension(x509.CRLReason(x509.ReasonFlags[record["revocation_reason"]]), critical=False)
+                .revocation_date(_aware(revoked_at))
+                .add_extension(x509.CRLReason(reason_flag), critical=False)
                 .build()
             )
             builder = builder.add_revoked_certificate(entry)
         crl = builder.sign(self.key, signature_hash(self.key))
+        return crl.public_bytes(serialization.Encoding.PEM)
+
+    def _write_crl(self, index):
+        """Called with the lock held; bumps the CRL number in ``index`` and saves both."""
+        now = utcnow()
+        index["crl_number"] += 1
+        pem = self.sign_crl(
+            _unexpired_revocations(index, now),
+            now - BACKDATE,
+            now + datetime.timedelta(days=index["crl_lifetime_days"]),
+            index["crl_number"],
+        )
         self._write_index(index)
-        write_file_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_file_atomic(self.crl_path, pem, 0o644)
+
+
+def _unexpired_revocations(index, now):
+    return [
+        (serial, _parse_time(record["revoked_at"]), record["revocation_reason"])
+        for serial, record in sorted(index["certificates"].items())
+        if record["revoked_at"] and _parse_time(record["not_after"]) > now
+    ]
+
+
+def _parse_time(text):
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+def _aware(moment):
+    """Naive datetimes are UTC (the controller's database keeps them so)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)

@@ -2,8 +2,8 @@
 
 From the shared ``openvpn_netlab``: a server namespace holds one real `openvpn` server per process
 that the controller's settings plan for node-x1 (configs rendered by ``vpnfleet.shared.instances``
-as the node role renders them, certificates from the controller's own CA, its live CRL), and real
-clients in the client namespace use the .ovpn files the controller hands out. The real daemon
+as the node role renders them, certificates from the controller's own CA, the CRL file the daemon
+keeps), and real clients in the client namespace use the .ovpn files the controller hands out. The real daemon
 (``vpnfleet.daemon``, its HTTPS server with mutual TLS) serves the processes' management sockets.
 It runs on 127.0.0.1 in the test's own namespace, where the controller reaches it; a unix socket
 is reached through the file system, so the daemon needs no place in the server namespace.
@@ -58,6 +58,10 @@ class NodeLab:
     servers: dict[str, OpenVpnProcess] = field(default_factory=dict)
     daemon: DaemonHTTPServer | None = None
     daemon_thread: threading.Thread | None = None
+
+    @property
+    def crl_path(self) -> Path:
+        return self.workdir / "crl.pem"
 
     @property
     def daemon_port(self) -> int:
@@ -152,7 +156,7 @@ def _server_configs(lab: NodeLab, settings: dict, socket_dir: Path) -> dict[str,
             ca_path=str(lab.pki_dir / "ca" / "ca.crt"),
             cert_path=str(server.certificate),
             key_path=str(server.private_key),
-            crl_path=str(lab.pki_dir / "ca" / "crl.pem"),  # the CA's own: a node whose CRL is current
+            crl_path=str(lab.crl_path),  # kept by the daemon: the controller pushes every new CRL
             tls_crypt_path=profile["tls_crypt_key_file"],
             full_tunnel=profile["default_gateway"],
             routes=tuple(profile.get("routes", ())),
@@ -181,8 +185,10 @@ def _start_daemon(lab: NodeLab, socket_dir: Path) -> None:
                 "tls_certificate": str(lab.pki_dir / "daemon_server.crt"),
                 "tls_private_key": str(lab.pki_dir / "daemon_server.key"),
                 "tls_ca": str(lab.pki_dir / "ca" / "ca.crt"),
+                "tls_crl": str(lab.crl_path),
                 "management_socket_glob": f"{socket_dir}/*.sock",
                 "management_timeout": 10,  # generous: this machine may be busy
+                "maintenance_flag_file": str(lab.workdir / "maintenance"),
             }
         )
         try:
@@ -205,6 +211,8 @@ def start_node_lab(pki_dir: Path, settings: dict) -> NodeLab:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     lab = NodeLab(workdir, namespaces, pki_dir)
+    # The node starts with the CA's own CRL, as the node role seeds it.
+    shutil.copyfile(pki_dir / "ca" / "crl.pem", lab.crl_path)
     try:
         socket_dir = workdir / "sockets"
         socket_dir.mkdir()

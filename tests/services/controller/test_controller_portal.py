@@ -64,15 +64,9 @@ def test_create_config_downloads_ovpn(client, app, pki_dir):
     assert (pki_dir / "tls-crypt-office.key").read_text().strip() in text
     assert "<key>\n-----BEGIN PRIVATE KEY-----" in text
     remotes = [line for line in text.splitlines() if line.startswith("remote ")]
-    assert sorted(remotes) == sorted(
-        [
-            f"remote {NODE_X1_ADDRESS} 1194 udp",
-            f"remote {NODE_X1_ADDRESS} 1195 udp",
-            f"remote {NODE_X1_ADDRESS} 1194 tcp",
-            "remote 203.0.113.21 1194 udp",
-            "remote 203.0.113.21 443 tcp",
-        ]
-    )
+    # node-x1 answers: one entry point per protocol, its emptier UDP process (both are empty, so
+    # the first); node-y1's daemon does not answer, so no config names it.
+    assert remotes == [f"remote {NODE_X1_ADDRESS} 1194 udp", f"remote {NODE_X1_ADDRESS} 1194 tcp"]
     protos = [line.split()[-1] for line in remotes]
     assert protos == sorted(protos, key=lambda proto: proto != "udp")  # UDP before TCP
     cert_pem = text.split("<cert>\n")[1].split("</cert>")[0]
@@ -140,3 +134,29 @@ def test_cannot_delete_someone_elses_config(client, app):
     log_in(other, "mallory")
     token = csrf_token(other.get("/").get_data(as_text=True))
     assert other.post("/configs/1/delete", data={"csrf_token": token}).status_code == 404
+
+
+def test_the_portal_offers_a_location_per_profile_automatic_by_default(client, app):
+    add_user(app, "alice", groups=["staff"])
+    log_in(client, "alice")
+    home = client.get("/").get_data(as_text=True)
+    assert '<option selected value="">automatic</option>' in home
+    assert '<option value="location-x">location-x (Office, Internet)</option>' in home
+    assert '<option value="location-y">location-y (Office)</option>' in home
+    token = csrf_token(home)
+
+    def create(profile_id, location, name):
+        return client.post(
+            "/configs",
+            data={"profile_id": profile_id, "display_name": name, "location": location, "csrf_token": token},
+        )
+
+    chosen = create("office", "location-x", "x-laptop")
+    assert chosen.status_code == 200
+    remotes = [line for line in chosen.get_data(as_text=True).splitlines() if line.startswith("remote ")]
+    assert remotes == [f"remote {NODE_X1_ADDRESS} 1194 udp", f"remote {NODE_X1_ADDRESS} 1194 tcp"]
+    # The internet profile has no node in location-y: refused with the reason, nothing made.
+    refused = create("internet", "location-y", "y-laptop")
+    assert refused.status_code == 409
+    assert "profile internet is not served in location location-y" in refused.get_data(as_text=True)
+    assert create("office", "location-z", "z-laptop").status_code == 400

@@ -48,6 +48,8 @@ def test_valid_settings_load(mapping, tmp_path):
         (lambda m: m.pop("daemon_client"), "daemon_client: is required"),
         (lambda m: m.update(max_configs_per_user=True), "max_configs_per_user: must be an integer"),
         (lambda m: m.update(api_connect_limit=0), "api_connect_limit: must be at least 1"),
+        (lambda m: m.update(crl_lifetime="10s"), "crl_lifetime: must be at least 20s"),
+        (lambda m: m.update(crl_push_timeout_seconds=0), "crl_push_timeout_seconds: must be more than 0"),
         (lambda m: m.update(api_connect_window="soon"), "api_connect_window"),
         (lambda m: m.update(login_delay_max="0s"), "login_delay_max"),
     ],

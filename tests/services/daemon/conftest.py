@@ -145,8 +145,9 @@ def daemon(
     credentials = lab_pki.credentials(
         "vfd-node-daemon", "daemon_server", ip_addresses=[SERVER_UNDERLAY_ADDRESS]
     )
-    # Revoked before the daemon reads the CRL at its start.
+    # Revoked on the CRL the node starts with (the CA's own, copied as the node role seeds it).
     lab_pki.revoke(lab_pki.credentials("vfd-revoked-controller", "daemon_client"))
+    shutil.copyfile(lab_pki.crl, workdir / "node-crl.pem")
     config_path = workdir / "daemon.yaml"
     config_path.write_text(
         yaml.safe_dump(
@@ -156,11 +157,12 @@ def daemon(
                 "tls_certificate": str(credentials.certificate),
                 "tls_private_key": str(credentials.private_key),
                 "tls_ca": str(lab_pki.ca_certificate),
-                "tls_crl": str(lab_pki.crl),
+                "tls_crl": str(workdir / "node-crl.pem"),
                 "management_socket_glob": f"{socket_dir}/*.sock",
                 "management_timeout": MANAGEMENT_TIMEOUT,
                 "metrics_listen_port": METRICS_PORT,
                 "metrics_client_certificates": str(monitoring.certificate),
+                "maintenance_flag_file": str(workdir / "maintenance"),
             }
         )
     )

@@ -4,6 +4,7 @@ The namespaces, processes and waiting come from the shared ``openvpn_netlab``. E
 with "vfd-", the underlay is 198.51.100.128/26.
 """
 
+import datetime
 import http.client
 import json
 import socket
@@ -74,6 +75,13 @@ class LabPki:
 
     def revoke(self, credentials: Credentials) -> None:
         self._ca.revoke(credentials.serial, "key_compromise")
+
+    def sign_crl(self, number: int, valid_for=datetime.timedelta(hours=1), extra=(), stranger=False) -> str:
+        """A CRL as the controller signs it: what the CA revoked, plus ``extra`` credentials."""
+        ca = self._stranger_ca if stranger else self._ca
+        now = keys.utcnow()
+        revoked = self._ca.revoked_records(now) + [(keys.serial_hex(c.serial), now) for c in extra]
+        return ca.sign_crl(revoked, now - datetime.timedelta(minutes=1), now + valid_for, number).decode()
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,41 @@ def test_node_info_has_the_upstream_fields(daemon_client, controller):
     ]
 
 
+def test_maintenance_mode_is_a_flag_the_node_keeps_and_moves_every_client_on(
+    daemon_client, controller, vpn_client, workdir
+):
+    flag = workdir / "maintenance"
+    udp = vpn_client("vfd-carol", "udp")
+    udp.wait_until_up()
+    wait_for(lambda: connections(daemon_client, controller, {"vfd-carol"}), "carol in the list")
+    before = udp.log_size()
+    on = daemon_client.request("POST", "/i/maintenance_mode", controller, form="maintenance_mode=yes")
+    assert on.status == 200, on
+    assert on.payload == {
+        "maintenance_mode": True,
+        "changed": True,
+        "moved_count": 1,
+        "unreachable_process_list": [],
+    }
+    assert flag.exists()
+    # Told RESTART,[N], the client restarts by itself to take the next remote of its config.
+    wait_for(lambda: "pushed by server ('[N]')" in udp.log()[before:], "carol to be told to move on")
+    wait_for(lambda: "server-pushed-connection-reset" in udp.log()[before:], "carol to restart")
+    node = daemon_client.request("GET", "/i/node", controller)
+    assert node.payload["maintenance_mode"] is True
+    again = daemon_client.request("POST", "/i/maintenance_mode", controller, form="maintenance_mode=yes")
+    assert again.payload["changed"] is False
+    off = daemon_client.request("POST", "/i/maintenance_mode", controller, form="maintenance_mode=no")
+    assert off.payload == {
+        "maintenance_mode": False,
+        "changed": True,
+        "moved_count": 0,
+        "unreachable_process_list": [],
+    }
+    assert not flag.exists()
+    assert daemon_client.request("GET", "/i/node", controller).payload["maintenance_mode"] is False
+
+
 def test_a_dead_or_hung_management_socket_is_reported_not_fatal(daemon, daemon_client, controller):
     stale_path = daemon.socket_dir / "crashed-0.sock"
     hung_path = daemon.socket_dir / "hung-0.sock"
@@ -135,6 +170,9 @@ def test_a_dead_or_hung_management_socket_is_reported_not_fatal(daemon, daemon_c
         ("POST", "/o/disconnect_client", "common_name=" + quote("vfd-bob\nkill all"), 400, "printable"),
         ("POST", "/o/disconnect_client", "common_name=" + "x" * 65, 400, "1 to 64"),
         ("GET", "/i/node?include_client_peer_count=maybe", None, 400, "yes or no"),
+        ("POST", "/i/maintenance_mode", "", 400, "maintenance_mode is required"),
+        ("POST", "/i/maintenance_mode", "maintenance_mode=maybe", 400, "yes or no"),
+        ("GET", "/i/maintenance_mode", None, 405, "takes POST only"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_reason(daemon_client, controller, method, path, form, status, reason):

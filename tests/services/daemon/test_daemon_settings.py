@@ -9,6 +9,7 @@ import yaml
 from vpnfleet.shared import files
 from vpnfleet.shared.pki import authority, keys
 
+from vpnfleet.daemon.api import crl_status
 from vpnfleet.daemon.server import create_server
 from vpnfleet.daemon.settings import DaemonSettings
 from vpnfleet.settings_file import SettingsError
@@ -102,9 +103,15 @@ def test_the_command_exits_2_with_a_clear_message(tls_files, tmp_path):
     assert missing.returncode == 2 and "cannot read the settings file" in missing.stderr
 
 
-def test_a_file_that_is_no_crl_is_refused_at_start(tls_files, tmp_path):
+def test_a_file_that_is_no_crl_starts_the_daemon_which_says_so(tls_files, tmp_path):
+    """The daemon starts all the same: the controller's next push (POST /crl) repairs the file."""
     not_a_crl = tmp_path / "crl.pem"
     not_a_crl.write_text("not a CRL\n")
-    settings = DaemonSettings.from_mapping({**tls_files, "tls_crl": str(not_a_crl)})
-    with pytest.raises(SettingsError, match="tls_crl: cannot load"):
-        create_server(settings)
+    server = create_server(DaemonSettings.from_mapping({**tls_files, "tls_crl": str(not_a_crl)}))
+    try:
+        assert crl_status(server.state) == {
+            "stale": True,
+            "error": f"no CRL of this node's CA in {not_a_crl}",
+        }
+    finally:
+        server.server_close()

@@ -43,6 +43,7 @@ import vpnfleet.hooks
 from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.configs import create_config
+from vpnfleet.controller.daemons import NodeAnswer, NodeHealthCache
 from vpnfleet.controller.database import migrate
 from vpnfleet.controller.models import ConnectionLogEntry, User, utcnow
 from vpnfleet.controller.settings import settings_from_mapping
@@ -65,6 +66,7 @@ class Lab:
     hooks_config: Path
     shim: Path
     server: OpenVpnProcess | None = None
+    crl_number: int = 1000
 
     def session(self):
         return self.app.extensions[EXTENSION_KEY].sessions()
@@ -104,6 +106,15 @@ class Lab:
         finally:
             session.close()
 
+    def write_node_crl(self, valid_for: timedelta) -> None:
+        """Put a CRL of the CA on the node whose nextUpdate lies ``valid_for`` from now (negative:
+        stale), numbered above every one before it."""
+        ca = authority.CertificateAuthority.load(str(self.workdir / "ca"))
+        now = utcnow()
+        self.crl_number += 1
+        pem = ca.sign_crl([], now - timedelta(hours=2), now + valid_for, self.crl_number)
+        files.write_file_atomic(self.node_dir / "crl.pem", pem)
+
     def write_hooks_config(self, **overrides) -> None:
         settings = {
             "controller_url": f"https://127.0.0.1:{self.controller.port}",
@@ -111,10 +122,27 @@ class Lab:
             "token_file": str(self.node_dir / "hooks.token"),
             "ca_file": str(self.node_dir / "controller-ca.crt"),
             "timeout_seconds": 3,
-            "unreachable_policy": "allow",
+            "crl_file": str(self.node_dir / "crl.pem"),
+            "crl_ca_file": str(self.node_dir / "ca.crt"),
         }
         settings.update(overrides)
         self.hooks_config.write_text(yaml.safe_dump(settings))
+
+
+def _node_answers_without_a_daemon(app) -> None:
+    """This lab runs the node's OpenVPN and hooks but no VPN daemon; new configs need the node to
+    look healthy to the controller's node choice, so its health is the answer its daemon would
+    give (one process of the profile, no clients) instead of a call to a daemon that is not there."""
+    daemons = app.extensions[EXTENSION_KEY].daemons
+    answer = {
+        "cpu_count": 1,
+        "rel_load_average": [0, 0, 0],
+        "maintenance_mode": False,
+        "o_process_list": [{"process": f"{PROFILE}-0", "profile_id": PROFILE, "client_count": 0}],
+    }
+    daemons.health = NodeHealthCache(
+        lambda node: NodeAnswer(node, data=answer), daemons.settings.nodes, ttl=60, timeout=5
+    )
 
 
 def _controller_settings(workdir: Path, database_url: str) -> dict:
@@ -243,6 +271,7 @@ def lab() -> Iterator[Lab]:
         migrate(database_url)
         app = create_app(settings_from_mapping(_controller_settings(workdir, database_url)))
         stack.append(lambda: app.extensions[EXTENSION_KEY].sessions.kw["bind"].dispose())
+        _node_answers_without_a_daemon(app)
         with app.app_context():
             session = app.extensions[EXTENSION_KEY].sessions()
             ensure_user(session, "alice", "correct horse battery staple", is_admin=False, groups=[])
@@ -284,6 +313,7 @@ def hooks(lab: Lab) -> Iterator[Callable[..., None]]:
     yield lab.write_hooks_config
     lab.write_hooks_config()
     lab.front.fail_status = None
+    lab.front.fail_body = None
     for gate in lab.front.held.values():
         gate.set()
     lab.front.held.clear()

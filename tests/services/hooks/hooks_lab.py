@@ -43,6 +43,7 @@ class ControllerFront:
     events: list = field(default_factory=list)
     held: dict = field(default_factory=dict)
     fail_status: str | None = None
+    fail_body: bytes | None = None  # a JSON body to send with fail_status instead of an HTML page
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, event: str) -> None:
@@ -67,6 +68,9 @@ class ControllerFront:
             gate.wait(WAIT_SECONDS)
         if self.fail_status:
             self.record(f"{call} {common_name} answered {self.fail_status}")
+            if self.fail_body is not None:
+                start_response(self.fail_status, [("Content-Type", "application/json")])
+                return [self.fail_body]
             start_response(self.fail_status, [("Content-Type", "text/html")])
             return [b"<html><body>Bad Gateway</body></html>"]
         captured = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 
 import pytest
 from hooks_lab import SERVER_ADDRESS, hook_lines
@@ -109,48 +110,79 @@ def test_config_revoked_at_the_controller_is_refused_before_the_nodes_crl_knows(
     assert lab.log_rows(common_name) == []
 
 
-def _unreachable(lab, hooks, how: str, policy: str) -> None:
+def _unreachable(lab, hooks, how: str) -> None:
     if how == "refused":
         # A port in the server namespace where nothing listens.
         closed = lab.namespaces.listening_socket(lab.namespaces.server)
         port = closed.getsockname()[1]
         closed.close()
-        hooks(controller_url=f"https://127.0.0.1:{port}", unreachable_policy=policy)
+        hooks(controller_url=f"https://127.0.0.1:{port}")
     elif how == "silent":
         # Accepts TCP into its backlog but never says a word: a hung controller.
         silent = lab.namespaces.listening_socket(lab.namespaces.server)
         lab.silent_listener = silent
-        hooks(
-            controller_url=f"https://127.0.0.1:{silent.getsockname()[1]}",
-            unreachable_policy=policy,
-            timeout_seconds=1,
-        )
+        hooks(controller_url=f"https://127.0.0.1:{silent.getsockname()[1]}", timeout_seconds=1)
+    elif how == "wrong certificate":
+        # The controller's certificate checked against another CA: a controller we cannot trust.
+        hooks(ca_file=str(lab.node_dir / "ca.crt"))
+    elif how == "redirect":
+        hooks()
+        lab.front.fail_status = "302 Found"
+    elif how == "not json":
+        hooks()
+        lab.front.fail_status = "200 OK"
+    elif how == "wrong shape":
+        hooks()
+        lab.front.fail_status, lab.front.fail_body = "200 OK", b'{"allowed": true}'
     else:
-        hooks(unreachable_policy=policy)
+        hooks()
         lab.front.fail_status = "502 Bad Gateway"
 
 
-@pytest.mark.parametrize("how", ["refused", "silent", "5xx"])
-@pytest.mark.parametrize("policy", ["allow", "deny"])
-def test_controller_unavailable_follows_the_policy(lab, hooks, vpn_client, how, policy):
+_NO_ANSWER = {
+    "refused": "controller unavailable (connection refused)",
+    "silent": "controller unavailable (no answer within 1 s)",
+    "wrong certificate": "controller unavailable (TLS failure: CERTIFICATE_VERIFY_FAILED)",
+    "redirect": "controller unavailable (HTTP 302)",
+    "not json": "controller unavailable (HTTP 200 without a JSON object)",
+    "wrong shape": "not a controller answer (HTTP 200 without allow)",
+    "5xx": "controller unavailable (HTTP 502)",
+}
+
+
+@pytest.mark.parametrize("how", list(_NO_ANSWER))
+def test_no_controller_answer_admits_while_the_nodes_crl_is_fresh(lab, hooks, vpn_client, how):
     common_name, ovpn = lab.new_config()
-    _unreachable(lab, hooks, how, policy)
+    _unreachable(lab, hooks, how)
     try:
-        client = vpn_client(ovpn)
-        if policy == "allow":
-            client.wait_until_up()
-        else:
-            client.wait_until_refused()
+        vpn_client(ovpn).wait_until_up()
         decision = _decision_for(lab, common_name)
     finally:
         listener = getattr(lab, "silent_listener", None)
         if listener is not None:
             listener.close()
             lab.silent_listener = None
-    expected = {"refused": "connection refused", "silent": "no answer within 1 s", "5xx": "HTTP 502"}[how]
-    assert f"connect {policy.upper()} cn={common_name}" in decision, decision
-    assert f"controller unavailable ({expected}); unreachable_policy is {policy}" in decision, decision
+    assert f"connect ALLOW cn={common_name}" in decision, decision
+    assert f"{_NO_ANSWER[how]}; the node's CRL is fresh (nextUpdate " in decision, decision
     assert lab.log_rows(common_name) == []  # the controller never decided
+
+
+def test_a_stale_crl_makes_openvpn_refuse_every_client_in_the_handshake(lab, hooks, vpn_client):
+    """OpenVPN (with OpenSSL) checks the CRL's nextUpdate itself: past it, no client gets as far
+    as the hook, whatever the controller would say. The hook's own refusal of a stale CRL
+    (test_hooks_decisions.py) is the second line, for builds that do not check."""
+    common_name, ovpn = lab.new_config()
+    lab.write_node_crl(timedelta(seconds=-1))
+    try:
+        client = vpn_client(ovpn)
+        wait_for(
+            lambda: f"error=CRL has expired: CN={common_name}" in lab.server.log(),
+            "OpenVPN to refuse the client for the stale CRL",
+        )
+        assert not client.connected()
+    finally:
+        lab.write_node_crl(timedelta(days=1))
+    assert f"cn={common_name}" not in "\n".join(hook_lines(lab.server.log()))
 
 
 def test_a_deferred_connect_does_not_block_the_other_clients(lab, hooks, vpn_client):

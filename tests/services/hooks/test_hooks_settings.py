@@ -37,7 +37,7 @@ def _settings(token_path: Path, **overrides) -> dict:
 def test_defaults_and_no_token_in_repr(token_file):
     settings = HookSettings.from_mapping(_settings(token_file))
     assert settings.node_api_url == "https://vpn.example.org/node-api/v1"
-    assert (settings.timeout_seconds, settings.unreachable_policy, settings.ca_file) == (3.0, "allow", None)
+    assert (settings.timeout_seconds, settings.crl_file, settings.ca_file) == (3.0, None, None)
     assert settings.token == "secret-token-value" and "secret" not in repr(settings)  # noqa: S105
 
 
@@ -49,7 +49,13 @@ def test_defaults_and_no_token_in_repr(token_file):
             "controller_url: 'http://vpn.example.org' must be an https://",
         ),
         ({"node_name": None}, "node_name: is required"),
-        ({"unreachable_policy": "maybe"}, "unreachable_policy: 'maybe' is not one of allow, deny"),
+        (
+            {"unreachable_policy": "allow"},
+            "unreachable_policy: retired: with no valid answer from the controller",
+        ),
+        ({"unreachable_policy": "deny"}, "only while the node's CRL (crl_file) is fresh, never on a policy"),
+        ({"crl_file": "crl.pem"}, "crl_file: must be an absolute path (got 'crl.pem')"),
+        ({"crl_ca_file": "/etc/ca.crt"}, "crl_ca_file: is set without crl_file"),
         ({"timeout_seconds": 60}, "timeout_seconds: 60 is not between 0.1 and 30.0"),
         ({"timeout_seconds": "3"}, "timeout_seconds: must be a number, got '3'"),
         ({"ca_file": "/nonexistent/ca.pem"}, "ca_file: cannot read /nonexistent/ca.pem"),
@@ -74,9 +80,9 @@ def test_token_readable_by_others_is_refused(token_file):
 
 def test_check_settings_cli(tmp_path, token_file, capsys):
     config = tmp_path / "hooks.yaml"
-    config.write_text(yaml.safe_dump(_settings(token_file, unreachable_policy="deny")))
+    config.write_text(yaml.safe_dump(_settings(token_file, crl_file="/var/lib/vpnfleet-crl/crl.pem")))
     assert main(["--settings", str(config), "check-settings"]) == 0
-    assert "unreachable_policy deny" in capsys.readouterr().out
+    assert "CRL /var/lib/vpnfleet-crl/crl.pem" in capsys.readouterr().out
     config.write_text("controller_url: [")
     assert main(["--settings", str(config), "check-settings"]) == 2
     assert "not valid YAML" in capsys.readouterr().err

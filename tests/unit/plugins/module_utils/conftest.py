@@ -28,7 +28,7 @@ class Inventory:
         self.variables = {
             "controller": {},
             "node-x1": {"vpnfleet_location": "x"},
-            "node-y1": {"vpnfleet_location": "y"},
+            "node-y1": {"vpnfleet_location": "y", "vpnfleet_slice": 1},
         }
         self.cores = {"controller": 2, "node-x1": 2, "node-y1": 4}
         self.play_variables = {}

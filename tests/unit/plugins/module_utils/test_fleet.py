@@ -11,9 +11,14 @@ def test_each_node_plans_each_profile_once_with_the_planner(lab_inventory):
     node = plan.nodes["node-y1"]
     assert (node["location"], node["cores"], node["absent"]) == ("y", 4, [])
     internet, office = node["profiles"]
-    # The plan is the planner's own, for the node's cores.
+    # The plan is the planner's own, for the node's cores, on the node's part (1 of 4) of the ranges.
     expected = instances.plan_profile(
-        "office", "198.18.1.0/24", "2001:db8:101::/64", cores=4, udp_port_base=1294, tcp_port_base=1294
+        "office",
+        "198.18.1.64/26",
+        "2001:db8:101:0:4000::/66",
+        cores=4,
+        udp_port_base=1294,
+        tcp_port_base=1294,
     )
     assert office["plan"] == expected.as_dict()
     assert internet["plan"]["listeners"] == ["udp/1194", "tcp/1194"]  # processes: 2 beats 4 cores
@@ -23,11 +28,105 @@ def test_each_node_plans_each_profile_once_with_the_planner(lab_inventory):
     assert (internet["tcp_share"], internet["client_to_client"], internet["routes"]) == (0.25, False, [])
 
 
-def test_the_slices_of_a_node_cover_each_range_without_overlap(lab_inventory):
+def test_the_slices_of_a_node_cover_its_part_of_each_range_without_overlap(lab_inventory):
     for node in lab_inventory().plan().nodes.values():
         for served in node["profiles"]:
+            part = ipaddress.ip_network(served["plan"]["ipv4_range"])
+            assert part.subnet_of(ipaddress.ip_network(served["ipv4_range"]))
             slices = [ipaddress.ip_network(process["ipv4"]) for process in served["plan"]["processes"]]
-            assert list(ipaddress.collapse_addresses(slices)) == [ipaddress.ip_network(served["ipv4_range"])]
+            assert list(ipaddress.collapse_addresses(slices)) == [part]
+
+
+def addresses_of(plan, node):
+    return {
+        (served["id"], process["name"]): (
+            ipaddress.ip_network(process["ipv4"]),
+            ipaddress.ip_network(process["ipv6"]),
+        )
+        for served in plan.nodes[node]["profiles"]
+        for process in served["plan"]["processes"]
+    }
+
+
+def test_two_nodes_of_a_profile_hand_out_disjoint_addresses(lab_inventory):
+    plan = lab_inventory().plan()
+    x1, y1 = addresses_of(plan, "node-x1"), addresses_of(plan, "node-y1")
+    for ipv4, ipv6 in x1.values():
+        for other4, other6 in y1.values():
+            assert not ipv4.overlaps(other4) and not ipv6.overlaps(other6)
+    # Each node takes part vpnfleet_slice of max_nodes (4) parts: node-y1 the second quarter.
+    assert [served["plan"]["ipv4_range"] for served in plan.nodes["node-y1"]["profiles"]] == [
+        "198.18.0.64/26",
+        "198.18.1.64/26",
+    ]
+
+
+def with_node_z1(inventory, **variables):
+    inventory.groups["vpnfleet_location_z"] = ["node-z1"]
+    inventory.groups["vpnfleet_nodes"].append("node-z1")
+    inventory.variables["node-z1"] = {"vpnfleet_location": "z", **variables}
+    inventory.cores["node-z1"] = 8
+    return inventory
+
+
+def test_a_node_added_takes_a_free_part_and_every_other_node_keeps_its_own(lab_inventory):
+    before = lab_inventory().plan()
+    after = with_node_z1(lab_inventory(), vpnfleet_slice=2).plan()
+    for name in ("node-x1", "node-y1"):
+        assert after.nodes[name] == before.nodes[name]
+    assert [served["plan"]["ipv4_range"] for served in after.nodes["node-z1"]["profiles"]] == [
+        "198.18.0.128/26",
+        "198.18.1.128/26",
+    ]
+    # Names sort either way: an index written down, not a position, decides the part.
+    early = with_node_z1(lab_inventory(), vpnfleet_slice=2)
+    early.groups["vpnfleet_nodes"].insert(0, early.groups["vpnfleet_nodes"].pop())
+    assert early.plan().nodes["node-x1"] == before.nodes["node-x1"]
+
+
+def test_the_controller_learns_which_node_and_process_hold_each_address(lab_inventory):
+    view = lab_inventory().plan().as_dict()["controller"]
+    y1 = next(node for node in view["nodes"] if node["name"] == "node-y1")
+    assert y1["slices"] == [
+        {"profile": "internet", "ipv4": "198.18.0.64/26", "ipv6": "2001:db8:100:0:4000::/66"},
+        {"profile": "office", "ipv4": "198.18.1.64/26", "ipv6": "2001:db8:101:0:4000::/66"},
+    ]
+    owners = [
+        (node["name"], process["name"])
+        for node in view["nodes"]
+        for process in node["processes"]
+        if ipaddress.ip_address("198.18.1.77") in ipaddress.ip_network(process["ipv4"])
+    ]
+    assert owners == [("node-y1", "office-0")]
+
+
+def test_one_public_port_per_protocol_spreads_over_the_processes_of_that_protocol(lab_inventory):
+    inventory = lab_inventory()
+    inventory.internet.update(processes=4, public_ports=["udp/1190", "tcp/443"])
+    inventory.variables["node-y1"]["vpnfleet_entry_points"] = {"internet": ["udp/53"]}
+    # Four internet processes: udp/1194-1196 and tcp/1194, behind one public port per protocol.
+    plan = inventory.plan()
+    x1 = plan.nodes["node-x1"]["profiles"][0]
+    assert x1["entry_points"] == [
+        {"proto": "udp", "port": 1190, "ports": [1194, 1195, 1196]},
+        {"proto": "tcp", "port": 443, "ports": [1194]},
+    ]
+    y1 = plan.nodes["node-y1"]["profiles"][0]
+    assert [entry["port"] for entry in y1["entry_points"]] == [1190, 443, 53]
+    view = plan.as_dict()["controller"]
+    assert [node["entry_points"] for node in view["nodes"]] == [
+        [
+            {"profile": "internet", "proto": "udp", "port": 1190},
+            {"profile": "internet", "proto": "tcp", "port": 443},
+        ],
+        [
+            {"profile": "internet", "proto": "udp", "port": 1190},
+            {"profile": "internet", "proto": "tcp", "port": 443},
+            {"profile": "internet", "proto": "udp", "port": 53},
+        ],
+    ]
+    # Without public ports a profile keeps one remote per process (eduVPN's way).
+    assert plan.nodes["node-x1"]["profiles"][1]["entry_points"] == []
 
 
 def test_a_profile_of_one_location_is_absent_from_the_others(lab_inventory):
@@ -48,11 +147,14 @@ def test_the_controller_sees_every_process_and_only_the_profile_fields_it_reads(
     node_x1 = view["nodes"][0]
     node_x1_identity = (node_x1["name"], node_x1["location"], node_x1["public_address"])
     assert node_x1_identity == ("node-x1", "x", "198.51.100.10")
-    assert node_x1["processes"] == [
-        {"profile": "internet", "name": "internet-0", "proto": "udp", "port": 1194, "max_clients": 124},
-        {"profile": "internet", "name": "internet-1", "proto": "tcp", "port": 1194, "max_clients": 124},
-        {"profile": "office", "name": "office-0", "proto": "udp", "port": 1294, "max_clients": 124},
-        {"profile": "office", "name": "office-1", "proto": "tcp", "port": 1294, "max_clients": 124},
+    assert [
+        (p["profile"], p["name"], p["proto"], p["port"], p["max_clients"], p["ipv4"])
+        for p in node_x1["processes"]
+    ] == [
+        ("internet", "internet-0", "udp", 1194, 28, "198.18.0.0/27"),
+        ("internet", "internet-1", "tcp", 1194, 28, "198.18.0.32/27"),
+        ("office", "office-0", "udp", 1294, 28, "198.18.1.0/27"),
+        ("office", "office-1", "tcp", 1294, 28, "198.18.1.32/27"),
     ]
     assert sum(len(node["processes"]) for node in view["nodes"]) == 4 + 2 + 4
 
@@ -104,7 +206,8 @@ def test_a_node_outside_the_run_without_facts_is_left_out_with_a_warning(lab_inv
     plan = inventory.plan()
     assert set(plan.nodes) == {"node-x1"}
     assert plan.warnings == (
-        "host node-y1: no facts and no vpnfleet_cores: its processes are left out of this plan",
+        "host node-y1: not in this run (outside --limit, or unreachable), no facts known and no "
+        "vpnfleet_cores: its processes are left out of this plan",
     )
 
 

@@ -226,12 +226,14 @@ def test_full_tunnel_udp_config():
         "remote-cert-tls client",
         "allow-compression no",
         "management /run/openvpn-server/internet-0.sock unix",
-        "explicit-exit-notify 1",
+        # Stopping, the process sends its clients to their next remote (another node).
+        "explicit-exit-notify 2",
         'push "explicit-exit-notify 1"',
         'push "redirect-gateway def1 ipv6"',
         'push "block-outside-dns"',
         'push "dhcp-option DNS 198.18.0.1"',
-        "keepalive 10 60",
+        # A silent node is given up after 8 s (failover within 20 s, docs/node.md).
+        "keepalive 2 8",
     ):
         assert expected in lines, expected
     assert "client-to-client" not in lines
@@ -243,7 +245,7 @@ def test_tcp_process_gets_no_exit_notify():
     plan = instances.plan_profile("internet", V4, V6, cores=4)
     lines = lines_of(instances.render_server_config(plan, plan.processes[3], options()))
     assert "proto tcp6-server" in lines and "tcp-nodelay" in lines
-    assert "explicit-exit-notify 1" not in lines
+    assert not any(line.startswith("explicit-exit-notify") for line in lines)
 
 
 def test_split_tunnel_pushes_only_its_routes():

@@ -76,21 +76,24 @@ MISTAKES = [
         set_internet(ipv4_range="198.18.0.0/29"),
         "node-x1",
         "vpnfleet_profiles[0] (internet).ipv4_range",
-        "IPv4 range 198.18.0.0/29 is too small for 2 processes",
+        "the node's part of 198.18.0.0/29 (part 0 of 4, max_nodes 4) is 198.18.0.0/31, too small for its 2 "
+        "processes, each of which needs a /29: give the profile a /26 or larger",
     ),
     (
         "IPv4 range too small for the node's cores",
         set_office(ipv4_range="198.18.1.0/28"),
         "node-y1",
         "vpnfleet_profiles[1] (office).ipv4_range",
-        "too small for 4 processes: each needs at least a /29, so it holds at most 2; give the profile a /27",
+        "part of 198.18.1.0/28 (part 1 of 4, max_nodes 4) is 198.18.1.4/30, too small for its 4 processes, "
+        "each of which needs a /29: give the profile a /25 or larger, lower max_nodes",
     ),
     (
         "IPv6 range too small",
         set_internet(ipv6_range="2001:db8:100::/120"),
         "node-x1",
         "vpnfleet_profiles[0] (internet).ipv6_range",
-        "IPv6 range 2001:db8:100::/120 is too small for 2 processes",
+        "2001:db8:100::/120 (part 0 of 4, max_nodes 4) is 2001:db8:100::/122, too small for its 2 processes, "
+        "each of which needs a /112: give the profile a /109 or larger",
     ),
     (
         "IPv4 range with host bits",
@@ -380,6 +383,98 @@ MISTAKES = [
         "node-y1",
         "vpnfleet_cores",
         "is not set and the host's facts are not known: gather facts or set vpnfleet_cores",
+    ),
+    (
+        "two nodes of a profile on one slice",
+        on_host("node-y1", vpnfleet_slice=0),
+        "node-y1",
+        "vpnfleet_slice",
+        "is 0, as on node node-x1, which serves vpnfleet_profiles[0] (internet) too, node node-x1, which "
+        "serves vpnfleet_profiles[1] (office) too: each node of a profile needs a part of its own "
+        "(free for all of them: 1, 2, 3)",
+    ),
+    (
+        "a slice beyond the profile's max_nodes",
+        lambda inventory: (
+            inventory.office.update(max_nodes=2),
+            on_host("node-y1", vpnfleet_slice=2)(inventory),
+        ),
+        "node-y1",
+        "vpnfleet_slice",
+        "is 2, but vpnfleet_profiles[1] (office).max_nodes is 2 (parts 0-1): give the node a lower index",
+    ),
+    (
+        "a slice that is no number",
+        on_host("node-y1", vpnfleet_slice="second"),
+        "node-y1",
+        "vpnfleet_slice",
+        "must be a whole number from 0, got 'second'",
+    ),
+    (
+        "max_nodes that is no number",
+        set_office(max_nodes="many"),
+        "controller",
+        "vpnfleet_profiles[1] (office).max_nodes",
+        "must be a whole number, got 'many'",
+    ),
+    (
+        "a range too small to cut for max_nodes",
+        set_internet(ipv6_range="2001:db8:100::/127", max_nodes=8),
+        "node-x1",
+        "vpnfleet_profiles[0] (internet).ipv6_range",
+        "2001:db8:100::/127 cannot be cut into 8 parts (max_nodes 8): give the profile a larger range",
+    ),
+    (
+        "two public ports of one protocol",
+        set_internet(public_ports=["udp/1190", "udp/1191"]),
+        "controller",
+        "vpnfleet_profiles[0] (internet).public_ports",
+        "names udp/1190, udp/1191: one public port per protocol",
+    ),
+    (
+        "a public port that a process listens on",
+        set_internet(public_ports=["udp/1294"]),
+        "node-x1",
+        "vpnfleet_profiles[0] (internet).public_ports",
+        "udp/1294 is the own port of a process of profile office: choose a port no process listens on",
+    ),
+    (
+        "a public port of a protocol the node runs no process of",
+        set_internet(public_ports=["tcp/443"], tcp_share=0),
+        "node-x1",
+        "vpnfleet_profiles[0] (internet).public_ports",
+        "tcp/443: the node runs no TCP process of profile internet (see tcp_share, processes)",
+    ),
+    (
+        "the same entry point for two profiles",
+        lambda inventory: (
+            inventory.internet.update(public_ports=["udp/53"]),
+            inventory.office.update(public_ports=["udp/53"]),
+        ),
+        "node-x1",
+        "vpnfleet_profiles[1] (office).public_ports",
+        "udp/53 is an entry point of profile internet already on this node",
+    ),
+    (
+        "a node's entry point for an unknown profile",
+        on_host("node-y1", vpnfleet_entry_points={"guest": ["udp/53"]}),
+        "node-y1",
+        "vpnfleet_entry_points.guest",
+        "is not a profile of the fleet (internet, office)",
+    ),
+    (
+        "a node's entry point that is no listener",
+        on_host("node-y1", vpnfleet_entry_points={"internet": ["dns"]}),
+        "node-y1",
+        "vpnfleet_entry_points.internet[0]",
+        "listener 'dns': write it as proto/port, e.g. udp/1194",
+    ),
+    (
+        "a node's entry points that are no mapping",
+        on_host("node-y1", vpnfleet_entry_points=["udp/53"]),
+        "node-y1",
+        "vpnfleet_entry_points",
+        "must be a mapping of profile id to listeners",
     ),
 ]
 

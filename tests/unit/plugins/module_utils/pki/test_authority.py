@@ -224,3 +224,36 @@ def test_index_records_every_issue_made_in_parallel(fresh_ca):
     for serial in serials:
         assert os.path.exists(os.path.join(fresh_ca.directory, "issued", serial + ".pem"))
         assert records[serial]["purpose"] == "client"
+
+
+def test_expired_revoked_certificates_leave_the_crl(fresh_ca):
+    _, short = fresh_ca.issue("short-lived", "client", lifetime_days=1)
+    _, long = fresh_ca.issue("long-lived", "client", lifetime_days=30)
+    fresh_ca.revoke(short.serial_number)
+    fresh_ca.revoke(long.serial_number)
+    in_two_days = keys.utcnow() + datetime.timedelta(days=2)
+    assert [serial for serial, _, _ in fresh_ca.revoked_records(in_two_days)] == [
+        keys.serial_hex(long.serial_number)
+    ]
+    assert len(fresh_ca.revoked_records()) == 2
+
+
+def test_sign_crl_lists_exactly_what_it_is_given(fresh_ca):
+    _, revoked = fresh_ca.issue("gone", "client")
+    fresh_ca.revoke(revoked.serial_number)  # in the index, but not given: not listed
+    now = keys.utcnow()
+    pem = fresh_ca.sign_crl(
+        [("0AB1", now.replace(tzinfo=None)), ("FF00", now, "key_compromise")],
+        now - datetime.timedelta(minutes=1),
+        now + datetime.timedelta(hours=1),
+        1_796_000_000_000_000,
+    )
+    crl = x509.load_pem_x509_crl(pem)
+    assert crl.is_signature_valid(fresh_ca.cert.public_key())
+    assert sorted(entry.serial_number for entry in crl) == [0x0AB1, 0xFF00]
+    assert extension(crl, x509.CRLNumber).value.crl_number == 1_796_000_000_000_000
+    assert crl.next_update_utc - crl.last_update_utc == datetime.timedelta(minutes=61)
+    reason = crl.get_revoked_certificate_by_serial_number(0xFF00).extensions.get_extension_for_class(
+        x509.CRLReason
+    )
+    assert reason.value.reason == x509.ReasonFlags.key_compromise

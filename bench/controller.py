@@ -1,0 +1,598 @@
+"""bench/controller: how many configs and connect checks the controller serves, and whether that
+depends on how many certificates it has issued before.
+
+    python -m bench.controller [--quick] [--seconds S] [--parallel 1,4,8] [--issued 0,10000,50000]
+                               [--databases sqlite,postgresql] [--workers W]
+
+What it measures, every row in one run (see docs/bench.md):
+
+(a) configs issued per second through ``POST /api/v3/connect`` with real OAuth tokens (each
+    parallel caller is its own user who logged in to the portal, approved the app and exchanged
+    the code for a token over HTTP), and the p50/p99 latency of one call;
+(b) connect checks per second through the node API (``POST /node-api/v1/connect``, what the
+    nodes' hooks call when a client connects), p50/p99;
+(c) both at 1..K parallel callers, on SQLite and on PostgreSQL, with 0, 10,000 and 50,000
+    certificates already issued (rows in the controller's database and, where the CA keeps
+    one, records in its index), side by side in one run, so a ratio reads through the noise.
+
+The controller is the real one: the service's package under gunicorn (as the role runs it, with
+``--workers W``), on 127.0.0.1, with the real CA and a real database (a throwaway PostgreSQL 15
+cluster, the tests' own). nginx and the nodes are left out on purpose, so the figures are the
+controller's own cost: the nodes' daemon addresses point at a closed port of 127.0.0.1, so a
+disconnect of a replaced config is refused at once. The callers run on the same 2 cores as the
+server: the figures are a floor of what a controller with its own cores serves.
+
+It prints a table and writes bench/results/controller-<timestamp>.json and
+bench/results/controller-latest.json. It uses no lab host, so it takes no lab lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import hashlib
+import http.client
+import http.cookiejar
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from base64 import urlsafe_b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from sqlalchemy import create_engine, insert, select
+from vpnfleet.shared.pki import authority, keys
+
+from bench.lab import BenchError, say
+from vpnfleet.controller.accounts import ensure_user
+from vpnfleet.controller.database import migrate
+from vpnfleet.controller.models import User, VpnConfig
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+sys.path.insert(0, str(REPO / "tests" / "services" / "controller"))
+import postgres_cluster  # noqa: E402 - the tests' throwaway PostgreSQL cluster, shared on purpose
+
+CLIENT_ID = "org.eduvpn.app.linux"
+REDIRECT_URI = "http://127.0.0.1:41234/callback"
+NODE_NAME = "node-x1"
+NODE_TOKEN = "bench-node-token-" + "x" * 24  # noqa: S105 - a throwaway controller's node secret
+PASSWORD = "bench password of a test user"  # noqa: S105
+PROFILE = "internet"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- the controller
+
+
+def make_pki(directory: Path) -> None:
+    ca = authority.CertificateAuthority.create(str(directory / "ca"), common_name="bench CA")
+    key, cert = ca.issue("controller", "daemon_client", lifetime_days=2)
+    (directory / "daemon_client.key").write_bytes(keys.private_key_pem(key))
+    (directory / "daemon_client.crt").write_bytes(keys.certificate_pem(cert))
+    (directory / f"tls-crypt-{PROFILE}.key").write_text(keys.make_tls_crypt_key())
+
+
+def settings_for(directory: Path, database_url: str) -> dict:
+    closed_port = free_port()  # nothing listens there: a daemon call is refused at once
+    return {
+        "base_url": "http://127.0.0.1",
+        "secret_key": secrets.token_hex(24),
+        "database_url": database_url,
+        "ca_dir": str(directory / "ca"),
+        "daemon_client": {
+            "cert": str(directory / "daemon_client.crt"),
+            "key": str(directory / "daemon_client.key"),
+            "ca": str(directory / "ca" / "ca.crt"),
+        },
+        "daemon_port": closed_port,
+        "daemon_timeout_seconds": 1,
+        "behind_proxy": False,
+        # The bench calls /connect as fast as it can: the per-app rate limit must not be what it measures.
+        "api_connect_limit": 1_000_000,
+        "max_configs_per_user": 3,
+        "profiles": [
+            {
+                "id": PROFILE,
+                "display_name": "Internet",
+                "default_gateway": True,
+                "tls_crypt_key_file": str(directory / f"tls-crypt-{PROFILE}.key"),
+            }
+        ],
+        "nodes": [
+            {
+                "name": NODE_NAME,
+                "location": "x",
+                "public_address": "198.51.100.10",
+                "daemon_address": "127.0.0.1",
+                "api_token_sha256": hashlib.sha256(NODE_TOKEN.encode()).hexdigest(),
+                "processes": [
+                    {"profile": PROFILE, "proto": "udp", "port": 1194, "max_clients": 124},
+                    {"profile": PROFILE, "proto": "tcp", "port": 1194, "max_clients": 124},
+                ],
+            }
+        ],
+    }
+
+
+class Gunicorn:
+    """The controller's WSGI app under gunicorn, as the role runs it, on a port of 127.0.0.1."""
+
+    def __init__(self, settings_file: Path, workers: int, log: Path):
+        self.port = free_port()
+        environment = dict(os.environ, VPNFLEET_CONTROLLER_SETTINGS=str(settings_file))
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+        self.log = log.open("wb")
+        self.process = subprocess.Popen(  # noqa: S603 - our own venv's gunicorn
+            [
+                str(gunicorn),
+                "--workers",
+                str(workers),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "vpnfleet.controller.wsgi:app",
+            ],
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"gunicorn ended at start, see {log}")
+            try:
+                status, _ = request("GET", self.port, "/.well-known/vpn-user-portal")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise BenchError(f"gunicorn did not answer within 60 s, see {log}")
+
+    def stop(self) -> None:
+        # Only the gunicorn this bench started: its own process group.
+        with _ignored(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+
+
+class _ignored:
+    def __init__(self, *errors):
+        self.errors = errors
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        return kind is not None and issubclass(kind, self.errors)
+
+
+def request(method: str, port: int, path: str, body: str = "", headers: dict | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body or None, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+# ----------------------------------------------------------------------------- users and tokens
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def app_token(port: int, username: str) -> str:
+    """The real flow of an eduVPN app: portal login, approval, code for token (PKCE)."""
+    base = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), _NoRedirect
+    )
+
+    def call(path: str, data: dict | None = None, query: dict | None = None):
+        url = base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
+        try:
+            with opener.open(url, data=body, timeout=30) as response:  # noqa: S310 - 127.0.0.1
+                return response.status, dict(response.headers), response.read().decode()
+        except urllib.error.HTTPError as answer:
+            return answer.code, dict(answer.headers), answer.read().decode()
+
+    _, _, page = call("/login")
+    call("/login", {"username": username, "password": PASSWORD, "next": "", "csrf_token": _csrf(page)})
+    verifier = secrets.token_urlsafe(48)
+    challenge = urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    params = {
+        "client_id": CLIENT_ID,
+        "redirect_uri": REDIRECT_URI,
+        "response_type": "code",
+        "scope": "config",
+        "state": "bench",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    status, _, page = call("/oauth/authorize", query=params)
+    if status != 200:
+        raise BenchError(f"{username}: the approval page answered {status}")
+    status, headers, _ = call("/oauth/authorize", {"csrf_token": _csrf(page), "decision": "approve"}, params)
+    code = urllib.parse.parse_qs(urllib.parse.urlsplit(headers.get("Location", "")).query).get("code")
+    if status != 302 or not code:
+        raise BenchError(f"{username}: approving the app answered {status}, no code")
+    status, _, body = call(
+        "/oauth/token",
+        {
+            "grant_type": "authorization_code",
+            "code": code[0],
+            "redirect_uri": REDIRECT_URI,
+            "client_id": CLIENT_ID,
+            "code_verifier": verifier,
+        },
+    )
+    if status != 200:
+        raise BenchError(f"{username}: the token endpoint answered {status}: {body[:200]}")
+    return json.loads(body)["access_token"]
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)
+    if not match:
+        raise BenchError("no CSRF token on the page")
+    return match.group(1)
+
+
+def seed_issued(database_url: str, ca_dir: Path, count: int) -> None:
+    """`count` certificates issued before the run, to a user of their own: rows in the database and,
+    where the CA keeps a record of each client certificate, records in its index."""
+    if count == 0:
+        return
+    engine = create_engine(database_url)
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    with engine.begin() as connection:
+        user_id = connection.scalar(select(User.id).where(User.username == "bench-history"))
+        serials = [secrets.token_hex(16) for _ in range(count)]
+        rows = [
+            {
+                "user_id": user_id,
+                "profile_id": PROFILE,
+                "display_name": "history",
+                "common_name": secrets.token_hex(16),
+                "serial_number": serial,
+                "created_at": now,
+                "expires_at": now + datetime.timedelta(days=90),
+                # Most configs of a long-running controller are past: revoked or replaced.
+                "revoked_at": now if index % 3 else None,
+            }
+            for index, serial in enumerate(serials)
+        ]
+        for start in range(0, count, 5000):
+            connection.execute(insert(VpnConfig), rows[start : start + 5000])
+    engine.dispose()
+    index_file = ca_dir / authority.INDEX_FILE
+    index = json.loads(index_file.read_text()) if index_file.exists() else None
+    if isinstance(index, dict) and isinstance(index.get("certificates"), dict):
+        not_after = (now + datetime.timedelta(days=90)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for serial in serials:
+            index["certificates"][serial] = {
+                "common_name": serial,
+                "purpose": "client",
+                "not_after": not_after,
+                "sha256": serial * 2,
+                "revoked_at": None,
+                "revocation_reason": None,
+            }
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- load
+
+
+@dataclass
+class Load:
+    calls: int = 0
+    errors: dict = field(default_factory=dict)
+    latencies: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def percentile(self, fraction: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+
+def run_load(callers: list, seconds: float) -> Load:
+    """Each caller (a function returning (status, ok)) in its own thread, as fast as it can."""
+    load, lock = Load(), threading.Lock()
+    stop_at = time.monotonic() + seconds
+    barrier = threading.Barrier(len(callers) + 1)
+
+    def loop(call):
+        barrier.wait()
+        mine, errors = [], {}
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            status, ok = call()
+            if ok:
+                mine.append(time.perf_counter() - started)
+            else:
+                errors[status] = errors.get(status, 0) + 1
+        with lock:
+            load.latencies.extend(mine)
+            load.calls += len(mine)
+            for status, number in errors.items():
+                load.errors[status] = load.errors.get(status, 0) + number
+
+    with concurrent.futures.ThreadPoolExecutor(len(callers)) as pool:
+        futures = [pool.submit(loop, call) for call in callers]
+        barrier.wait()
+        began = time.monotonic()
+        for future in futures:
+            future.result()
+        load.seconds = time.monotonic() - began
+    return load
+
+
+def connect_caller(port: int, token: str, issued: list):
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/x-openvpn-profile",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    body = urllib.parse.urlencode({"profile_id": PROFILE})
+
+    def call():
+        status, text = request("POST", port, "/api/v3/connect", body, headers)
+        if status == 201 and len(issued) < 256:
+            issued.append(text)
+        return status, status == 201
+
+    return call
+
+
+def check_caller(port: int, common_names: list[str]):
+    credentials = urlsafe_b64encode(f"{NODE_NAME}:{NODE_TOKEN}".encode()).decode()
+    headers = {"Authorization": f"Basic {credentials}", "Content-Type": "application/json"}
+    position = [secrets.randbelow(len(common_names))]
+
+    def call():
+        position[0] = (position[0] + 1) % len(common_names)
+        body = json.dumps(
+            {
+                "common_name": common_names[position[0]],
+                "profile_id": PROFILE,
+                "ipv4": "198.18.0.2",
+                "real_address": "203.0.113.70",
+            }
+        )
+        status, text = request("POST", port, "/node-api/v1/connect", body, headers)
+        return status, status == 200 and b'"allow":true' in text.replace(b" ", b"")
+
+    return call
+
+
+# ----------------------------------------------------------------------------- one setup
+
+
+def measure_database(kind: str, issued_counts, parallels, seconds, workers, cluster) -> list[dict]:
+    rows = []
+    for issued_count in issued_counts:
+        directory = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-controller-"))
+        try:
+            make_pki(directory)
+            url = (
+                f"sqlite:///{directory / 'controller.sqlite'}" if kind == "sqlite" else cluster.new_database()
+            )
+            migrate(url)
+            settings_file = directory / "controller.yml"
+            settings_file.write_text(yaml.safe_dump(settings_for(directory, url)))
+            users = [f"bench-{number}" for number in range(max(parallels))]
+            _make_users(url, [*users, "bench-history"])
+            seed_started = time.monotonic()
+            seed_issued(url, directory / "ca", issued_count)
+            say(
+                f"{kind}: {issued_count} certificates issued before the run "
+                f"(seeded in {time.monotonic() - seed_started:.1f} s)"
+            )
+            server = Gunicorn(settings_file, workers, directory / "gunicorn.log")
+            try:
+                tokens = [app_token(server.port, user) for user in users]
+                for parallel in parallels:
+                    issued: list[str] = []
+                    configs = run_load(
+                        [connect_caller(server.port, tokens[n], issued) for n in range(parallel)], seconds
+                    )
+                    common_names = _active_common_names(url)
+                    checks = run_load(
+                        [check_caller(server.port, common_names) for _ in range(parallel)], seconds
+                    )
+                    row = {
+                        "database": kind,
+                        "issued_before": issued_count,
+                        "parallel": parallel,
+                        "workers": workers,
+                        "configs_per_s": round(configs.rate, 1),
+                        "configs_p50_ms": round(configs.percentile(0.50), 1),
+                        "configs_p99_ms": round(configs.percentile(0.99), 1),
+                        "configs_errors": configs.errors,
+                        "checks_per_s": round(checks.rate, 1),
+                        "checks_p50_ms": round(checks.percentile(0.50), 1),
+                        "checks_p99_ms": round(checks.percentile(0.99), 1),
+                        "checks_errors": checks.errors,
+                    }
+                    say(
+                        f"{kind} issued={issued_count} parallel={parallel}: "
+                        f"{row['configs_per_s']} configs/s, {row['checks_per_s']} checks/s"
+                    )
+                    rows.append(row)
+            finally:
+                server.stop()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    return rows
+
+
+def _make_users(url: str, usernames: list[str]) -> None:
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(url)
+    with Session(engine) as session:
+        for username in usernames:
+            ensure_user(session, username, PASSWORD, is_admin=False, groups=[])
+        session.commit()
+    engine.dispose()
+
+
+def _active_common_names(url: str) -> list[str]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        names = list(
+            connection.scalars(
+                select(VpnConfig.common_name).where(
+                    VpnConfig.revoked_at.is_(None), VpnConfig.display_name != "history"
+                )
+            )
+        )
+    engine.dispose()
+    if not names:
+        raise BenchError("no config was issued: nothing to check")
+    return names
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'database':<11}{'issued':>8}{'par':>5}{'configs/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'checks/s':>10}{'p50 ms':>8}{'p99 ms':>8}  errors"
+    )
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        errors = {
+            **{f"c{k}": v for k, v in row["configs_errors"].items()},
+            **{f"k{k}": v for k, v in row["checks_errors"].items()},
+        }
+        print(
+            f"{row['database']:<11}{row['issued_before']:>8}{row['parallel']:>5}{row['configs_per_s']:>11}"
+            f"{row['configs_p50_ms']:>8}{row['configs_p99_ms']:>8}{row['checks_per_s']:>10}"
+            f"{row['checks_p50_ms']:>8}{row['checks_p99_ms']:>8}  {errors or '-'}"
+        )
+    print()
+    for kind in sorted({row["database"] for row in rows}):
+        for parallel in sorted({row["parallel"] for row in rows}):
+            mine = {
+                row["issued_before"]: row
+                for row in rows
+                if row["database"] == kind and row["parallel"] == parallel
+            }
+            if 0 in mine and len(mine) > 1:
+                most = max(mine)
+                base, last = mine[0], mine[most]
+                print(
+                    f"{kind} parallel={parallel}: with {most} issued / with 0 issued: configs "
+                    f"{_ratio(last['configs_per_s'], base['configs_per_s'])}, checks "
+                    f"{_ratio(last['checks_per_s'], base['checks_per_s'])}"
+                )
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.3f}" if base else "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.controller", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="defaults of 2 s runs, 0 and 1,000 issued, 1 and 4 callers"
+    )
+    parser.add_argument("--seconds", type=float, help="per measurement (default 10)")
+    parser.add_argument("--parallel", help="parallel callers, comma-separated (default 1,4,8)")
+    parser.add_argument(
+        "--issued", help="certificates issued before, comma-separated (default 0,10000,50000)"
+    )
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=(os.cpu_count() or 1) * 2 + 1,
+        help="gunicorn workers (default: 2 x cores + 1, gunicorn's advice)",
+    )
+    arguments = parser.parse_args(argv)
+    defaults = (2.0, "1,4", "0,1000") if arguments.quick else (10.0, "1,4,8", "0,10000,50000")
+    arguments.seconds = arguments.seconds or defaults[0]
+    arguments.parallel = arguments.parallel or defaults[1]
+    arguments.issued = arguments.issued or defaults[2]
+    parallels = [int(value) for value in arguments.parallel.split(",")]
+    issued_counts = [int(value) for value in arguments.issued.split(",")]
+    databases = arguments.databases.split(",")
+    unknown = set(databases) - {"sqlite", "postgresql"}
+    if unknown or min(parallels) < 1 or min(issued_counts) < 0:
+        parser.error("--databases takes sqlite and postgresql; --parallel at least 1; --issued at least 0")
+    cluster = None
+    rows: list[dict] = []
+    try:
+        if "postgresql" in databases:
+            if not postgres_cluster.available():
+                raise BenchError("PostgreSQL 15 is not installed (bash scripts/setup installs it)")
+            cluster = postgres_cluster.PostgresCluster().start()
+        for kind in databases:
+            rows += measure_database(
+                kind, issued_counts, parallels, arguments.seconds, arguments.workers, cluster
+            )
+    except BenchError as error:
+        say(f"failed: {error}")
+        return 1
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    print_table(rows)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    result = {
+        "benchmark": "controller",
+        "when": stamp,
+        "quick": arguments.quick,
+        "seconds": arguments.seconds,
+        "cores": os.cpu_count(),
+        "workers": arguments.workers,
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in (f"controller-{stamp}.json", "controller-latest.json"):
+        (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    say(f"wrote {RESULTS / f'controller-{stamp}.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,540 @@
+"""bench/storm: reconnect storms. Many real OpenVPN clients on one node; then a process, all of the
+node's processes, the node itself or the controller restarts, and the clients come back.
+
+    python -m bench.storm [--quick] [--clients N] [--events process,node,reboot,controller]
+
+How (see docs/bench.md):
+
+- the lab is deployed with playbooks/site.yml; the controller issues one config per test user
+  (``storm-0`` ... ``storm-N``) through its own code, run on the controller host as the service's
+  user (the same ``create_config`` as the portal and the API), not through N portal logins;
+- each client runs in its own network namespace on the client host (a bridge in 198.19.252.0/22,
+  masqueraded to the client host's address), with the config's remotes cut to the processes under
+  test, so that "one process" really is one process; each pings the tunnel's gateway twice a
+  second through its tunnel (a route of its namespace makes 198.18.0.0/15 unreachable outside it);
+- a client is back when its first reply after its outage arrives. For each event: seconds from
+  the command until 50 / 90 / 100 % are back, the handshakes per second the node logged, the
+  connect check's latency as the nodes' hooks measured it (the controller's answer with network
+  and TLS, p50/p99), the node's load, and the OpenVPN processes' CPU seconds and memory per client.
+
+Events: ``process`` (systemctl restart of the first process), ``node`` (all of the node's
+processes), ``reboot`` (the node host reboots), ``controller`` (the controller's service restarts
+while the clients stay: nobody should drop). ``--quick``: 20 clients, the process event only.
+
+It holds the lab's session lock for the whole run, starts from a clean lab and takes it down at
+the end, also on failure. It prints a table, draws bench/results/storm-<timestamp>.png (clients
+back over time) and writes bench/results/storm-<timestamp>.json and storm-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+from bench import lab as lab_hosts
+from bench.lab import BenchError, lab, put, say, session_lock, sh_on, site_playbook
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+NODE, CLIENT, CONTROLLER = "node-x1", "client", "controller"
+NODE_ADDRESS = "198.51.100.10"
+PROFILE = "internet"
+# The client namespaces' own network, inside the benchmarking range and away from every VPN range.
+NAMESPACE_NETWORK = ipaddress.ip_network("198.19.252.0/22")
+WORK = "/root/vfl-storm"
+CONTROLLER_VENV = "/opt/vpnfleet/controller"
+CONTROLLER_SETTINGS = "/etc/vpnfleet/controller.yml"
+CONTROLLER_USER = "vpnfleet-controller"
+PING_INTERVAL = 0.5
+# A client has lost its tunnel when no reply came for this long.
+OUTAGE = 1.5
+
+ISSUER = """
+import datetime, json, secrets, sys
+from sqlalchemy import select
+from vpnfleet.controller.accounts import ensure_user
+from vpnfleet.controller.app import create_app
+from vpnfleet.controller.configs import create_config
+from vpnfleet.controller.models import User, utcnow
+from vpnfleet.controller.settings import load_settings
+from vpnfleet.controller.state import controller, db
+
+count, profile = int(sys.argv[1]), sys.argv[2]
+app = create_app(load_settings(sys.argv[3]))
+texts = []
+with app.app_context():
+    session = db()
+    for number in range(count):
+        name = "storm-%d" % number
+        # A password nobody knows: these users never log in, their configs are all they are for.
+        ensure_user(session, name, secrets.token_urlsafe(24), is_admin=False, groups=[])
+        session.commit()
+        user = session.scalar(select(User).where(User.username == name))
+        expires_at = utcnow() + datetime.timedelta(days=1)
+        made = create_config(controller(), session, user, profile, "storm", expires_at)
+        texts.append(made.text)
+print(json.dumps(texts))
+"""
+
+
+# ----------------------------------------------------------------------------- configs and clients
+
+
+def issue_configs(count: int) -> list[str]:
+    put(CONTROLLER, f"{WORK}/issue.py", ISSUER)
+    out = sh_on(
+        CONTROLLER,
+        # The script on standard input: the service's user cannot read root's files.
+        f"cd / && runuser -u {CONTROLLER_USER} -- {CONTROLLER_VENV}/bin/python - "
+        f"{count} {PROFILE} {CONTROLLER_SETTINGS} < {WORK}/issue.py",
+        timeout=600,
+    )
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def keep_remotes(config: str, ports: set[tuple[str, int]]) -> str:
+    """The config with only the remotes of the node's processes under test, and with the tunnel
+    alone carrying 198.18.0.0/15 in the namespace."""
+    lines = []
+    for line in config.splitlines():
+        words = line.split()
+        if words[:1] == ["remote"]:
+            host, port, proto = words[1], int(words[2]), (words[3] if len(words) > 3 else "udp")
+            if host != NODE_ADDRESS or (_base_proto(proto), port) not in ports:
+                continue
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _base_proto(proto: str) -> str:
+    """udp or tcp, whatever OpenVPN's spelling (udp6, tcp6-server, tcp-client)."""
+    return proto.removesuffix("-server").removesuffix("-client").rstrip("46")
+
+
+def node_processes() -> list[dict]:
+    """The profile's processes on the node under test, from the node's own plan on disk."""
+    out = sh_on(NODE, f"grep -H -E '^(proto|port|max-clients|server) ' /etc/openvpn/server/{PROFILE}-*.conf")
+    processes: dict[str, dict] = {}
+    for line in out.splitlines():
+        path, rest = line.split(":", 1)
+        name = Path(path).stem
+        key, value = rest.split(None, 1)
+        processes.setdefault(name, {"instance": name})[key] = value.strip()
+    result = []
+    for name in sorted(processes):
+        process = processes[name]
+        proto = _base_proto(process["proto"])
+        network = process["server"].split()
+        gateway = ipaddress.ip_network(f"{network[0]}/{network[1]}").network_address + 1
+        result.append(
+            {
+                "instance": name,
+                "unit": f"openvpn-server@{name}",
+                "proto": proto,
+                "port": int(process["port"]),
+                "max_clients": int(process["max-clients"]),
+                "gateway": str(gateway),
+            }
+        )
+    return result
+
+
+def namespaces_script(count: int) -> str:
+    hosts = list(NAMESPACE_NETWORK.hosts())
+    bridge_address = f"{hosts[0]}/{NAMESPACE_NETWORK.prefixlen}"
+    lines = [
+        "set -e",
+        f"mkdir -p {WORK}",
+        "ip link add vfs-br type bridge && ip link set vfs-br up",
+        f"ip address add {bridge_address} dev vfs-br",
+        "sysctl -q -w net.ipv4.ip_forward=1",
+        "nft add table ip vfl_storm",
+        "nft add chain ip vfl_storm post '{ type nat hook postrouting priority srcnat; }'",
+        f"nft add rule ip vfl_storm post ip saddr {NAMESPACE_NETWORK} oifname != vfs-br masquerade",
+    ]
+    for number in range(count):
+        name = f"vfs-{number}"
+        lines += [
+            f"ip netns add {name}",
+            f"ip link add {name}-h type veth peer name eth0 netns {name}",
+            f"ip link set {name}-h master vfs-br up",
+            f"ip -n {name} link set lo up && ip -n {name} link set eth0 up",
+            f"ip -n {name} address add {hosts[number + 1]}/{NAMESPACE_NETWORK.prefixlen} dev eth0",
+            f"ip -n {name} route add default via {hosts[0]}",
+            f"ip -n {name} route add unreachable 198.18.0.0/15",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+CLEANUP = f"""
+for pid_file in {WORK}/*.pid; do
+  [ -e "$pid_file" ] || continue
+  pid=$(cat "$pid_file"); kill "$pid" 2>/dev/null || true
+done
+sleep 1
+for pid_file in {WORK}/*.pid; do
+  [ -e "$pid_file" ] || continue
+  pid=$(cat "$pid_file"); kill -9 "$pid" 2>/dev/null || true
+done
+for name in $(ip netns list | awk '/^vfs-/ {{print $1}}'); do ip netns delete "$name"; done
+ip link delete vfs-br 2>/dev/null || true
+nft delete table ip vfl_storm 2>/dev/null || true
+rm -rf {WORK}
+"""
+
+
+def start_clients(configs: list[str]) -> None:
+    for number, config in enumerate(configs):
+        put(CLIENT, f"{WORK}/{number}.ovpn", config, 0o600)
+    # Started in one shell run, each writes its own PID file (CLEANUP stops exactly those).
+    sh_on(
+        CLIENT,
+        " ; ".join(
+            f"ip netns exec vfs-{number} openvpn --config {WORK}/{number}.ovpn --daemon vfl-storm-{number} "
+            f"--writepid {WORK}/{number}.openvpn.pid --log {WORK}/{number}.log --verb 3"
+            for number in range(len(configs))
+        ),
+        timeout=600,
+    )
+
+
+def connected(count: int) -> int:
+    out = sh_on(
+        CLIENT, f"grep -l 'Initialization Sequence Completed' {WORK}/*.log 2>/dev/null | wc -l", check=False
+    )
+    return int(out.strip() or 0)
+
+
+def start_pings(gateways: list[str]) -> None:
+    sh_on(
+        CLIENT,
+        " ; ".join(
+            f"(ip netns exec vfs-{number} ping -D -n -i {PING_INTERVAL} -W 1 {gateway} "
+            f"> {WORK}/{number}.ping 2>&1 & echo $! > {WORK}/{number}.ping.pid)"
+            for number, gateway in enumerate(gateways)
+        ),
+    )
+
+
+REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from")
+
+
+def reply_times(count: int) -> list[list[float]]:
+    out = sh_on(
+        CLIENT, f'for i in $(seq 0 {count - 1}); do echo "== $i"; cat {WORK}/$i.ping; done', timeout=120
+    )
+    times: list[list[float]] = [[] for _ in range(count)]
+    current = -1
+    for line in out.splitlines():
+        if line.startswith("== "):
+            current = int(line[3:])
+        elif (match := REPLY.match(line)) and current >= 0:
+            times[current].append(float(match.group(1)))
+    return times
+
+
+def back_after(times: list[float], started: float) -> float | None:
+    """Seconds from ``started`` until the first reply after the client's first outage; 0 if it had none."""
+    after = [stamp for stamp in times if stamp >= started]
+    previous = started
+    for stamp in after:
+        if stamp - previous > OUTAGE:
+            return stamp - started
+        previous = stamp
+    if after and time.time() - after[-1] < OUTAGE * 2:
+        return 0.0  # replies never stopped
+    return None
+
+
+def wait_all_back(count: int, started: float, limit: float) -> list[float | None]:
+    deadline = started + limit
+    while True:
+        backs = [back_after(times, started) for times in reply_times(count)]
+        if all(back is not None for back in backs) or time.time() > deadline:
+            return backs
+        time.sleep(2)
+
+
+# ----------------------------------------------------------------------------- the node's view
+
+
+def node_figures(processes: list[dict]) -> dict:
+    """CPU seconds (utime+stime) and resident memory of the node's OpenVPN processes; the load."""
+    script = (
+        " ; ".join(
+            f"pid=$(systemctl show -p MainPID --value {process['unit']}); "
+            f"echo {process['instance']} $(sed 's/^.*) //' /proc/$pid/stat) "
+            f"$(grep VmRSS /proc/$pid/status)"
+            for process in processes
+        )
+        + " ; echo load $(cut -d' ' -f1 /proc/loadavg)"
+    )
+    ticks_per_second = int(sh_on(NODE, "getconf CLK_TCK").strip())
+    figures: dict = {"cpu_seconds": 0.0, "rss_kib": 0}
+    for line in sh_on(NODE, script).splitlines():
+        words = line.split()
+        if words[0] == "load":
+            figures["load1"] = float(words[1])
+            continue
+        figures["cpu_seconds"] += (int(words[12]) + int(words[13])) / ticks_per_second
+        figures["rss_kib"] += int(words[words.index("VmRSS:") + 1])
+    return figures
+
+
+def node_log_figures(since: float) -> dict:
+    """Handshakes per second and the hooks' connect-check latency, from the node's journal."""
+    out = sh_on(NODE, f"journalctl --since @{int(since)} -o short-unix --no-pager", check=False, timeout=120)
+    handshakes, latencies = [], []
+    for line in out.splitlines():
+        stamp = line.split(" ", 1)[0]
+        if "Peer Connection Initiated" in line:
+            handshakes.append(float(stamp))
+        if match := re.search(r"connect ALLOW .*\[(\d+\.\d+) s\]", line):
+            latencies.append(float(match.group(1)) * 1000)
+    per_second: dict[int, int] = {}
+    for stamp in handshakes:
+        per_second[int(stamp)] = per_second.get(int(stamp), 0) + 1
+    latencies.sort()
+    return {
+        "handshakes": len(handshakes),
+        "handshakes_per_second_peak": max(per_second.values(), default=0),
+        "connect_checks": len(latencies),
+        "check_p50_ms": round(latencies[len(latencies) // 2], 1) if latencies else None,
+        "check_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1)
+        if latencies
+        else None,
+    }
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def event_command(event: str, processes: list[dict]) -> tuple[str, str]:
+    units = " ".join(process["unit"] for process in processes)
+    return {
+        "process": (NODE, f"systemctl restart {processes[0]['unit']}"),
+        "node": (NODE, f"systemctl restart {units}"),
+        "reboot": ("lab", "reboot"),
+        "controller": (CONTROLLER, "systemctl restart vpnfleet-controller.service"),
+    }[event]
+
+
+def run_event(event: str, processes: list[dict], count: int, limit: float) -> dict:
+    say(f"event {event}")
+    time.sleep(3)  # every client is pinging steadily before the event
+    host, command = event_command(event, processes)
+    started = time.time()
+    if host == "lab":
+        _reboot_node()
+    else:
+        sh_on(host, command, timeout=300)
+    command_seconds = time.time() - started
+    backs = wait_all_back(count, started, limit)
+    ok = sorted(back for back in backs if back is not None)
+    row = {
+        "event": event,
+        "clients": count,
+        "command_seconds": round(command_seconds, 1),
+        "never_back": count - len(ok),
+        "back_seconds": [round(back, 2) for back in ok],
+    }
+    for share in (50, 90, 100):
+        needed = max(1, -(-count * share // 100))
+        row[f"p{share}_seconds"] = round(ok[needed - 1], 1) if len(ok) >= needed else None
+    row.update(node_log_figures(started))
+    return row
+
+
+def _reboot_node() -> None:
+    """A reboot as the lab has it: the host's systemd reboots, its nspawn ends (as nspawn does on a
+    reboot) and the lab boots it again from the same root."""
+    sh_on(NODE, "systemctl reboot", check=False)
+    deadline = time.time() + 120
+    while lab("exec", NODE, "--", "true", check=False).returncode == 0:
+        if time.time() > deadline:
+            raise BenchError("node-x1 did not go down within 120 s of its reboot")
+        time.sleep(0.5)
+    lab("up", "--hosts", NODE, timeout=600)
+    deadline = time.time() + 180
+    while sh_on(NODE, "systemctl is-system-running || true", check=False).strip() not in (
+        "running",
+        "degraded",
+    ):
+        if time.time() > deadline:
+            raise BenchError("node-x1 did not come back from its reboot within 180 s")
+        time.sleep(1)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def print_table(results: dict) -> None:
+    head = (
+        f"{'event':<11}{'clients':>8}{'cmd s':>7}{'50% s':>7}{'90% s':>7}{'100% s':>8}{'lost':>6}"
+        f"{'hs/s':>6}{'check p50':>11}{'p99 ms':>8}"
+    )
+    print(head)
+    print("-" * len(head))
+    for row in results["events"]:
+        print(
+            f"{row['event']:<11}{row['clients']:>8}{row['command_seconds']:>7}{_cell(row['p50_seconds']):>7}"
+            f"{_cell(row['p90_seconds']):>7}{_cell(row['p100_seconds']):>8}{row['never_back']:>6}"
+            f"{row['handshakes_per_second_peak']:>6}{_cell(row['check_p50_ms']):>11}"
+            f"{_cell(row['check_p99_ms']):>8}"
+        )
+    steady = results["steady"]
+    print(
+        f"\nconnected: {results['connected']} of {results['clients']} clients, connected in "
+        f"{results['connect_seconds']} s; node: load {steady['load1']}, "
+        f"{steady['rss_kib'] / max(1, results['connected']):.0f} KiB and "
+        f"{results['cpu_ms_per_client_minute']:.2f} ms CPU per idle client per minute (OpenVPN processes)"
+    )
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 4.5))
+    for row in results["events"]:
+        backs = row["back_seconds"]
+        axes.step(
+            [0, *backs],
+            [0, *[100 * (n + 1) / row["clients"] for n in range(len(backs))]],
+            where="post",
+            label=f"{row['event']} ({row['clients']} clients)",
+        )
+    axes.set_xlabel("seconds after the command")
+    axes.set_ylabel("clients passing traffic again (%)")
+    axes.set_ylim(0, 105)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    axes.set_title("vpnfleet reconnect storms on the lab (node-x1)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(arguments) -> dict:
+    results: dict = {"benchmark": "storm", "quick": arguments.quick, "events": []}
+    with session_lock():
+        try:
+            say("starting from a clean lab (vpnfleet-lab down), then up and site.yml")
+            lab("down")
+            lab("up", timeout=1800)
+            results["deploy_seconds"] = site_playbook()["seconds"]
+            processes = node_processes()
+            under_test = processes[:1] if arguments.clients <= processes[0]["max_clients"] else processes
+            capacity = sum(process["max_clients"] for process in under_test)
+            if arguments.clients > capacity:
+                raise BenchError(
+                    f"{arguments.clients} clients exceed the {capacity} the profile's processes take"
+                )
+            results.update(
+                clients=arguments.clients, processes=[p["instance"] for p in under_test], capacity=capacity
+            )
+            say(f"{arguments.clients} configs from the controller, for {len(under_test)} process(es)")
+            configs = issue_configs(arguments.clients)
+            ports = {(process["proto"], process["port"]) for process in under_test}
+            configs = [keep_remotes(config, ports) for config in configs]
+            sh_on(CLIENT, namespaces_script(arguments.clients), timeout=600)
+            before = node_figures(under_test)
+            started = time.time()
+            start_clients(configs)
+            while connected(arguments.clients) < arguments.clients and time.time() - started < 300:
+                time.sleep(2)
+            results["connected"] = connected(arguments.clients)
+            results["connect_seconds"] = round(time.time() - started, 1)
+            gateways = _gateways(arguments.clients)
+            start_pings(gateways)
+            time.sleep(20)
+            idle_from, idle_start = node_figures(under_test), time.time()
+            time.sleep(30)
+            steady = node_figures(under_test)
+            idle_minutes = (time.time() - idle_start) / 60
+            results["steady"] = steady
+            results["cpu_ms_per_client_minute"] = (
+                (steady["cpu_seconds"] - idle_from["cpu_seconds"])
+                * 1000
+                / idle_minutes
+                / max(1, results["connected"])
+            )
+            results["cpu_seconds_to_connect_all"] = round(idle_from["cpu_seconds"] - before["cpu_seconds"], 2)
+            for event in arguments.events:
+                results["events"].append(run_event(event, under_test, arguments.clients, arguments.limit))
+        finally:
+            say("cleaning up the client host and taking the lab down")
+            sh_on(CLIENT, CLEANUP, check=False, timeout=300)
+            lab("down", check=False)
+    return results
+
+
+def _gateways(count: int) -> list[str]:
+    out = sh_on(
+        CLIENT,
+        f"for i in $(seq 0 {count - 1}); do grep -o 'route-gateway [0-9.]*' {WORK}/$i.log "
+        "| tail -n 1 | cut -d' ' -f2 || echo none; done",
+    )
+    gateways = out.split()
+    if len(gateways) != count or "none" in gateways:
+        raise BenchError("a client's log names no route-gateway: not every client connected")
+    return gateways
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.storm", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 clients, the process event only")
+    parser.add_argument("--clients", type=int, help="real OpenVPN clients (default 124: one full process)")
+    parser.add_argument("--events", help="comma-separated: process,node,reboot,controller (default all)")
+    parser.add_argument("--limit", type=float, default=120.0, help="seconds an event may take to recover")
+    parser.add_argument("--inventory", type=Path, help="the lab's inventory (default: inventories/lab)")
+    arguments = parser.parse_args(argv)
+    arguments.clients = arguments.clients or (20 if arguments.quick else 124)
+    events = arguments.events or ("process" if arguments.quick else "process,node,reboot,controller")
+    arguments.events = events.split(",")
+    if set(arguments.events) - {"process", "node", "reboot", "controller"} or arguments.clients < 1:
+        parser.error("--events takes process, node, reboot and controller; --clients at least 1")
+    if os.geteuid() != 0:
+        parser.error("the lab needs root")
+    if arguments.inventory:
+        lab_hosts.INVENTORY = arguments.inventory.resolve()
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        results = run(arguments)
+    except BenchError as error:
+        say(f"failed: {error}")
+        return 1
+    print_table(results)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    results["when"] = stamp
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot(results, RESULTS / f"storm-{stamp}.png")
+    for name in (f"storm-{stamp}.json", "storm-latest.json"):
+        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    say(f"wrote {RESULTS / f'storm-{stamp}.json'} and the plot storm-{stamp}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

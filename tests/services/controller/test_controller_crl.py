@@ -1,0 +1,158 @@
+"""The CRL from the controller's database, on node-x1 within seconds; revoked clients dropped within 2 s.
+
+node-x1 is real (controller_node_lab): its daemon keeps the CRL file its OpenVPN processes check.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from controller_helpers import (
+    NODE_TOKENS,
+    add_user,
+    app_tokens,
+    bearer,
+    csrf_token,
+    log_in,
+    portal_ovpn,
+    run_sql,
+)
+from cryptography import x509
+from sqlalchemy import select, update
+from vpnfleet.shared.pki import authority, keys
+
+from vpnfleet.controller.configs import revoke_configs
+from vpnfleet.controller.crl import publish_crl
+from vpnfleet.controller.models import PublishedCrl, VpnConfig, utcnow
+from vpnfleet.controller.state import EXTENSION_KEY
+
+NODE_X1 = ("node-x1", NODE_TOKENS["node-x1"])
+# The drop must come this soon after the revocation was asked for.
+DROP_SECONDS = 2.0
+
+
+def _serials(pem: str | bytes) -> set[int]:
+    return {
+        entry.serial_number
+        for entry in x509.load_pem_x509_crl(pem if isinstance(pem, bytes) else pem.encode())
+    }
+
+
+def _config(app, common_name: str) -> VpnConfig:
+    session = app.extensions[EXTENSION_KEY].sessions()
+    try:
+        return session.scalars(select(VpnConfig).where(VpnConfig.common_name == common_name)).one()
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_crl_lists_revoked_unexpired_configs_and_revoked_node_certificates(client, app, pki_dir):
+    kept, _ = portal_ovpn(client, app, display_name="kept")
+    revoked, _ = portal_ovpn(client, app, display_name="revoked")
+    expired, _ = portal_ovpn(client, app, display_name="expired")
+    ca = authority.CertificateAuthority.load(str(pki_dir / "ca"))
+    _, node_cert = ca.issue("node-z9", "server", lifetime_days=1)
+    ca.revoke(node_cert.serial_number, "key_compromise")
+    controller = app.extensions[EXTENSION_KEY]
+    with app.app_context():
+        session = controller.sessions()
+        configs = list(
+            session.scalars(select(VpnConfig).where(VpnConfig.common_name.in_([revoked, expired])))
+        )
+        revoke_configs(controller, session, configs)
+        session.execute(
+            update(VpnConfig)
+            .where(VpnConfig.common_name == expired)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        session.commit()
+        first = publish_crl(controller, session)
+        second = publish_crl(controller, session)
+        session.close()
+    crl = x509.load_pem_x509_crl(second.pem.encode())
+    assert _serials(second.pem) == {int(_config(app, revoked).serial_number, 16), node_cert.serial_number}
+    assert int(_config(app, kept).serial_number, 16) not in _serials(second.pem)
+    assert second.crl_number > first.crl_number
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert (
+        number == second.crl_number and second.revoked_count == 1
+    )  # the node certificate comes from the index
+    # Valid for crl_lifetime (1 h by default) from now; thisUpdate a minute back for slow clocks.
+    lifetime = crl.next_update_utc - crl.last_update_utc
+    assert timedelta(minutes=60) < lifetime <= timedelta(minutes=61, seconds=1)
+    assert crl.is_signature_valid(
+        keys.load_certificate((pki_dir / "ca" / "ca.crt").read_bytes()).public_key()
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_nodes_pull_the_crl_with_their_token_and_it_is_renewed_at_half_life(client, app):
+    assert client.get("/node-api/v1/crl").status_code == 401
+    assert client.get("/node-api/v1/crl", auth=("node-x1", "wrong")).status_code == 401
+    pulled = client.get("/node-api/v1/crl", auth=NODE_X1)
+    assert pulled.status_code == 200 and pulled.mimetype == "application/x-pem-file"
+    again = client.get("/node-api/v1/crl", auth=NODE_X1)
+    assert again.data == pulled.data  # not re-signed while most of its lifetime is ahead
+    # With less than half its lifetime left, the next pull brings a new one.
+    run_sql(app, update(PublishedCrl).values(next_update=utcnow() + timedelta(minutes=29)))
+    renewed = client.get("/node-api/v1/crl", auth=NODE_X1)
+    old, new = (x509.load_pem_x509_crl(answer.data) for answer in (pulled, renewed))
+    number = lambda crl: crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number  # noqa: E731
+    assert number(new) > number(old)
+
+
+def _revoke_by_deleting(client, app, common_name):
+    config_id = _config(app, common_name).id
+    page = client.get("/").get_data(as_text=True)
+    return client.post(f"/configs/{config_id}/delete", data={"csrf_token": csrf_token(page)})
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+@pytest.mark.parametrize("how", ["config deleted", "user disabled", "authorization revoked"])
+def test_a_revoked_client_is_dropped_within_2_s_and_refused_in_the_handshake(
+    client, app, node_lab, vpn_client, how, proto
+):
+    if how == "authorization revoked":
+        add_user(app, "alice")
+        token = app_tokens(client)
+        made = client.post("/api/v3/connect", headers=bearer(token), data={"profile_id": "office"})
+        assert made.status_code == 201
+        ovpn = made.get_data(as_text=True)
+        session = app.extensions[EXTENSION_KEY].sessions()
+        config = session.scalars(select(VpnConfig).order_by(VpnConfig.id.desc())).first()
+        session.close()
+        common_name, authorization_id = config.common_name, config.authorization_id
+    else:
+        common_name, ovpn = portal_ovpn(client, app)
+    vpn = vpn_client(ovpn, proto=proto)
+    vpn.wait_until_up()
+    node_lab.wait_until_listed(common_name)
+    since = vpn.log_size()
+    page = client.get("/").get_data(as_text=True)
+    started = time.monotonic()
+    if how == "config deleted":
+        response = _revoke_by_deleting(client, app, common_name)
+    elif how == "authorization revoked":
+        response = client.post(
+            f"/authorizations/{authorization_id}/revoke", data={"csrf_token": csrf_token(page)}
+        )
+    else:
+        admin = app.test_client()
+        add_user(app, "root", admin=True)
+        log_in(admin, "root")
+        user_id = _config(app, common_name).user_id
+        token = csrf_token(admin.get(f"/admin/users/{user_id}").get_data(as_text=True))
+        response = admin.post(f"/admin/users/{user_id}/disable", data={"csrf_token": token})
+    assert response.status_code == 302
+    vpn.wait_until_dropped(since)
+    elapsed = time.monotonic() - started
+    assert elapsed < DROP_SECONDS, f"{how} ({proto}): dropped after {elapsed:.2f} s"
+    # node-x1's CRL has it (pushed with the revocation): the next try fails in the TLS handshake.
+    assert int(_config(app, common_name).serial_number, 16) in _serials(node_lab.crl_path.read_bytes())
+    vpn.stop()
+    vpn_client(ovpn, proto=proto)
+    node_lab.wait_until_refused_by_crl(common_name)
