@@ -35,6 +35,11 @@ class DaemonSettings:
     # holds no certificate of the fleet's CA, which would let it disconnect clients).
     metrics_listen_port: int | None = None
     metrics_client_certificates: Path | None = None
+    # The certificate /metrics presents: the CA's `server` purpose (extended key usage serverAuth
+    # alone). Not tls_certificate: daemon_server's own purpose OID is an arc (2.25.<128 bits>)
+    # that Go's encoding/asn1 cannot hold, so Prometheus, a Go client, refuses that certificate.
+    metrics_tls_certificate: Path | None = None
+    metrics_tls_private_key: Path | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> DaemonSettings:
@@ -65,6 +70,9 @@ class DaemonSettings:
                 if not 1 <= port <= 65535:
                     raise reader.fail(name, f"must be an integer from 1 to 65535 (got {port})")
                 values[name] = port
+        for name in ("metrics_client_certificates", "metrics_tls_certificate", "metrics_tls_private_key"):
+            if reader.has(name):
+                values[name] = _readable_file(reader, name)
         if values.get("metrics_listen_port") is not None:
             if values["metrics_listen_port"] == values.get("listen_port", cls.listen_port):
                 raise reader.fail("metrics_listen_port", "must differ from listen_port")
@@ -72,8 +80,11 @@ class DaemonSettings:
                 raise reader.fail(
                     "metrics_client_certificates", "is required with metrics_listen_port (who may scrape)"
                 )
-        if reader.has("metrics_client_certificates"):
-            values["metrics_client_certificates"] = _readable_file(reader, "metrics_client_certificates")
+            for name in ("metrics_tls_certificate", "metrics_tls_private_key"):
+                if not reader.has(name):
+                    raise reader.fail(
+                        name, "is required with metrics_listen_port (the node's `server` certificate)"
+                    )
         if reader.has("management_socket_glob"):
             pattern = reader.get("management_socket_glob", str)
             if not pattern.startswith("/"):

@@ -66,17 +66,26 @@ def peer_common_name(tls_socket: ssl.SSLSocket) -> str:
 
 
 def metrics_server_context(settings: DaemonSettings) -> ssl.SSLContext:
-    """For /metrics: the daemon's own certificate, and clients pinned by metrics_client_certificates.
+    """For /metrics: the node's `server` certificate, and clients pinned by metrics_client_certificates.
 
+    Its own certificate, not daemon_server's: Prometheus is a Go client, and Go refuses a
+    certificate whose extended key usage holds an OID it cannot parse (our purposes' 2.25 arcs).
     No CRL here: the pinned certificates are the trust anchors themselves (self-signed by the
     monitoring host), so removing one from the file is how one is revoked.
     """
     assert settings.metrics_client_certificates is not None
+    assert settings.metrics_tls_certificate is not None and settings.metrics_tls_private_key is not None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.verify_mode = ssl.CERT_REQUIRED
     context.num_tickets = 0
-    context.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
+    try:
+        context.load_cert_chain(settings.metrics_tls_certificate, settings.metrics_tls_private_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise SettingsError(
+            f"metrics_tls_certificate/metrics_tls_private_key: cannot use {settings.metrics_tls_certificate}"
+            f" with {settings.metrics_tls_private_key}: {exc}"
+        ) from None
     try:
         context.load_verify_locations(cafile=settings.metrics_client_certificates)
     except (ssl.SSLError, OSError) as exc:

@@ -145,6 +145,10 @@ def daemon(
     credentials = lab_pki.credentials(
         "vfd-node-daemon", "daemon_server", ip_addresses=[SERVER_UNDERLAY_ADDRESS]
     )
+    # The node role's metrics certificate: the `server` purpose, which Go clients can parse.
+    metrics_credentials = lab_pki.credentials(
+        "vfd-node-daemon", "server", ip_addresses=[SERVER_UNDERLAY_ADDRESS]
+    )
     # Revoked on the CRL the node starts with (the CA's own, copied as the node role seeds it).
     lab_pki.revoke(lab_pki.credentials("vfd-revoked-controller", "daemon_client"))
     shutil.copyfile(lab_pki.crl, workdir / "node-crl.pem")
@@ -162,6 +166,8 @@ def daemon(
                 "management_timeout": MANAGEMENT_TIMEOUT,
                 "metrics_listen_port": METRICS_PORT,
                 "metrics_client_certificates": str(monitoring.certificate),
+                "metrics_tls_certificate": str(metrics_credentials.certificate),
+                "metrics_tls_private_key": str(metrics_credentials.private_key),
                 "maintenance_flag_file": str(workdir / "maintenance"),
             }
         )
