@@ -89,7 +89,8 @@ def login():
         directory=ldap_password_check(controller(), db()) if controller().settings.ldap else None,
     )
     if result.user is None:
-        metrics.login_failed("local", result.refusal or "invalid")
+        # The one password form serves local and directory users alike.
+        metrics.login_failed("password", result.refusal or "invalid")
         status, message = _LOGIN_REFUSALS[result.refusal or "invalid"]
         response = make_response(
             render_template("login.html", form=form, error=message.format(retry_after=result.retry_after)),

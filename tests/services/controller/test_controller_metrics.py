@@ -130,10 +130,11 @@ def test_connect_checks_are_counted_with_their_latency(metrics_app):
 def test_failed_logins_are_counted(metrics_app):
     client = metrics_app.test_client()
     add_user(metrics_app, "alice")
-    before = scrape(client).get(("vpnfleet_logins_failed_total", labels(method="local", reason="invalid")), 0)
+    invalid = ("vpnfleet_logins_failed_total", labels(method="password", reason="invalid"))
+    before = scrape(client).get(invalid, 0)
     log_in(client, "alice", "not the password")
     log_in(client, "mallory", "whatever")
-    after = scrape(client)[("vpnfleet_logins_failed_total", labels(method="local", reason="invalid"))]
+    after = scrape(client)[invalid]
     assert after == before + 2
 
 
