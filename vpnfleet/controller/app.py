@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from vpnfleet.controller import admin, api, authorize, node_api, oauth, oidc_login, portal
+from vpnfleet.controller import admin, api, authorize, metrics, node_api, oauth, oidc_login, portal
 from vpnfleet.controller.accounts import LoginThrottle
 from vpnfleet.controller.certificates import ClientCertificateIssuer
 from vpnfleet.controller.daemons import NodeDaemons
@@ -70,10 +70,11 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(admin.blueprint, url_prefix="/admin")
     app.register_blueprint(api.blueprint)
     app.register_blueprint(node_api.blueprint, url_prefix="/node-api/v1")
+    app.register_blueprint(metrics.blueprint)
     if settings.oidc is not None:
         oidc_login.init_oidc(app, settings.oidc)
     # Programs authenticate with tokens, not cookies: CSRF does not apply to them.
-    for blueprint in (api.blueprint, node_api.blueprint):
+    for blueprint in (api.blueprint, node_api.blueprint, metrics.blueprint):
         csrf.exempt(blueprint)
     app.before_request(_refuse_unusable_characters)
     init_security_headers(app)
