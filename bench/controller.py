@@ -12,16 +12,17 @@ What it measures, every row in one run (see docs/bench.md):
 (b) connect checks per second through the node API (``POST /node-api/v1/connect``, what the
     nodes' hooks call when a client connects), p50/p99;
 (c) both at 1..K parallel callers, on SQLite and on PostgreSQL, with 0, 10,000 and 50,000
-    certificates already issued (rows in the controller's database and, where the CA keeps
-    one, records in its index), side by side in one run, so a ratio reads through the noise.
+    certificates already issued (rows in the controller's database; the CA records none of
+    them), side by side in one run, so a ratio reads through the noise.
 
 The controller is the real one: the service's package under gunicorn (as the role runs it, with
-``--workers W``), on 127.0.0.1, with the real CA and a real database (a throwaway PostgreSQL 15
-cluster, the tests' own), and node-x1 as the service tests run it (its real OpenVPN servers and
-daemon in a network namespace): node choice names only nodes that answer, and every /connect that
-replaces a config pushes the new CRL and the disconnect to it. nginx is left out, so the figures
-are the controller's own cost. The callers run on the same 2 cores as the server: the figures are
-a floor of what a controller with its own cores serves.
+``--workers W``), on 127.0.0.1, signing through the real signer over the CA, with a real
+database (a throwaway PostgreSQL 15 cluster, the tests' own), and node-x1 as the service tests
+run it (its real OpenVPN servers and daemon in a network namespace): node choice names only
+nodes that answer, and every /connect that replaces a config pushes the new CRL and the
+disconnect to it. nginx is left out, so the figures are the controller's own cost. The callers
+run on the same 2 cores as the server: the figures are a floor of what a controller with its
+own cores serves.
 
 It prints a table and writes bench/results/controller-<timestamp>.json and
 bench/results/controller-latest.json. It uses no lab host, so it takes no lab lock.
@@ -55,7 +56,6 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import create_engine, insert, select
-from vpnfleet.shared.pki import authority
 
 from bench.lab import BenchError, result_stamp, say, write_results
 from vpnfleet.controller.accounts import ensure_user
@@ -69,6 +69,7 @@ sys.path[:0] = [str(REPO / "tests" / "services"), str(REPO / "tests" / "services
 import postgres_cluster  # noqa: E402
 from controller_helpers import NODE_TOKENS, make_pki, settings_mapping  # noqa: E402
 from controller_node_lab import start_node_lab  # noqa: E402
+from signer_process import start_signer  # noqa: E402
 
 CLIENT_ID = "org.eduvpn.app.linux"
 REDIRECT_URI = "http://127.0.0.1:41234/callback"
@@ -91,7 +92,12 @@ def settings_for(pki: Path, ca_dir: Path, database_url: str, daemon_port: int) -
     """The service tests' settings (node-x1 real, its OpenVPN servers and daemon), this run's CA
     copy, and no per-app rate limit: the bench calls /connect as fast as it can."""
     settings = settings_mapping(pki, database_url, daemon_port)
-    settings.update(base_url="http://127.0.0.1", ca_dir=str(ca_dir), api_connect_limit=1_000_000)
+    settings.update(
+        base_url="http://127.0.0.1",
+        ca_dir=str(ca_dir),
+        signer_socket=str(ca_dir.parent / "signer.sock"),
+        api_connect_limit=1_000_000,
+    )
     # node-y1 of the tests never answers: a node that is down is not what this bench measures.
     settings["nodes"] = [node for node in settings["nodes"] if node["name"] == NODE_NAME]
     return settings
@@ -231,9 +237,9 @@ def _csrf(html: str) -> str:
     return match.group(1)
 
 
-def seed_issued(database_url: str, ca_dir: Path, count: int) -> None:
-    """`count` certificates issued before the run, to a user of their own: rows in the database and,
-    where the CA keeps a record of each client certificate, records in its index."""
+def seed_issued(database_url: str, count: int) -> None:
+    """`count` certificates issued before the run, to a user of their own: rows in the database (the
+    CA keeps no record of users' certificates: the signer issues them unrecorded)."""
     if count == 0:
         return
     engine = create_engine(database_url)
@@ -258,20 +264,6 @@ def seed_issued(database_url: str, ca_dir: Path, count: int) -> None:
         for start in range(0, count, 5000):
             connection.execute(insert(VpnConfig), rows[start : start + 5000])
     engine.dispose()
-    index_file = ca_dir / authority.INDEX_FILE
-    index = json.loads(index_file.read_text()) if index_file.exists() else None
-    if isinstance(index, dict) and isinstance(index.get("certificates"), dict):
-        not_after = (now + datetime.timedelta(days=90)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for serial in serials:
-            index["certificates"][serial] = {
-                "common_name": serial,
-                "purpose": "client",
-                "not_after": not_after,
-                "sha256": serial * 2,
-                "revoked_at": None,
-                "revocation_reason": None,
-            }
-        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- load
@@ -385,12 +377,18 @@ def measure_database(kind: str, issued_counts, parallels, seconds, workers, clus
             users = [f"bench-{number}" for number in range(max(parallels))]
             _make_users(url, [*users, "bench-history"])
             seed_started = time.monotonic()
-            seed_issued(url, directory / "ca", issued_count)
+            seed_issued(url, issued_count)
             say(
                 f"{kind}: {issued_count} certificates issued before the run "
                 f"(seeded in {time.monotonic() - seed_started:.1f} s)"
             )
-            server = Gunicorn(settings_file, workers, directory / "gunicorn.log")
+            # The controller signs through the signer, as on a controller host.
+            signer = start_signer(directory / "ca", directory)
+            try:
+                server = Gunicorn(settings_file, workers, directory / "gunicorn.log")
+            except BaseException:
+                signer.stop()
+                raise
             try:
                 tokens = [app_token(server.port, user) for user in users]
                 for parallel in parallels:
@@ -423,6 +421,7 @@ def measure_database(kind: str, issued_counts, parallels, seconds, workers, clus
                     rows.append(row)
             finally:
                 server.stop()
+                signer.stop()
         finally:
             shutil.rmtree(directory, ignore_errors=True)
     return rows

@@ -86,6 +86,7 @@ RETIRED = {
     "controller_venv": "vpnfleet_controller_venv",
     "controller_node_token_dir": "vpnfleet_node_token_dir",
     "node_hooks_token_source": "vpnfleet_node_token_dir",
+    "node_hooks_openvpn_group": "node_openvpn_group",
 }
 # The profile fields the controller's settings read (vpnfleet/controller/settings.py).
 CONTROLLER_PROFILE_FIELDS = ("id", "display_name", "default_gateway", "groups")

@@ -19,6 +19,8 @@ description:
     V(daemon_server): serverAuth plus the vpnfleet purpose OID
     2.25.153677918813723533877896230736416013330.1. V(daemon_client): clientAuth plus
     2.25.153677918813723533877896230736416013330.2; the node's VPN daemon refuses peers without it.
+    V(vpn_server): serverAuth plus 2.25.153677918813723533877896230736416013330.3, for a node's
+    OpenVPN processes; the clients' configs require it (C(remote-cert-eku)).
     Every certificate has BasicConstraints CA:FALSE and key identifiers; subject alternative names
     from O(dns_names) and O(ip_addresses)."
   - "The certificate is (re)issued when it is missing, not issued by this CA, revoked, when its
@@ -50,7 +52,7 @@ options:
   purpose:
     description: What the certificate is for. Required with O(state=present).
     type: str
-    choices: [server, client, daemon_server, daemon_client]
+    choices: [server, client, vpn_server, daemon_server, daemon_client]
   csr_content:
     description: A PEM CSR to sign. Mutually exclusive with O(csr_path) and O(privatekey_path).
     type: str

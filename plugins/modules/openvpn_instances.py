@@ -93,7 +93,7 @@ options:
     description: CA certificate file.
     type: path
   cert_path:
-    description: The server certificate (purpose V(server)).
+    description: The server certificate (purpose V(vpn_server)).
     type: path
   key_path:
     description: The server's private key.

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
-from datetime import UTC, datetime
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
-from sqlalchemy import or_, select
-
+from vpnfleet.controller import connection_log
 from vpnfleet.controller.accounts import end_user_sessions
 from vpnfleet.controller.configs import active_configs, disable_user, disconnect_everywhere
+from vpnfleet.controller.connection_log import LogSearch, LogSearchError
 from vpnfleet.controller.fleet import (
     DrainRefused,
     capacity_table,
@@ -18,13 +17,11 @@ from vpnfleet.controller.fleet import (
     set_maintenance,
 )
 from vpnfleet.controller.forms import ActionForm, SearchLogForm
-from vpnfleet.controller.models import ConnectionLogEntry, User, VpnConfig, utcnow
+from vpnfleet.controller.models import User, VpnConfig, utcnow
 from vpnfleet.controller.state import controller, db
 from vpnfleet.controller.web_session import admin_required
 
 blueprint = Blueprint("admin", __name__)
-
-LOG_PAGE_SIZE = 200
 
 
 @blueprint.get("/")
@@ -167,56 +164,34 @@ def _local(url: str | None) -> bool:
     return url is not None and url.startswith(request.host_url)
 
 
-def parse_moment(text: str) -> datetime:
-    """'YYYY-MM-DD HH:MM[:SS]' or ISO 8601, in UTC."""
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(UTC).replace(tzinfo=None)
-    except (ValueError, OverflowError):
-        raise ValueError(f"{text!r} is not a time like 2025-03-01 14:30") from None
-    return moment
-
-
 @blueprint.get("/log")
 @admin_required
 def log():
+    """Who had an address at a time, all sessions of a user; as a page, or CSV with format=csv."""
     form = SearchLogForm(request.args)
-    query = select(ConnectionLogEntry)
-    error = None
-    if form.user.data:
-        query = query.where(ConnectionLogEntry.username == form.user.data.strip())
-    if form.address.data:
-        try:
-            address = str(ipaddress.ip_address(form.address.data.strip()))
-        except ValueError:
-            error = f"{form.address.data!r} is not an IP address"
-        else:
-            query = query.where(
-                or_(
-                    ConnectionLogEntry.ipv4 == address,
-                    ConnectionLogEntry.ipv6 == address,
-                    ConnectionLogEntry.real_address == address,
-                )
-            )
-    if form.at.data and error is None:
-        try:
-            moment = parse_moment(form.at.data)
-        except ValueError as problem:
-            error = str(problem)
-        else:
-            # Who was connected at that moment: started before it and not ended before it.
-            query = query.where(
-                ConnectionLogEntry.connected_at <= moment,
-                or_(
-                    ConnectionLogEntry.disconnected_at.is_(None), ConnectionLogEntry.disconnected_at >= moment
-                ),
-            )
-    entries = (
-        []
-        if error
-        else list(db().scalars(query.order_by(ConnectionLogEntry.connected_at.desc()).limit(LOG_PAGE_SIZE)))
-    )
+    want_csv = request.args.get("format") == "csv"
+    if request.args.get("format") not in (None, "", "csv", "html"):
+        abort(400, "format must be html or csv")
+    try:
+        log_search = LogSearch.parse(form.user.data, form.address.data, form.at.data)
+    except LogSearchError as problem:
+        if want_csv:
+            abort(400, str(problem))
+        return render_template("admin/log.html", form=form, entries=[], error=str(problem), page_size=0), 400
+    if want_csv:
+        entries = connection_log.search(db(), log_search, connection_log.EXPORT_LIMIT)
+        response = Response(connection_log.csv_text(entries), mimetype="text/csv")
+        stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+        response.headers["Content-Disposition"] = f'attachment; filename="connection-log-{stamp}.csv"'
+        if len(entries) == connection_log.EXPORT_LIMIT:
+            response.headers["X-Vpnfleet-Truncated"] = f"only the newest {connection_log.EXPORT_LIMIT} rows"
+        return response
+    entries = connection_log.search(db(), log_search)
     return render_template(
-        "admin/log.html", form=form, entries=entries, error=error, page_size=LOG_PAGE_SIZE
-    ), 400 if error else 200
+        "admin/log.html",
+        form=form,
+        entries=entries,
+        error=None,
+        page_size=connection_log.PAGE_SIZE,
+        csv_query={**request.args.to_dict(), "format": "csv"},
+    )

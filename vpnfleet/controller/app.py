@@ -11,11 +11,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from vpnfleet.controller import admin, api, authorize, node_api, oauth, oidc_login, portal
+from vpnfleet.controller import admin, api, authorize, metrics, node_api, oauth, oidc_login, portal
 from vpnfleet.controller.accounts import LoginThrottle
 from vpnfleet.controller.certificates import ClientCertificateIssuer
 from vpnfleet.controller.daemons import NodeDaemons
 from vpnfleet.controller.database import make_engine, make_session_factory
+from vpnfleet.controller.security_headers import init_security_headers
 from vpnfleet.controller.settings import Settings
 from vpnfleet.controller.state import EXTENSION_KEY, Controller, close_db
 from vpnfleet.controller.web_session import current_user
@@ -54,7 +55,7 @@ def create_app(settings: Settings) -> Flask:
     app.extensions[EXTENSION_KEY] = Controller(
         settings=settings,
         sessions=make_session_factory(engine),
-        issuer=ClientCertificateIssuer(settings.ca_dir),
+        issuer=ClientCertificateIssuer(settings.signer_socket),
         daemons=NodeDaemons(settings),
         throttle=LoginThrottle(settings),
     )
@@ -69,12 +70,14 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(admin.blueprint, url_prefix="/admin")
     app.register_blueprint(api.blueprint)
     app.register_blueprint(node_api.blueprint, url_prefix="/node-api/v1")
+    app.register_blueprint(metrics.blueprint)
     if settings.oidc is not None:
         oidc_login.init_oidc(app, settings.oidc)
     # Programs authenticate with tokens, not cookies: CSRF does not apply to them.
-    for blueprint in (api.blueprint, node_api.blueprint):
+    for blueprint in (api.blueprint, node_api.blueprint, metrics.blueprint):
         csrf.exempt(blueprint)
     app.before_request(_refuse_unusable_characters)
+    init_security_headers(app)
     _register_error_pages(app)
     app.add_template_filter(_utc, "utc")
     app.context_processor(

@@ -6,6 +6,7 @@ from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, abort, current_app, render_template, request
 
 from vpnfleet.controller.forms import ActionForm
+from vpnfleet.controller.security_headers import allow_form_redirect_to
 from vpnfleet.controller.state import controller
 from vpnfleet.controller.web_session import login_required, signed_in_user
 
@@ -27,6 +28,7 @@ def authorize():
         # Never redirect to an unchecked URI: show the reason here instead.
         abort(400, f"{error.error}: {error.description or 'invalid authorization request'}")
     form = ActionForm()
+    allow_form_redirect_to(grant.request.payload.redirect_uri or grant.client.get_default_redirect_uri())
     if request.method == "GET":
         registration = controller().settings.oauth_client(grant.client.get_client_id())
         return render_template(

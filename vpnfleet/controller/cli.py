@@ -8,6 +8,7 @@ import sys
 
 from sqlalchemy import select
 
+from vpnfleet.controller import connection_log
 from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.configs import disable_user
@@ -42,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument("--group", action="append", default=[], help="a group of the user (repeatable)")
     user.add_argument("--disabled", action=argparse.BooleanOptionalAction, default=False)
     commands.add_parser("housekeeping", help="disconnect what must go, close stale log rows, purge old rows")
+    log = commands.add_parser(
+        "connection-log",
+        help="search the connection log: who had an address at a time, all sessions of a user",
+        description="Sessions newest first; times in UTC. Exit status 2: a search that cannot run.",
+    )
+    log.add_argument("--user", help="sessions of this user")
+    log.add_argument("--address", help="sessions that had this VPN (IPv4 or IPv6) or real address")
+    log.add_argument("--at", help="sessions connected at this time (ISO 8601; UTC unless it says otherwise)")
+    log.add_argument("--csv", action="store_true", help="CSV with a header row instead of a table")
+    log.add_argument("--limit", type=int, default=connection_log.EXPORT_LIMIT, help="at most this many rows")
     maintenance = commands.add_parser(
         "node-maintenance",
         help="drain a node (no new config names it, its clients move on) or undrain it; prints JSON",
@@ -71,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     with app.app_context():
         if arguments.command == "user":
             return _user(arguments)
+        if arguments.command == "connection-log":
+            return _connection_log(arguments)
         if arguments.command == "node-maintenance":
             return _node_maintenance(arguments)
         print(json.dumps(run_housekeeping(controller(), db()).as_dict()))
@@ -95,6 +108,28 @@ def _user(arguments: argparse.Namespace) -> int:
         user = db().scalars(select(User).where(User.username == arguments.username)).one()
         disable_user(controller(), db(), user)
     print(json.dumps({"changed": change.changed, "created": change.created}))
+    return 0
+
+
+def _connection_log(arguments: argparse.Namespace) -> int:
+    if arguments.limit < 1:
+        print("vpnfleet-controller: --limit: must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        log_search = connection_log.LogSearch.parse(arguments.user, arguments.address, arguments.at)
+    except connection_log.LogSearchError as error:
+        print(f"vpnfleet-controller: --{error}", file=sys.stderr)
+        return 2
+    entries = connection_log.search(db(), log_search, arguments.limit)
+    if arguments.csv:
+        sys.stdout.write(connection_log.csv_text(entries))
+    else:
+        rows = [list(connection_log.CSV_COLUMNS), *connection_log.csv_rows(entries)]
+        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    if len(entries) == arguments.limit:
+        print(f"vpnfleet-controller: only the newest {arguments.limit} sessions (--limit)", file=sys.stderr)
     return 0
 
 

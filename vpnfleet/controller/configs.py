@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from vpnfleet.controller import metrics
 from vpnfleet.controller.accounts import end_user_sessions
 from vpnfleet.controller.crl import revoke_on_nodes
 from vpnfleet.controller.fleet import AUTOMATIC, NoNodeAvailable, choose_remotes
@@ -128,6 +129,7 @@ def create_config(
         )
         db.add(config)
         db.commit()
+        metrics.config_issued(profile.id, "api" if authorization else "portal")
     except BaseException:
         db.rollback()
         raise

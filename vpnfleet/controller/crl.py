@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography import x509
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -64,12 +65,14 @@ def publish_crl(controller: Controller, db: Session) -> Crl:
             )
         )
     ]
-    # The number comes from thisUpdate: it must grow even if the clock stepped back.
+    # thisUpdate never goes back, even if the clock stepped back.
     this_update = max(now - CLOCK_SKEW, row.this_update + timedelta(microseconds=1))
     next_update = now + controller.settings.crl_lifetime
     pem = controller.issuer.sign_crl(revoked, this_update, next_update).decode()
     row.pem, row.this_update, row.next_update = pem, this_update, next_update
-    row.crl_number = int((this_update - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+    # The signer numbers it (at least thisUpdate in microseconds, above any CRL of the CA before).
+    crl = x509.load_pem_x509_crl(pem.encode())
+    row.crl_number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     row.revoked_count = len(revoked)
     db.commit()
     return Crl.of(row)

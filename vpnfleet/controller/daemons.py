@@ -6,6 +6,7 @@ holding up or breaking the page that asked.
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import threading
@@ -19,7 +20,38 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
+
 from vpnfleet.controller.settings import Node, Settings
+from vpnfleet.shared.pki import keys
+
+DAEMON_SERVER_PURPOSE = "daemon_server"
+
+
+class DaemonPurposeError(OSError):
+    """The peer proved a certificate of our CA, but not one of a node's daemon."""
+
+
+class _DaemonHTTPSConnection(http.client.HTTPSConnection):
+    # The CA also signs VPN servers, the web front and users' configs, all valid TLS peers to
+    # OpenSSL: a daemon must show the daemon_server purpose as well, or we tell it nothing.
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True)
+        purpose = keys.certificate_purpose(x509.load_der_x509_certificate(der)) if der else "none"
+        if purpose != DAEMON_SERVER_PURPOSE:
+            self.sock.close()
+            raise DaemonPurposeError(f"daemon certificate purpose is {purpose}, not {DAEMON_SERVER_PURPOSE}")
+
+
+class _DaemonHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext):
+        super().__init__(context=context)
+        self._daemon_context = context
+
+    def https_open(self, req):
+        return self.do_open(_DaemonHTTPSConnection, req, context=self._daemon_context)
+
 
 # What POST /crl of our daemons takes (docs/daemon.md).
 CRL_CONTENT_TYPE = "application/x-pem-file"
@@ -162,7 +194,7 @@ class NodeHealthCache:
 class NodeDaemons:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._tls: ssl.SSLContext | None = None
+        self._tls: urllib.request.OpenerDirector | None = None
         self.health = NodeHealthCache(
             lambda node: self._call(
                 node,
@@ -174,13 +206,14 @@ class NodeDaemons:
             settings.node_health_timeout_seconds,
         )
 
-    def _tls_context(self) -> ssl.SSLContext:
+    def _opener(self) -> urllib.request.OpenerDirector:
         if self._tls is None:
             tls = self.settings.daemon_client
+            # The default context checks the name too: the certificate must be that node's.
             context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
             context.minimum_version = ssl.TLSVersion.TLSv1_3
             context.load_cert_chain(str(tls.cert), str(tls.key))
-            self._tls = context
+            self._tls = urllib.request.build_opener(_DaemonHTTPSHandler(context))
         return self._tls
 
     def _url(self, node: Node, path: str) -> str:
@@ -203,8 +236,8 @@ class NodeDaemons:
         # Always https to a configured node (S310 warns about file: and custom schemes).
         request = urllib.request.Request(self._url(node, path), data=body, headers=headers)  # noqa: S310
         try:
-            with urllib.request.urlopen(  # noqa: S310
-                request, context=self._tls_context(), timeout=timeout or self.settings.daemon_timeout_seconds
+            with self._opener().open(
+                request, timeout=timeout or self.settings.daemon_timeout_seconds
             ) as response:
                 payload = response.read()
         except urllib.error.HTTPError as error:

@@ -11,10 +11,12 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
 
+from vpnfleet.controller import metrics
 from vpnfleet.controller.crl import current_crl
 from vpnfleet.controller.models import ConnectionLogEntry, VpnConfig, utcnow
 from vpnfleet.controller.settings import Node
@@ -127,6 +129,23 @@ def _refusal(reason: str, common_name: str) -> Response:
 
 @blueprint.post("/connect")
 def client_connect():
+    started = time.perf_counter()
+    try:
+        response = _client_connect()
+        profile_id = _fields().get("profile_id")
+    except BadField as error:
+        response, profile_id = bad_field(error), None
+    # A label per known profile only: whatever else a node sends must not grow the series.
+    known = isinstance(profile_id, str) and controller().settings.profile(profile_id) is not None
+    metrics.connect_checked(
+        profile_id if known and isinstance(profile_id, str) else "unknown",
+        response.status_code == 200,
+        time.perf_counter() - started,
+    )
+    return response
+
+
+def _client_connect() -> Response:
     data = _fields()
     common_name = _required_text(data, "common_name")
     profile_id = _required_text(data, "profile_id")

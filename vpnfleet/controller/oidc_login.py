@@ -16,6 +16,7 @@ from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.flask_client import OAuth
 from flask import Blueprint, Flask, abort, redirect, render_template, request, session, url_for
 
+from vpnfleet.controller import metrics
 from vpnfleet.controller.directory_users import sync_directory_user
 from vpnfleet.controller.forms import LoginForm
 from vpnfleet.controller.login_settings import OidcSettings
@@ -89,6 +90,7 @@ def _checked_metadata(settings: OidcSettings) -> dict:
 
 
 def _refused(refusal: LoginRefused):
+    metrics.login_failed("oidc", "unavailable" if refusal.status in (502, 503) else "refused")
     return render_template("login.html", form=LoginForm(), error=refusal.message), refusal.status
 
 

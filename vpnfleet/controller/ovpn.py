@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from vpnfleet.controller.certificates import IssuedClientCertificate
 from vpnfleet.controller.settings import Profile
+from vpnfleet.shared.pki.keys import VPN_SERVER_OID
 
 # What every client gets; the routes, DNS and addresses are pushed by the node's server config.
 _CLIENT_OPTIONS = (
     "dev tun",
     "client",
     "nobind",
-    "remote-cert-tls server",
+    # A node's vpn_server usage, not just serverAuth: any TLS server certificate of the CA (the
+    # controller's web one) would pass "remote-cert-tls server". A name prefix would not hold
+    # either: the web certificate of a controller that is also a node carries the node's name.
+    # The key usage is left to the TLS library, as remote-cert-tls does since OpenVPN 2.4.
+    f"remote-cert-eku {VPN_SERVER_OID}",
     "verb 3",
     # Failover in seconds (docs/node.md): 5 s for a remote to answer before the next one, a
     # second between attempts, and backing off to at most 30 s when every remote fails.

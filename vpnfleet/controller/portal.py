@@ -18,6 +18,7 @@ from flask import (
 from itsdangerous import BadData, URLSafeTimedSerializer
 from sqlalchemy import func, select
 
+from vpnfleet.controller import metrics
 from vpnfleet.controller.accounts import authenticate
 from vpnfleet.controller.configs import (
     ConfigRefused,
@@ -88,6 +89,8 @@ def login():
         directory=ldap_password_check(controller(), db()) if controller().settings.ldap else None,
     )
     if result.user is None:
+        # The one password form serves local and directory users alike.
+        metrics.login_failed("password", result.refusal or "invalid")
         status, message = _LOGIN_REFUSALS[result.refusal or "invalid"]
         response = make_response(
             render_template("login.html", form=form, error=message.format(retry_after=result.retry_after)),

@@ -56,7 +56,8 @@ class NodeProcess:
     proto: str  # udp or tcp
     port: int
     max_clients: int | None
-    # The process's name and address slices (the fleet plan's), so that an address names its process.
+    # The process's name ("<profile>-<index>", as the node's daemon reports it) and address slices
+    # (the fleet plan's), so that an address names its process. None in a file that leaves them out.
     name: str | None = None
     ipv4: str | None = None
     ipv6: str | None = None
@@ -134,6 +135,10 @@ class Settings:
     oauth_clients: tuple[OAuthClient, ...] = field(default=DEFAULT_OAUTH_CLIENTS)
     # Behind nginx the service sees the proxy's address; trust its X-Forwarded-* headers.
     behind_proxy: bool = True
+    # The signer service's socket: the CA key is the signer's, the app only asks it (docs/security.md).
+    signer_socket: Path = Path("/run/vpnfleet-signer/signer.sock")
+    # SHA-256 of the bearer token Prometheus scrapes /metrics with; None: no /metrics at all.
+    metrics_token_sha256: str | None = None
     # Node choice (docs/controller.md): how long a node's /i/node answer is reused, how long a
     # config waits for the nodes at most, and how many nodes a config lists after the first.
     node_health_ttl_seconds: float = 5.0
@@ -255,6 +260,12 @@ def _seconds(value: float, setting: str) -> float:
     return float(value)
 
 
+def _sha256_hex(value: str, setting: str) -> str:
+    if not _SHA256_HEX.match(value.lower()):
+        raise SettingsError(f"{setting}: must be 64 hex digits (SHA-256 of the token)")
+    return value.lower()
+
+
 def _positive_seconds(value: float, setting: str) -> float:
     if value <= 0:
         raise SettingsError(f"{setting}: must be more than 0 seconds")
@@ -305,6 +316,8 @@ _OPTIONAL: dict[str, tuple[type | tuple[type, ...], Callable[[Any, str], Any]]] 
     "crl_lifetime": ((str, int), _crl_lifetime),
     "crl_push_timeout_seconds": ((int, float), _push_timeout),
     "behind_proxy": (bool, _as_read),
+    "signer_socket": (str, lambda value, _setting: Path(value)),
+    "metrics_token_sha256": (str, _sha256_hex),
     "node_health_ttl_seconds": ((int, float), _positive_seconds),
     "node_health_timeout_seconds": ((int, float), _positive_seconds),
     "config_fallback_nodes": (int, _not_negative),

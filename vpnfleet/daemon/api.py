@@ -40,7 +40,12 @@ class NodeState:
 @dataclass(frozen=True)
 class Route:
     method: str
-    call: Callable[[NodeState, Parameters], dict] | Callable[[NodeState, bytes], dict]
+    # A dict is answered as JSON, bytes as Prometheus' text format (the metrics port's route).
+    call: (
+        Callable[[NodeState, Parameters], dict]
+        | Callable[[NodeState, Parameters], bytes]
+        | Callable[[NodeState, bytes], dict]
+    )
     # "form": parameters (query or urlencoded form); "crl": the body is a CRL (PEM or DER).
     body: str = "form"
 

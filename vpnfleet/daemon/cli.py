@@ -33,9 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vpnfleet-daemon: {exc}", file=sys.stderr)
         return EXIT_SETTINGS_ERROR
 
+    metrics_server = server.metrics
+    if metrics_server is not None:
+        threading.Thread(target=metrics_server.serve_forever, name="metrics", daemon=True).start()
+        logging.getLogger("vpnfleet.daemon").info("metrics on [%s]:%s", *metrics_server.server_address[:2])
+
     def stop(signum, frame) -> None:
         # shutdown() waits for serve_forever() to return, so it must run outside of it.
         threading.Thread(target=server.shutdown, name="shutdown").start()
+        if metrics_server is not None:
+            threading.Thread(target=metrics_server.shutdown, name="shutdown-metrics").start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

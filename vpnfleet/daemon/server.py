@@ -15,11 +15,19 @@ from urllib.parse import parse_qs, urlsplit
 
 from vpnfleet.settings_file import SettingsError
 
-from .api import ROUTES, ApiError, NodeState, Parameters
+from . import metrics
+from .api import ROUTES, ApiError, NodeState, Parameters, Route
 from .crl import MAX_CRL_BYTES, CrlFile
 from .management import ProcessFleet
 from .settings import DaemonSettings
-from .tls import peer_common_name, peer_refusal, server_context
+from .tls import (
+    metrics_server_context,
+    peer_common_name,
+    peer_refusal,
+    pinned_fingerprints,
+    pinned_peer_refusal,
+    server_context,
+)
 
 log = logging.getLogger("vpnfleet.daemon")
 
@@ -64,7 +72,7 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
-        route = ROUTES.get(url.path)
+        route = self.server.routes.get(url.path)
         try:
             if route is None:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no such call: {url.path}")
@@ -75,6 +83,9 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
             else:
                 parameters = self._read_form() if route.method == "POST" else _parse_fields(url.query)
                 payload = route.call(self.server.state, parameters)  # type: ignore[arg-type]
+            if isinstance(payload, bytes):
+                self._send(HTTPStatus.OK, payload, metrics.CONTENT_TYPE)
+                return
         except ApiError as refusal:
             self.close_connection = True
             self._send_json(refusal.status, {"error": refusal.reason})
@@ -115,12 +126,14 @@ class DaemonRequestHandler(BaseHTTPRequestHandler):
             raise ApiError(HTTPStatus.BAD_REQUEST, "the form is not UTF-8") from None
 
     def _send_json(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         if status == HTTPStatus.METHOD_NOT_ALLOWED:
-            self.send_header("Allow", ROUTES[urlsplit(self.path).path].method)
+            self.send_header("Allow", self.server.routes[urlsplit(self.path).path].method)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -135,15 +148,28 @@ def _parse_fields(text: str) -> Parameters:
 
 
 class DaemonHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+    """The API for the controller; the same server class, with other routes, a port, a
+    certificate and a peer check of its own, serves /metrics to the monitoring host
+    (``metrics``, None when off)."""
 
-    def __init__(self, settings: DaemonSettings, tls_context: ssl.SSLContext, fleet: ProcessFleet):
+    daemon_threads = True
+    routes: dict[str, Route] = ROUTES
+    metrics: "MetricsHTTPServer | None" = None
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        tls_context: ssl.SSLContext,
+        state: NodeState,
+        port: int | None = None,
+    ):
         self.address_family = socket.AF_INET6 if ":" in settings.listen_address else socket.AF_INET
         self.tls_context = tls_context
-        self.fleet = fleet
-        crl = CrlFile(settings.tls_crl, settings.tls_ca) if settings.tls_crl is not None else None
-        self.state = NodeState(fleet, crl)
-        super().__init__((settings.listen_address, settings.listen_port), DaemonRequestHandler)
+        self.state = state
+        super().__init__((settings.listen_address, port or settings.listen_port), DaemonRequestHandler)
+
+    def peer_refusal(self, tls_socket: ssl.SSLSocket) -> str | None:
+        return peer_refusal(tls_socket, self.state.crl)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
@@ -165,7 +191,7 @@ class DaemonHTTPServer(ThreadingHTTPServer):
             return
         try:
             # Decided before a single byte of the request is read.
-            refusal = peer_refusal(tls_socket, self.state.crl)
+            refusal = self.peer_refusal(tls_socket)
             if refusal:
                 log.warning("refused %s (%s): %s", client_address[0], peer_common_name(tls_socket), refusal)
                 return
@@ -175,7 +201,25 @@ class DaemonHTTPServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self.fleet.close()
+        if self.metrics is not None:
+            self.metrics.server_close()
+        self.state.fleet.close()
+
+
+class MetricsHTTPServer(DaemonHTTPServer):
+    routes = {"/metrics": Route("GET", lambda state, query: metrics.render(state.fleet))}
+
+    def __init__(self, settings: DaemonSettings, state: NodeState):
+        assert settings.metrics_client_certificates is not None and settings.metrics_listen_port
+        self.fingerprints = pinned_fingerprints(settings.metrics_client_certificates)
+        super().__init__(settings, metrics_server_context(settings), state, settings.metrics_listen_port)
+
+    def peer_refusal(self, tls_socket: ssl.SSLSocket) -> str | None:
+        return pinned_peer_refusal(tls_socket, self.fingerprints)
+
+    def server_close(self) -> None:
+        # The fleet is the API server's, which closes it.
+        ThreadingHTTPServer.server_close(self)
 
 
 def create_server(settings: DaemonSettings) -> DaemonHTTPServer:
@@ -184,11 +228,23 @@ def create_server(settings: DaemonSettings) -> DaemonHTTPServer:
     fleet = ProcessFleet(
         settings.management_socket_glob, settings.management_timeout, settings.maintenance_flag_file
     )
+    crl = CrlFile(settings.tls_crl, settings.tls_ca) if settings.tls_crl is not None else None
+    state = NodeState(fleet, crl)
+    port = settings.listen_port
     try:
-        return DaemonHTTPServer(settings, tls_context, fleet)
+        server = DaemonHTTPServer(settings, tls_context, state)
+        if settings.metrics_listen_port is not None:
+            port = settings.metrics_listen_port
+            try:
+                server.metrics = MetricsHTTPServer(settings, state)
+            except BaseException:
+                server.socket.close()
+                raise
+        return server
     except OSError as exc:
         fleet.close()
+        setting = "listen_port" if port == settings.listen_port else "metrics_listen_port"
         raise SettingsError(
-            f"listen_address/listen_port: cannot listen on [{settings.listen_address}]:"
-            f"{settings.listen_port}: {exc.strerror or exc}"
+            f"listen_address/{setting}: cannot listen on [{settings.listen_address}]:"
+            f"{port}: {exc.strerror or exc}"
         ) from None

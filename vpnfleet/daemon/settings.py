@@ -30,6 +30,16 @@ class DaemonSettings:
     # The node's maintenance mode (docs/daemon.md): present means in maintenance. In the unit's
     # StateDirectory, so it survives restarts and reboots.
     maintenance_flag_file: Path = Path("/var/lib/vpnfleet-daemon/maintenance")
+    # GET /metrics on a port of its own (off when None), for the monitoring host only: mutual
+    # TLS against the certificates in metrics_client_certificates (pinned: a monitoring host
+    # holds no certificate of the fleet's CA, which would let it disconnect clients).
+    metrics_listen_port: int | None = None
+    metrics_client_certificates: Path | None = None
+    # The certificate /metrics presents: the CA's `server` purpose (extended key usage serverAuth
+    # alone). Not tls_certificate: daemon_server's own purpose OID is an arc (2.25.<128 bits>)
+    # that Go's encoding/asn1 cannot hold, so Prometheus, a Go client, refuses that certificate.
+    metrics_tls_certificate: Path | None = None
+    metrics_tls_private_key: Path | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> DaemonSettings:
@@ -54,11 +64,27 @@ class DaemonSettings:
                 raise reader.fail(
                     "listen_address", f"not an IPv4 or IPv6 address (got {address!r})"
                 ) from None
-        if reader.has("listen_port"):
-            port = reader.get("listen_port", int)
-            if not 1 <= port <= 65535:
-                raise reader.fail("listen_port", f"must be an integer from 1 to 65535 (got {port})")
-            values["listen_port"] = port
+        for name in ("listen_port", "metrics_listen_port"):
+            if reader.has(name):
+                port = reader.get(name, int)
+                if not 1 <= port <= 65535:
+                    raise reader.fail(name, f"must be an integer from 1 to 65535 (got {port})")
+                values[name] = port
+        for name in ("metrics_client_certificates", "metrics_tls_certificate", "metrics_tls_private_key"):
+            if reader.has(name):
+                values[name] = _readable_file(reader, name)
+        if values.get("metrics_listen_port") is not None:
+            if values["metrics_listen_port"] == values.get("listen_port", cls.listen_port):
+                raise reader.fail("metrics_listen_port", "must differ from listen_port")
+            if not reader.has("metrics_client_certificates"):
+                raise reader.fail(
+                    "metrics_client_certificates", "is required with metrics_listen_port (who may scrape)"
+                )
+            for name in ("metrics_tls_certificate", "metrics_tls_private_key"):
+                if not reader.has(name):
+                    raise reader.fail(
+                        name, "is required with metrics_listen_port (the node's `server` certificate)"
+                    )
         if reader.has("management_socket_glob"):
             pattern = reader.get("management_socket_glob", str)
             if not pattern.startswith("/"):

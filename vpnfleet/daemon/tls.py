@@ -1,9 +1,11 @@
 """Mutual TLS for the daemon: TLS 1.3 only, and only the controller's `daemon_client` certificate."""
 
 import ssl
+from pathlib import Path
 from typing import cast
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from vpnfleet.settings_file import SettingsError
 from vpnfleet.shared.pki import keys
@@ -61,3 +63,51 @@ def peer_common_name(tls_socket: ssl.SSLSocket) -> str:
     )
     names = [value for rdn in subject for key, value in rdn if key == "commonName"]
     return names[0] if names else "?"
+
+
+def metrics_server_context(settings: DaemonSettings) -> ssl.SSLContext:
+    """For /metrics: the node's `server` certificate, and clients pinned by metrics_client_certificates.
+
+    Its own certificate, not daemon_server's: Prometheus is a Go client, and Go refuses a
+    certificate whose extended key usage holds an OID it cannot parse (our purposes' 2.25 arcs).
+    No CRL here: the pinned certificates are the trust anchors themselves (self-signed by the
+    monitoring host), so removing one from the file is how one is revoked.
+    """
+    assert settings.metrics_client_certificates is not None
+    assert settings.metrics_tls_certificate is not None and settings.metrics_tls_private_key is not None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.num_tickets = 0
+    try:
+        context.load_cert_chain(settings.metrics_tls_certificate, settings.metrics_tls_private_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise SettingsError(
+            f"metrics_tls_certificate/metrics_tls_private_key: cannot use {settings.metrics_tls_certificate}"
+            f" with {settings.metrics_tls_private_key}: {exc}"
+        ) from None
+    try:
+        context.load_verify_locations(cafile=settings.metrics_client_certificates)
+    except (ssl.SSLError, OSError) as exc:
+        raise SettingsError(
+            f"metrics_client_certificates: cannot load {settings.metrics_client_certificates}: {exc}"
+        ) from None
+    return context
+
+
+def pinned_fingerprints(path: Path) -> frozenset[bytes]:
+    """SHA-256 of every certificate in the PEM file."""
+    return frozenset(
+        certificate.fingerprint(hashes.SHA256())
+        for certificate in x509.load_pem_x509_certificates(path.read_bytes())
+    )
+
+
+def pinned_peer_refusal(tls_socket: ssl.SSLSocket, fingerprints: frozenset[bytes]) -> str | None:
+    """OpenSSL accepts any certificate that a pinned one signed; only the pinned ones themselves may in."""
+    der = tls_socket.getpeercert(binary_form=True)
+    if der is None:
+        return "no client certificate"
+    if x509.load_der_x509_certificate(der).fingerprint(hashes.SHA256()) not in fingerprints:
+        return "certificate is not one of metrics_client_certificates"
+    return None

@@ -240,6 +240,9 @@ def _image(host: str, variables: dict) -> ImageSpec:
     packages = _names(host, "vpnfleet_lab_base_packages", variables.get("vpnfleet_lab_base_packages", []))
     if not packages:
         raise LabSpecError(f"host {host}: vpnfleet_lab_base_packages is empty (group_vars/all)")
+    # What one kind of host needs besides (Prometheus on a monitoring host): its image of its own.
+    extra = _names(host, "vpnfleet_lab_extra_packages", variables.get("vpnfleet_lab_extra_packages", []))
+    packages = tuple(dict.fromkeys(packages + extra))
     backports = _names(
         host, "vpnfleet_lab_backports_packages", variables.get("vpnfleet_lab_backports_packages", [])
     )

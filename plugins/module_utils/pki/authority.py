@@ -10,17 +10,28 @@ Public interface
     CertificateAuthority.load(directory)
     CertificateAuthority.exists(directory)
     ca.issue(common_name, purpose, dns_names, ip_addresses, lifetime_days, key_type) -> (key, cert)
-    ca.sign_public_key(public_key, common_name, purpose, dns_names, ip_addresses, lifetime_days) -> cert
+    ca.sign_public_key(public_key, common_name, purpose, dns_names, ip_addresses, lifetime_days,
+                       record=True, valid_until=None) -> cert
     ca.sign_csr(csr, purpose, common_name, dns_names, ip_addresses, lifetime_days) -> cert
     ca.revoke(serial, reason) -> bool (False when it was revoked already)
     ca.is_revoked(serial), ca.issued_by_me(cert), ca.records(), ca.record(serial)
     ca.crl() -> x509.CertificateRevocationList, ca.crl_needs_refresh(days), ca.refresh_crl(days) -> bool
     ca.revoked_records(now) -> [(serial, revoked_at)] of revoked certificates not yet expired
     ca.sign_crl(revoked, this_update, next_update, number) -> PEM bytes (signs only what it is given)
+    ca.publish_crl(client_revoked, this_update, next_update) -> PEM bytes (the CA's CRL: the index's
+                       revocations and these users' client certificates, whose record is the controller's)
     ca.facts() -> dict
 
 Directory layout: ``ca.key`` (0600), ``ca.crt``, ``crl.pem``, ``index.json`` (the serial and
-revocation database), ``issued/<SERIAL>.pem`` (a copy of each issued certificate), ``.lock``.
+revocation database of the certificates Ansible issues: hosts, daemons), ``issued/<SERIAL>.pem``
+(a copy of each of those), ``client-revoked.json`` (the revoked client certificates the last
+``publish_crl`` was given, so that every re-signing of the CRL keeps them), ``.lock``.
+
+Users' client certificates (``record=False``) are in neither the index nor ``issued/``: the
+controller's database holds them, and an issuance costs the same with a million issued before.
+
+Run as root (Ansible), every file written here goes to the directory's owner, so that the signer
+service that owns the CA can keep using it.
 """
 
 import contextlib
@@ -77,6 +88,7 @@ CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
 CRL_FILE = "crl.pem"
 INDEX_FILE = "index.json"
+CLIENT_REVOKED_FILE = "client-revoked.json"
 ISSUED_DIR = "issued"
 LOCK_FILE = ".lock"
 
@@ -111,8 +123,11 @@ class CertificateAuthority:
     ):
         if cls.exists(directory):
             raise PkiError("a CA exists in %s already" % directory)
-        os.makedirs(os.path.join(directory, ISSUED_DIR), mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700)
+            os.chmod(directory, 0o700)  # makedirs' mode is cut by the umask
+        # A directory made ready beforehand (owner, group, mode) is left as it is: its owner is
+        # the CA's (the signer service), see _adopt.
         key = make_private_key(key_type)
         now = utcnow()
         public_key = key.public_key()
@@ -133,13 +148,16 @@ class CertificateAuthority:
             )
             .sign(key, signature_hash(key))
         )
-        write_file_atomic(os.path.join(directory, CA_KEY_FILE), private_key_pem(key), 0o600)
         ca = cls(directory, key, cert)
+        issued = os.path.join(directory, ISSUED_DIR)
+        os.makedirs(issued, mode=0o700, exist_ok=True)
+        ca._adopt(issued)
+        ca._write(os.path.join(directory, CA_KEY_FILE), private_key_pem(key), 0o600)
         with ca._locked():
             ca._write_index({"crl_number": 0, "crl_lifetime_days": crl_lifetime_days, "certificates": {}})
             ca._write_crl(ca._read_index())
         # The certificate goes last: its presence is what marks the CA as complete.
-        write_file_atomic(os.path.join(directory, CA_CERT_FILE), certificate_pem(cert), 0o644)
+        ca._write(os.path.join(directory, CA_CERT_FILE), certificate_pem(cert), 0o644)
         return ca
 
     @classmethod
@@ -174,9 +192,24 @@ class CertificateAuthority:
 
     # -- the database
 
+    def _write(self, path, data, mode):
+        write_file_atomic(path, data, mode)
+        self._adopt(path)
+
+    def _adopt(self, path):
+        """Give a file that root wrote to the directory's owner (the signer service's user)."""
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(self.directory)
+        info = os.stat(path)
+        if (info.st_uid, info.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid)
+
     @contextlib.contextmanager
     def _locked(self):
-        with open(os.path.join(self.directory, LOCK_FILE), "a") as lock:
+        path = os.path.join(self.directory, LOCK_FILE)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as lock:
+            self._adopt(path)
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -188,7 +221,7 @@ class CertificateAuthority:
 
     def _write_index(self, index):
         text = json.dumps(index, indent=2, sort_keys=True) + "\n"
-        write_file_atomic(os.path.join(self.directory, INDEX_FILE), text, 0o600)
+        self._write(os.path.join(self.directory, INDEX_FILE), text, 0o600)
 
     def records(self):
         """serial -> {common_name, purpose, not_after, sha256, revoked_at, revocation_reason}."""
@@ -252,14 +285,24 @@ class CertificateAuthority:
         )
 
     def sign_public_key(
-        self, public_key, common_name, purpose, dns_names=(), ip_addresses=(), lifetime_days=365
+        self,
+        public_key,
+        common_name,
+        purpose,
+        dns_names=(),
+        ip_addresses=(),
+        lifetime_days=365,
+        record=True,
+        valid_until=None,
     ):
-        """Certify a key that exists already (a renewal that keeps the key)."""
+        """Certify a key that exists already (a renewal that keeps the key). ``record=False``
+        leaves it out of the index and ``issued/`` (users' certificates: the controller's database
+        records them); ``valid_until`` (aware) replaces ``lifetime_days``."""
         if key_type_of(public_key) is None:
             raise PkiError("unsupported key; use one of %s" % ", ".join(KEY_TYPES))
         usages = extended_key_usages(purpose)
         now = utcnow()
-        valid_until = now + datetime.timedelta(days=lifetime_days)
+        valid_until = valid_until or now + datetime.timedelta(days=lifetime_days)
         # A certificate outliving its CA would be refused by every peer from that day on.
         valid_until = min(valid_until, not_after(self.cert))
         builder = (
@@ -284,6 +327,8 @@ class CertificateAuthority:
         if alt_names:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         cert = builder.sign(self.key, signature_hash(self.key))
+        if not record:
+            return cert
         serial = serial_hex(cert.serial_number)
         with self._locked():
             index = self._read_index()
@@ -295,8 +340,8 @@ class CertificateAuthority:
                 "revoked_at": None,
                 "revocation_reason": None,
             }
-            write_file_atomic(
-                os.path.join(self.directory, ISSUED_DIR, serial + ".pem"), certificate_pem(cert)
+            self._write(
+                os.path.join(self.directory, ISSUED_DIR, serial + ".pem"), certificate_pem(cert), 0o644
             )
             self._write_index(index)
         return cert
@@ -344,13 +389,14 @@ class CertificateAuthority:
         return True
 
     def revoked_records(self, now=None):
-        """(serial, revoked_at) of every revoked certificate in the index that has not expired:
-        an expired certificate is refused for its dates, so it leaves the CRL."""
+        """(serial, revoked_at, reason) of every revoked certificate in the index that has not
+        expired: an expired certificate is refused for its dates, so it leaves the CRL."""
         return _unexpired_revocations(self._read_index(), _aware(now or utcnow()))
 
     def sign_crl(self, revoked, this_update, next_update, number):
         """A CRL (PEM bytes) listing ``revoked``: (serial hex, revoked_at) or (serial hex,
-        revoked_at, reason) tuples, the reason a REVOCATION_REASONS name; nothing else is read.
+        revoked_at, reason) tuples, the reason a REVOCATION_REASONS name; nothing else is read
+        and nothing is saved (publish_crl is the CA's own CRL).
 
         Its cost grows with the entries given, never with what the CA ever issued."""
         builder = (
@@ -374,18 +420,51 @@ class CertificateAuthority:
         crl = builder.sign(self.key, signature_hash(self.key))
         return crl.public_bytes(serialization.Encoding.PEM)
 
-    def _write_crl(self, index):
-        """Called with the lock held; bumps the CRL number in ``index`` and saves both."""
+    def publish_crl(self, client_revoked, this_update, next_update):
+        """Sign and publish the CA's CRL: the index's own unexpired revocations and these revoked
+        client certificates (pairs of serial hex and revocation time, naive is UTC); returns its PEM.
+
+        The client list replaces the one given last and is saved, so that every other re-signing
+        (revoke, refresh_crl) keeps listing it: the caller (the controller, from its database)
+        decides which client certificates are listed, expired ones leaving it."""
+        entries = sorted(
+            (serial_hex(serial), isoformat(_aware(revoked_at))) for serial, revoked_at in client_revoked
+        )
+        with self._locked():
+            index = self._read_index()
+            self._write(os.path.join(self.directory, CLIENT_REVOKED_FILE), json.dumps(entries) + "\n", 0o600)
+            return self._write_crl(index, entries, _aware(this_update), _aware(next_update))
+
+    def _client_revoked(self):
+        path = os.path.join(self.directory, CLIENT_REVOKED_FILE)
+        if not os.path.exists(path):
+            return []
+        return json.loads(read_file(path))
+
+    def _write_crl(self, index, client_revoked=None, this_update=None, next_update=None):
+        """Called with the lock held; bumps the CRL number in ``index``, saves both, returns the PEM.
+
+        A CRL with a thisUpdate of its own (the controller's) is numbered at least by that time in
+        microseconds: the controller's CRLs are numbered so (controller/crl.py) and a node refuses
+        a lower number than the one it has, whoever signed which."""
         now = utcnow()
         index["crl_number"] += 1
+        if this_update is not None:
+            index["crl_number"] = max(index["crl_number"], _microseconds(this_update))
+        listed = {entry[0]: entry for entry in _unexpired_revocations(index, now)}
+        if client_revoked is None:
+            client_revoked = self._client_revoked()
+        for serial, revoked_at in client_revoked:
+            listed.setdefault(serial, (serial, _parse_time(revoked_at), "cessation_of_operation"))
         pem = self.sign_crl(
-            _unexpired_revocations(index, now),
-            now - BACKDATE,
-            now + datetime.timedelta(days=index["crl_lifetime_days"]),
+            sorted(listed.values()),
+            this_update or now - BACKDATE,
+            next_update or now + datetime.timedelta(days=index["crl_lifetime_days"]),
             index["crl_number"],
         )
         self._write_index(index)
-        write_file_atomic(self.crl_path, pem, 0o644)
+        self._write(self.crl_path, pem, 0o644)
+        return pem
 
 
 def _unexpired_revocations(index, now):
@@ -403,3 +482,7 @@ def _parse_time(text):
 def _aware(moment):
     """Naive datetimes are UTC (the controller's database keeps them so)."""
     return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+def _microseconds(moment):
+    return int(moment.timestamp() * 1_000_000)

@@ -11,11 +11,12 @@ Public interface
 ----------------
 Constants
     KEY_TYPES           ("ecdsa-p256", "ed25519", "rsa3072"); ecdsa-p256 is the default.
-    PURPOSES            ("server", "client", "daemon_server", "daemon_client").
+    PURPOSES            ("server", "client", "vpn_server", "daemon_server", "daemon_client").
     VPNFLEET_OID_ARC    "2.25.153677918813723533877896230736416013330": the integer of a UUID
                         generated once for this project (RFC 4122 / X.667 ``2.25`` arc).
-    PURPOSE_OID_STRINGS daemon_server = <arc>.1, daemon_client = <arc>.2; purpose_oids() gives
-                        them as x509.ObjectIdentifier.
+    PURPOSE_OID_STRINGS daemon_server = <arc>.1, daemon_client = <arc>.2, vpn_server = <arc>.3;
+                        purpose_oids() gives them as x509.ObjectIdentifier.
+    VPN_SERVER_OID      <arc>.3: what VPN clients require of a node (``remote-cert-eku``).
 
 Exceptions
     PkiError            every refusal (bad input, wrong CA, not PEM) raises this.
@@ -25,7 +26,7 @@ Keys, requests, certificates
     make_csr(key, common_name, dns_names, ip_addresses)
     csr_facts(csr), csr_matches(csr, key, common_name, dns_names, ip_addresses)
     same_public_key(a, b), public_key_sha256(key)
-    certificate_purpose(cert) -> "server" | "client" | "daemon_server" | "daemon_client" | "ca" | "unknown"
+    certificate_purpose(cert) -> one of PURPOSES | "ca" | "unknown"
     certificate_facts(cert) -> dict (serial, common_name, purpose, not_before, not_after, sha256, ...)
     serial_hex(serial), fingerprint_sha256(cert), not_after(cert), not_before(cert), utcnow()
     load_certificate(pem), load_csr(pem), load_private_key(pem), certificate_pem(cert),
@@ -59,14 +60,18 @@ except ImportError:
 
 KEY_TYPES = ("ecdsa-p256", "ed25519", "rsa3072")
 DEFAULT_KEY_TYPE = "ecdsa-p256"
-PURPOSES = ("server", "client", "daemon_server", "daemon_client")
-SERVER_PURPOSES = ("server", "daemon_server")
+PURPOSES = ("server", "client", "vpn_server", "daemon_server", "daemon_client")
+SERVER_PURPOSES = ("server", "vpn_server", "daemon_server")
 
 VPNFLEET_OID_ARC = "2.25.153677918813723533877896230736416013330"
 PURPOSE_OID_STRINGS = {
     "daemon_server": VPNFLEET_OID_ARC + ".1",
     "daemon_client": VPNFLEET_OID_ARC + ".2",
+    # A node's OpenVPN server: plain serverAuth would let any TLS server certificate of the CA
+    # (the controller's web certificate, say) stand in for a node.
+    "vpn_server": VPNFLEET_OID_ARC + ".3",
 }
+VPN_SERVER_OID = PURPOSE_OID_STRINGS["vpn_server"]
 TLS_CRYPT_BEGIN = "-----BEGIN OpenVPN Static key V1-----"
 TLS_CRYPT_END = "-----END OpenVPN Static key V1-----"
 TLS_CRYPT_BYTES = 256

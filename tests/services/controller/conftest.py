@@ -10,6 +10,7 @@ import pytest
 from controller_helpers import make_pki, settings_mapping
 from controller_node_lab import NodeLab, client_config, start_node_lab, vpn_clients
 from openvpn_netlab import OpenVpnProcess, require_lab
+from signer_process import start_signer
 
 from vpnfleet.controller.app import create_app
 from vpnfleet.controller.database import migrate
@@ -21,6 +22,14 @@ from vpnfleet.controller.state import EXTENSION_KEY
 def pki_dir(tmp_path_factory) -> Path:
     """A CA with the daemon TLS pair and the profiles' tls-crypt keys."""
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signer(pki_dir):
+    """The real signer over the test CA: the app signs through it, as on a controller."""
+    process = start_signer(pki_dir / "ca", pki_dir)
+    yield process
+    process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict
         "secret_key": "s" * 40,
         "database_url": database_url,
         "ca_dir": str(pki_dir / "ca"),
+        "signer_socket": str(pki_dir / "signer.sock"),
         "daemon_client": {
             "cert": str(pki_dir / "daemon_client.crt"),
             "key": str(pki_dir / "daemon_client.key"),
@@ -76,10 +77,35 @@ def settings_mapping(pki_dir: Path, database_url: str, daemon_port: int) -> dict
                 "daemon_address": DAEMON_ADDRESS,
                 "api_token_sha256": hashlib.sha256(NODE_TOKENS["node-x1"].encode()).hexdigest(),
                 "processes": [
-                    {"profile": "office", "proto": "udp", "port": 1194, "max_clients": 60},
-                    {"profile": "office", "proto": "tcp", "port": 1194, "max_clients": 60},
-                    {"profile": "office", "proto": "udp", "port": 1195, "max_clients": 60},
-                    {"profile": "internet", "proto": "udp", "port": 1200, "max_clients": 60},
+                    # Named as node-x1's plan names them (UDP first): its daemon reports these names.
+                    {
+                        "profile": "office",
+                        "name": "office-0",
+                        "proto": "udp",
+                        "port": 1194,
+                        "max_clients": 60,
+                    },
+                    {
+                        "profile": "office",
+                        "name": "office-2",
+                        "proto": "tcp",
+                        "port": 1194,
+                        "max_clients": 60,
+                    },
+                    {
+                        "profile": "office",
+                        "name": "office-1",
+                        "proto": "udp",
+                        "port": 1195,
+                        "max_clients": 60,
+                    },
+                    {
+                        "profile": "internet",
+                        "name": "internet-0",
+                        "proto": "udp",
+                        "port": 1200,
+                        "max_clients": 60,
+                    },
                 ],
             },
             {

@@ -139,7 +139,7 @@ def _server_configs(lab: NodeLab, settings: dict, socket_dir: Path) -> dict[str,
     """The config of every process node-x1 has in the controller's settings, as the node role renders it."""
     [node] = [node for node in settings["nodes"] if node["name"] == "node-x1"]
     ca = authority.CertificateAuthority.load(str(lab.pki_dir / "ca"))
-    server = issue_files(ca, lab.workdir / "node-x1", "node-x1", "server")
+    server = issue_files(ca, lab.workdir / "node-x1", "node-x1", "vpn_server")
     configs = {}
     for profile in settings["profiles"]:
         listen = [f"{p['proto']}/{p['port']}" for p in node["processes"] if p["profile"] == profile["id"]]

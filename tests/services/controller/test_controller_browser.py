@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,8 @@ def start_chromium(tmp_path: Path, extra_flags: tuple[str, ...] = ()):
     os.environ.setdefault("SE_AVOID_STATS", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # The console log shows any Content-Security-Policy violation.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in (
         "--headless",
         "--no-sandbox",
@@ -189,3 +192,13 @@ def test_log_in_create_and_download_a_config(served_controller, browser, pki_dir
 
     browser.get(served_controller + "/")
     assert "phone" in browser.find_element(By.ID, "configs").text
+
+    # Under the portal's Content-Security-Policy: its style sheet applies, nothing was refused.
+    with urllib.request.urlopen(served_controller + "/login") as response:  # noqa: S310 - http to loopback
+        policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "'unsafe-inline'" not in policy
+    assert "system-ui" in browser.execute_script("return getComputedStyle(document.body).fontFamily")
+    violations = [
+        e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]
+    ]
+    assert not violations, violations

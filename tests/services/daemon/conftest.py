@@ -11,6 +11,7 @@ import pytest
 import yaml
 from daemon_lab import (
     DAEMON_PORT,
+    METRICS_PORT,
     SERVER_UNDERLAY_ADDRESS,
     DaemonClient,
     LabPki,
@@ -101,15 +102,52 @@ def openvpn_servers(
 
 
 @pytest.fixture(scope="session")
+def monitoring(workdir: Path) -> Credentials:
+    """What the monitoring host holds: a self-signed client certificate, made as the monitoring role
+    makes it (openssl req -x509), which the daemon pins for /metrics."""
+    certificate, key = workdir / "monitoring.crt", workdir / "monitoring.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vfd-monitoring",
+            "-addext",
+            "extendedKeyUsage=clientAuth",
+            "-keyout",
+            str(key),
+            "-out",
+            str(certificate),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return Credentials(certificate, key, 0)
+
+
+@pytest.fixture(scope="session")
 def daemon(
     namespaces: Namespaces,
     lab_pki: LabPki,
     workdir: Path,
     socket_dir: Path,
     openvpn_servers: dict[str, OpenVpnProcess],
+    monitoring: Credentials,
 ) -> Iterator[RunningDaemon]:
     credentials = lab_pki.credentials(
         "vfd-node-daemon", "daemon_server", ip_addresses=[SERVER_UNDERLAY_ADDRESS]
+    )
+    # The node role's metrics certificate: the `server` purpose, which Go clients can parse.
+    metrics_credentials = lab_pki.credentials(
+        "vfd-node-daemon", "server", ip_addresses=[SERVER_UNDERLAY_ADDRESS]
     )
     # Revoked on the CRL the node starts with (the CA's own, copied as the node role seeds it).
     lab_pki.revoke(lab_pki.credentials("vfd-revoked-controller", "daemon_client"))
@@ -126,6 +164,10 @@ def daemon(
                 "tls_crl": str(workdir / "node-crl.pem"),
                 "management_socket_glob": f"{socket_dir}/*.sock",
                 "management_timeout": MANAGEMENT_TIMEOUT,
+                "metrics_listen_port": METRICS_PORT,
+                "metrics_client_certificates": str(monitoring.certificate),
+                "metrics_tls_certificate": str(metrics_credentials.certificate),
+                "metrics_tls_private_key": str(metrics_credentials.private_key),
                 "maintenance_flag_file": str(workdir / "maintenance"),
             }
         )

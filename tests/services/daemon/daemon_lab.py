@@ -22,6 +22,8 @@ UNDERLAY_PREFIX = 26
 SERVER_UNDERLAY_ADDRESS = "198.51.100.129"
 CLIENT_UNDERLAY_ADDRESS = "198.51.100.130"
 DAEMON_PORT = 41194
+# The daemon's /metrics listener (metrics_listen_port), for the monitoring host.
+METRICS_PORT = 9194
 OPENVPN_PORT = 1194
 
 
@@ -146,6 +148,7 @@ class DaemonResponse:
     status: int
     payload: dict
     headers: dict
+    text: str = ""  # the body, when it is not JSON (/metrics)
 
 
 class DaemonClient:
@@ -165,25 +168,28 @@ class DaemonClient:
             context.load_cert_chain(credentials.certificate, credentials.private_key)
         return context
 
-    def connect(self, context: ssl.SSLContext) -> ssl.SSLSocket:
+    def connect(self, context: ssl.SSLContext, port: int = DAEMON_PORT) -> ssl.SSLSocket:
         sock = self._namespaces.socket_in(self._namespaces.client)
         sock.settimeout(WAIT_SECONDS)
         try:
-            sock.connect((SERVER_UNDERLAY_ADDRESS, DAEMON_PORT))
+            sock.connect((SERVER_UNDERLAY_ADDRESS, port))
             return context.wrap_socket(sock, server_hostname=SERVER_UNDERLAY_ADDRESS)
         except BaseException:
             sock.close()
             raise
 
-    def raw_exchange(self, context: ssl.SSLContext, request: bytes) -> DaemonResponse:
-        with self.connect(context) as tls_socket:
+    def raw_exchange(
+        self, context: ssl.SSLContext, request: bytes, port: int = DAEMON_PORT
+    ) -> DaemonResponse:
+        with self.connect(context, port) as tls_socket:
             tls_socket.sendall(request)
             response = http.client.HTTPResponse(tls_socket)
             response.begin()
             body = response.read()
-            return DaemonResponse(
-                response.status, json.loads(body) if body else {}, dict(response.getheaders())
-            )
+            headers = dict(response.getheaders())
+            if headers.get("Content-Type", "").startswith("text/plain"):
+                return DaemonResponse(response.status, {}, headers, body.decode())
+            return DaemonResponse(response.status, json.loads(body) if body else {}, headers)
 
     def request(
         self,
@@ -192,25 +198,26 @@ class DaemonClient:
         credentials: Credentials | None,
         form: str | None = None,
         content_type: str = "application/x-www-form-urlencoded",
+        port: int = DAEMON_PORT,
     ) -> DaemonResponse:
         lines = [
             f"{method} {path} HTTP/1.1",
-            f"Host: {SERVER_UNDERLAY_ADDRESS}:{DAEMON_PORT}",
+            f"Host: {SERVER_UNDERLAY_ADDRESS}:{port}",
             "Connection: close",
         ]
         body = (form or "").encode()
         if form is not None:
             lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-        return self.raw_exchange(self.tls_context(credentials), request)
+        return self.raw_exchange(self.tls_context(credentials), request, port)
 
-    def refusal(self, context: ssl.SSLContext) -> str:
+    def refusal(self, context: ssl.SSLContext, port: int = DAEMON_PORT) -> str:
         """How the daemon refused this TLS client; fails when it answered an HTTP request instead."""
         request = (
             f"GET /i/node HTTP/1.1\r\nHost: {SERVER_UNDERLAY_ADDRESS}\r\nConnection: close\r\n\r\n".encode()
         )
         try:
-            response = self.raw_exchange(context, request)
+            response = self.raw_exchange(context, request, port)
         except (ssl.SSLError, OSError, http.client.HTTPException) as exc:
             return f"{type(exc).__name__}: {exc}"
         raise AssertionError(f"the daemon answered a client it should refuse: {response}")

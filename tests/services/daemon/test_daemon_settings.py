@@ -12,6 +12,7 @@ from vpnfleet.shared.pki import authority, keys
 from vpnfleet.daemon.api import crl_status
 from vpnfleet.daemon.server import create_server
 from vpnfleet.daemon.settings import DaemonSettings
+from vpnfleet.daemon.tls import metrics_server_context
 from vpnfleet.settings_file import SettingsError
 
 
@@ -59,6 +60,27 @@ def test_json_is_read_as_well_as_yaml(tls_files, tmp_path):
         ({"tls_ca": "ca.crt"}, "tls_ca: must be an absolute path"),
         ({"tls_certificate": "/nonexistent/daemon.crt"}, "tls_certificate: no such file"),
         ({"listen_prot": 41194}, "unknown setting(s) listen_prot"),
+        ({"metrics_listen_port": 70000}, "metrics_listen_port: must be an integer from 1 to 65535"),
+        ({"metrics_listen_port": 41194}, "metrics_listen_port: must differ from listen_port"),
+        ({"metrics_listen_port": 9194}, "metrics_client_certificates: is required with metrics_listen_port"),
+        (
+            {"metrics_listen_port": 9194, "metrics_client_certificates": "/nonexistent/monitoring.crt"},
+            "metrics_client_certificates: no such file",
+        ),
+        (
+            {"metrics_listen_port": 9194, "metrics_client_certificates": "/etc/hostname"},
+            "metrics_tls_certificate: is required with metrics_listen_port",
+        ),
+        (
+            {
+                "metrics_listen_port": 9194,
+                "metrics_client_certificates": "/etc/hostname",
+                "metrics_tls_certificate": "/etc/hostname",
+            },
+            "metrics_tls_private_key: is required with metrics_listen_port",
+        ),
+        ({"metrics_tls_certificate": "metrics.crt"}, "metrics_tls_certificate: must be an absolute path"),
+        ({"metrics_tls_private_key": "/nonexistent/metrics.key"}, "metrics_tls_private_key: no such file"),
         ({"tls_private_key": None}, "tls_private_key: is required"),
     ],
 )
@@ -76,6 +98,22 @@ def test_a_key_that_does_not_match_the_certificate_is_refused_at_start(tls_files
     settings = DaemonSettings.from_mapping({**tls_files, "tls_private_key": str(other_key)})
     with pytest.raises(SettingsError, match="tls_certificate/tls_private_key: cannot use"):
         create_server(settings)
+
+
+def test_a_metrics_key_that_does_not_match_its_certificate_is_refused_at_start(tls_files, tmp_path):
+    other_key = tmp_path / "other.key"
+    files.write_file_atomic(other_key, keys.private_key_pem(keys.make_private_key()), 0o600)
+    settings = DaemonSettings.from_mapping(
+        {
+            **tls_files,
+            "metrics_listen_port": 9194,
+            "metrics_client_certificates": tls_files["tls_ca"],
+            "metrics_tls_certificate": tls_files["tls_certificate"],
+            "metrics_tls_private_key": str(other_key),
+        }
+    )
+    with pytest.raises(SettingsError, match="metrics_tls_certificate/metrics_tls_private_key: cannot use"):
+        metrics_server_context(settings)
 
 
 def test_the_command_exits_2_with_a_clear_message(tls_files, tmp_path):

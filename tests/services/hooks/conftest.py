@@ -35,6 +35,7 @@ from openvpn_netlab import (
     require_lab,
     without_tun_setup,
 )
+from signer_process import start_signer
 from sqlalchemy import select
 from vpnfleet.shared import files, instances
 from vpnfleet.shared.pki import authority, keys
@@ -151,6 +152,7 @@ def _controller_settings(workdir: Path, database_url: str) -> dict:
         "secret_key": "k" * 40,
         "database_url": database_url,
         "ca_dir": str(workdir / "ca"),
+        "signer_socket": str(workdir / "signer.sock"),
         "daemon_client": {
             "cert": str(workdir / "daemon_client.crt"),
             "key": str(workdir / "daemon_client.key"),
@@ -245,11 +247,13 @@ def lab() -> Iterator[Lab]:
     ]
     try:
         ca = authority.CertificateAuthority.create(str(workdir / "ca"), common_name="vfk test CA")
+        # The controller signs through the real signer, as on a controller host.
+        stack.append(start_signer(workdir / "ca", workdir).stop)
         for purpose, name in (("daemon_client", "controller"),):
             key, cert = ca.issue(name, purpose, lifetime_days=2)
             files.write_file_atomic(workdir / f"{purpose}.key", keys.private_key_pem(key), 0o600)
             files.write_file_atomic(workdir / f"{purpose}.crt", keys.certificate_pem(cert))
-        server_key, server_cert = ca.issue("vfk-node", "server", lifetime_days=2)
+        server_key, server_cert = ca.issue("vfk-node", "vpn_server", lifetime_days=2)
         files.write_file_atomic(workdir / "server.key", keys.private_key_pem(server_key), 0o600)
         files.write_file_atomic(workdir / "server.crt", keys.certificate_pem(server_cert))
         files.write_file_atomic(workdir / "tls-crypt-office.key", keys.make_tls_crypt_key(), 0o600)

@@ -264,3 +264,29 @@ def test_the_trixie_scenario_lays_debian_13_nodes_over_the_lab():
     assert images["controller"].suite == "bookworm"
     assert (images["node-x1"].suite, images["node-x1"].backports) == ("trixie", ("openvpn",))
     assert (images["node-y1"].suite, images["node-y1"].backports) == ("trixie", ())
+
+
+def test_extra_packages_give_a_host_an_image_of_its_own():
+    plain = {"ansible_host": "203.0.113.10", "vpnfleet_lab_network": "core"}
+    spec = build_spec(
+        Path("lab"),
+        inventory(
+            {
+                "controller": plain,
+                "monitoring": {
+                    **plain,
+                    "ansible_host": "203.0.113.30",
+                    "vpnfleet_lab_extra_packages": ["prometheus"],
+                },
+            }
+        ),
+    )
+    controller, monitoring = spec.hosts
+    assert controller.image.packages == ("openvpn",)
+    assert monitoring.image.packages == ("openvpn", "prometheus")
+    assert len(spec.images()) == 2
+    with pytest.raises(LabSpecError, match="host monitoring: vpnfleet_lab_extra_packages must be a list"):
+        build_spec(
+            Path("lab"),
+            inventory({"monitoring": {**plain, "vpnfleet_lab_extra_packages": "prometheus"}}),
+        )

@@ -70,6 +70,7 @@ def render(tmp_path, view):
         "node_daemon_allowed_sources": ["203.0.113.10"],
         "node_daemon_port": 41194,
         "node_lan_prefixes": [],
+        "node_metrics_enabled": False,
     }
     (tmp_path / "vars.json").write_text(json.dumps(variables))
     (tmp_path / "play.yml").write_text(PLAYBOOK)

@@ -70,7 +70,7 @@ def test_each_purpose_has_its_extensions(ca, purpose, tmp_path):
     usages = list(extension(cert, x509.ExtendedKeyUsage).value)
     wanted_tls = ExtendedKeyUsageOID.SERVER_AUTH if "server" in purpose else ExtendedKeyUsageOID.CLIENT_AUTH
     assert usages[0] == wanted_tls
-    assert usages[1:] == ([keys.purpose_oids()[purpose]] if purpose.startswith("daemon_") else [])
+    assert usages[1:] == ([keys.purpose_oids()[purpose]] if purpose in keys.PURPOSE_OID_STRINGS else [])
     ca_ski = extension(ca.cert, x509.SubjectKeyIdentifier).value.digest
     assert extension(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ca_ski
     assert extension(cert, x509.SubjectKeyIdentifier).value == x509.SubjectKeyIdentifier.from_public_key(
@@ -85,6 +85,15 @@ def test_each_purpose_has_its_extensions(ca, purpose, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_a_plain_server_certificate_is_no_vpn_server(ca):
+    _, web = ca.issue("controller", "server", key_type=keys.key_type_of(ca.key))
+    _, daemon = ca.issue("node", "daemon_server", key_type=keys.key_type_of(ca.key))
+    assert keys.certificate_purpose(web) == "server"
+    assert keys.certificate_purpose(daemon) == "daemon_server"
+    for cert in (web, daemon):
+        assert keys.purpose_oids()["vpn_server"] not in extension(cert, x509.ExtendedKeyUsage).value
+
+
 def test_a_client_certificate_is_no_server_certificate(ca, tmp_path):
     _, cert = ca.issue("alice", "client", key_type=keys.key_type_of(ca.key))
     assert openssl_verify(tmp_path, ca, cert, "sslserver").returncode != 0
@@ -93,6 +102,8 @@ def test_a_client_certificate_is_no_server_certificate(ca, tmp_path):
 def test_purpose_oids_come_from_the_documented_arc():
     assert keys.purpose_oids()["daemon_server"].dotted_string == keys.VPNFLEET_OID_ARC + ".1"
     assert keys.purpose_oids()["daemon_client"].dotted_string == keys.VPNFLEET_OID_ARC + ".2"
+    assert keys.purpose_oids()["vpn_server"].dotted_string == keys.VPNFLEET_OID_ARC + ".3"
+    assert keys.VPN_SERVER_OID == keys.VPNFLEET_OID_ARC + ".3"
     assert keys.VPNFLEET_OID_ARC.startswith("2.25.")
 
 
@@ -224,6 +235,79 @@ def test_index_records_every_issue_made_in_parallel(fresh_ca):
     for serial in serials:
         assert os.path.exists(os.path.join(fresh_ca.directory, "issued", serial + ".pem"))
         assert records[serial]["purpose"] == "client"
+
+
+# --------------------------------------------------------------------------- users' certificates
+
+
+def test_unrecorded_client_certificates_leave_the_index_and_issued_alone(fresh_ca):
+    index_before = open(os.path.join(fresh_ca.directory, authority.INDEX_FILE)).read()
+    until = keys.utcnow().replace(microsecond=0) + datetime.timedelta(hours=8)
+    for _ in range(3):
+        cert = fresh_ca.sign_public_key(
+            keys.make_private_key().public_key(), "a" * 32, "client", record=False, valid_until=until
+        )
+    assert keys.not_after(cert) == until and keys.certificate_purpose(cert) == "client"
+    assert open(os.path.join(fresh_ca.directory, authority.INDEX_FILE)).read() == index_before
+    assert os.listdir(os.path.join(fresh_ca.directory, authority.ISSUED_DIR)) == []
+
+
+def test_publish_crl_lists_the_given_clients_beside_the_index_and_re_signing_keeps_them(fresh_ca, tmp_path):
+    _, node = fresh_ca.issue("node", "vpn_server")
+    fresh_ca.revoke(node.serial_number)
+    user = fresh_ca.sign_public_key(keys.make_private_key().public_key(), "b" * 32, "client", record=False)
+    now = keys.utcnow().replace(microsecond=0)
+    pem = fresh_ca.publish_crl(
+        [(keys.serial_hex(user.serial_number), now)], now, now + datetime.timedelta(hours=1)
+    )
+    crl = x509.load_pem_x509_crl(pem)
+    assert crl.next_update_utc == now + datetime.timedelta(hours=1) and crl.is_signature_valid(
+        fresh_ca.key.public_key()
+    )
+    assert {entry.serial_number for entry in crl} == {node.serial_number, user.serial_number}
+    assert open(fresh_ca.crl_path, "rb").read() == pem
+    # Numbered by thisUpdate in microseconds, as the controller's CRLs are (controller/crl.py).
+    number = extension(crl, x509.CRLNumber).value.crl_number
+    assert number == int(now.timestamp() * 1_000_000)
+    assert openssl_verify(tmp_path, fresh_ca, user, with_crl=True).returncode != 0
+    # Ansible's refresh re-signs from the index: the controller's entries stay on the CRL, and
+    # its number is above the controller's, or the nodes would refuse it.
+    assert fresh_ca.refresh_crl(min_remaining_days=10000)
+    assert {entry.serial_number for entry in fresh_ca.crl()} == {node.serial_number, user.serial_number}
+    assert extension(fresh_ca.crl(), x509.CRLNumber).value.crl_number == number + 1
+    # The next list replaces it: an expired certificate leaves the CRL.
+    fresh_ca.publish_crl([], now, now + datetime.timedelta(hours=1))
+    assert {entry.serial_number for entry in fresh_ca.crl()} == {node.serial_number}
+
+
+def test_a_published_crl_is_re_signed_with_no_margin_only_once_it_ran_out(fresh_ca):
+    # The controller role's CA task (crl_refresh_days 0): the controller's own CRL of an hour
+    # stays as it is, or every Ansible run would re-sign it; one that ran out is re-signed.
+    now = keys.utcnow().replace(microsecond=0)
+    fresh_ca.publish_crl([], now, now + datetime.timedelta(hours=1))
+    published = open(fresh_ca.crl_path, "rb").read()
+    assert fresh_ca.refresh_crl(min_remaining_days=0) is False
+    assert open(fresh_ca.crl_path, "rb").read() == published
+    fresh_ca.publish_crl([], now - datetime.timedelta(hours=2), now - datetime.timedelta(hours=1))
+    assert fresh_ca.refresh_crl(min_remaining_days=0) is True
+    assert fresh_ca.crl().next_update_utc > now
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can hand files to another user")
+def test_files_root_writes_go_to_the_owner_of_the_ca_directory(fresh_ca):
+    os.chown(fresh_ca.directory, 65534, 65534)
+    fresh_ca.issue("node", "daemon_server")
+    now = keys.utcnow()
+    fresh_ca.publish_crl([], now, now + datetime.timedelta(hours=1))
+    for name in (
+        authority.INDEX_FILE,
+        authority.CRL_FILE,
+        authority.LOCK_FILE,
+        authority.CLIENT_REVOKED_FILE,
+    ):
+        info = os.stat(os.path.join(fresh_ca.directory, name))
+        assert (info.st_uid, info.st_gid) == (65534, 65534), name
+    assert stat.S_IMODE(os.stat(os.path.join(fresh_ca.directory, authority.LOCK_FILE)).st_mode) == 0o600
 
 
 def test_expired_revoked_certificates_leave_the_crl(fresh_ca):
