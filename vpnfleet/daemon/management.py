@@ -26,10 +26,9 @@ MOVE_ON_MESSAGE = "RESTART,[N]"
 # Enough for one thread per OpenVPN process of a large node; more processes simply queue.
 MAX_PARALLEL_SESSIONS = 64
 # How long a client told HALT has to leave before its instance is ended without a word. A client
-# that acts on the HALT is gone within a round trip; one that got it in the moment right after its
-# PUSH_REPLY may never act on it (seen with OpenVPN 2.6 over TCP: no HALT in the client's log, the
-# connection left open until the server's own delayed exit 5 s later, or the client aborting on a
-# broken stream), and a UDP client's instance stays for those 5 s although it halted.
+# that acts on the HALT is gone within a round trip; one that does not read its connection (a
+# stuck client, one that ignores the HALT on purpose) would keep its instance until the server's
+# own delayed exit 5 s later, and a UDP client's instance stays for those 5 s although it halted.
 HALT_GRACE_SECONDS = 0.5
 STATUS_POLL_SECONDS = 0.05
 # A status line is about 200 bytes; this bounds memory if a socket talks nonsense.

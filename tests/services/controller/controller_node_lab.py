@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -30,6 +31,7 @@ from openvpn_netlab import (
     Namespaces,
     OpenVpnProcess,
     VpnClients,
+    in_namespace,
     issue_files,
     stop_processes,
     wait_for,
@@ -107,6 +109,20 @@ class NodeLab:
             lambda: any(refusal in server.log() for server in self.servers.values()),
             f"node-x1 to refuse the revoked certificate of {common_name}",
         )
+
+    def multicast_to_clients(self) -> None:
+        """One IPv6 multicast packet out of every process's tun device, which the process sends
+        on to each of its clients, as it does with the router solicitations the kernel sends
+        there by itself (at times no test chooses)."""
+        configs = [server.log_path.with_suffix(".conf").read_text() for server in self.servers.values()]
+        devices = [re.search(r"^dev (\S+)$", config, re.M).group(1) for config in configs]
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender:
+                for device in devices:
+                    sender.sendto(b"vfn", ("ff02::1", 9, 0, socket.if_nametoindex(device)))
+
+        in_namespace(self.namespaces.server, send)
 
     def stop(self) -> None:
         if self.daemon is not None:

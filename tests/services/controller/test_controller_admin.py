@@ -99,6 +99,9 @@ def test_disconnect_user_everywhere_drops_every_client_of_theirs_only(client, ap
     entries = node_lab.wait_until_listed(alice_laptop, alice_phone, bob_laptop)
     alice_processes = {entry["process"] for entry in entries if entry["common_name"] != bob_laptop}
     assert len(alice_processes) == 2 and "office-2" in alice_processes  # office-2: the TCP process
+    # A packet for every client, as the servers' kernel sends at times of its own: each client
+    # still hears what comes next.
+    node_lab.multicast_to_clients()
 
     admin = _admin(app)
     user_id = _user_id(app, "alice")
@@ -119,6 +122,11 @@ def test_disconnect_user_everywhere_drops_every_client_of_theirs_only(client, ap
     page = admin.get(f"/admin/users/{user_id}").get_data(as_text=True)
     assert "Disconnected alice on every node." in page and "Not reachable now: node-y1." in page
     vpn_client(ovpn_laptop).wait_until_up()
+    # bob's client still hears the server: disconnected in turn, it hears its HALT.
+    bob_id, bob_since = _user_id(app, "bob"), bob.log_size()
+    token = csrf_token(admin.get(f"/admin/users/{bob_id}").get_data(as_text=True))
+    assert admin.post(f"/admin/users/{bob_id}/disconnect", data={"csrf_token": token}).status_code == 302
+    bob.wait_until_dropped(bob_since)
 
 
 def test_disable_user_revokes_disconnects_and_blocks_login(client, app, node_lab, vpn_client):

@@ -3,6 +3,8 @@
 import datetime
 import ipaddress
 import os
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
@@ -82,6 +84,26 @@ def test_lists_clients_of_every_process_and_disconnects_by_common_name(daemon_cl
     nobody = daemon_client.request("POST", "/o/disconnect_client", controller, form="common_name=vfd-nobody")
     assert nobody.status == 200 and nobody.payload["disconnected_count"] == 0
     assert bob_tcp.process.poll() is None
+
+
+def test_a_client_that_does_not_act_on_its_halt_is_ended_all_the_same(daemon_client, controller, vpn_client):
+    # A TCP client that reads nothing (stopped here; a stuck or hostile one alike) never acts on its
+    # HALT, and OpenVPN would keep its instance until its own delayed exit 5 s later.
+    carol = vpn_client("vfd-carol", "tcp")
+    carol.wait_until_up()
+    wait_for(lambda: connections(daemon_client, controller, {"vfd-carol"}), "carol in the list")
+    os.kill(carol.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = daemon_client.request(
+            "POST", "/o/disconnect_client", controller, form="common_name=vfd-carol"
+        )
+        assert response.status == 200 and response.payload["disconnected_count"] == 1
+        # Ended by its address before the daemon answered.
+        assert connections(daemon_client, controller, {"vfd-carol"}) == []
+        assert time.monotonic() - started < 2.0
+    finally:
+        os.kill(carol.process.pid, signal.SIGCONT)
 
 
 def test_node_info_has_the_upstream_fields(daemon_client, controller):
