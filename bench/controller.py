@@ -2,7 +2,7 @@
 depends on how many certificates it has issued before.
 
     python -m bench.controller [--quick] [--seconds S] [--parallel 1,4,8] [--issued 0,10000,50000]
-                               [--databases sqlite,postgresql] [--workers W]
+                               [--databases sqlite,postgresql] [--workers W] [--baseline REV]
 
 What it measures, every row in one run (see docs/bench.md):
 
@@ -13,7 +13,11 @@ What it measures, every row in one run (see docs/bench.md):
     nodes' hooks call when a client connects), p50/p99;
 (c) both at 1..K parallel callers, on SQLite and on PostgreSQL, with 0, 10,000 and 50,000
     certificates already issued (rows in the controller's database; the CA records none of
-    them), side by side in one run, so a ratio reads through the noise.
+    them), side by side in one run, so a ratio reads through the noise;
+(d) with ``--baseline REV``: every row twice, once with the controller of git revision REV (its
+    ``vpnfleet`` and ``plugins/module_utils`` from ``git archive``, first on gunicorn's
+    PYTHONPATH) and once with this tree's, alternating which goes first, and the ratios
+    this/REV: a change's effect measured in one run.
 
 The controller is the real one: the service's package under gunicorn (as the role runs it, with
 ``--workers W``), on 127.0.0.1, signing through the real signer over the CA, with a real
@@ -56,7 +60,6 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import create_engine, insert, select
-from vpnfleet.shared.pki import authority
 
 from bench.lab import BenchError, result_stamp, say, write_results
 from vpnfleet.controller.accounts import ensure_user
@@ -107,9 +110,11 @@ def settings_for(pki: Path, ca_dir: Path, database_url: str, daemon_port: int) -
 class Gunicorn:
     """The controller's WSGI app under gunicorn, as the role runs it, on a port of 127.0.0.1."""
 
-    def __init__(self, settings_file: Path, workers: int, log: Path):
+    def __init__(self, settings_file: Path, workers: int, log: Path, code: Path | None = None):
         self.port = free_port()
         environment = dict(os.environ, VPNFLEET_CONTROLLER_SETTINGS=str(settings_file))
+        if code is not None:
+            environment["PYTHONPATH"] = str(code)
         gunicorn = Path(sys.executable).parent / "gunicorn"
         self.log = log.open("wb")
         self.process = subprocess.Popen(  # noqa: S603 - our own venv's gunicorn
@@ -170,6 +175,23 @@ def request(method: str, port: int, path: str, body: str = "", headers: dict | N
         return response.status, response.read()
     finally:
         connection.close()
+
+
+def code_of_revision(revision: str, directory: Path) -> Path:
+    """The controller package of a git revision, laid out as the wheel has it (module_utils as
+    vpnfleet.shared), to put first on gunicorn's PYTHONPATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(  # noqa: S603 - git, on this repository
+        ["git", "archive", "--format=tar", revision, "vpnfleet", "plugins/module_utils"],  # noqa: S607
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {revision} failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)  # noqa: S603,S607
+    (directory / "plugins" / "module_utils").rename(directory / "vpnfleet" / "shared")
+    return directory
 
 
 # ----------------------------------------------------------------------------- users and tokens
@@ -361,9 +383,18 @@ def check_caller(port: int, common_names: list[str]):
 # ----------------------------------------------------------------------------- one setup
 
 
-def measure_database(kind: str, issued_counts, parallels, seconds, workers, cluster, pki, node) -> list[dict]:
+def measure_database(
+    kind: str, issued_counts, parallels, seconds, workers, cluster, pki, node, codes, flip=False
+) -> list[dict]:
     rows = []
-    for issued_count in issued_counts:
+    # ABBA: with two codes, every other count of issued certificates (and database) starts with
+    # the other one.
+    turns = [
+        (issued, code)
+        for index, issued in enumerate(issued_counts)
+        for code in (codes if (index + flip) % 2 == 0 else codes[::-1])
+    ]
+    for issued_count, (label, code) in turns:
         directory = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-controller-"))
         try:
             # The same CA for node-x1 and every row; a fresh copy of its index and files for each.
@@ -386,7 +417,7 @@ def measure_database(kind: str, issued_counts, parallels, seconds, workers, clus
             # The controller signs through the signer, as on a controller host.
             signer = start_signer(directory / "ca", directory)
             try:
-                server = Gunicorn(settings_file, workers, directory / "gunicorn.log")
+                server = Gunicorn(settings_file, workers, directory / "gunicorn.log", code)
             except BaseException:
                 signer.stop()
                 raise
@@ -402,6 +433,7 @@ def measure_database(kind: str, issued_counts, parallels, seconds, workers, clus
                         [check_caller(server.port, common_names) for _ in range(parallel)], seconds
                     )
                     row = {
+                        "code": label,
                         "database": kind,
                         "issued_before": issued_count,
                         "parallel": parallel,
@@ -416,7 +448,7 @@ def measure_database(kind: str, issued_counts, parallels, seconds, workers, clus
                         "checks_errors": checks.errors,
                     }
                     say(
-                        f"{kind} issued={issued_count} parallel={parallel}: "
+                        f"{label}: {kind} issued={issued_count} parallel={parallel}: "
                         f"{row['configs_per_s']} configs/s, {row['checks_per_s']} checks/s"
                     )
                     rows.append(row)
@@ -460,7 +492,7 @@ def _active_common_names(url: str) -> list[str]:
 
 def print_table(rows: list[dict]) -> None:
     head = (
-        f"{'database':<11}{'issued':>8}{'par':>5}{'configs/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'code':<11}{'database':<11}{'issued':>8}{'par':>5}{'configs/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'checks/s':>10}{'p50 ms':>8}{'p99 ms':>8}  errors"
     )
     print(head)
@@ -471,25 +503,42 @@ def print_table(rows: list[dict]) -> None:
             **{f"k{k}": v for k, v in row["checks_errors"].items()},
         }
         print(
-            f"{row['database']:<11}{row['issued_before']:>8}{row['parallel']:>5}{row['configs_per_s']:>11}"
+            f"{row['code']:<11}{row['database']:<11}{row['issued_before']:>8}{row['parallel']:>5}{row['configs_per_s']:>11}"
             f"{row['configs_p50_ms']:>8}{row['configs_p99_ms']:>8}{row['checks_per_s']:>10}"
             f"{row['checks_p50_ms']:>8}{row['checks_p99_ms']:>8}  {errors or '-'}"
         )
     print()
-    for kind in sorted({row["database"] for row in rows}):
-        for parallel in sorted({row["parallel"] for row in rows}):
-            mine = {
-                row["issued_before"]: row
-                for row in rows
-                if row["database"] == kind and row["parallel"] == parallel
-            }
-            if 0 in mine and len(mine) > 1:
-                most = max(mine)
-                base, last = mine[0], mine[most]
+    codes = list(dict.fromkeys(row["code"] for row in rows))
+    for code in codes:
+        for kind in sorted({row["database"] for row in rows}):
+            for parallel in sorted({row["parallel"] for row in rows}):
+                mine = {
+                    row["issued_before"]: row
+                    for row in rows
+                    if row["code"] == code and row["database"] == kind and row["parallel"] == parallel
+                }
+                if 0 in mine and len(mine) > 1:
+                    most = max(mine)
+                    base, last = mine[0], mine[most]
+                    print(
+                        f"{code} {kind} parallel={parallel}: with {most} issued / with 0 issued: configs "
+                        f"{_ratio(last['configs_per_s'], base['configs_per_s'])}, checks "
+                        f"{_ratio(last['checks_per_s'], base['checks_per_s'])}"
+                    )
+    if len(codes) == 2:
+        print()
+        this, baseline = codes
+        key = lambda row: (row["database"], row["issued_before"], row["parallel"])  # noqa: E731
+        before = {key(row): row for row in rows if row["code"] == baseline}
+        for row in rows:
+            if row["code"] == this and key(row) in before:
+                old = before[key(row)]
                 print(
-                    f"{kind} parallel={parallel}: with {most} issued / with 0 issued: configs "
-                    f"{_ratio(last['configs_per_s'], base['configs_per_s'])}, checks "
-                    f"{_ratio(last['checks_per_s'], base['checks_per_s'])}"
+                    f"{this}/{baseline} {row['database']} issued={row['issued_before']} "
+                    f"parallel={row['parallel']}: "
+                    f"configs/s {_ratio(row['configs_per_s'], old['configs_per_s'])}"
+                    f", configs p99 {_ratio(row['configs_p99_ms'], old['configs_p99_ms'])}"
+                    f", checks/s {_ratio(row['checks_per_s'], old['checks_per_s'])}"
                 )
 
 
@@ -513,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=(os.cpu_count() or 1) * 2 + 1,
         help="gunicorn workers (default: 2 x cores + 1, gunicorn's advice)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the controller of this git revision, side by side, with ratios this/REV",
     )
     arguments = parser.parse_args(argv)
     defaults = (2.0, "1,4", "0,1000") if arguments.quick else (10.0, "1,4,8", "0,10000,50000")
@@ -538,9 +592,22 @@ def main(argv: list[str] | None = None) -> int:
         make_pki(pki, common_name="bench CA")
         say("node-x1 as the service tests run it: its OpenVPN servers and daemon in a network namespace")
         node = start_node_lab(pki, settings_for(pki, pki / "ca", "sqlite://", 0))
-        for kind in databases:
+        codes: list[tuple[str, Path | None]] = [("this", None)]
+        if arguments.baseline:
+            say(f"the controller of {arguments.baseline} beside this tree's")
+            codes.append((arguments.baseline, code_of_revision(arguments.baseline, pki / "baseline")))
+        for index, kind in enumerate(databases):
             rows += measure_database(
-                kind, issued_counts, parallels, arguments.seconds, arguments.workers, cluster, pki, node
+                kind,
+                issued_counts,
+                parallels,
+                arguments.seconds,
+                arguments.workers,
+                cluster,
+                pki,
+                node,
+                codes,
+                flip=bool(index % 2),
             )
     except BenchError as error:
         say(f"failed: {error}")
@@ -560,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": arguments.seconds,
         "cores": os.cpu_count(),
         "workers": arguments.workers,
+        "baseline": arguments.baseline,
         "rows": rows,
     }
     write_results("controller", result, stamp)

@@ -5,19 +5,33 @@ the CA's index): its size follows the revocations of the last session lifetime, 
 ever issued. It is signed again on every revocation and once half its lifetime is gone, pushed to
 every node's daemon (POST /crl, docs/daemon.md) and pulled by every node's timer through the node
 API (GET /node-api/v1/crl), so a node that missed a push catches up within a minute.
+
+A config that an app's /connect replaces is revoked in the same transaction that makes the new
+one (the node API refuses it from that commit on), but its CRL and disconnect leave through
+RevocationPusher, in the background: an app's /connect does not wait for a signature and every
+node, and revocations that arrive while one push is under way share the next CRL.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vpnfleet.controller.models import PublishedCrl, VpnConfig, utcnow
-from vpnfleet.controller.state import Controller
+
+if TYPE_CHECKING:  # state.py holds a RevocationPusher: no import at run time
+    from vpnfleet.controller.state import Controller
+
+log = logging.getLogger(__name__)
 
 ROW_ID = 1
 # Renewed when less than this share of its lifetime is left: a node that pulls every minute
@@ -100,3 +114,73 @@ def push(controller: Controller, crl: Crl, common_names: list[str]) -> list[str]
     """Every node at once, each given crl_push_timeout_seconds for the CRL before its disconnects."""
     answers = controller.daemons.push_crl_and_disconnect(crl.pem.encode(), common_names)
     return [answer.node.name for answer in answers if not answer.ok]
+
+
+class RevocationPusher:
+    """revoke_on_nodes for revocations already committed, run by one thread of this process.
+
+    A batch is whatever was submitted while the previous one was signed and pushed, so under
+    load one CRL and one round of pushes serve many revocations, and an idle controller tells
+    the nodes at once. What is submitted is already revoked in the database: the node API
+    refuses those configs whatever happens here. If a push is lost (the process killed before
+    it ran, a node down), housekeeping disconnects what is connected without an active config
+    and the nodes' pull timer brings the next CRL.
+    """
+
+    def __init__(self, controller: Controller):
+        self._controller = controller
+        self._changed = threading.Condition()
+        self._pending: list[str] = []
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self.batches = 0  # pushes made, for the tests and the logs
+
+    def submit(self, common_names: list[str]) -> None:
+        if not common_names:
+            return
+        with self._changed:
+            self._pending.extend(common_names)
+            # Started on first use, in the process that uses it (gunicorn forks its workers).
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="revocations", daemon=True)
+                self._thread.start()
+                atexit.register(self.flush)
+            self._changed.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Revocations submitted that no push has taken up yet."""
+        with self._changed:
+            return len(self._pending)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything submitted was pushed (or failed and was logged); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._pending))
+                batch, self._pending, self._busy = self._pending, [], True
+            try:
+                db = self._controller.sessions()
+                try:
+                    unreachable = revoke_on_nodes(self._controller, db, batch)
+                finally:
+                    db.close()
+                if unreachable:
+                    log.warning(
+                        "%d revocation(s) not told to node(s) %s: they catch up at their next CRL pull",
+                        len(batch),
+                        ", ".join(unreachable),
+                    )
+            except Exception:
+                log.exception("pushing %d revocation(s) failed; housekeeping drops their clients", len(batch))
+            finally:
+                with self._changed:
+                    self.batches += 1
+                    self._busy = False
+                    self._changed.notify_all()

@@ -156,3 +156,68 @@ def test_a_revoked_client_is_dropped_within_2_s_and_refused_in_the_handshake(
     vpn.stop()
     vpn_client(ovpn, proto=proto)
     node_lab.wait_until_refused_by_crl(common_name)
+
+
+def _newest_common_name(app) -> str:
+    session = app.extensions[EXTENSION_KEY].sessions()
+    try:
+        return session.scalars(select(VpnConfig.common_name).order_by(VpnConfig.id.desc())).first()
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_config_an_app_replaces_is_refused_at_once_then_dropped_and_in_the_nodes_crl(
+    client, app, node_lab, vpn_client
+):
+    """/connect answers before the CRL is signed and pushed (crl.RevocationPusher); the old config
+    must be refused by the node API from that answer on and leave the node in the background."""
+    add_user(app, "alice")
+    token = app_tokens(client)
+    first = client.post("/api/v3/connect", headers=bearer(token), data={"profile_id": "office"})
+    assert first.status_code == 201
+    old, ovpn = _newest_common_name(app), first.get_data(as_text=True)
+    vpn = vpn_client(ovpn, proto="udp")
+    vpn.wait_until_up()
+    node_lab.wait_until_listed(old)
+    since = vpn.log_size()
+    second = client.post("/api/v3/connect", headers=bearer(token), data={"profile_id": "office"})
+    assert second.status_code == 201
+    refused = client.post(
+        "/node-api/v1/connect", auth=NODE_X1, data={"common_name": old, "profile_id": "office"}
+    )
+    assert refused.status_code == 403 and refused.get_json()["reason"] == "certificate revoked"
+    vpn.wait_until_dropped(since)
+    assert app.extensions[EXTENSION_KEY].revocations.flush()
+    assert int(_config(app, old).serial_number, 16) in _serials(node_lab.crl_path.read_bytes())
+    vpn.stop()
+    vpn_client(ovpn, proto="udp")
+    node_lab.wait_until_refused_by_crl(old)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_revocations_that_arrive_during_a_push_share_the_next_crl(client, app, node_lab):
+    names = [portal_ovpn(client, app, display_name=f"laptop {n}")[0] for n in range(3)]
+    run_sql(app, update(VpnConfig).where(VpnConfig.common_name.in_(names)).values(revoked_at=utcnow()))
+    controller = app.extensions[EXTENSION_KEY]
+    pusher = controller.revocations
+    # A writer holds SQLite's lock: the first push waits at the CRL row while two more revocations come.
+    blocker = controller.sessions()
+    try:
+        blocker.execute(update(PublishedCrl).values(id=PublishedCrl.id))
+        pusher.submit(names[:1])
+        deadline = time.monotonic() + 5
+        while pusher.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pusher.waiting == 0  # the first push took its revocation and waits for the lock
+        pusher.submit(names[1:2])
+        pusher.submit(names[2:])
+        assert pusher.waiting == 2
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert pusher.flush()
+    assert pusher.batches == 2  # two CRLs signed and pushed for three revocations
+    assert {int(_config(app, name).serial_number, 16) for name in names} <= _serials(
+        node_lab.crl_path.read_bytes()
+    )
