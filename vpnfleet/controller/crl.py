@@ -55,12 +55,25 @@ class Crl:
         return cls(row.pem, row.crl_number, row.this_update, row.next_update, row.revoked_count)
 
 
-def publish_crl(controller: Controller, db: Session) -> Crl:
+def publish_crl(controller: Controller, db: Session, *, unless_listing: list[str] | None = None) -> Crl:
     """Sign a CRL of the revocations committed so far, store it and commit.
 
     The row is locked while signing (an UPDATE, as configs.lock_user explains), so two workers
     sign one after the other and the later CRL, with the higher number, lists everything the
-    earlier one did."""
+    earlier one did. With ``unless_listing`` (common names of configs revoked and committed
+    before the call), the stored CRL is kept when it lists them all already: another worker
+    signed it while this one waited for the lock."""
+    serials = (
+        {
+            int(serial, 16)
+            for serial in db.scalars(
+                select(VpnConfig.serial_number).where(VpnConfig.common_name.in_(unless_listing))
+            )
+        }
+        if unless_listing
+        else set()
+    )
+    db.commit()  # SQLite: the lock below begins a transaction of its own, not a read's upgrade
     db.execute(
         update(PublishedCrl)
         .where(PublishedCrl.id == ROW_ID)
@@ -70,6 +83,9 @@ def publish_crl(controller: Controller, db: Session) -> Crl:
     row = db.get(PublishedCrl, ROW_ID, populate_existing=True)
     if row is None:
         raise RuntimeError("the published_crl row is missing: run vpnfleet-controller migrate")
+    if serials and row.pem and _lists(row.pem, serials):
+        db.commit()  # the lock goes, the CRL stays
+        return Crl.of(row)
     now = utcnow()
     revoked = [
         (serial, revoked_at or now)
@@ -90,6 +106,11 @@ def publish_crl(controller: Controller, db: Session) -> Crl:
     row.revoked_count = len(revoked)
     db.commit()
     return Crl.of(row)
+
+
+def _lists(pem: str, serials: set[int]) -> bool:
+    crl = x509.load_pem_x509_crl(pem.encode())
+    return all(crl.get_revoked_certificate_by_serial_number(serial) is not None for serial in serials)
 
 
 def current_crl(controller: Controller, db: Session) -> tuple[Crl, bool]:
@@ -117,11 +138,12 @@ def push(controller: Controller, crl: Crl, common_names: list[str]) -> list[str]
 
 
 class RevocationPusher:
-    """revoke_on_nodes for revocations already committed, run by one thread of this process.
+    """What revoke_on_nodes does, for revocations already committed, by one thread of this process.
 
     A batch is whatever was submitted while the previous one was signed and pushed, so under
     load one CRL and one round of pushes serve many revocations, and an idle controller tells
-    the nodes at once. What is submitted is already revoked in the database: the node API
+    the nodes at once; a CRL another worker signed meanwhile that lists the batch is pushed
+    as it is rather than signed again. What is submitted is already revoked in the database: the node API
     refuses those configs whatever happens here. If a push is lost (the process killed before
     it ran, a node down), housekeeping disconnects what is connected without an active config
     and the nodes' pull timer brings the next CRL.
@@ -168,9 +190,11 @@ class RevocationPusher:
             try:
                 db = self._controller.sessions()
                 try:
-                    unreachable = revoke_on_nodes(self._controller, db, batch)
+                    # The other workers push their own: one CRL for all of them where it can be.
+                    crl = publish_crl(self._controller, db, unless_listing=batch)
                 finally:
                     db.close()
+                unreachable = push(self._controller, crl, batch)
                 if unreachable:
                     log.warning(
                         "%d revocation(s) not told to node(s) %s: they catch up at their next CRL pull",

@@ -15,6 +15,7 @@ import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from vpnfleet.controller import metrics
 from vpnfleet.controller.crl import current_crl
@@ -152,7 +153,10 @@ def _client_connect() -> Response:
     node: Node = g.node
     session = db()
     now = utcnow()
-    config = session.scalar(select(VpnConfig).where(VpnConfig.common_name == common_name))
+    # The user in the same query: every check reads it (disabled? whose log row?).
+    config = session.scalar(
+        select(VpnConfig).options(joinedload(VpnConfig.user)).where(VpnConfig.common_name == common_name)
+    )
     if config is None:
         return _refusal("unknown certificate", common_name)
     if config.revoked_at is not None:

@@ -221,3 +221,36 @@ def test_revocations_that_arrive_during_a_push_share_the_next_crl(client, app, n
     assert {int(_config(app, name).serial_number, 16) for name in names} <= _serials(
         node_lab.crl_path.read_bytes()
     )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_crl_another_worker_signed_since_is_pushed_as_it_is(client, app, node_lab):
+    """Each gunicorn worker has its own pusher: one that finds the stored CRL listing its batch
+    (signed by another worker while it waited for the lock) pushes that one instead of signing."""
+    names = [portal_ovpn(client, app, display_name=f"laptop {n}")[0] for n in range(3)]
+    run_sql(app, update(VpnConfig).where(VpnConfig.common_name.in_(names[:2])).values(revoked_at=utcnow()))
+    controller = app.extensions[EXTENSION_KEY]
+    with app.app_context():
+        session = controller.sessions()
+        signed = publish_crl(controller, session)
+        session.close()
+    controller.revocations.submit(names[:2])
+    assert controller.revocations.flush()
+    assert _published(app).crl_number == signed.crl_number
+    assert node_lab.crl_path.read_text() == signed.pem
+    # A revocation the stored CRL does not list: signed anew.
+    run_sql(app, update(VpnConfig).where(VpnConfig.common_name == names[2]).values(revoked_at=utcnow()))
+    controller.revocations.submit(names[2:])
+    assert controller.revocations.flush()
+    assert _published(app).crl_number > signed.crl_number
+    assert {int(_config(app, name).serial_number, 16) for name in names} <= _serials(
+        node_lab.crl_path.read_bytes()
+    )
+
+
+def _published(app) -> PublishedCrl:
+    session = app.extensions[EXTENSION_KEY].sessions()
+    try:
+        return session.get(PublishedCrl, 1)
+    finally:
+        session.close()
