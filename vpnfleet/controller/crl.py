@@ -15,6 +15,8 @@ node, and revocations that arrive while one push is under way share the next CRL
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -58,11 +60,11 @@ class Crl:
 def publish_crl(controller: Controller, db: Session, *, unless_listing: list[str] | None = None) -> Crl:
     """Sign a CRL of the revocations committed so far, store it and commit.
 
-    The row is locked while signing (an UPDATE, as configs.lock_user explains), so two workers
-    sign one after the other and the later CRL, with the higher number, lists everything the
-    earlier one did. With ``unless_listing`` (common names of configs revoked and committed
-    before the call), the stored CRL is kept when it lists them all already: another worker
-    signed it while this one waited for the lock."""
+    Signing takes its turn (signing_turn), so two workers sign one after the other and the
+    later CRL, with the higher number, lists everything the earlier one did. With
+    ``unless_listing`` (common names of configs revoked and committed before the call), the
+    stored CRL is kept when it lists them all already: another worker signed it while this one
+    waited for its turn."""
     serials = (
         {
             int(serial, 16)
@@ -74,12 +76,33 @@ def publish_crl(controller: Controller, db: Session, *, unless_listing: list[str
         else set()
     )
     db.commit()  # SQLite: the lock below begins a transaction of its own, not a read's upgrade
+    with signing_turn(db):
+        return _sign_in_turn(controller, db, serials)
+
+
+@contextlib.contextmanager
+def signing_turn(db: Session):
+    """One CRL signed at a time, until the caller's commit. PostgreSQL: the CRL row's lock (an
+    UPDATE, as configs.lock_user explains), which holds up no one else. SQLite's write lock is
+    the whole database's: held for a signature (most of a second for a CRL of thousands) it would
+    stop every /connect and connect check, so a file lock beside the database instead."""
+    bind = db.get_bind()
+    database = bind.url.database if bind.dialect.name == "sqlite" else None
+    if database and database != ":memory:":
+        with open(f"{database}.crl-lock", "a") as turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            yield
+        return
     db.execute(
         update(PublishedCrl)
         .where(PublishedCrl.id == ROW_ID)
         .values(id=PublishedCrl.id)
         .execution_options(synchronize_session=False)
     )
+    yield
+
+
+def _sign_in_turn(controller: Controller, db: Session, serials: set[int]) -> Crl:
     row = db.get(PublishedCrl, ROW_ID, populate_existing=True)
     if row is None:
         raise RuntimeError("the published_crl row is missing: run vpnfleet-controller migrate")
