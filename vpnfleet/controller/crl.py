@@ -87,7 +87,7 @@ def signing_turn(db: Session):
     the whole database's: held for a signature (most of a second for a CRL of thousands) it would
     stop every /connect and connect check, so a file lock beside the database instead."""
     bind = db.get_bind()
-    database = bind.url.database if bind.dialect.name == "sqlite" else None
+    database = bind.engine.url.database if bind.dialect.name == "sqlite" else None
     if database and database != ":memory:":
         with open(f"{database}.crl-lock", "a") as turn:
             fcntl.flock(turn, fcntl.LOCK_EX)
