@@ -47,6 +47,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -526,20 +527,36 @@ def print_table(rows: list[dict]) -> None:
                         f"{_ratio(last['checks_per_s'], base['checks_per_s'])}"
                     )
     if len(codes) == 2:
-        print()
         this, baseline = codes
-        key = lambda row: (row["database"], row["issued_before"], row["parallel"])  # noqa: E731
-        before = {key(row): row for row in rows if row["code"] == baseline}
-        for row in rows:
-            if row["code"] == this and key(row) in before:
-                old = before[key(row)]
-                print(
-                    f"{this}/{baseline} {row['database']} issued={row['issued_before']} "
-                    f"parallel={row['parallel']}: "
-                    f"configs/s {_ratio(row['configs_per_s'], old['configs_per_s'])}"
-                    f", configs p99 {_ratio(row['configs_p99_ms'], old['configs_p99_ms'])}"
-                    f", checks/s {_ratio(row['checks_per_s'], old['checks_per_s'])}"
-                )
+        print(f"\n{this}/{baseline}, per round and measure, then the median (min-max) over the rounds:")
+        for key, ratios in baseline_ratios(rows, this, baseline).items():
+            database, issued, parallel = key
+            cells = ", ".join(
+                f"{measure} {statistics.median(values):.3f} ({min(values):.2f}-{max(values):.2f})"
+                for measure, values in ratios.items()
+            )
+            print(f"  {database} issued={issued} parallel={parallel}: {cells}")
+
+
+def baseline_ratios(rows: list[dict], this: str, baseline: str) -> dict[tuple, dict[str, list[float]]]:
+    """this/baseline of each round's pair of rows: configs/s, configs p99, checks/s, checks p99."""
+    key = lambda row: (row["database"], row["issued_before"], row["parallel"])  # noqa: E731
+    before = {(key(row), row.get("round", 0)): row for row in rows if row["code"] == baseline}
+    ratios: dict[tuple, dict[str, list[float]]] = {}
+    for row in rows:
+        old = before.get((key(row), row.get("round", 0)))
+        if row["code"] != this or old is None:
+            continue
+        mine = ratios.setdefault(key(row), {})
+        for measure, name in (
+            ("configs/s", "configs_per_s"),
+            ("configs p99", "configs_p99_ms"),
+            ("checks/s", "checks_per_s"),
+            ("checks p99", "checks_p99_ms"),
+        ):
+            if old[name] and row[name] == row[name] and old[name] == old[name]:  # not NaN
+                mine.setdefault(measure, []).append(row[name] / old[name])
+    return ratios
 
 
 def _ratio(value: float, base: float) -> str:
@@ -562,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=(os.cpu_count() or 1) * 2 + 1,
         help="gunicorn workers (default: 2 x cores + 1, gunicorn's advice)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="every row this many times, alternating the order (default 1)"
     )
     parser.add_argument(
         "--baseline",
@@ -596,19 +616,21 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.baseline:
             say(f"the controller of {arguments.baseline} beside this tree's")
             codes.append((arguments.baseline, code_of_revision(arguments.baseline, pki / "baseline")))
-        for index, kind in enumerate(databases):
-            rows += measure_database(
-                kind,
-                issued_counts,
-                parallels,
-                arguments.seconds,
-                arguments.workers,
-                cluster,
-                pki,
-                node,
-                codes,
-                flip=bool(index % 2),
-            )
+        for round_number in range(arguments.rounds):
+            for index, kind in enumerate(databases):
+                measured = measure_database(
+                    kind,
+                    issued_counts,
+                    parallels,
+                    arguments.seconds,
+                    arguments.workers,
+                    cluster,
+                    pki,
+                    node,
+                    codes,
+                    flip=bool((index + round_number) % 2),
+                )
+                rows += [dict(row, round=round_number) for row in measured]
     except BenchError as error:
         say(f"failed: {error}")
         return 1
@@ -628,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "workers": arguments.workers,
         "baseline": arguments.baseline,
+        "rounds": arguments.rounds,
         "rows": rows,
     }
     write_results("controller", result, stamp)
