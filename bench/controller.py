@@ -15,8 +15,9 @@ What it measures, every row in one run (see docs/bench.md):
     certificates already issued (rows in the controller's database; the CA records none of
     them), side by side in one run, so a ratio reads through the noise;
 (d) with ``--baseline REV``: every row twice, once with the controller of git revision REV (its
-    ``vpnfleet`` and ``plugins/module_utils`` from ``git archive``, first on gunicorn's
-    PYTHONPATH) and once with this tree's, alternating which goes first, and the ratios
+    ``vpnfleet`` and ``plugins/module_utils`` from ``git archive``, as gunicorn's working
+    directory, which it puts first on sys.path) and once with this tree's, alternating which
+    goes first, and the ratios
     this/REV: a change's effect measured in one run.
 
 The controller is the real one: the service's package under gunicorn (as the role runs it, with
@@ -114,13 +115,15 @@ class Gunicorn:
     def __init__(self, settings_file: Path, workers: int, log: Path, code: Path | None = None):
         self.port = free_port()
         environment = dict(os.environ, VPNFLEET_CONTROLLER_SETTINGS=str(settings_file))
-        if code is not None:
-            environment["PYTHONPATH"] = str(code)
+        # gunicorn puts its working directory first on sys.path (the repository here, with this
+        # tree's vpnfleet): another revision's code must be that directory.
+        where = ["--chdir", str(code)] if code is not None else []
         gunicorn = Path(sys.executable).parent / "gunicorn"
         self.log = log.open("wb")
         self.process = subprocess.Popen(  # noqa: S603 - our own venv's gunicorn
             [
                 str(gunicorn),
+                *where,
                 "--workers",
                 str(workers),
                 "--bind",
@@ -180,7 +183,7 @@ def request(method: str, port: int, path: str, body: str = "", headers: dict | N
 
 def code_of_revision(revision: str, directory: Path) -> Path:
     """The controller package of a git revision, laid out as the wheel has it (module_utils as
-    vpnfleet.shared), to put first on gunicorn's PYTHONPATH."""
+    vpnfleet.shared), for gunicorn's --chdir."""
     directory.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(  # noqa: S603 - git, on this repository
         ["git", "archive", "--format=tar", revision, "vpnfleet", "plugins/module_utils"],  # noqa: S607
