@@ -2,7 +2,7 @@
 depends on how many certificates it has issued before.
 
     python -m bench.controller [--quick] [--seconds S] [--parallel 1,4,8] [--issued 0,10000,50000]
-                               [--databases sqlite,postgresql] [--workers W]
+                               [--databases sqlite,postgresql] [--workers W] [--baseline REV]
 
 What it measures, every row in one run (see docs/bench.md):
 
@@ -13,7 +13,12 @@ What it measures, every row in one run (see docs/bench.md):
     nodes' hooks call when a client connects), p50/p99;
 (c) both at 1..K parallel callers, on SQLite and on PostgreSQL, with 0, 10,000 and 50,000
     certificates already issued (rows in the controller's database; the CA records none of
-    them), side by side in one run, so a ratio reads through the noise.
+    them), side by side in one run, so a ratio reads through the noise;
+(d) with ``--baseline REV``: every row twice, once with the controller of git revision REV (its
+    ``vpnfleet`` and ``plugins/module_utils`` from ``git archive``, as gunicorn's working
+    directory, which it puts first on sys.path) and once with this tree's, alternating which
+    goes first, and the ratios
+    this/REV: a change's effect measured in one run.
 
 The controller is the real one: the service's package under gunicorn (as the role runs it, with
 ``--workers W``), on 127.0.0.1, signing through the real signer over the CA, with a real
@@ -43,6 +48,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,14 +112,18 @@ def settings_for(pki: Path, ca_dir: Path, database_url: str, daemon_port: int) -
 class Gunicorn:
     """The controller's WSGI app under gunicorn, as the role runs it, on a port of 127.0.0.1."""
 
-    def __init__(self, settings_file: Path, workers: int, log: Path):
+    def __init__(self, settings_file: Path, workers: int, log: Path, code: Path | None = None):
         self.port = free_port()
         environment = dict(os.environ, VPNFLEET_CONTROLLER_SETTINGS=str(settings_file))
+        # gunicorn puts its working directory first on sys.path (the repository here, with this
+        # tree's vpnfleet): another revision's code must be that directory.
+        where = ["--chdir", str(code)] if code is not None else []
         gunicorn = Path(sys.executable).parent / "gunicorn"
         self.log = log.open("wb")
         self.process = subprocess.Popen(  # noqa: S603 - our own venv's gunicorn
             [
                 str(gunicorn),
+                *where,
                 "--workers",
                 str(workers),
                 "--bind",
@@ -169,6 +179,23 @@ def request(method: str, port: int, path: str, body: str = "", headers: dict | N
         return response.status, response.read()
     finally:
         connection.close()
+
+
+def code_of_revision(revision: str, directory: Path) -> Path:
+    """The controller package of a git revision, laid out as the wheel has it (module_utils as
+    vpnfleet.shared), for gunicorn's --chdir."""
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(  # noqa: S603 - git, on this repository
+        ["git", "archive", "--format=tar", revision, "vpnfleet", "plugins/module_utils"],  # noqa: S607
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {revision} failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)  # noqa: S603,S607
+    (directory / "plugins" / "module_utils").rename(directory / "vpnfleet" / "shared")
+    return directory
 
 
 # ----------------------------------------------------------------------------- users and tokens
@@ -360,9 +387,18 @@ def check_caller(port: int, common_names: list[str]):
 # ----------------------------------------------------------------------------- one setup
 
 
-def measure_database(kind: str, issued_counts, parallels, seconds, workers, cluster, pki, node) -> list[dict]:
+def measure_database(
+    kind: str, issued_counts, parallels, seconds, workers, cluster, pki, node, codes, flip=False
+) -> list[dict]:
     rows = []
-    for issued_count in issued_counts:
+    # ABBA: with two codes, every other count of issued certificates (and database) starts with
+    # the other one.
+    turns = [
+        (issued, code)
+        for index, issued in enumerate(issued_counts)
+        for code in (codes if (index + flip) % 2 == 0 else codes[::-1])
+    ]
+    for issued_count, (label, code) in turns:
         directory = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-controller-"))
         try:
             # The same CA for node-x1 and every row; a fresh copy of its index and files for each.
@@ -385,7 +421,7 @@ def measure_database(kind: str, issued_counts, parallels, seconds, workers, clus
             # The controller signs through the signer, as on a controller host.
             signer = start_signer(directory / "ca", directory)
             try:
-                server = Gunicorn(settings_file, workers, directory / "gunicorn.log")
+                server = Gunicorn(settings_file, workers, directory / "gunicorn.log", code)
             except BaseException:
                 signer.stop()
                 raise
@@ -401,6 +437,7 @@ def measure_database(kind: str, issued_counts, parallels, seconds, workers, clus
                         [check_caller(server.port, common_names) for _ in range(parallel)], seconds
                     )
                     row = {
+                        "code": label,
                         "database": kind,
                         "issued_before": issued_count,
                         "parallel": parallel,
@@ -415,7 +452,7 @@ def measure_database(kind: str, issued_counts, parallels, seconds, workers, clus
                         "checks_errors": checks.errors,
                     }
                     say(
-                        f"{kind} issued={issued_count} parallel={parallel}: "
+                        f"{label}: {kind} issued={issued_count} parallel={parallel}: "
                         f"{row['configs_per_s']} configs/s, {row['checks_per_s']} checks/s"
                     )
                     rows.append(row)
@@ -459,7 +496,7 @@ def _active_common_names(url: str) -> list[str]:
 
 def print_table(rows: list[dict]) -> None:
     head = (
-        f"{'database':<11}{'issued':>8}{'par':>5}{'configs/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'code':<11}{'database':<11}{'issued':>8}{'par':>5}{'configs/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'checks/s':>10}{'p50 ms':>8}{'p99 ms':>8}  errors"
     )
     print(head)
@@ -470,26 +507,59 @@ def print_table(rows: list[dict]) -> None:
             **{f"k{k}": v for k, v in row["checks_errors"].items()},
         }
         print(
-            f"{row['database']:<11}{row['issued_before']:>8}{row['parallel']:>5}{row['configs_per_s']:>11}"
+            f"{row['code']:<11}{row['database']:<11}{row['issued_before']:>8}{row['parallel']:>5}{row['configs_per_s']:>11}"
             f"{row['configs_p50_ms']:>8}{row['configs_p99_ms']:>8}{row['checks_per_s']:>10}"
             f"{row['checks_p50_ms']:>8}{row['checks_p99_ms']:>8}  {errors or '-'}"
         )
     print()
-    for kind in sorted({row["database"] for row in rows}):
-        for parallel in sorted({row["parallel"] for row in rows}):
-            mine = {
-                row["issued_before"]: row
-                for row in rows
-                if row["database"] == kind and row["parallel"] == parallel
-            }
-            if 0 in mine and len(mine) > 1:
-                most = max(mine)
-                base, last = mine[0], mine[most]
-                print(
-                    f"{kind} parallel={parallel}: with {most} issued / with 0 issued: configs "
-                    f"{_ratio(last['configs_per_s'], base['configs_per_s'])}, checks "
-                    f"{_ratio(last['checks_per_s'], base['checks_per_s'])}"
-                )
+    codes = list(dict.fromkeys(row["code"] for row in rows))
+    for code in codes:
+        for kind in sorted({row["database"] for row in rows}):
+            for parallel in sorted({row["parallel"] for row in rows}):
+                mine = {
+                    row["issued_before"]: row
+                    for row in rows
+                    if row["code"] == code and row["database"] == kind and row["parallel"] == parallel
+                }
+                if 0 in mine and len(mine) > 1:
+                    most = max(mine)
+                    base, last = mine[0], mine[most]
+                    print(
+                        f"{code} {kind} parallel={parallel}: with {most} issued / with 0 issued: configs "
+                        f"{_ratio(last['configs_per_s'], base['configs_per_s'])}, checks "
+                        f"{_ratio(last['checks_per_s'], base['checks_per_s'])}"
+                    )
+    if len(codes) == 2:
+        this, baseline = codes
+        print(f"\n{this}/{baseline}, per round and measure, then the median (min-max) over the rounds:")
+        for key, ratios in baseline_ratios(rows, this, baseline).items():
+            database, issued, parallel = key
+            cells = ", ".join(
+                f"{measure} {statistics.median(values):.3f} ({min(values):.2f}-{max(values):.2f})"
+                for measure, values in ratios.items()
+            )
+            print(f"  {database} issued={issued} parallel={parallel}: {cells}")
+
+
+def baseline_ratios(rows: list[dict], this: str, baseline: str) -> dict[tuple, dict[str, list[float]]]:
+    """this/baseline of each round's pair of rows: configs/s, configs p99, checks/s, checks p99."""
+    key = lambda row: (row["database"], row["issued_before"], row["parallel"])  # noqa: E731
+    before = {(key(row), row.get("round", 0)): row for row in rows if row["code"] == baseline}
+    ratios: dict[tuple, dict[str, list[float]]] = {}
+    for row in rows:
+        old = before.get((key(row), row.get("round", 0)))
+        if row["code"] != this or old is None:
+            continue
+        mine = ratios.setdefault(key(row), {})
+        for measure, name in (
+            ("configs/s", "configs_per_s"),
+            ("configs p99", "configs_p99_ms"),
+            ("checks/s", "checks_per_s"),
+            ("checks p99", "checks_p99_ms"),
+        ):
+            if old[name] and row[name] == row[name] and old[name] == old[name]:  # not NaN
+                mine.setdefault(measure, []).append(row[name] / old[name])
+    return ratios
 
 
 def _ratio(value: float, base: float) -> str:
@@ -512,6 +582,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=(os.cpu_count() or 1) * 2 + 1,
         help="gunicorn workers (default: 2 x cores + 1, gunicorn's advice)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="every row this many times, alternating the order (default 1)"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the controller of this git revision, side by side, with ratios this/REV",
     )
     arguments = parser.parse_args(argv)
     defaults = (2.0, "1,4", "0,1000") if arguments.quick else (10.0, "1,4,8", "0,10000,50000")
@@ -537,10 +615,25 @@ def main(argv: list[str] | None = None) -> int:
         make_pki(pki, common_name="bench CA")
         say("node-x1 as the service tests run it: its OpenVPN servers and daemon in a network namespace")
         node = start_node_lab(pki, settings_for(pki, pki / "ca", "sqlite://", 0))
-        for kind in databases:
-            rows += measure_database(
-                kind, issued_counts, parallels, arguments.seconds, arguments.workers, cluster, pki, node
-            )
+        codes: list[tuple[str, Path | None]] = [("this", None)]
+        if arguments.baseline:
+            say(f"the controller of {arguments.baseline} beside this tree's")
+            codes.append((arguments.baseline, code_of_revision(arguments.baseline, pki / "baseline")))
+        for round_number in range(arguments.rounds):
+            for index, kind in enumerate(databases):
+                measured = measure_database(
+                    kind,
+                    issued_counts,
+                    parallels,
+                    arguments.seconds,
+                    arguments.workers,
+                    cluster,
+                    pki,
+                    node,
+                    codes,
+                    flip=bool((index + round_number) % 2),
+                )
+                rows += [dict(row, round=round_number) for row in measured]
     except BenchError as error:
         say(f"failed: {error}")
         return 1
@@ -559,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": arguments.seconds,
         "cores": os.cpu_count(),
         "workers": arguments.workers,
+        "baseline": arguments.baseline,
+        "rounds": arguments.rounds,
         "rows": rows,
     }
     write_results("controller", result, stamp)

@@ -5,7 +5,9 @@ node's processes, the node itself or the controller restarts, and the clients co
 
 How (see docs/bench.md):
 
-- the lab is deployed with playbooks/site.yml; the controller issues one config per test user
+- the lab is deployed with playbooks/site.yml from a copy of its inventory whose profile
+  "internet" has a /22 (STORM_RANGE): each of node-x1's two processes a /25, 124 clients;
+- the controller issues one config per test user
   (``storm-0`` ... ``storm-N``) through its own code, run on the controller host as the service's
   user (the same ``create_config`` as the portal and the API), not through N portal logins;
 - each client runs in its own network namespace on the client host (a bridge in 198.19.252.0/22,
@@ -32,10 +34,15 @@ import argparse
 import ipaddress
 import json
 import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
+import bench.lab
 from bench.lab import (
     BenchError,
     interrupt_on_sigterm,
@@ -58,6 +65,10 @@ NODE_ADDRESS = "198.51.100.10"
 PROFILE = "internet"
 # The client namespaces' own network, inside the benchmarking range and away from every VPN range.
 NAMESPACE_NETWORK = ipaddress.ip_network("198.19.252.0/22")
+# The profile's IPv4 range for the run: the lab's /24, cut into four node parts (max_nodes) and two
+# processes, gives a process 28 clients; a /22 gives each process a /25, 124 clients (the issue's
+# full process), and the node 248.
+STORM_RANGE = "198.18.16.0/22"
 WORK = "/root/vfl-storm"
 CONTROLLER_VENV = "/opt/vpnfleet/controller"
 CONTROLLER_SETTINGS = "/etc/vpnfleet/controller.yml"
@@ -95,6 +106,19 @@ print(json.dumps(texts))
 
 
 # ----------------------------------------------------------------------------- configs and clients
+
+
+def storm_inventory(directory: Path) -> Path:
+    """A copy of the lab's inventory whose profile under test has STORM_RANGE."""
+    copy = directory / "inventory"
+    shutil.copytree(bench.lab.INVENTORY, copy)
+    path = copy / "group_vars" / "all" / "profiles.yml"
+    data = yaml.safe_load(path.read_text())
+    for profile in data["vpnfleet_profiles"]:
+        if profile["id"] == PROFILE:
+            profile["ipv4_range"] = STORM_RANGE
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return copy
 
 
 def issue_configs(count: int) -> list[str]:
@@ -443,6 +467,9 @@ def plot(results: dict, path: Path) -> None:
 
 def run(arguments) -> dict:
     results: dict = {"benchmark": "storm", "quick": arguments.quick, "events": []}
+    scratch = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-storm-"))
+    bench.lab.INVENTORY = storm_inventory(scratch)
+    results["ipv4_range"] = STORM_RANGE
     with session_lock():
         try:
             say("starting from a clean lab (vpnfleet-lab down), then up and site.yml")
@@ -492,6 +519,7 @@ def run(arguments) -> dict:
             say("cleaning up the client host and taking the lab down")
             sh_on(CLIENT, CLEANUP, check=False, timeout=300)
             lab("down", check=False)
+            shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 

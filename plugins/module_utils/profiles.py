@@ -223,6 +223,12 @@ FIELDS = (
     Field("ipv6_range", _ipv6_range, doc="IPv6 client range (CIDR); each process gets a /112"),
     Field("default_gateway", _boolean, True, doc="full tunnel; false: split tunnel with routes"),
     Field("nat", _boolean, True, doc="full tunnel: masquerade the clients behind the node's address"),
+    Field(
+        "accept_inbound",
+        _boolean,
+        False,
+        doc="without NAT: flows from outside the VPN may open to the clients; default: replies only",
+    ),
     Field("routes", _list_of(_route), (), doc="split tunnel: the prefixes pushed to clients"),
     Field("dns", _list_of(_dns_server), (), doc="DNS servers pushed to clients"),
     Field("dns_search", _list_of(_search_domain), (), doc="DNS search domains pushed to clients"),
@@ -261,6 +267,7 @@ class Profile:
     ipv6_range: str | None
     default_gateway: bool
     nat: bool
+    accept_inbound: bool
     routes: tuple
     dns: tuple
     dns_search: tuple
@@ -329,6 +336,11 @@ def read_profile(value, host, label, known_locations=None):
     filled["display_name"] = filled["display_name"] or filled["id"]
     if not filled["default_gateway"] and not filled["routes"]:
         refuse("routes", "a split-tunnel profile (default_gateway: false) needs routes")
+    if filled["accept_inbound"] and filled["default_gateway"] and filled["nat"]:
+        refuse(
+            "accept_inbound",
+            "needs nat: false: behind the node's address (nat: true) no flow from outside can reach a client",
+        )
     if filled["listen"] is not None:
         if len(set(filled["listen"])) != len(filled["listen"]):
             refuse("listen", "names a listener twice: %s" % ", ".join(filled["listen"]))

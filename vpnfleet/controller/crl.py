@@ -5,19 +5,35 @@ the CA's index): its size follows the revocations of the last session lifetime, 
 ever issued. It is signed again on every revocation and once half its lifetime is gone, pushed to
 every node's daemon (POST /crl, docs/daemon.md) and pulled by every node's timer through the node
 API (GET /node-api/v1/crl), so a node that missed a push catches up within a minute.
+
+A config that an app's /connect replaces is revoked in the same transaction that makes the new
+one (the node API refuses it from that commit on), but its CRL and disconnect leave through
+RevocationPusher, in the background: an app's /connect does not wait for a signature and every
+node, and revocations that arrive while one push is under way share the next CRL.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
+import logging
+import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vpnfleet.controller.models import PublishedCrl, VpnConfig, utcnow
-from vpnfleet.controller.state import Controller
+
+if TYPE_CHECKING:  # state.py holds a RevocationPusher: no import at run time
+    from vpnfleet.controller.state import Controller
+
+log = logging.getLogger(__name__)
 
 ROW_ID = 1
 # Renewed when less than this share of its lifetime is left: a node that pulls every minute
@@ -41,21 +57,58 @@ class Crl:
         return cls(row.pem, row.crl_number, row.this_update, row.next_update, row.revoked_count)
 
 
-def publish_crl(controller: Controller, db: Session) -> Crl:
+def publish_crl(controller: Controller, db: Session, *, unless_listing: list[str] | None = None) -> Crl:
     """Sign a CRL of the revocations committed so far, store it and commit.
 
-    The row is locked while signing (an UPDATE, as configs.lock_user explains), so two workers
-    sign one after the other and the later CRL, with the higher number, lists everything the
-    earlier one did."""
+    Signing takes its turn (signing_turn), so two workers sign one after the other and the
+    later CRL, with the higher number, lists everything the earlier one did. With
+    ``unless_listing`` (common names of configs revoked and committed before the call), the
+    stored CRL is kept when it lists them all already: another worker signed it while this one
+    waited for its turn."""
+    serials = (
+        {
+            int(serial, 16)
+            for serial in db.scalars(
+                select(VpnConfig.serial_number).where(VpnConfig.common_name.in_(unless_listing))
+            )
+        }
+        if unless_listing
+        else set()
+    )
+    db.commit()  # SQLite: the lock below begins a transaction of its own, not a read's upgrade
+    with signing_turn(db):
+        return _sign_in_turn(controller, db, serials)
+
+
+@contextlib.contextmanager
+def signing_turn(db: Session):
+    """One CRL signed at a time, until the caller's commit. PostgreSQL: the CRL row's lock (an
+    UPDATE, as configs.lock_user explains), which holds up no one else. SQLite's write lock is
+    the whole database's: held for a signature (most of a second for a CRL of thousands) it would
+    stop every /connect and connect check, so a file lock beside the database instead."""
+    bind = db.get_bind()
+    database = bind.engine.url.database if bind.dialect.name == "sqlite" else None
+    if database and database != ":memory:":
+        with open(f"{database}.crl-lock", "a") as turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            yield
+        return
     db.execute(
         update(PublishedCrl)
         .where(PublishedCrl.id == ROW_ID)
         .values(id=PublishedCrl.id)
         .execution_options(synchronize_session=False)
     )
+    yield
+
+
+def _sign_in_turn(controller: Controller, db: Session, serials: set[int]) -> Crl:
     row = db.get(PublishedCrl, ROW_ID, populate_existing=True)
     if row is None:
         raise RuntimeError("the published_crl row is missing: run vpnfleet-controller migrate")
+    if serials and row.pem and _lists(row.pem, serials):
+        db.commit()  # the lock goes, the CRL stays
+        return Crl.of(row)
     now = utcnow()
     revoked = [
         (serial, revoked_at or now)
@@ -76,6 +129,11 @@ def publish_crl(controller: Controller, db: Session) -> Crl:
     row.revoked_count = len(revoked)
     db.commit()
     return Crl.of(row)
+
+
+def _lists(pem: str, serials: set[int]) -> bool:
+    crl = x509.load_pem_x509_crl(pem.encode())
+    return all(crl.get_revoked_certificate_by_serial_number(serial) is not None for serial in serials)
 
 
 def current_crl(controller: Controller, db: Session) -> tuple[Crl, bool]:
@@ -100,3 +158,76 @@ def push(controller: Controller, crl: Crl, common_names: list[str]) -> list[str]
     """Every node at once, each given crl_push_timeout_seconds for the CRL before its disconnects."""
     answers = controller.daemons.push_crl_and_disconnect(crl.pem.encode(), common_names)
     return [answer.node.name for answer in answers if not answer.ok]
+
+
+class RevocationPusher:
+    """What revoke_on_nodes does, for revocations already committed, by one thread of this process.
+
+    A batch is whatever was submitted while the previous one was signed and pushed, so under
+    load one CRL and one round of pushes serve many revocations, and an idle controller tells
+    the nodes at once; a CRL another worker signed meanwhile that lists the batch is pushed
+    as it is rather than signed again. What is submitted is already revoked in the database: the node API
+    refuses those configs whatever happens here. If a push is lost (the process killed before
+    it ran, a node down), housekeeping disconnects what is connected without an active config
+    and the nodes' pull timer brings the next CRL.
+    """
+
+    def __init__(self, controller: Controller):
+        self._controller = controller
+        self._changed = threading.Condition()
+        self._pending: list[str] = []
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self.batches = 0  # pushes made, for the tests and the logs
+
+    def submit(self, common_names: list[str]) -> None:
+        if not common_names:
+            return
+        with self._changed:
+            self._pending.extend(common_names)
+            # Started on first use, in the process that uses it (gunicorn forks its workers).
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="revocations", daemon=True)
+                self._thread.start()
+                atexit.register(self.flush)
+            self._changed.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Revocations submitted that no push has taken up yet."""
+        with self._changed:
+            return len(self._pending)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything submitted was pushed (or failed and was logged); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._pending))
+                batch, self._pending, self._busy = self._pending, [], True
+            try:
+                db = self._controller.sessions()
+                try:
+                    # The other workers push their own: one CRL for all of them where it can be.
+                    crl = publish_crl(self._controller, db, unless_listing=batch)
+                finally:
+                    db.close()
+                unreachable = push(self._controller, crl, batch)
+                if unreachable:
+                    log.warning(
+                        "%d revocation(s) not told to node(s) %s: they catch up at their next CRL pull",
+                        len(batch),
+                        ", ".join(unreachable),
+                    )
+            except Exception:
+                log.exception("pushing %d revocation(s) failed; housekeeping drops their clients", len(batch))
+            finally:
+                with self._changed:
+                    self.batches += 1
+                    self._busy = False
+                    self._changed.notify_all()

@@ -194,6 +194,9 @@ class ConnectionLogEntry(Base):
     profile_id: Mapped[str] = mapped_column(String(64))
     node: Mapped[str] = mapped_column(String(64))
     location: Mapped[str] = mapped_column(String(64))
+    # The node's process whose slice holds the address (the fleet plan's name, "office-1");
+    # None when the settings name no slices or the address is in none of this node's.
+    process: Mapped[str | None] = mapped_column(String(64), nullable=True)
     ipv4: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     ipv6: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     real_address: Mapped[str | None] = mapped_column(String(64), nullable=True)

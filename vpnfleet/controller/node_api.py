@@ -15,6 +15,7 @@ import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from vpnfleet.controller import metrics
 from vpnfleet.controller.crl import current_crl
@@ -152,7 +153,10 @@ def _client_connect() -> Response:
     node: Node = g.node
     session = db()
     now = utcnow()
-    config = session.scalar(select(VpnConfig).where(VpnConfig.common_name == common_name))
+    # The user in the same query: every check reads it (disabled? whose log row?).
+    config = session.scalar(
+        select(VpnConfig).options(joinedload(VpnConfig.user)).where(VpnConfig.common_name == common_name)
+    )
     if config is None:
         return _refusal("unknown certificate", common_name)
     if config.revoked_at is not None:
@@ -165,6 +169,7 @@ def _client_connect() -> Response:
         return _refusal(
             f"config is for profile {config.profile_id}, not {profile_id} on this node", common_name
         )
+    ipv4, ipv6 = _address(data, "ipv4"), _address(data, "ipv6")
     entry = ConnectionLogEntry(
         user_id=config.user_id,
         username=config.user.username,
@@ -172,8 +177,9 @@ def _client_connect() -> Response:
         profile_id=profile_id,
         node=node.name,
         location=node.location,
-        ipv4=_address(data, "ipv4"),
-        ipv6=_address(data, "ipv6"),
+        process=_process_of(node, ipv4 or ipv6),
+        ipv4=ipv4,
+        ipv6=ipv6,
         real_address=_address(data, "real_address"),
         connected_at=now,
     )
@@ -181,6 +187,21 @@ def _client_connect() -> Response:
     session.commit()
     current_app.logger.info("allowed %s (%s) on node %s", common_name, config.user.username, node.name)
     return jsonify(allow=True, connection_id=entry.id)
+
+
+def _process_of(node: Node, address: str | None) -> str | None:
+    """The name of the node's process whose slice holds the address the node handed out."""
+    holder = controller().settings.holder_of(address) if address else None
+    if holder is None:
+        return None
+    holding_node, process = holder
+    if holding_node.name != node.name:
+        # Another node's slice: a plan the two do not share; the log keeps what the node said.
+        current_app.logger.warning(
+            "node %s handed out %s, in %s's slice", node.name, address, holding_node.name
+        )
+        return None
+    return process.name
 
 
 @blueprint.get("/crl")

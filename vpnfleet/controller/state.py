@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
 from vpnfleet.controller.accounts import LoginThrottle
 from vpnfleet.controller.certificates import ClientCertificateIssuer
+from vpnfleet.controller.crl import RevocationPusher
 from vpnfleet.controller.daemons import NodeDaemons
 from vpnfleet.controller.settings import Settings
 
@@ -22,6 +23,11 @@ class Controller:
     issuer: ClientCertificateIssuer
     daemons: NodeDaemons
     throttle: LoginThrottle
+    # The CRL and disconnects of configs that /connect replaced (crl.RevocationPusher).
+    revocations: RevocationPusher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.revocations = RevocationPusher(self)
 
 
 def controller() -> Controller:

@@ -12,7 +12,15 @@ from datetime import datetime
 
 import pytest
 import yaml
-from controller_helpers import NODE_TOKENS, add_user, log_in, portal_config, run_sql, settings_mapping
+from controller_helpers import (
+    NODE_TOKENS,
+    add_user,
+    log_in,
+    log_rows,
+    portal_config,
+    run_sql,
+    settings_mapping,
+)
 from sqlalchemy import update
 
 from vpnfleet.controller import cli
@@ -160,3 +168,33 @@ def test_the_cli_answers_who_had_an_address_and_all_sessions_of_a_user(settings_
     ):
         assert cli.main(["--settings", str(settings_file), "connection-log", *arguments]) == 2
         assert reason in capsys.readouterr().err
+
+
+def test_the_log_names_the_process_whose_slice_holds_the_address(make_app, pki_dir, node_lab):
+    """With the fleet plan's slices in the settings (as the role writes them), each row names the
+    process of the reporting node that handed the address out; an address in no slice of that
+    node names none."""
+    nodes = settings_mapping(pki_dir, "sqlite://", node_lab.daemon_port)["nodes"]
+    slices = {"office-0": "198.19.64.0/22", "office-2": "198.19.68.0/22", "office-1": "198.19.72.0/22"}
+    for process in nodes[0]["processes"]:
+        if process.get("name") in slices:
+            process["ipv4"] = slices[process["name"]]
+    nodes[0]["processes"][0]["ipv6"] = "2001:db8:f2::/112"
+    app = make_app(nodes=nodes)
+    client = app.test_client()
+    for ipv4, ipv6 in (("198.19.73.5", None), (None, "2001:db8:f2::9"), ("198.19.80.5", None)):
+        common_name = portal_config(client, app)
+        allowed = client.post(
+            "/node-api/v1/connect",
+            auth=NODE_X1,
+            json={"common_name": common_name, "profile_id": "office", "ipv4": ipv4, "ipv6": ipv6},
+        )
+        assert allowed.status_code == 200
+    rows = sorted(log_rows(app), key=lambda row: row.id)
+    assert [row.process for row in rows] == ["office-1", "office-0", None]
+    add_user(app, "root", admin=True)
+    admin = app.test_client()
+    log_in(admin, "root")
+    exported = admin.get("/admin/log", query_string={"user": "alice", "format": "csv"})
+    listed = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
+    assert sorted(row["process"] for row in listed) == ["", "office-0", "office-1"]

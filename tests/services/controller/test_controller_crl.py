@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from vpnfleet.shared.pki import authority, keys
 
 from vpnfleet.controller.configs import revoke_configs
-from vpnfleet.controller.crl import publish_crl
+from vpnfleet.controller.crl import publish_crl, signing_turn
 from vpnfleet.controller.models import PublishedCrl, VpnConfig, utcnow
 from vpnfleet.controller.state import EXTENSION_KEY
 
@@ -156,3 +156,102 @@ def test_a_revoked_client_is_dropped_within_2_s_and_refused_in_the_handshake(
     vpn.stop()
     vpn_client(ovpn, proto=proto)
     node_lab.wait_until_refused_by_crl(common_name)
+
+
+def _newest_common_name(app) -> str:
+    session = app.extensions[EXTENSION_KEY].sessions()
+    try:
+        return session.scalars(select(VpnConfig.common_name).order_by(VpnConfig.id.desc())).first()
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_config_an_app_replaces_is_refused_at_once_then_dropped_and_in_the_nodes_crl(
+    client, app, node_lab, vpn_client
+):
+    """/connect answers before the CRL is signed and pushed (crl.RevocationPusher); the old config
+    must be refused by the node API from that answer on and leave the node in the background."""
+    add_user(app, "alice")
+    token = app_tokens(client)
+    first = client.post("/api/v3/connect", headers=bearer(token), data={"profile_id": "office"})
+    assert first.status_code == 201
+    old, ovpn = _newest_common_name(app), first.get_data(as_text=True)
+    vpn = vpn_client(ovpn, proto="udp")
+    vpn.wait_until_up()
+    node_lab.wait_until_listed(old)
+    since = vpn.log_size()
+    second = client.post("/api/v3/connect", headers=bearer(token), data={"profile_id": "office"})
+    assert second.status_code == 201
+    refused = client.post(
+        "/node-api/v1/connect", auth=NODE_X1, data={"common_name": old, "profile_id": "office"}
+    )
+    assert refused.status_code == 403 and refused.get_json()["reason"] == "certificate revoked"
+    vpn.wait_until_dropped(since)
+    assert app.extensions[EXTENSION_KEY].revocations.flush()
+    assert int(_config(app, old).serial_number, 16) in _serials(node_lab.crl_path.read_bytes())
+    vpn.stop()
+    vpn_client(ovpn, proto="udp")
+    node_lab.wait_until_refused_by_crl(old)
+
+
+def test_revocations_that_arrive_during_a_push_share_the_next_crl_and_writes_go_on(client, app, node_lab):
+    names = [portal_ovpn(client, app, display_name=f"laptop {n}")[0] for n in range(3)]
+    run_sql(app, update(VpnConfig).where(VpnConfig.common_name.in_(names)).values(revoked_at=utcnow()))
+    controller = app.extensions[EXTENSION_KEY]
+    pusher = controller.revocations
+    # Another signer's turn: the first push waits for it while two more revocations come, and
+    # the database takes writes meanwhile (on SQLite too: no database lock while signing).
+    blocker = controller.sessions()
+    try:
+        with signing_turn(blocker):
+            pusher.submit(names[:1])
+            deadline = time.monotonic() + 5
+            while pusher.waiting and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pusher.waiting == 0  # the first push took its revocation and waits for its turn
+            pusher.submit(names[1:2])
+            pusher.submit(names[2:])
+            assert pusher.waiting == 2
+            portal_ovpn(client, app, display_name="made while a signer waits")
+        blocker.rollback()
+    finally:
+        blocker.close()
+    assert pusher.flush()
+    assert pusher.batches == 2  # two pushes for three revocations
+    assert {int(_config(app, name).serial_number, 16) for name in names} <= _serials(
+        node_lab.crl_path.read_bytes()
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_crl_another_worker_signed_since_is_pushed_as_it_is(client, app, node_lab):
+    """Each gunicorn worker has its own pusher: one that finds the stored CRL listing its batch
+    (signed by another worker while it waited for the lock) pushes that one instead of signing."""
+    names = [portal_ovpn(client, app, display_name=f"laptop {n}")[0] for n in range(3)]
+    run_sql(app, update(VpnConfig).where(VpnConfig.common_name.in_(names[:2])).values(revoked_at=utcnow()))
+    controller = app.extensions[EXTENSION_KEY]
+    with app.app_context():
+        session = controller.sessions()
+        signed = publish_crl(controller, session)
+        session.close()
+    controller.revocations.submit(names[:2])
+    assert controller.revocations.flush()
+    assert _published(app).crl_number == signed.crl_number
+    assert node_lab.crl_path.read_text() == signed.pem
+    # A revocation the stored CRL does not list: signed anew.
+    run_sql(app, update(VpnConfig).where(VpnConfig.common_name == names[2]).values(revoked_at=utcnow()))
+    controller.revocations.submit(names[2:])
+    assert controller.revocations.flush()
+    assert _published(app).crl_number > signed.crl_number
+    assert {int(_config(app, name).serial_number, 16) for name in names} <= _serials(
+        node_lab.crl_path.read_bytes()
+    )
+
+
+def _published(app) -> PublishedCrl:
+    session = app.extensions[EXTENSION_KEY].sessions()
+    try:
+        return session.get(PublishedCrl, 1)
+    finally:
+        session.close()

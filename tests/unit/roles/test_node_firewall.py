@@ -195,3 +195,104 @@ def test_new_flows_to_the_public_port_land_on_every_process_in_turn(tmp_path):
     assert len(seen) == 6, seen
     assert sorted(ports[0] for ports in seen.values()) == [1200, 1200, 1201, 1201, 1202, 1202]
     assert all(ports == [ports[0]] * 2 for ports in seen.values()), seen
+
+
+def test_a_routed_profile_opens_to_new_flows_from_outside_only_when_it_says_so(tmp_path):
+    closed = render(tmp_path, node_view(nat=False)).read_text()
+    assert "accept_inbound" not in closed
+    (tmp_path / "nftables.conf").unlink()
+    opened = render(tmp_path, node_view(nat=False, accept_inbound=True)).read_text()
+    # Not from another VPN range: clients still reach each other only where client_to_client says.
+    assert (
+        "ip saddr != { 198.18.0.0/24, 198.18.1.0/24 } ip daddr 198.18.0.0/24 accept comment "
+        '"internet: new flows from outside the VPN (accept_inbound)"' in opened
+    )
+    subprocess.run([NFT, "--check", "--file", str(tmp_path / "nftables.conf")], check=True)
+
+
+LISTENER = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 5001))
+sock.settimeout(3)
+print("ready", flush=True)
+try:
+    print(sock.recvfrom(100)[0].decode(), flush=True)
+except socket.timeout:
+    print("nothing", flush=True)
+"""
+SENDER = """
+import socket, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(5):
+    sock.sendto(b"from outside", ("198.18.0.66", 5001))
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making network namespaces needs root")
+@pytest.mark.parametrize("accept_inbound", [False, True])
+def test_a_host_outside_reaches_a_routed_client_only_with_accept_inbound(tmp_path, accept_inbound):
+    """Three namespaces: a host outside, the node forwarding with the rendered ruleset, and a
+    client holding an address of the routed profile's range (as its tunnel would). The outside
+    host opens a new UDP flow to the client: dropped by default, delivered with accept_inbound."""
+    path = render(tmp_path, node_view(nat=False, accept_inbound=accept_inbound))
+    suffix = uuid.uuid4().hex[:6]
+    outside, node, client = ("vfl-o-" + suffix, "vfl-n-" + suffix, "vfl-c-" + suffix)
+    for namespace in (outside, node, client):
+        subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        for far, near, end in ((outside, "o", "no"), (client, "c", "nc")):
+            subprocess.run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    end + suffix,
+                    "netns",
+                    node,
+                    "type",
+                    "veth",
+                    "peer",
+                    near + suffix,
+                    "netns",
+                    far,
+                ],
+                check=True,
+            )
+        steps = [
+            (outside, "ip address add 203.0.113.249/30 dev o{s}"),
+            (node, "ip address add 203.0.113.250/30 dev no{s}"),
+            (node, "ip address add 198.51.100.254/32 dev nc{s}"),
+            (client, "ip address add 198.18.0.66/32 dev c{s}"),
+        ]
+        for namespace in (outside, node, client):
+            device = {outside: "o", node: "no", client: "c"}[namespace]
+            steps += [(namespace, "ip link set lo up"), (namespace, f"ip link set {device}{{s}} up")]
+        steps += [
+            (node, "ip link set nc{s} up"),
+            (node, "ip route add 198.18.0.66/32 dev nc{s}"),
+            (node, "sysctl -q -w net.ipv4.ip_forward=1"),
+            (client, "ip route add 198.51.100.254/32 dev c{s}"),
+            (client, "ip route add default via 198.51.100.254 dev c{s} onlink"),
+            (outside, "ip route add default via 203.0.113.250"),
+        ]
+        for namespace, command in steps:
+            _netns(*command.format(s=suffix).split(), namespace=namespace)
+        _netns(NFT, "--file", str(path), namespace=node)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", client, sys.executable, "-c", LISTENER, "198.18.0.66"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert listener.stdout.readline().strip() == "ready"
+            _netns(sys.executable, "-c", SENDER, namespace=outside, timeout=30)
+            heard = listener.stdout.readline().strip()
+        finally:
+            listener.kill()
+            listener.wait()
+    finally:
+        for namespace in (outside, node, client):
+            subprocess.run(["ip", "netns", "del", namespace], check=False)
+    assert heard == ("from outside" if accept_inbound else "nothing")

@@ -250,6 +250,13 @@ MISTAKES = [
         "a split-tunnel profile (default_gateway: false) needs routes",
     ),
     (
+        "inbound flows to clients hidden behind the node's address",
+        set_internet(accept_inbound=True),
+        "controller",
+        "vpnfleet_profiles[0] (internet).accept_inbound",
+        "needs nat: false: behind the node's address (nat: true) no flow from outside can reach a client",
+    ),
+    (
         "DNS server that is no address",
         set_internet(dns=["dns.lab.example"]),
         "controller",
