@@ -225,9 +225,11 @@ def test_a_routed_profile_opens_to_new_flows_from_outside_only_when_it_says_so(t
     opened = render(tmp_path, node_view(nat=False, accept_inbound=True)).read_text()
     # Not from another VPN range: clients still reach each other only where client_to_client says.
     assert (
-        "ip saddr != { 198.18.0.0/24, 198.18.1.0/24 } ip daddr 198.18.0.0/24 accept comment "
+        "ip saddr != { 198.18.0.0/24, 198.18.4.0/24, 198.18.1.0/24 } ip daddr 198.18.0.0/24 accept comment "
         '"internet: new flows from outside the VPN (accept_inbound)"' in opened
     )
+    # Its WireGuard range alike.
+    assert "ip saddr != { 198.18.0.0/24, 198.18.4.0/24, 198.18.1.0/24 } ip daddr 198.18.4.0/24 accept" in opened
     subprocess.run([NFT, "--check", "--file", str(tmp_path / "nftables.conf")], check=True)
 
 
