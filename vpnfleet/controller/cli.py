@@ -18,6 +18,7 @@ from vpnfleet.controller.housekeeping import run_housekeeping
 from vpnfleet.controller.models import User
 from vpnfleet.controller.settings import load_settings
 from vpnfleet.controller.state import controller, db
+from vpnfleet.controller.wireguard import reconcile
 from vpnfleet.settings_file import SettingsError, add_settings_argument
 
 DEFAULT_SETTINGS = "/etc/vpnfleet/controller.yml"
@@ -43,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument("--group", action="append", default=[], help="a group of the user (repeatable)")
     user.add_argument("--disabled", action=argparse.BooleanOptionalAction, default=False)
     commands.add_parser("housekeeping", help="disconnect what must go, close stale log rows, purge old rows")
+    commands.add_parser(
+        "wireguard-reconcile",
+        help="make every WireGuard node's peers those the controller holds (its timer runs it); prints JSON",
+    )
     log = commands.add_parser(
         "connection-log",
         help="search the connection log: who had an address at a time, all sessions of a user",
@@ -86,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             return _connection_log(arguments)
         if arguments.command == "node-maintenance":
             return _node_maintenance(arguments)
+        if arguments.command == "wireguard-reconcile":
+            print(json.dumps(reconcile(controller(), db()).as_dict()))
+            return 0
         print(json.dumps(run_housekeeping(controller(), db()).as_dict()))
     return 0
 

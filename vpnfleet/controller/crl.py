@@ -60,8 +60,11 @@ def publish_crl(controller: Controller, db: Session) -> Crl:
     revoked = [
         (serial, revoked_at or now)
         for serial, revoked_at in db.execute(
+            # WireGuard configs have no certificate: their peers are removed instead.
             select(VpnConfig.serial_number, VpnConfig.revoked_at).where(
-                VpnConfig.revoked_at.is_not(None), VpnConfig.expires_at > now
+                VpnConfig.revoked_at.is_not(None),
+                VpnConfig.expires_at > now,
+                VpnConfig.serial_number.is_not(None),
             )
         )
     ]

@@ -17,6 +17,13 @@ class CreateConfigForm(FlaskForm):
     profile_id = SelectField("Profile", validators=[DataRequired()], validate_choice=True)
     # "" is automatic: every location of the profile, the nodes in random order.
     location = SelectField("Location", default="", validate_choice=True)
+    # "" is the profile's own first protocol.
+    protocol = SelectField(
+        "Protocol",
+        default="",
+        choices=[("", "the profile's"), ("openvpn", "OpenVPN"), ("wireguard", "WireGuard")],
+        validate_choice=True,
+    )
     display_name = StringField(
         "Name",
         validators=[

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from vpnfleet.controller import metrics
 from vpnfleet.controller.accounts import authenticate
+from vpnfleet.controller.api import OPENVPN_PROFILE, WIREGUARD_PROFILE
 from vpnfleet.controller.configs import (
     ConfigRefused,
     active_configs,
@@ -31,6 +32,7 @@ from vpnfleet.controller.directory_users import ldap_password_check
 from vpnfleet.controller.fleet import AUTOMATIC, profile_locations
 from vpnfleet.controller.forms import ActionForm, CreateConfigForm, LoginForm
 from vpnfleet.controller.models import OAuthAuthorization, VpnConfig, utcnow
+from vpnfleet.controller.settings import OPENVPN, WIREGUARD
 from vpnfleet.controller.state import controller, db
 from vpnfleet.controller.web_session import (
     end_session,
@@ -170,6 +172,8 @@ def create():
     form = _create_form(user)
     if not form.validate_on_submit():
         return _render_home(user, form, "Choose a profile and give the config a name.", 400)
+    profile = controller().settings.profile(form.profile_id.data)
+    protocol = form.protocol.data or (profile.protocols[0] if profile else OPENVPN)
     try:
         made = create_config(
             controller(),
@@ -179,14 +183,18 @@ def create():
             form.display_name.data.strip(),
             session_expires_at(),
             location=form.location.data or AUTOMATIC,
+            protocol=protocol,
         )
     except ConfigRefused as refusal:
         return _render_home(user, form, str(refusal), 409)
     config, text = made.config, made.text
-    filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.profile_id}-{config.display_name}") + ".ovpn"
+    # A WireGuard config holds the private key the portal made for it: this answer is the only
+    # copy (eduVPN shows it once, too), nothing keeps it.
+    suffix = ".conf" if protocol == WIREGUARD else ".ovpn"
+    filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.profile_id}-{config.display_name}") + suffix
     return Response(
         text,
-        mimetype="application/x-openvpn-profile",
+        mimetype=WIREGUARD_PROFILE if protocol == WIREGUARD else OPENVPN_PROFILE,
         headers={
             "Content-Disposition": f'attachment; filename="{filename}"',
             "Cache-Control": "no-store",
