@@ -89,7 +89,7 @@ RETIRED = {
     "node_hooks_openvpn_group": "node_openvpn_group",
 }
 # The profile fields the controller's settings read (vpnfleet/controller/settings.py).
-CONTROLLER_PROFILE_FIELDS = ("id", "display_name", "default_gateway", "groups")
+CONTROLLER_PROFILE_FIELDS = ("id", "display_name", "protocols", "default_gateway", "routes", "dns", "groups")
 
 _MISSING = object()
 
@@ -147,6 +147,14 @@ class FleetPlan:
                                 "ipv6": served["plan"]["ipv6_range"],
                             }
                             for served in node["profiles"]
+                            if served["plan"]
+                        ],
+                        # Each WireGuard interface: the node's part of the profile's WireGuard
+                        # ranges (the controller hands out its addresses), its own address, its port.
+                        "wireguard": [
+                            {"profile": served["id"], **served["wireguard"]}
+                            for served in node["profiles"]
+                            if served["wireguard"]
                         ],
                         # Where present, a config needs one remote per entry point, not per process.
                         "entry_points": [
@@ -165,7 +173,7 @@ class FleetPlan:
                                 "ipv6": process["ipv6"],
                             }
                             for served in node["profiles"]
-                            for process in served["plan"]["processes"]
+                            for process in (served["plan"] or {"processes": []})["processes"]
                         ],
                     }
                     for node in self.nodes.values()
@@ -541,46 +549,49 @@ def _node_part_or_refusal(host, label, profile, field, index):
     return None, [Refusal(host.name, "%s.%s" % (label, field), reason)]
 
 
+def _wireguard_owner(profile_id):
+    """How the planner's ports_in_use names a profile's WireGuard port (in its refusals too)."""
+    return "%s (wireguard_port)" % profile_id
+
+
+def _port_user(owner):
+    """A key of the planner's ports_in_use, as a person reads it."""
+    wireguard_suffix = _wireguard_owner("")
+    if owner.endswith(wireguard_suffix):
+        return "the WireGuard interface of profile %s" % owner[: -len(wireguard_suffix)]
+    return "the OpenVPN processes of profile %s" % owner
+
+
 def _node_view(host, location, cores, profiles, index, entry_points):
     """Plan the profiles the node serves, in the inventory's order, each on the node's part of
     its ranges and refusing the ports of those before it -> (view, [Refusal])."""
     here = [(position, profile) for position, profile in enumerate(profiles) if profile.serves(location)]
-    taken, plans, refusals = {}, {}, []
+    taken, plans, wireguard, refusals = {}, {}, {}, []
     for position, profile in here:
         label = profile_label(PROFILES_VARIABLE, position, {"id": profile.id})
-        ipv4_part, found = _node_part_or_refusal(host, label, profile, "ipv4_range", index)
-        ipv6_part, found6 = _node_part_or_refusal(host, label, profile, "ipv6_range", index)
-        if found or found6:
-            refusals += found + found6
-            continue
-        try:
-            plan = instances.plan_profile(
-                profile.id,
-                ipv4_part,
-                ipv6_part,
-                cores=cores,
-                processes=profile.processes,
-                listen=list(profile.listen) if profile.listen else None,
-                tcp_share=profile.tcp_share,
-                udp_port_base=profile.udp_port_base,
-                tcp_port_base=profile.tcp_port_base,
-                ports_in_use=taken,
-            )
-        except ProfileError as exc:
-            variable = "%s.%s" % (label, exc.field) if exc.field else label
-            reason = "%s (the node has %d cores)" % (exc, cores)
-            if exc.field in ("ipv4_range", "ipv6_range"):
-                reason = _part_too_small(profile, exc.field, index, cores)
-            refusals.append(Refusal(host.name, variable, reason))
-            continue
-        plans[profile.id] = plan
-        taken[profile.id] = plan.listeners()
-    entries, found = _plan_entry_points(host, profiles, plans, entry_points)
+        if profile.openvpn:
+            plan, found = _openvpn_plan(host, label, profile, cores, index, taken)
+            refusals += found
+            if plan is None:
+                continue
+            plans[profile.id] = plan
+            taken[profile.id] = plan.listeners()
+        if profile.wireguard:
+            planned, found = _wireguard_plan(host, label, profile, index, taken, wireguard)
+            refusals += found
+            if planned is None:
+                continue
+            wireguard[profile.id] = planned
+            taken[_wireguard_owner(profile.id)] = ["udp/%d" % planned.port]
+    entries, found = _plan_entry_points(host, profiles, plans, entry_points, wireguard)
     refusals += found
     served = []
-    for profile in (profile for unused_position, profile in here if profile.id in plans):
+    for profile in (profile for unused_position, profile in here):
+        if profile.id not in plans and profile.id not in wireguard:
+            continue
         entry = profile.as_dict()
-        entry["plan"] = plans[profile.id].as_dict()
+        entry["plan"] = plans[profile.id].as_dict() if profile.id in plans else None
+        entry["wireguard"] = wireguard[profile.id].as_dict() if profile.id in wireguard else None
         entry["ports_in_use"] = {
             other: plan.listeners() for other, plan in plans.items() if other != profile.id
         }
@@ -596,6 +607,74 @@ def _node_view(host, location, cores, profiles, index, entry_points):
         "absent": [profile.id for profile in profiles if not profile.serves(location)],
     }
     return view, refusals
+
+
+def _openvpn_plan(host, label, profile, cores, index, taken):
+    """The profile's OpenVPN processes on the node's part of its ranges
+    -> (ProfilePlan or None, [Refusal])."""
+    ipv4_part, found = _node_part_or_refusal(host, label, profile, "ipv4_range", index)
+    ipv6_part, found6 = _node_part_or_refusal(host, label, profile, "ipv6_range", index)
+    if found or found6:
+        return None, found + found6
+    try:
+        plan = instances.plan_profile(
+            profile.id,
+            ipv4_part,
+            ipv6_part,
+            cores=cores,
+            processes=profile.processes,
+            listen=list(profile.listen) if profile.listen else None,
+            tcp_share=profile.tcp_share,
+            udp_port_base=profile.udp_port_base,
+            tcp_port_base=profile.tcp_port_base,
+            ports_in_use=taken,
+        )
+    except ProfileError as exc:
+        variable = "%s.%s" % (label, exc.field) if exc.field else label
+        reason = "%s (the node has %d cores)" % (exc, cores)
+        if exc.field in ("ipv4_range", "ipv6_range"):
+            reason = _part_too_small(profile, exc.field, index, cores)
+        return None, [Refusal(host.name, variable, reason)]
+    return plan, []
+
+
+def _wireguard_plan(host, label, profile, index, taken, planned):
+    """The profile's WireGuard interface on the node's part of its WireGuard ranges, on a UDP port
+    no process and no interface planned before uses -> (WireGuardPlan or None, [Refusal])."""
+    ipv4_part, found = _node_part_or_refusal(host, label, profile, "wireguard_ipv4_range", index)
+    ipv6_part, found6 = _node_part_or_refusal(host, label, profile, "wireguard_ipv6_range", index)
+    if found or found6:
+        return None, found + found6
+    try:
+        plan = instances.plan_wireguard(profile.id, ipv4_part, ipv6_part, profile.wireguard_port)
+    except ProfileError as exc:
+        reason = (
+            "%s: %s (part %d of %d, max_nodes %d): give the profile a larger range or lower max_nodes"
+            % (
+                getattr(profile, exc.field),
+                exc,
+                index,
+                slots_of(profile.max_nodes),
+                profile.max_nodes,
+            )
+        )
+        return None, [Refusal(host.name, "%s.%s" % (label, exc.field), reason)]
+    listener = "udp/%d" % plan.port
+    users = sorted(owner for owner, listeners in taken.items() if listener in listeners)
+    if users:
+        reason = "%s is already used on this node by %s: give the WireGuard interface a port of its own" % (
+            listener,
+            ", ".join(_port_user(owner) for owner in users),
+        )
+        return None, [Refusal(host.name, "%s.wireguard_port" % label, reason)]
+    clash = [other for other, other_plan in planned.items() if other_plan.interface == plan.interface]
+    if clash:
+        reason = "names the same WireGuard interface %s as profile %s: choose another profile id" % (
+            plan.interface,
+            clash[0],
+        )
+        return None, [Refusal(host.name, "%s.id" % label, reason)]
+    return plan, []
 
 
 def _part_too_small(profile, field, index, cores):
@@ -623,18 +702,26 @@ def _part_too_small(profile, field, index, cores):
     )
 
 
-def _plan_entry_points(host, profiles, plans, extra):
+def _plan_entry_points(host, profiles, plans, extra, wireguard):
     """Each served profile's public ports and the node's own entry points, with the process
     ports nftables spreads them over -> ({profile id: [{proto, port, ports}]}, [Refusal]).
 
     A public port is nobody's listener: the processes of every profile keep their own ports, and
     two profiles never share an entry point (the profile is told by the port)."""
     listeners = {
-        parse_listen(item): profile_id for profile_id, plan in plans.items() for item in plan.listeners()
+        parse_listen(item): "a process of profile %s" % profile_id
+        for profile_id, plan in plans.items()
+        for item in plan.listeners()
     }
+    listeners.update(
+        {
+            ("udp", plan.port): "the WireGuard interface of profile %s" % profile_id
+            for profile_id, plan in wireguard.items()
+        }
+    )
     claimed, found, refusals = {}, {}, []
     for position, profile in enumerate(profiles):
-        if profile.id not in plans:
+        if profile.id not in plans and profile.id not in wireguard:
             continue
         label = profile_label(PROFILES_VARIABLE, position, {"id": profile.id})
         wanted = [(item, "%s.public_ports" % label) for item in profile.public_ports]
@@ -642,14 +729,12 @@ def _plan_entry_points(host, profiles, plans, extra):
         found[profile.id] = []
         for item, variable in wanted:
             proto, port = parse_listen(item)
-            ports = [process.port for process in plans[profile.id].processes if process.proto == proto]
+            processes = plans[profile.id].processes if profile.id in plans else ()
+            ports = [process.port for process in processes if process.proto == proto]
             if (proto, port) in listeners:
-                reason = (
-                    "%s is the own port of a process of profile %s: choose a port no process listens on"
-                    % (
-                        item,
-                        listeners[(proto, port)],
-                    )
+                reason = "%s is the own port of %s: choose a port no process listens on" % (
+                    item,
+                    listeners[(proto, port)],
                 )
             elif (proto, port) in claimed:
                 reason = "%s is an entry point of profile %s already on this node" % (

@@ -15,6 +15,9 @@ Public interface
     render_server_config(plan, process, options) -> str
     unit_name(profile_id, index), config_path(...), management_socket(...), device_name(...)
     process_index_of(profile_id, instance_name) -> int or None
+    wireguard_interface(profile_id)  the node's WireGuard interface of a profile ("wg-<profile>")
+    plan_wireguard(profile_id, ipv4_part, ipv6_part, port) -> WireGuardPlan (the node's part of
+                                    the profile's WireGuard ranges, its own address on it, its port)
 
 The rule (eduVPN v3 and beyond)
 -------------------------------
@@ -33,6 +36,10 @@ client finding a process full moves on to the next one.
 Each process gets the next /112 of the profile's IPv6 range (eduVPN's choice), which holds
 more addresses than any IPv4 slice.
 
+WireGuard needs no processes: the node has one interface per profile, which holds the node's
+whole part of the profile's WireGuard ranges; the node's own address is the part's first host and
+the clients get the others (the controller hands them out).
+
 Protocols: with ``tcp_share`` t (0.25 by default, eduVPN's 75/25), floor(n*t) processes use TCP
 but at least one once there are two processes, so networks that block UDP are always served.
 """
@@ -50,6 +57,7 @@ import re
 from .profiles import (
     DEFAULT_PORT_BASE,
     DEFAULT_TCP_SHARE,
+    DEFAULT_WIREGUARD_PORT,
     PROTOCOLS,
     ProfileError,
     check_profile_id,
@@ -112,6 +120,15 @@ def process_index_of(profile_id, name):
         name = name.removesuffix(suffix)
     match = re.fullmatch(re.escape(profile_id) + r"-(0|[1-9][0-9]*)", name)
     return int(match.group(1)) if match else None
+
+
+def wireguard_interface(profile_id):
+    """``wg-<profile>``; a profile id too long for the kernel's 15 characters becomes a digest of
+    it (``wg-`` and 12 hex digits), stable and unique like the tun devices' names."""
+    name = "wg-%s" % profile_id
+    if len(name) <= IFNAMSIZ:
+        return name
+    return "wg-%s" % hashlib.sha256(profile_id.encode()).hexdigest()[: IFNAMSIZ - 3]
 
 
 # ----------------------------------------------------------------------------- protocols, ports
@@ -383,6 +400,51 @@ def plan_profile(
         for index, (proto, port) in enumerate(listeners)
     )
     return ProfilePlan(profile_id, ipv4_network, ipv6_network, plans)
+
+
+@dataclasses.dataclass(frozen=True)
+class WireGuardPlan:
+    """One profile's WireGuard interface on one node."""
+
+    profile_id: str
+    port: int
+    ipv4_range: ipaddress.IPv4Network
+    ipv6_range: ipaddress.IPv6Network | None
+
+    @property
+    def interface(self):
+        return wireguard_interface(self.profile_id)
+
+    def as_dict(self):
+        return {
+            "interface": self.interface,
+            "port": self.port,
+            "ipv4_range": str(self.ipv4_range),
+            "ipv6_range": str(self.ipv6_range) if self.ipv6_range else None,
+            # The node's own address, on the interface with the part's prefix length.
+            "ipv4_address": str(self.ipv4_range.network_address + 1),
+            "ipv6_address": str(self.ipv6_range.network_address + 1) if self.ipv6_range else None,
+        }
+
+
+def plan_wireguard(profile_id, ipv4_part, ipv6_part=None, port=None):
+    """The node's WireGuard interface of a profile, on the node's part of its ranges. A part must
+    leave room for clients beside the node's address: a /29 at most for IPv4 (as an OpenVPN
+    process's slice), a /112 at most for IPv6 (SMALLEST_IPV4_SLICE, IPV6_SLICE)."""
+    check_profile_id(profile_id)
+    ipv4 = _network(ipv4_part, 4, "WireGuard IPv4 range", "wireguard_ipv4_range")
+    ipv6 = _network(ipv6_part, 6, "WireGuard IPv6 range", "wireguard_ipv6_range") if ipv6_part else None
+    for network, smallest, field in (
+        (ipv4, SMALLEST_IPV4_SLICE, "wireguard_ipv4_range"),
+        (ipv6, IPV6_SLICE, "wireguard_ipv6_range"),
+    ):
+        if network is not None and network.prefixlen > smallest:
+            raise PlanError(
+                "the node's part %s is smaller than a /%d, too small for the node's address and its clients"
+                % (network, smallest),
+                field,
+            )
+    return WireGuardPlan(profile_id, port if port is not None else DEFAULT_WIREGUARD_PORT, ipv4, ipv6)
 
 
 # ----------------------------------------------------------------------------- server config

@@ -29,6 +29,14 @@ import ipaddress
 import re
 
 PROTOCOLS = ("udp", "tcp")
+# The VPN protocols a profile may offer (eduVPN v3's vpn_proto_list).
+VPN_PROTOCOLS = ("openvpn", "wireguard")
+DEFAULT_VPN_PROTOCOLS = ("openvpn",)
+DEFAULT_WIREGUARD_PORT = 51820
+# The fields that only one protocol reads: set on a profile that does not offer it, they would be
+# ignored without a word, so they are refused.
+OPENVPN_ONLY_FIELDS = ("ipv4_range", "ipv6_range", "processes", "listen", "public_ports")
+WIREGUARD_ONLY_FIELDS = ("wireguard_ipv4_range", "wireguard_ipv6_range", "wireguard_port")
 DEFAULT_TCP_SHARE = 0.25
 # The parts a profile's ranges are cut into, one per node (fleet.py, docs/node.md): room for
 # nodes not there yet, so that a node added later takes a free part and no other node's moves.
@@ -37,6 +45,13 @@ DEFAULT_PORT_BASE = 1194
 PROFILE_ID_RULE = "1 to 32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
 _PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # What Ansible's own boolean conversion accepts from a string (an extra var is always one).
+# Every client range of a profile, with its IP version; no two of the fleet may overlap.
+RANGE_FIELDS = (
+    ("ipv4_range", 4),
+    ("ipv6_range", 6),
+    ("wireguard_ipv4_range", 4),
+    ("wireguard_ipv6_range", 6),
+)
 _TRUE = ("yes", "on", "true", "1", "y", "t")
 _FALSE = ("no", "off", "false", "0", "n", "f")
 
@@ -200,6 +215,12 @@ def _listener(value):
     return "%s/%d" % parse_listen(value)
 
 
+def _vpn_protocol(value):
+    if value not in VPN_PROTOCOLS:
+        raise ProfileError("%r is not a VPN protocol; use %s" % (value, " or ".join(VPN_PROTOCOLS)))
+    return value
+
+
 def _profile_id(value):
     check_profile_id(value)
     return value
@@ -219,8 +240,23 @@ class Field:
 FIELDS = (
     Field("id", _profile_id, required=True, doc="1-32 of a-z, 0-9, - and _; names units, configs, devices"),
     Field("display_name", _text, doc="the name users see; default the id"),
-    Field("ipv4_range", _ipv4_range, required=True, doc="IPv4 client range (CIDR), split over the processes"),
-    Field("ipv6_range", _ipv6_range, doc="IPv6 client range (CIDR); each process gets a /112"),
+    Field(
+        "protocols",
+        _list_of(_vpn_protocol),
+        DEFAULT_VPN_PROTOCOLS,
+        doc="the VPN protocols the profile offers: openvpn, wireguard or both",
+    ),
+    Field("ipv4_range", _ipv4_range, doc="OpenVPN: IPv4 client range (CIDR), split over the processes"),
+    Field("ipv6_range", _ipv6_range, doc="OpenVPN: IPv6 client range (CIDR); each process gets a /112"),
+    Field(
+        "wireguard_ipv4_range",
+        _ipv4_range,
+        doc="WireGuard: IPv4 client range (CIDR), one part per node like the OpenVPN range",
+    ),
+    Field("wireguard_ipv6_range", _ipv6_range, doc="WireGuard: IPv6 client range (CIDR), one part per node"),
+    Field(
+        "wireguard_port", _port, DEFAULT_WIREGUARD_PORT, doc="WireGuard: the node's UDP port of the profile"
+    ),
     Field("default_gateway", _boolean, True, doc="full tunnel; false: split tunnel with routes"),
     Field("nat", _boolean, True, doc="full tunnel: masquerade the clients behind the node's address"),
     Field("routes", _list_of(_route), (), doc="split tunnel: the prefixes pushed to clients"),
@@ -257,8 +293,12 @@ class Profile:
 
     id: str
     display_name: str
-    ipv4_range: str
+    protocols: tuple
+    ipv4_range: str | None
     ipv6_range: str | None
+    wireguard_ipv4_range: str | None
+    wireguard_ipv6_range: str | None
+    wireguard_port: int
     default_gateway: bool
     nat: bool
     routes: tuple
@@ -278,6 +318,14 @@ class Profile:
 
     def serves(self, location):
         return not self.locations or location in self.locations
+
+    @property
+    def openvpn(self):
+        return "openvpn" in self.protocols
+
+    @property
+    def wireguard(self):
+        return "wireguard" in self.protocols
 
     def as_dict(self):
         """JSON-ready: tuples as lists."""
@@ -327,6 +375,7 @@ def read_profile(value, host, label, known_locations=None):
     if refusals:
         return None, refusals
     filled["display_name"] = filled["display_name"] or filled["id"]
+    refusals += _protocol_refusals(host, label, value, filled)
     if not filled["default_gateway"] and not filled["routes"]:
         refuse("routes", "a split-tunnel profile (default_gateway: false) needs routes")
     if filled["listen"] is not None:
@@ -365,6 +414,41 @@ def read_profile(value, host, label, known_locations=None):
     return Profile(**filled), []
 
 
+def _protocol_refusals(host, label, value, filled):
+    """What the protocol list asks of the other fields: each protocol's range, and no field of a
+    protocol the profile does not offer (it would be ignored)."""
+    protocols = filled["protocols"]
+    refusals = []
+
+    def refuse(field, reason):
+        refusals.append(Refusal(host, "%s.%s" % (label, field), reason))
+
+    if not protocols:
+        refuse("protocols", "is empty: a profile offers %s, or both" % " or ".join(VPN_PROTOCOLS))
+        return refusals
+    if len(set(protocols)) != len(protocols):
+        refuse("protocols", "names a protocol twice: %s" % ", ".join(protocols))
+    if "openvpn" in protocols and filled["ipv4_range"] is None:
+        refuse("ipv4_range", "is required: the profile offers OpenVPN (protocols has openvpn)")
+    if "wireguard" in protocols and filled["wireguard_ipv4_range"] is None:
+        refuse(
+            "wireguard_ipv4_range",
+            "is required: the profile offers WireGuard (protocols has wireguard), whose clients need "
+            "a range of their own, apart from the OpenVPN ranges",
+        )
+    for protocol, fields in (("openvpn", OPENVPN_ONLY_FIELDS), ("wireguard", WIREGUARD_ONLY_FIELDS)):
+        if protocol in protocols:
+            continue
+        for field in fields:
+            if value.get(field) not in (None, ""):
+                refuse(
+                    field,
+                    "is set, but the profile does not offer %s (protocols: %s): it would be ignored; "
+                    "add %s to protocols or remove %s" % (protocol, ", ".join(protocols), protocol, field),
+                )
+    return refusals
+
+
 def read_profiles(value, host, variable="vpnfleet_profiles", known_locations=None):
     """The fleet's profiles as the user wrote them -> ([Profile], [Refusal]).
 
@@ -395,7 +479,7 @@ def read_profiles(value, host, variable="vpnfleet_profiles", known_locations=Non
             refusals.append(Refusal(host, label + ".id", reason))
         elif isinstance(profile_id, str):
             first_label[profile_id] = label
-        for field, version in (("ipv4_range", 4), ("ipv6_range", 6)):
+        for field, version in RANGE_FIELDS:
             try:
                 ranges.append((parse_network(raw.get(field), version), label, field))
             except ProfileError:
@@ -407,7 +491,7 @@ def read_profiles(value, host, variable="vpnfleet_profiles", known_locations=Non
                     Refusal(
                         host,
                         "%s.%s" % (other_label, other_field),
-                        "%s overlaps %s (%s.%s); every profile needs a range of its own"
+                        "%s overlaps %s (%s.%s); every profile and protocol needs a range of its own"
                         % (other, network, label, field),
                     )
                 )

@@ -140,10 +140,17 @@ def test_a_profile_of_one_location_is_absent_from_the_others(lab_inventory):
 
 def test_the_controller_sees_every_process_and_only_the_profile_fields_it_reads(lab_inventory):
     view = lab_inventory().plan().as_dict()["controller"]
-    assert view["profiles"] == [
-        {"id": "internet", "display_name": "Internet (full tunnel)", "default_gateway": True, "groups": []},
-        {"id": "office", "display_name": "Office (split tunnel)", "default_gateway": False, "groups": []},
-    ]
+    assert [profile["id"] for profile in view["profiles"]] == ["internet", "office"]
+    assert view["profiles"][1] == {
+        "id": "office",
+        "display_name": "Office (split tunnel)",
+        "protocols": ["openvpn"],
+        "default_gateway": False,
+        # A WireGuard config carries the routes and DNS servers itself (OpenVPN pushes them).
+        "routes": ["198.51.100.64/26", "2001:db8:1f00:12::/64"],
+        "dns": [],
+        "groups": [],
+    }
     node_x1 = view["nodes"][0]
     node_x1_identity = (node_x1["name"], node_x1["location"], node_x1["public_address"])
     assert node_x1_identity == ("node-x1", "x", "198.51.100.10")
@@ -216,3 +223,67 @@ def test_an_inventory_with_only_a_controller_needs_no_profiles():
         {"controller": fleet.HostInput("controller")}, {"vpnfleet_controllers": ["controller"]}
     )
     assert (plan.nodes, plan.profiles) == ({}, ())
+
+
+def with_wireguard(inventory, **fields):
+    """The lab's internet profile offering WireGuard beside OpenVPN, on ranges of its own."""
+    inventory.internet.update(
+        protocols=["openvpn", "wireguard"],
+        wireguard_ipv4_range="198.18.4.0/24",
+        wireguard_ipv6_range="2001:db8:104::/64",
+        **fields,
+    )
+    return inventory
+
+
+def test_a_wireguard_profile_gets_one_interface_per_node_on_the_nodes_part_of_its_ranges(lab_inventory):
+    plan = with_wireguard(lab_inventory()).plan()
+    internet_x1, office_x1 = plan.nodes["node-x1"]["profiles"]
+    internet_y1 = plan.nodes["node-y1"]["profiles"][0]
+    assert internet_x1["wireguard"] == {
+        "interface": "wg-internet",
+        "port": 51820,
+        "ipv4_range": "198.18.4.0/26",
+        "ipv6_range": "2001:db8:104::/66",
+        "ipv4_address": "198.18.4.1",
+        "ipv6_address": "2001:db8:104::1",
+    }
+    # node-y1 (vpnfleet_slice 1) takes the second part, as for its OpenVPN ranges.
+    assert (internet_y1["wireguard"]["ipv4_range"], internet_y1["wireguard"]["ipv6_range"]) == (
+        "198.18.4.64/26",
+        "2001:db8:104:0:4000::/66",
+    )
+    assert office_x1["wireguard"] is None
+    # The OpenVPN side of the profile is planned as before.
+    assert internet_x1["plan"]["listeners"] == ["udp/1194", "tcp/1194"]
+    controller_x1 = plan.as_dict()["controller"]["nodes"][0]
+    assert controller_x1["wireguard"] == [{"profile": "internet", **internet_x1["wireguard"]}]
+    assert plan.as_dict()["controller"]["profiles"][0]["protocols"] == ["openvpn", "wireguard"]
+
+
+def test_a_wireguard_only_profile_has_no_openvpn_processes(lab_inventory):
+    inventory = lab_inventory()
+    inventory.profiles.append(
+        {
+            "id": "wg",
+            "protocols": ["wireguard"],
+            "wireguard_ipv4_range": "198.18.5.0/24",
+            "wireguard_port": 51821,
+        }
+    )
+    plan = inventory.plan()
+    wg = plan.nodes["node-x1"]["profiles"][2]
+    assert (wg["id"], wg["plan"], wg["ipv4_range"]) == ("wg", None, None)
+    assert wg["wireguard"]["port"] == 51821 and wg["wireguard"]["ipv6_range"] is None
+    controller = plan.as_dict()["controller"]["nodes"][0]
+    assert {process["profile"] for process in controller["processes"]} == {"internet", "office"}
+    assert [slice_["profile"] for slice_ in controller["slices"]] == ["internet", "office"]
+    assert [entry["interface"] for entry in controller["wireguard"]] == ["wg-wg"]
+
+
+def test_an_interface_name_fits_the_kernel_and_stays_the_same():
+    assert instances.wireguard_interface("internet") == "wg-internet"
+    long_name = instances.wireguard_interface("a-profile-id-much-too-long")
+    assert len(long_name) == 15 and long_name.startswith("wg-")
+    assert long_name == instances.wireguard_interface("a-profile-id-much-too-long")
+    assert long_name != instances.wireguard_interface("a-profile-id-much-too-long2")

@@ -16,6 +16,19 @@ def set_internet(**fields):
     return lambda inventory: inventory.internet.update(fields)
 
 
+def wireguard_internet(**fields):
+    """The internet profile offering WireGuard too, on its own ranges, with ``fields`` changed."""
+    wanted = {
+        "protocols": ["openvpn", "wireguard"],
+        "wireguard_ipv4_range": "198.18.4.0/24",
+        "wireguard_ipv6_range": "2001:db8:104::/64",
+        **fields,
+    }
+    return lambda inventory: inventory.internet.update(
+        {name: value for name, value in wanted.items() if value is not None}
+    )
+
+
 def on_host(host, **variables):
     return lambda inventory: inventory.variables[host].update(variables)
 
@@ -63,6 +76,130 @@ MISTAKES = [
         "controller",
         "vpnfleet_profiles[1] (office).ipv4_range",
         "198.18.0.128/25 overlaps 198.18.0.0/24 (vpnfleet_profiles[0] (internet).ipv4_range)",
+    ),
+    (
+        "WireGuard range overlapping another profile's OpenVPN range",
+        wireguard_internet(wireguard_ipv4_range="198.18.1.0/25"),
+        "controller",
+        "vpnfleet_profiles[1] (office).ipv4_range",
+        "198.18.1.0/24 overlaps 198.18.1.0/25 (vpnfleet_profiles[0] (internet).wireguard_ipv4_range)",
+    ),
+    (
+        "WireGuard range overlapping the profile's own OpenVPN range",
+        wireguard_internet(wireguard_ipv6_range="2001:db8:100::/64"),
+        "controller",
+        "vpnfleet_profiles[0] (internet).wireguard_ipv6_range",
+        "2001:db8:100::/64 overlaps 2001:db8:100::/64 (vpnfleet_profiles[0] (internet).ipv6_range)",
+    ),
+    (
+        "WireGuard port that an OpenVPN process of another profile listens on",
+        set_office(
+            protocols=["openvpn", "wireguard"], wireguard_ipv4_range="198.18.5.0/24", wireguard_port=1194
+        ),
+        "node-y1",
+        "vpnfleet_profiles[1] (office).wireguard_port",
+        "udp/1194 is already used on this node by the OpenVPN processes of profile internet",
+    ),
+    (
+        "WireGuard port that the profile's own OpenVPN process listens on",
+        wireguard_internet(wireguard_port=1194),
+        "node-x1",
+        "vpnfleet_profiles[0] (internet).wireguard_port",
+        "udp/1194 is already used on this node by the OpenVPN processes of profile internet",
+    ),
+    (
+        "OpenVPN port base on the WireGuard port of a profile before",
+        lambda inventory: wireguard_internet(wireguard_port=1294)(inventory),
+        "node-x1",
+        "vpnfleet_profiles[1] (office).udp_port_base",
+        "udp/1294 already used by profile internet (wireguard_port)",
+    ),
+    (
+        "two WireGuard profiles on one port",
+        lambda inventory: (
+            wireguard_internet()(inventory),
+            inventory.office.update(protocols=["openvpn", "wireguard"], wireguard_ipv4_range="198.18.5.0/24"),
+        ),
+        "node-x1",
+        "vpnfleet_profiles[1] (office).wireguard_port",
+        "udp/51820 is already used on this node by the WireGuard interface of profile internet",
+    ),
+    (
+        "a public port on the WireGuard port",
+        wireguard_internet(wireguard_port=1190, public_ports=["udp/1190"]),
+        "node-x1",
+        "vpnfleet_profiles[0] (internet).public_ports",
+        "udp/1190 is the own port of the WireGuard interface of profile internet",
+    ),
+    (
+        "WireGuard port out of range",
+        wireguard_internet(wireguard_port=0),
+        "controller",
+        "vpnfleet_profiles[0] (internet).wireguard_port",
+        "0 is not between 1 and 65535",
+    ),
+    (
+        "unknown VPN protocol",
+        set_office(protocols=["openvpn", "ipsec"]),
+        "controller",
+        "vpnfleet_profiles[1] (office).protocols[1]",
+        "'ipsec' is not a VPN protocol; use openvpn or wireguard",
+    ),
+    (
+        "empty protocol list",
+        set_office(protocols=[]),
+        "controller",
+        "vpnfleet_profiles[1] (office).protocols",
+        "is empty: a profile offers openvpn or wireguard, or both",
+    ),
+    (
+        "a protocol named twice",
+        set_office(protocols=["openvpn", "openvpn"]),
+        "controller",
+        "vpnfleet_profiles[1] (office).protocols",
+        "names a protocol twice: openvpn, openvpn",
+    ),
+    (
+        "protocols written as a string",
+        set_office(protocols="wireguard"),
+        "controller",
+        "vpnfleet_profiles[1] (office).protocols",
+        "must be a list, got 'wireguard' (write [wireguard] for one item)",
+    ),
+    (
+        "WireGuard without a range",
+        wireguard_internet(wireguard_ipv4_range=None, wireguard_ipv6_range=None),
+        "controller",
+        "vpnfleet_profiles[0] (internet).wireguard_ipv4_range",
+        "is required: the profile offers WireGuard (protocols has wireguard)",
+    ),
+    (
+        "a WireGuard range on a profile without WireGuard",
+        set_office(wireguard_ipv4_range="198.18.5.0/24"),
+        "controller",
+        "vpnfleet_profiles[1] (office).wireguard_ipv4_range",
+        "is set, but the profile does not offer wireguard (protocols: openvpn): it would be ignored",
+    ),
+    (
+        "an OpenVPN range on a WireGuard-only profile",
+        wireguard_internet(protocols=["wireguard"]),
+        "controller",
+        "vpnfleet_profiles[0] (internet).ipv4_range",
+        "is set, but the profile does not offer openvpn (protocols: wireguard): it would be ignored",
+    ),
+    (
+        "a WireGuard range too small for the node's address and clients",
+        wireguard_internet(wireguard_ipv4_range="198.18.4.0/28"),
+        "node-x1",
+        "vpnfleet_profiles[0] (internet).wireguard_ipv4_range",
+        "198.18.4.0/28: the node's part 198.18.4.0/30 is smaller than a /29",
+    ),
+    (
+        "a WireGuard range too small to cut for max_nodes",
+        wireguard_internet(wireguard_ipv6_range="2001:db8:104::/127", max_nodes=8),
+        "node-x1",
+        "vpnfleet_profiles[0] (internet).wireguard_ipv6_range",
+        "2001:db8:104::/127 cannot be cut into 8 parts (max_nodes 8)",
     ),
     (
         "overlapping IPv6 ranges",
@@ -128,7 +265,7 @@ MISTAKES = [
         drop_office("ipv4_range"),
         "controller",
         "vpnfleet_profiles[1] (office).ipv4_range",
-        "is required",
+        "is required: the profile offers OpenVPN",
     ),
     (
         "port clash between profiles",
