@@ -1,4 +1,4 @@
-"""The calls of eduVPN's vpn-daemon API v3 that concern OpenVPN, plus what vpnfleet adds.
+"""The calls of eduVPN's vpn-daemon API v3 (OpenVPN's /o/, WireGuard's /w/), plus what vpnfleet adds.
 
 Every call answers JSON. The upstream fields keep their names and types, so eduVPN's portal
 can talk to us; our additions are extra fields next to them.
@@ -6,13 +6,22 @@ can talk to us; our additions are extra fields next to them.
 
 import datetime
 import importlib.metadata
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from . import node
 from .crl import CrlFile, CrlRefused
 from .management import ManagementError, ProcessFleet, ProcessReport
+from .wireguard import (
+    InterfaceReport,
+    PeerRefused,
+    WireGuard,
+    WireGuardError,
+    check_peer_networks,
+    check_public_key,
+)
 
 # X.509 allows at most 64 characters in a common name (RFC 5280, ub-common-name).
 MAX_COMMON_NAME_LENGTH = 64
@@ -31,10 +40,12 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class NodeState:
-    """What the calls act on: the OpenVPN processes and the CRL file they check (if configured)."""
+    """What the calls act on: the OpenVPN processes, the CRL file they check (if configured) and
+    the WireGuard interfaces (none where the node serves no WireGuard profile)."""
 
     fleet: ProcessFleet
     crl: CrlFile | None = None
+    wireguard: WireGuard = field(default_factory=lambda: WireGuard(()))
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,26 @@ def node_info(state: NodeState, query: Parameters) -> dict:
     if uptime is not None:
         # Left out rather than null where unknown: the portal reads it as an integer.
         info["node_uptime"] = uptime
+    wireguard_reports = state.wireguard.reports()
+    # The controller learns each interface's public key here, at run time: the key is made on
+    # the node and never leaves it otherwise.
+    info["wireguard"] = [
+        {
+            "profile_id": report.interface.profile_id,
+            "interface": report.interface.name,
+            "public_key": report.public_key,
+            "port": report.interface.port,
+        }
+        for report in wireguard_reports
+    ]
+    info["unreachable_interface_list"] = _unreachable_interfaces(wireguard_reports)
     if count_clients:
+        now = time.time()
+        info["w_peer_count"] = sum(
+            peer.connected(now) for report in wireguard_reports for peer in report.peers
+        )
+        # Ours: every peer the interfaces hold, connected or not (the controller's reconcile compares).
+        info["w_configured_peer_count"] = sum(len(report.peers) for report in wireguard_reports)
         reports = fleet.connection_reports()
         info["o_client_count"] = sum(len(report.clients) for report in reports)
         info["o_process_list"] = [
@@ -184,12 +214,85 @@ def maintenance_mode(state: NodeState, form: Parameters) -> dict:
     }
 
 
+def peer_list(state: NodeState, query: Parameters) -> dict:
+    """GET /w/peer_list: the peers of every WireGuard interface of the node. show_all=no keeps only
+    the connected ones (a handshake within 3 minutes); the default lists all, which is what the
+    controller's reconcile compares with its records."""
+    show_all = _yes_no(query, "show_all", default=True)
+    now = time.time()
+    reports = state.wireguard.reports()
+    peers = []
+    for report in reports:
+        for peer in report.peers:
+            if not show_all and not peer.connected(now):
+                continue
+            entry = {
+                "public_key": peer.public_key,
+                "ip_net": list(peer.allowed_ips),
+                "bytes_in": peer.bytes_received,
+                "bytes_out": peer.bytes_sent,
+                "profile_id": peer.interface.profile_id,
+                "interface": peer.interface.name,
+            }
+            if peer.latest_handshake:
+                entry["last_handshake_time"] = _isoformat_utc(peer.latest_handshake)
+            peers.append(entry)
+    return {"peer_list": peers, "unreachable_interface_list": _unreachable_interfaces(reports)}
+
+
+def add_peer(state: NodeState, form: Parameters) -> dict:
+    """POST /w/add_peer (public_key, ip_net once per address): the peer on the interface of the
+    profile its addresses belong to. 400 for a bad key or address, 409 for an address another
+    peer holds."""
+    public_key = _required(form, "public_key")
+    try:
+        check_public_key(public_key)
+        networks = check_peer_networks(form.get("ip_net", []))
+        interface = state.wireguard.add_peer(public_key, networks)
+    except PeerRefused as refusal:
+        status = HTTPStatus.CONFLICT if refusal.conflict else HTTPStatus.BAD_REQUEST
+        raise ApiError(status, refusal.reason) from None
+    except WireGuardError as error:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(error)) from None
+    return {
+        "public_key": public_key,
+        "ip_net": [str(network) for network in networks],
+        "profile_id": interface.profile_id,
+        "interface": interface.name,
+    }
+
+
+def remove_peer(state: NodeState, form: Parameters) -> dict:
+    """POST /w/remove_peer (public_key): the peer off the node, with its byte counts (for the
+    connection log); 404 when no interface has it."""
+    public_key = _required(form, "public_key")
+    try:
+        check_public_key(public_key)
+        peer = state.wireguard.remove_peer(public_key)
+    except PeerRefused as refusal:
+        raise ApiError(HTTPStatus.BAD_REQUEST, refusal.reason) from None
+    except WireGuardError as error:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(error)) from None
+    if peer is None:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no WireGuard interface of this node has peer {public_key}")
+    return {
+        "public_key": public_key,
+        "bytes_in": peer.bytes_received,
+        "bytes_out": peer.bytes_sent,
+        "profile_id": peer.interface.profile_id,
+        "interface": peer.interface.name,
+    }
+
+
 ROUTES = {
     "/i/node": Route("GET", node_info),
     "/o/connection_list": Route("GET", connection_list),
     "/o/disconnect_client": Route("POST", disconnect_client),
     "/crl": Route("POST", install_crl, body="crl"),
     "/i/maintenance_mode": Route("POST", maintenance_mode),
+    "/w/peer_list": Route("GET", peer_list),
+    "/w/add_peer": Route("POST", add_peer),
+    "/w/remove_peer": Route("POST", remove_peer),
 }
 
 
@@ -199,6 +302,21 @@ def _process_fields(report: ProcessReport) -> dict:
 
 def _unreachable(reports: list[ProcessReport]) -> list[dict]:
     return [{**_process_fields(report), "error": report.error} for report in reports if report.error]
+
+
+def _unreachable_interfaces(reports: list[InterfaceReport]) -> list[dict]:
+    return [
+        {"profile_id": report.interface.profile_id, "interface": report.interface.name, "error": report.error}
+        for report in reports
+        if report.error
+    ]
+
+
+def _required(parameters: Parameters, name: str) -> str:
+    value = _single(parameters, name)
+    if value is None:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} is required")
+    return value
 
 
 def _single(parameters: Parameters, name: str) -> str | None:

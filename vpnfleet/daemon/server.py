@@ -28,6 +28,7 @@ from .tls import (
     pinned_peer_refusal,
     server_context,
 )
+from .wireguard import WireGuard
 
 log = logging.getLogger("vpnfleet.daemon")
 
@@ -229,7 +230,7 @@ def create_server(settings: DaemonSettings) -> DaemonHTTPServer:
         settings.management_socket_glob, settings.management_timeout, settings.maintenance_flag_file
     )
     crl = CrlFile(settings.tls_crl, settings.tls_ca) if settings.tls_crl is not None else None
-    state = NodeState(fleet, crl)
+    state = NodeState(fleet, crl, WireGuard(settings.wireguard, settings.wireguard_command))
     port = settings.listen_port
     try:
         server = DaemonHTTPServer(settings, tls_context, state)

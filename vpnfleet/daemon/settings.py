@@ -10,9 +10,12 @@ from typing import Any
 
 from vpnfleet.settings_file import SettingsReader, load_settings_file
 
+from .wireguard import Interface
+
 DEFAULT_SETTINGS_PATH = Path("/etc/vpnfleet/daemon.yaml")
 # A process that takes longer than this is broken, and the controller's request must not hang on it.
 MAX_MANAGEMENT_TIMEOUT = 30.0
+IFNAMSIZ = 15
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,10 @@ class DaemonSettings:
     # that Go's encoding/asn1 cannot hold, so Prometheus, a Go client, refuses that certificate.
     metrics_tls_certificate: Path | None = None
     metrics_tls_private_key: Path | None = None
+    # The node's WireGuard interfaces, one per profile (the fleet plan's `wireguard` entries), and
+    # the `wg` that reads and changes them.
+    wireguard: tuple[Interface, ...] = ()
+    wireguard_command: str = "/usr/bin/wg"
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> DaemonSettings:
@@ -105,7 +112,48 @@ class DaemonSettings:
             if not flag.startswith("/"):
                 raise reader.fail("maintenance_flag_file", f"must be an absolute path (got {flag!r})")
             values["maintenance_flag_file"] = Path(flag)
+        if reader.has("wireguard"):
+            values["wireguard"] = _wireguard_interfaces(reader)
+        if reader.has("wireguard_command"):
+            command = reader.get("wireguard_command", str)
+            if not command.startswith("/"):
+                raise reader.fail("wireguard_command", f"must be an absolute path (got {command!r})")
+            values["wireguard_command"] = command
         return cls(**values)
+
+
+def _wireguard_interfaces(reader: SettingsReader) -> tuple[Interface, ...]:
+    interfaces: list[Interface] = []
+    for entry in reader.items("wireguard"):
+        entry.refuse_unknown(("profile_id", "interface", "port", "ipv4_range", "ipv6_range"))
+        name = entry.get("interface", str, nonempty=True)
+        if len(name) > IFNAMSIZ or "/" in name or any(ch.isspace() for ch in name):
+            raise entry.fail("interface", f"{name!r} is not an interface name (1-{IFNAMSIZ} characters)")
+        port = entry.get("port", int)
+        if not 1 <= port <= 65535:
+            raise entry.fail("port", f"must be an integer from 1 to 65535 (got {port})")
+        ipv4 = _interface_range(entry, "ipv4_range", interfaces)
+        ipv6 = _interface_range(entry, "ipv6_range", interfaces) if entry.has("ipv6_range") else None
+        if not isinstance(ipv4, ipaddress.IPv4Network) or not isinstance(ipv6, ipaddress.IPv6Network | None):
+            raise entry.fail("ipv4_range", "ipv4_range must be an IPv4 and ipv6_range an IPv6 network")
+        if any(other.name == name for other in interfaces):
+            raise entry.fail("interface", f"{name} is named twice")
+        interfaces.append(Interface(entry.get("profile_id", str, nonempty=True), name, port, ipv4, ipv6))
+    return tuple(interfaces)
+
+
+def _interface_range(
+    entry: SettingsReader, family: str, interfaces: list[Interface]
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = entry.get(family, str)
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise entry.fail(family, f"not a CIDR network: {exc}") from None
+    for other in interfaces:
+        if any(network.overlaps(own) for own in other.ranges if own.version == network.version):
+            raise entry.fail(family, f"{text} overlaps a range of interface {other.name}")
+    return network
 
 
 def _readable_file(reader: SettingsReader, name: str) -> Path:

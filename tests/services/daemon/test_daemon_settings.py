@@ -37,6 +37,20 @@ def test_defaults_fill_what_the_file_leaves_out(tls_files):
     assert settings.tls_ca == Path(tls_files["tls_ca"])
 
 
+def test_the_wireguard_interfaces_are_read_with_their_ranges(tls_files):
+    settings = DaemonSettings.from_mapping(
+        {**tls_files, "wireguard": [{**WG, "ipv6_range": "2001:db8:104::/66"}]}
+    )
+    [interface] = settings.wireguard
+    assert (interface.name, interface.port, str(interface.ipv4_range), str(interface.ipv6_range)) == (
+        "wg-internet",
+        51820,
+        "198.18.4.0/26",
+        "2001:db8:104::/66",
+    )
+    assert DaemonSettings.from_mapping(tls_files).wireguard == ()
+
+
 def test_json_is_read_as_well_as_yaml(tls_files, tmp_path):
     config = tmp_path / "daemon.json"
     config.write_text(
@@ -45,6 +59,9 @@ def test_json_is_read_as_well_as_yaml(tls_files, tmp_path):
     )
     settings = DaemonSettings.from_file(config)
     assert (settings.listen_address, settings.management_timeout) == ("198.51.100.129", 1.0)
+
+
+WG = {"profile_id": "internet", "interface": "wg-internet", "port": 51820, "ipv4_range": "198.18.4.0/26"}
 
 
 @pytest.mark.parametrize(
@@ -82,6 +99,29 @@ def test_json_is_read_as_well_as_yaml(tls_files, tmp_path):
         ({"metrics_tls_certificate": "metrics.crt"}, "metrics_tls_certificate: must be an absolute path"),
         ({"metrics_tls_private_key": "/nonexistent/metrics.key"}, "metrics_tls_private_key: no such file"),
         ({"tls_private_key": None}, "tls_private_key: is required"),
+        (
+            {"wireguard": [{**WG, "interface": "wg-a-name-far-too-long"}]},
+            "wireguard[0].interface: 'wg-a-name-far",
+        ),
+        ({"wireguard": [{**WG, "port": 0}]}, "wireguard[0].port: must be an integer from 1 to 65535"),
+        (
+            {"wireguard": [{**WG, "ipv4_range": "198.18.4.1/26"}]},
+            "wireguard[0].ipv4_range: not a CIDR network",
+        ),
+        (
+            {"wireguard": [{**WG, "ipv4_range": "2001:db8::/64"}]},
+            "wireguard[0].ipv4_range: ipv4_range must be",
+        ),
+        ({"wireguard": [{**WG, "slice": 1}]}, "wireguard[0]: unknown setting(s) slice"),
+        (
+            {"wireguard": [WG, {**WG, "interface": "wg-office"}]},
+            "wireguard[1].ipv4_range: 198.18.4.0/26 overlaps",
+        ),
+        (
+            {"wireguard": [WG, {**WG, "ipv4_range": "198.18.5.0/26"}]},
+            "wireguard[1].interface: wg-internet is named twice",
+        ),
+        ({"wireguard_command": "wg"}, "wireguard_command: must be an absolute path"),
     ],
 )
 def test_a_wrong_setting_is_named_with_the_file_and_the_reason(tls_files, tmp_path, change, reason):
