@@ -67,6 +67,7 @@ def publish_crl(controller: Controller, db: Session) -> Crl:
                 VpnConfig.serial_number.is_not(None),
             )
         )
+        if serial is not None
     ]
     # thisUpdate never goes back, even if the clock stepped back.
     this_update = max(now - CLOCK_SKEW, row.this_update + timedelta(microseconds=1))

@@ -129,7 +129,16 @@ class NodeHealth:
 
     @property
     def wireguard_peers(self) -> int | None:
-        count = self.info.get("w_peer_count") if self.info else None
+        """The peers the node's interfaces hold, connected or not (eduVPN's w_peer_count counts
+        only those with a recent handshake): what the controller's records must match."""
+        return self._count("w_configured_peer_count")
+
+    @property
+    def wireguard_connected(self) -> int | None:
+        return self._count("w_peer_count")
+
+    def _count(self, name: str) -> int | None:
+        count = self.info.get(name) if self.info else None
         return count if isinstance(count, int) and not isinstance(count, bool) else None
 
     def answering(self, profile_id: str) -> dict[str, int]:
@@ -324,7 +333,9 @@ class NodeDaemons:
         )
 
     def remove_peer(self, node: Node, public_key: str) -> NodeAnswer:
-        return self._call(node, "/w/remove_peer", {"public_key": public_key})
+        """POST /w/remove_peer; a peer the node does not have (404) is gone as asked."""
+        answer = self._call(node, "/w/remove_peer", {"public_key": public_key})
+        return NodeAnswer(node, data={}) if (answer.error or "").startswith("HTTP 404") else answer
 
     def disconnect(self, common_names: list[str]) -> list[NodeAnswer]:
         """POST /o/disconnect_client for each common name on every node."""

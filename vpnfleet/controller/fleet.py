@@ -262,7 +262,7 @@ def wireguard_candidates(
         if state.wireguard_key(interface.interface) is None:
             continue
         slots = ipaddress.ip_network(interface.ipv4_range).num_addresses - 3  # network, node, broadcast
-        load = (state.wireguard_peers or 0) / max(1, slots) + (state.rel_load or 0) / 100
+        load = (state.wireguard_connected or 0) / max(1, slots) + (state.rel_load or 0) / 100
         found.append(Candidate(node, load, {}))
     return found
 

@@ -151,10 +151,13 @@ def home():
 
 def _render_home(user, form, error: str | None = None, status: int = 200):
     now = utcnow()
+    profiles = _profiles_for(user)
     return render_template(
         "home.html",
         user=user,
-        profiles=_profiles_for(user),
+        profiles=profiles,
+        # The protocol choice only where there is one to make.
+        offers_wireguard=any(profile.offers(WIREGUARD) for profile in profiles),
         form=form,
         action_form=ActionForm(),
         configs=active_configs(db(), user, now),

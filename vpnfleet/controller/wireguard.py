@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from vpnfleet.controller.daemons import NodeHealth
+from vpnfleet.controller.daemons import NodeAnswer, NodeHealth
 from vpnfleet.controller.models import ConnectionLogEntry, User, VpnConfig, WireguardPeer, utcnow
 from vpnfleet.controller.settings import WIREGUARD, Node, Profile, Settings, WireguardSlice
 from vpnfleet.controller.state import Controller
@@ -153,14 +153,14 @@ def render_config(
     only the public one); a portal config carries the key the portal made."""
     network = ipaddress.ip_network(interface.ipv4_range)
     addresses = [f"{peer.ipv4}/{network.prefixlen}"]
-    allowed = ["0.0.0.0/0"] if profile.default_gateway else [str(network), *profile.routes]
+    slices = [str(network)]
     if peer.ipv6 and interface.ipv6_range:
         network6 = ipaddress.ip_network(interface.ipv6_range)
         addresses.append(f"{peer.ipv6}/{network6.prefixlen}")
-        allowed += ["::/0"] if profile.default_gateway else [str(network6)]
-    elif profile.default_gateway:
-        # Without an IPv6 range a full tunnel still takes IPv6, so that it cannot leak around it.
-        allowed.append("::/0")
+        slices.append(str(network6))
+    # A full tunnel takes IPv6 too, with or without an IPv6 range, so that nothing leaks around
+    # it; a split tunnel its routes and the slices (the node's own address, its DNS maybe).
+    allowed = ["0.0.0.0/0", "::/0"] if profile.default_gateway else [*slices, *profile.routes]
     lines = [f"# {profile.display_name}", "[Interface]"]
     if private_key:
         lines.append(f"PrivateKey = {private_key}")
@@ -317,6 +317,48 @@ def reconcile(
     if report.added or report.removed or report.released:
         log.info("WireGuard reconcile: %s", report.as_dict())
     return report
+
+
+@dataclass(frozen=True)
+class LivePeer:
+    """A peer as its node lists it, with the config the controller holds for its key."""
+
+    node: Node
+    public_key: str
+    ip_nets: list[str]
+    last_handshake: str | None
+    bytes_in: int | None
+    bytes_out: int | None
+    config: VpnConfig | None  # None: a peer the controller does not know (the reconcile removes it)
+
+
+def live_peers(controller: Controller, db: Session) -> tuple[list[LivePeer], list[NodeAnswer]]:
+    """Every WireGuard node's peers now, and the nodes that did not answer."""
+    nodes = [node for node in controller.settings.nodes if node.wireguard]
+    if not nodes:
+        return [], []
+    with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
+        answers = list(pool.map(controller.daemons.peer_list, nodes))
+    held = {
+        (peer.node, peer.public_key): peer.config
+        for peer in db.scalars(select(WireguardPeer).where(WireguardPeer.released_at.is_(None)))
+    }
+    found = []
+    for answer in answers:
+        for entry in answer.data if answer.ok else []:
+            key = str(entry.get("public_key", ""))
+            found.append(
+                LivePeer(
+                    node=answer.node,
+                    public_key=key,
+                    ip_nets=[str(net) for net in entry.get("ip_net") or []],
+                    last_handshake=entry.get("last_handshake_time"),
+                    bytes_in=entry.get("bytes_in"),
+                    bytes_out=entry.get("bytes_out"),
+                    config=held.get((answer.node.name, key)),
+                )
+            )
+    return found, [answer for answer in answers if not answer.ok]
 
 
 def peer_counts(db: Session) -> dict[str, int]:
