@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import socket
+import ssl
+import threading
 import time
 from datetime import timedelta
 
+import eduvpn_app
 import pytest
 from controller_helpers import add_user, app_tokens, bearer, csrf_token, log_in, run_sql, settings_mapping
 from controller_node_lab import NODE_X1_ADDRESS
 from controller_wireguard_lab import SLICES, WGONLY_ROUTES, WireguardNode, key_pair, node_settings
-from openvpn_netlab import wait_for
+from openvpn_netlab import issue_files, wait_for
 from sqlalchemy import select, update
+from vpnfleet.shared.pki import authority
 
 from vpnfleet.controller import connection_log
 from vpnfleet.controller.models import OAuthAuthorization, VpnConfig, WireguardPeer, utcnow
@@ -48,11 +53,8 @@ def wireguard_node(node_lab):
     node.stop()
 
 
-@pytest.fixture
-def wg_app(make_app, pki_dir, wireguard_node: WireguardNode):
-    """The controller with office offering OpenVPN and WireGuard, wgonly WireGuard alone, and
-    node-x1's daemon the one that serves both; afterwards no peer and no client is left."""
-    base = settings_mapping(pki_dir, "", 0)
+def _wireguard_profiles(base: dict) -> list[dict]:
+    """office offering OpenVPN and WireGuard, wgonly WireGuard alone (a split tunnel)."""
     profiles = [
         {**profile, "protocols": ["openvpn", "wireguard"]} if profile["id"] == "office" else profile
         for profile in base["profiles"]
@@ -67,8 +69,22 @@ def wg_app(make_app, pki_dir, wireguard_node: WireguardNode):
             "dns": ["203.0.113.53"],
         }
     )
+    return profiles
+
+
+def _wireguard_nodes(base: dict, wireguard_node: WireguardNode) -> list[dict]:
     nodes = [dict(node) for node in base["nodes"]]
     nodes[0]["wireguard"] = node_settings(wireguard_node)
+    return nodes
+
+
+@pytest.fixture
+def wg_app(make_app, pki_dir, wireguard_node: WireguardNode):
+    """The controller with office offering OpenVPN and WireGuard, wgonly WireGuard alone, and
+    node-x1's daemon the one that serves both; afterwards no peer and no client is left."""
+    base = settings_mapping(pki_dir, "", 0)
+    profiles = _wireguard_profiles(base)
+    nodes = _wireguard_nodes(base, wireguard_node)
     # Room for office's whole slice of configs for one user (the address test).
     app = make_app(
         profiles=profiles, nodes=nodes, daemon_port=wireguard_node.daemon_port, max_configs_per_user=20
@@ -395,3 +411,64 @@ def test_a_node_that_lost_its_peers_gets_them_back_and_loses_strangers(wg_app, w
     log_in(admin, "admin")
     page = admin.get("/admin/").get_data(as_text=True)
     assert 'id="wireguard-peers"' in page and "198.19.97.2/32" in page and ">alice<" in page
+
+
+@pytest.fixture
+def served_app(make_app, pki_dir, wireguard_node):
+    """wg_app's settings, served over HTTPS on 127.0.0.1 for a real app (eduvpn-common)."""
+    from werkzeug.serving import make_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = settings_mapping(pki_dir, "", 0)
+    app = make_app(
+        base_url=f"https://127.0.0.1:{port}",
+        profiles=_wireguard_profiles(base),
+        nodes=_wireguard_nodes(base, wireguard_node),
+        daemon_port=wireguard_node.daemon_port,
+    )
+    # The web front's certificate ("server", as the controller role issues it) from the test CA:
+    # the library speaks https only.
+    ca = authority.CertificateAuthority.load(str(pki_dir / "ca"))
+    web = issue_files(ca, pki_dir / "web-127.0.0.1", "127.0.0.1", "server", ip_addresses=["127.0.0.1"])
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(web.certificate, web.private_key)
+    server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=tls)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield app, f"https://127.0.0.1:{port}", str(pki_dir / "ca" / "ca.crt")
+    server.shutdown()
+    wireguard_node.client_down()
+
+
+def test_eduvpn_common_gets_either_protocol_through_its_oauth_flow(served_app, wireguard_node):
+    """The official apps' library: WireGuard from a WireGuard profile, and from office (OpenVPN
+    first) OpenVPN, as the library accepts both there and sends its key."""
+    if not eduvpn_app.available():
+        pytest.skip("eduvpn-common is not installed (requirements/tools.txt)")
+    app, base_url, ca_file = served_app
+    add_user(app, "alice")
+    browser = app.test_client()
+    log_in(browser, "alice")
+
+    def approve(url: str) -> str:
+        assert url.startswith(f"{base_url}/oauth/authorize?"), url
+        path = url.removeprefix(base_url)
+        page = browser.get(path)
+        assert page.status_code == 200, page.get_data(as_text=True)
+        answer = browser.post(
+            path, data={"csrf_token": csrf_token(page.get_data(as_text=True)), "decision": "approve"}
+        )
+        return answer.headers["Location"]
+
+    got = eduvpn_app.get_config(base_url + "/", "wgonly", approve, ca_file)
+    assert got.protocol == "wireguard", got.raw
+    # The library put its own private key in; the node has its public key as a peer.
+    assert "PrivateKey = " in got.text
+    [public_key] = wireguard_node.peers("wgonly")
+    wireguard_node.client_up(got.text)
+    wait_for(lambda: wireguard_node.client_reaches(NODE_ADDRESS["wgonly"]), "traffic through the tunnel")
+    assert public_key in wireguard_node.peers("wgonly")
+
+    openvpn = eduvpn_app.get_config(base_url + "/", "office", approve, ca_file)
+    assert openvpn.protocol == "openvpn" and "<tls-crypt>" in openvpn.text, openvpn.raw
