@@ -56,7 +56,6 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import create_engine, insert, select
-from vpnfleet.shared.pki import authority
 
 from bench.lab import BenchError, result_stamp, say, write_results
 from vpnfleet.controller.accounts import ensure_user

@@ -11,7 +11,9 @@ Public interface
     link_speed_mbit(name, sys_root)         None where the kernel does not know it
     capacity(cores, interfaces)             processes and clients the node can carry
     openvpn_from_version_text(text)         version and banner from ``openvpn --version``
-    gather(ip_json, proc_root, sys_root, openvpn_version_text)
+    wireguard_in_kernel(sys_root, modules_root, release)
+                                            whether the kernel has WireGuard, and how we know
+    gather(ip_json, proc_root, sys_root, openvpn_version_text, modules_root)
                                             all of the above as one dict
 """
 
@@ -113,7 +115,28 @@ def openvpn_from_version_text(text):
     return None
 
 
-def gather(ip_json, proc_root="/proc", sys_root="/sys", openvpn_version_text=None):
+def wireguard_in_kernel(sys_root="/sys", modules_root="/lib/modules", release=None):
+    """{kernel: bool, reason}: the running kernel has WireGuard when it is loaded or built in
+    (/sys/module/wireguard), or when the running release's modules list it so that
+    ``ip link add ... type wireguard`` loads it. A container sees the host's /sys but usually
+    not its modules: there only a loaded module counts, which is what the container can use."""
+    if os.path.isdir(os.path.join(sys_root, "module", "wireguard")):
+        return {"kernel": True, "reason": "%s/module/wireguard exists (loaded or built in)" % sys_root}
+    release = release or os.uname().release
+    for listing in ("modules.dep", "modules.builtin"):
+        text = _read(os.path.join(modules_root, release, listing)) or ""
+        if re.search(r"(^|/)wireguard\.ko(\.[a-z]+)?:?", text, re.MULTILINE):
+            return {"kernel": True, "reason": "%s/%s/%s lists wireguard" % (modules_root, release, listing)}
+    return {
+        "kernel": False,
+        "reason": "kernel %s: no %s/module/wireguard, and %s/%s lists no wireguard module"
+        % (release, sys_root, modules_root, release),
+    }
+
+
+def gather(
+    ip_json, proc_root="/proc", sys_root="/sys", openvpn_version_text=None, modules_root="/lib/modules"
+):
     cores = usable_cores(proc_root)
     interfaces = interfaces_from_ip_json(ip_json, sys_root)
     return {
@@ -122,4 +145,5 @@ def gather(ip_json, proc_root="/proc", sys_root="/sys", openvpn_version_text=Non
         "interfaces": interfaces,
         "capacity": capacity(cores, interfaces),
         "openvpn": openvpn_from_version_text(openvpn_version_text),
+        "wireguard": wireguard_in_kernel(sys_root, modules_root),
     }

@@ -12,6 +12,8 @@ description:
   - Interfaces come from C(ip -json address show); link speed from C(/sys/class/net/*/speed) where the kernel
     knows it (virtual links do not say).
   - The OpenVPN version comes from C(openvpn --version), so a mixed fleet (2.6 and 2.7 nodes) can tell.
+  - Whether the kernel has WireGuard comes from C(/sys/module/wireguard) (loaded or built in) or the running
+    release's C(modules.dep) and C(modules.builtin); the node role runs C(wireguard-go) where it has not.
   - "Capacity: one OpenVPN process per core, about 64 clients per process (eduVPN: 1000 clients per 16 cores),
     and no more clients than the fastest known link carries at 10 Mbit/s each."
 author: vpnfleet developers (@vpnfleet)
@@ -70,6 +72,19 @@ ansible_facts:
               description: The first line of C(openvpn --version) (version, platform, features).
               type: str
               returned: when OpenVPN is installed
+        wireguard:
+          description: Whether the running kernel has WireGuard.
+          type: dict
+          returned: always
+          contains:
+            kernel:
+              description: True when the kernel has WireGuard (the node uses it); false means C(wireguard-go).
+              type: bool
+              returned: always
+            reason:
+              description: What the answer rests on, for a person.
+              type: str
+              returned: always
   sample:
     vpnfleet_node:
       cores: 4
@@ -78,6 +93,7 @@ ansible_facts:
         - {name: eth0, state: UP, loopback: false, mtu: 1500, addresses: [203.0.113.10/24], speed_mbit: 10000}
       capacity: {processes: 4, clients: 256, clients_by_cpu: 256, clients_by_network: 1000, limited_by: cpu}
       openvpn: {version: 2.7.8, banner: "OpenVPN 2.7.8 x86_64-pc-linux-gnu [SSL (OpenSSL)] [EPOLL] [DCO]"}
+      wireguard: {kernel: true, reason: "/sys/module/wireguard exists (loaded or built in)"}
 """
 
 # ruff: noqa: E402 - Ansible wants DOCUMENTATION, EXAMPLES and RETURN before the imports.

@@ -1,5 +1,6 @@
 """The node role on real lab hosts: every process, a real OpenVPN client through each, NAT and
-split tunnel, the VPN daemon over mutual TLS, and scaling the process count up and down.
+split tunnel, the VPN daemon over mutual TLS, WireGuard (wireguard-go: the lab's kernel has no
+WireGuard) with a peer the daemon adds, and scaling the process count up and down.
 
 The tests run in file order: the scaling test converges the node again and comes last.
 """
@@ -158,7 +159,9 @@ def test_the_firewall_opens_exactly_the_planned_ports_and_masquerades_the_full_t
     assert f"udp dport {{ {', '.join(map(str, udp))} }} accept" in ruleset
     assert f"tcp dport {{ {', '.join(map(str, tcp))} }} accept" in ruleset
     assert "tcp dport 41194 accept" in ruleset and "203.0.113.252/30" in ruleset
-    assert 'ip saddr 198.18.0.0/24 oifname != "tun-*" masquerade' in ruleset
+    assert 'ip saddr 198.18.0.0/24 oifname != "tun-*" oifname != "wg-*" masquerade' in ruleset
+    assert "udp dport { 51820 } accept" in ruleset
+    assert 'ip saddr 198.18.4.0/24 oifname != "tun-*" oifname != "wg-*" masquerade' in ruleset
     assert "198.18.1.0/24 oifname" not in ruleset, "the split-tunnel profile is not masqueraded"
     assert node.check_output("sysctl -n net.ipv4.ip_forward net.ipv6.conf.all.forwarding").split() == [
         "1",
@@ -171,6 +174,7 @@ def test_the_keys_stay_on_the_node_with_tight_modes(node):
         ("/etc/openvpn/server/pki/server.key", "root"),
         ("/etc/vpnfleet/daemon/daemon.key", "vpnfleet-daemon"),
         ("/etc/openvpn/server/pki/tls-crypt-internet.key", "root"),
+        ("/etc/vpnfleet/wireguard/wg-internet.key", "root"),
     ):
         key = node.file(path)
         assert (key.user, key.mode) == (owner, 0o600), path
@@ -276,6 +280,102 @@ def test_the_daemon_refuses_everyone_but_the_controller(cert):
         pytest.fail(f"answered {status} {answer} to {cert or 'no certificate'}")
 
 
+# ----------------------------------------------------------------------------- WireGuard
+
+WIREGUARD_CLIENT = "vfw-client"
+# node-x1 (vpnfleet_slice 0) hands out the first quarter of the profile's WireGuard ranges.
+WIREGUARD_CLIENT_ADDRESSES = ("198.18.4.5/32", "2001:db8:104::5/128")
+
+
+def test_the_wireguard_interface_runs_in_userspace_with_the_nodes_addresses_and_port(node):
+    unit = node.file("/etc/systemd/system/vpnfleet-wg-internet.service")
+    assert "ExecStart=wireguard-go wg-internet" in unit.content_string, "the lab's kernel has no WireGuard"
+    assert node.service("vpnfleet-wg-internet").is_running
+    assert node.check_output("wg show wg-internet listen-port") == "51820"
+    addresses = node.check_output("ip -brief address show dev wg-internet")
+    assert "198.18.4.1/26" in addresses and "2001:db8:104::1/66" in addresses, addresses
+    socket_file = node.file("/run/wireguard/wg-internet.sock")
+    assert (socket_file.group, socket_file.mode) == ("vpnfleet-daemon", 0o660)
+
+
+def test_the_daemon_tells_the_controller_the_interfaces_public_key(node):
+    status, info = daemon_request("GET", "/i/node?include_client_peer_count=yes", cert="controller")
+    assert status == 200, info
+    assert info["wireguard"] == [
+        {
+            "profile_id": "internet",
+            "interface": "wg-internet",
+            "public_key": node.check_output("wg show wg-internet public-key"),
+            "port": 51820,
+        }
+    ]
+    assert info["unreachable_interface_list"] == []
+
+
+@pytest.fixture(scope="module")
+def wireguard_client():
+    """The client host's hand-made WireGuard side (wireguard-go and wg), its key made there."""
+    host = lab_host("client")
+    host.run(f"ip link del {WIREGUARD_CLIENT}")
+    host.check_output(
+        f"install -d -m 0700 /etc/{WIREGUARD_CLIENT} && wg genkey > /etc/{WIREGUARD_CLIENT}/key"
+    )
+    public_key = host.check_output(f"wg pubkey < /etc/{WIREGUARD_CLIENT}/key")
+    yield host, public_key
+    host.run(f"ip link del {WIREGUARD_CLIENT}")
+
+
+def bring_up_wireguard_client(host, node_public_key, internet_v6):
+    """wireguard-go and a config written by hand; the client's key stays in its file on the client."""
+    config = "\n".join(
+        [
+            "[Peer]",
+            f"PublicKey = {node_public_key}",
+            f"Endpoint = {NODE_ADDRESS}:51820",
+            # The internet host alone through the tunnel: the client's SSH stays on its own line.
+            f"AllowedIPs = {INTERNET_ADDRESS}/32, {internet_v6}/128",
+        ]
+    )
+    directory = f"/etc/{WIREGUARD_CLIENT}"
+    host.check_output(f"printf '%s\\n' '{config}' > {directory}/peer.conf")
+    host.check_output(f"wireguard-go {WIREGUARD_CLIENT}")
+    host.check_output(f"wg setconf {WIREGUARD_CLIENT} {directory}/peer.conf")
+    host.check_output(f"wg set {WIREGUARD_CLIENT} private-key {directory}/key")
+    for address in WIREGUARD_CLIENT_ADDRESSES:
+        host.check_output(f"ip address add {address} dev {WIREGUARD_CLIENT}")
+    host.check_output(f"ip link set {WIREGUARD_CLIENT} up")
+    host.check_output(f"ip route add {INTERNET_ADDRESS}/32 dev {WIREGUARD_CLIENT}")
+    host.check_output(f"ip -6 route add {internet_v6}/128 dev {WIREGUARD_CLIENT}")
+
+
+def test_a_peer_the_daemon_adds_reaches_the_internet_host_through_the_nodes_nat(
+    node, internet, wireguard_client
+):
+    client, public_key = wireguard_client
+    body = urllib.parse.urlencode(
+        {"public_key": public_key, "ip_net": WIREGUARD_CLIENT_ADDRESSES}, doseq=True
+    )
+    status, answer = daemon_request("POST", "/w/add_peer", cert="controller", body=body)
+    assert (status, answer["interface"]) == (200, "wg-internet"), answer
+    internet_v6 = json.loads(internet.check_output("ip -6 -json address show dev host0 scope global"))[0]
+    internet_v6 = internet_v6["addr_info"][0]["local"]
+    bring_up_wireguard_client(client, node.check_output("wg show wg-internet public-key"), internet_v6)
+    client.check_output(f"curl -s -o /dev/null --max-time 10 http://{INTERNET_ADDRESS}:{PROBE_PORT}/wg-full")
+    assert seen_by_probe(internet, "/wg-full") == ipaddress.ip_address(NODE_ADDRESS)
+    client.check_output(
+        f"curl -6 -s -o /dev/null --max-time 10 http://[{internet_v6}]:{PROBE_PORT}/wg-full-v6"
+    )
+    node_v6 = json.loads(node.check_output("ip -6 -json address show dev host0 scope global"))[0]
+    assert seen_by_probe(internet, "/wg-full-v6") == ipaddress.ip_address(node_v6["addr_info"][0]["local"])
+
+    status, listed = daemon_request("GET", "/w/peer_list", cert="controller")
+    [peer] = [entry for entry in listed["peer_list"] if entry["public_key"] == public_key]
+    assert sorted(peer["ip_net"]) == sorted(WIREGUARD_CLIENT_ADDRESSES)
+    assert "last_handshake_time" in peer and peer["bytes_in"] > 0 and peer["bytes_out"] > 0
+    status, info = daemon_request("GET", "/i/node?include_client_peer_count=yes", cert="controller")
+    assert info["w_peer_count"] == 1, info
+
+
 # ----------------------------------------------------------------------------- scaling
 
 
@@ -329,3 +429,22 @@ def test_changing_the_process_count_adds_and_removes_processes_ports_and_opening
     assert not node.service("openvpn-server@internet-2").is_running
     assert node.check_output("ss -H -lnup sport = :1195") == ""
     assert "1195" not in node.check_output("nft list table inet vpnfleet")
+
+
+def test_converging_again_leaves_the_peers_the_daemon_added(node, wireguard_client, internet):
+    """The two converges above rewrote the OpenVPN processes and the firewall; the WireGuard
+    interface and the peer the daemon added (test above) stayed."""
+    client, public_key = wireguard_client
+    assert public_key in node.check_output("wg show wg-internet peers").split()
+    client.check_output(f"curl -s -o /dev/null --max-time 10 http://{INTERNET_ADDRESS}:{PROBE_PORT}/wg-again")
+    assert seen_by_probe(internet, "/wg-again") == ipaddress.ip_address(NODE_ADDRESS)
+
+    body = urllib.parse.urlencode({"public_key": public_key})
+    status, answer = daemon_request("POST", "/w/remove_peer", cert="controller", body=body)
+    assert status == 200 and answer["bytes_in"] > 0, answer
+    assert node.check_output("wg show wg-internet peers") == ""
+    assert (
+        client.run(f"curl -s -o /dev/null --max-time 3 http://{INTERNET_ADDRESS}:{PROBE_PORT}/wg-gone").rc
+        != 0
+    )
+    assert seen_by_probe(internet, "/wg-gone") is None

@@ -40,8 +40,27 @@ PLAYBOOK = """
 """
 
 
+# The node's view in the fleet plan, as much of it as the settings read: one WireGuard profile.
+WIREGUARD = {
+    "interface": "wg-internet",
+    "port": 51820,
+    "ipv4_range": "198.18.4.0/26",
+    "ipv6_range": "2001:db8:104::/66",
+    "ipv4_address": "198.18.4.1",
+    "ipv6_address": "2001:db8:104::1",
+}
+FLEET_PLAN = {
+    "nodes": {
+        "node-x1": {
+            "profiles": [{"id": "internet", "wireguard": WIREGUARD}, {"id": "office", "wireguard": None}]
+        }
+    }
+}
+
+
 def render(tmp_path: Path, metrics: bool) -> tuple[list[dict], dict]:
     variables = {
+        "fleet_plan": FLEET_PLAN,
         "repo": str(REPO),
         "out": str(tmp_path),
         "ansible_python_interpreter": "{{ ansible_playbook_python }}",
@@ -77,7 +96,7 @@ def loaded(settings: dict) -> DaemonSettings:
 def test_with_metrics_the_metrics_port_gets_a_server_certificate_of_its_own(tmp_path):
     certificates, settings = render(tmp_path, metrics=True)
     assert [(c["name"], c["purpose"]) for c in certificates] == [
-        ("server", "server"),
+        ("server", "vpn_server"),
         ("daemon_server", "daemon_server"),
         ("metrics", "server"),
     ]
@@ -97,3 +116,10 @@ def test_without_metrics_there_is_no_third_certificate_nor_metrics_port(tmp_path
     assert [c["name"] for c in certificates] == ["server", "daemon_server"]
     daemon = loaded(settings)
     assert (daemon.metrics_listen_port, daemon.metrics_tls_certificate) == (None, None)
+
+
+def test_the_daemon_is_told_the_nodes_wireguard_interfaces(tmp_path):
+    unused_certificates, settings = render(tmp_path, metrics=False)
+    [interface] = loaded(settings).wireguard
+    assert (interface.profile_id, interface.name, interface.port) == ("internet", "wg-internet", 51820)
+    assert (str(interface.ipv4_range), str(interface.ipv6_range)) == ("198.18.4.0/26", "2001:db8:104::/66")

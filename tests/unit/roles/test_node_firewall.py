@@ -64,7 +64,8 @@ def render(tmp_path, view):
         "out": str(tmp_path / "nftables.conf"),
         "ansible_python_interpreter": "{{ ansible_playbook_python }}",
         "__node_view": view,
-        "__node_plans": [served["plan"] for served in view["profiles"]],
+        # As openvpn_instances returns them: the profiles with OpenVPN processes.
+        "__node_plans": [served["plan"] for served in view["profiles"] if served["plan"]],
         "node_ssh_allowed_sources": [],
         "node_ssh_port": 22,
         "node_daemon_allowed_sources": ["203.0.113.10"],
@@ -110,6 +111,26 @@ def test_public_ports_redirect_to_the_processes_of_their_protocol_in_turn(tmp_pa
 def test_without_public_ports_there_is_no_redirect(tmp_path):
     text = render(tmp_path, node_view()).read_text()
     assert "chain prerouting" not in text and "redirect to" not in text
+    subprocess.run([NFT, "--check", "--file", str(tmp_path / "nftables.conf")], check=True)
+
+
+def test_wireguard_ports_are_opened_and_their_ranges_forwarded_and_masqueraded(tmp_path):
+    view = node_view(
+        protocols=["wireguard"],
+        ipv4_range=None,
+        ipv6_range=None,
+        processes=None,
+        wireguard_ipv4_range="198.18.4.0/24",
+        wireguard_ipv6_range="2001:db8:104::/64",
+        wireguard_port=51830,
+    )
+    text = render(tmp_path, view).read_text()
+    assert "udp dport { 51830 } accept" in text
+    # The OpenVPN ports are the office profile's alone: internet has no processes.
+    assert "udp dport { 1294 } accept" in text
+    assert "ip saddr 198.18.4.0/24 accept" in text and "ip6 saddr 2001:db8:104::/64 accept" in text
+    assert 'ip saddr 198.18.4.0/24 oifname != "tun-*" oifname != "wg-*" masquerade' in text
+    assert "198.18.0.0/24" not in text
     subprocess.run([NFT, "--check", "--file", str(tmp_path / "nftables.conf")], check=True)
 
 

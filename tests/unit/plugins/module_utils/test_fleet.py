@@ -278,7 +278,7 @@ def test_a_wireguard_only_profile_has_no_openvpn_processes(lab_inventory):
     controller = plan.as_dict()["controller"]["nodes"][0]
     assert {process["profile"] for process in controller["processes"]} == {"internet", "office"}
     assert [slice_["profile"] for slice_ in controller["slices"]] == ["internet", "office"]
-    assert [entry["interface"] for entry in controller["wireguard"]] == ["wg-wg"]
+    assert [entry["interface"] for entry in controller["wireguard"]] == ["wg-internet", "wg-wg"]
 
 
 def test_an_interface_name_fits_the_kernel_and_stays_the_same():

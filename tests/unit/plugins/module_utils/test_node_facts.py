@@ -1,5 +1,6 @@
 """The OpenVPN a node runs, as its facts report it."""
 
+import os
 import shutil
 import subprocess
 
@@ -33,3 +34,27 @@ def test_the_real_binary_of_this_machine_is_read():
     found = node_facts.gather("[]", openvpn_version_text=output)["openvpn"]
     assert found["banner"] == output.splitlines()[0]
     assert found["version"].split(".")[0] == "2"
+
+
+def test_wireguard_in_the_kernel_is_a_loaded_or_built_in_module(tmp_path):
+    sys_root, modules_root = tmp_path / "sys", tmp_path / "modules"
+    (sys_root / "module").mkdir(parents=True)
+    (modules_root / "6.1.0-test").mkdir(parents=True)
+    found = node_facts.wireguard_in_kernel(str(sys_root), str(modules_root), "6.1.0-test")
+    assert found["kernel"] is False and "lists no wireguard module" in found["reason"]
+    (modules_root / "6.1.0-test" / "modules.dep").write_text(
+        "kernel/drivers/net/wireguard/wireguard.ko.xz: kernel/lib/crypto/libcurve25519-generic.ko.xz\n"
+    )
+    assert node_facts.wireguard_in_kernel(str(sys_root), str(modules_root), "6.1.0-test")["kernel"] is True
+    (modules_root / "6.1.0-test" / "modules.dep").write_text("kernel/net/ipv4/udp_tunnel.ko.xz:\n")
+    (sys_root / "module" / "wireguard").mkdir()
+    assert node_facts.wireguard_in_kernel(str(sys_root), str(modules_root), "6.1.0-test")["kernel"] is True
+
+
+def test_this_machines_kernel_is_read_as_it_is():
+    found = node_facts.gather("[]")["wireguard"]
+    if os.path.isdir("/sys/module/wireguard"):
+        assert found["kernel"] is True
+    else:
+        # This machine's kernel has none (the lab's nodes run wireguard-go), unless it could load one.
+        assert found["kernel"] is ("lists wireguard" in found["reason"])

@@ -24,9 +24,13 @@ def wireguard_internet(**fields):
         "wireguard_ipv6_range": "2001:db8:104::/64",
         **fields,
     }
-    return lambda inventory: inventory.internet.update(
-        {name: value for name, value in wanted.items() if value is not None}
-    )
+
+    def change(inventory):
+        inventory.internet.update(wanted)
+        for name in [name for name, value in wanted.items() if value is None]:
+            del inventory.internet[name]
+
+    return change
 
 
 def on_host(host, **variables):
