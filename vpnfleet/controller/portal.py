@@ -142,6 +142,13 @@ def _create_form(user) -> CreateConfigForm:
     return form
 
 
+def _portal_protocol(profile) -> str:
+    """A portal config is OpenVPN unless the user chose otherwise or the profile has only
+    WireGuard: it is kept for months, and an .ovpn names several nodes to move on to when one
+    goes, a WireGuard config one. (The apps ask at every connection: the profile's first.)"""
+    return OPENVPN if profile is None or profile.offers(OPENVPN) else WIREGUARD
+
+
 @blueprint.get("/")
 @login_required
 def home():
@@ -176,7 +183,7 @@ def create():
     if not form.validate_on_submit():
         return _render_home(user, form, "Choose a profile and give the config a name.", 400)
     profile = controller().settings.profile(form.profile_id.data)
-    protocol = form.protocol.data or (profile.protocols[0] if profile else OPENVPN)
+    protocol = form.protocol.data or _portal_protocol(profile)
     try:
         made = create_config(
             controller(),
