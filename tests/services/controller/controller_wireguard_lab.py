@@ -22,12 +22,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller_node_lab import CLIENT_ADDRESS, DAEMON_ADDRESS, NODE_X1_ADDRESS, UNDERLAY_PREFIX, NodeLab
+from controller_node_lab import CLIENT_ADDRESS, NODE_X1_ADDRESS, UNDERLAY_PREFIX, NodeLab, start_daemon
 from openvpn_netlab import Namespaces, run
 
-from vpnfleet.daemon.server import DaemonHTTPServer, create_server
-from vpnfleet.daemon.settings import DaemonSettings
-from vpnfleet.settings_file import SettingsError
+from vpnfleet.daemon.server import DaemonHTTPServer
 
 NAME_PREFIX = "vfw-c"
 # node-x1's slices of the WireGuard profiles' ranges, as the fleet plan gives them (the node's
@@ -214,40 +212,20 @@ def node_settings(node: WireguardNode) -> list[dict]:
 
 
 def _start_daemon(node: WireguardNode, node_lab: NodeLab) -> None:
-    for _ in range(10):
-        with socket.socket() as probe:
-            probe.bind((DAEMON_ADDRESS, 0))
-            port = probe.getsockname()[1]
-        settings = DaemonSettings.from_mapping(
+    node.daemon = start_daemon(
+        node_lab,
+        node.workdir / "maintenance",
+        wireguard=[
             {
-                "listen_address": DAEMON_ADDRESS,
-                "listen_port": port,
-                "tls_certificate": str(node_lab.pki_dir / "daemon_server.crt"),
-                "tls_private_key": str(node_lab.pki_dir / "daemon_server.key"),
-                "tls_ca": str(node_lab.pki_dir / "ca" / "ca.crt"),
-                "tls_crl": str(node_lab.crl_path),
-                "management_socket_glob": f"{node_lab.workdir / 'sockets'}/*.sock",
-                "management_timeout": 10,
-                "maintenance_flag_file": str(node.workdir / "maintenance"),
-                "wireguard": [
-                    {
-                        "profile_id": profile_id,
-                        "interface": interface,
-                        "port": SLICES[profile_id]["port"],
-                        "ipv4_range": SLICES[profile_id]["ipv4_range"],
-                        "ipv6_range": SLICES[profile_id]["ipv6_range"],
-                    }
-                    for profile_id, interface in node.interfaces.items()
-                ],
+                "profile_id": profile_id,
+                "interface": interface,
+                "port": SLICES[profile_id]["port"],
+                "ipv4_range": SLICES[profile_id]["ipv4_range"],
+                "ipv6_range": SLICES[profile_id]["ipv6_range"],
             }
-        )
-        try:
-            node.daemon = create_server(settings)
-            break
-        except SettingsError:
-            continue
-    else:
-        raise AssertionError("found no free port for the WireGuard daemon")
+            for profile_id, interface in node.interfaces.items()
+        ],
+    )
     threading.Thread(target=node.daemon.serve_forever, name="vpnfleet-wg-daemon", daemon=True).start()
 
 

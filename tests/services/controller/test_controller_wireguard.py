@@ -146,7 +146,8 @@ def test_an_app_gets_a_wireguard_config_its_peer_on_the_node_and_traffic_through
     private_key, public_key = key_pair()
     answer = _connect(client, token, public_key=public_key)
     assert answer.status_code == 201, answer.get_data(as_text=True)
-    assert answer.mimetype == WIREGUARD
+    # Exactly the type: eduvpn-common compares the whole header.
+    assert answer.headers["Content-Type"] == WIREGUARD
     config = answer.get_data(as_text=True)
     # The app adds its own private key: the controller never saw it.
     assert "PrivateKey" not in config
@@ -320,6 +321,12 @@ def test_portal_makes_the_key_pair_and_delete_removes_the_peer(wg_app, wireguard
         },
     )
     assert refused.status_code == 409 and "does not offer openvpn" in refused.get_data(as_text=True)
+    # office offers both: the portal makes OpenVPN unless asked (several nodes to move on to).
+    office = client.post(
+        "/configs",
+        data={"profile_id": "office", "display_name": "desk", "protocol": "", "csrf_token": csrf_token(page)},
+    )
+    assert office.status_code == 200 and office.mimetype == OPENVPN
 
 
 def test_disabled_user_revoked_authorization_and_expiry_remove_peers(wg_app, wireguard_node):
