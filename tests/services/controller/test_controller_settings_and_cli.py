@@ -13,6 +13,42 @@ from vpnfleet.controller import cli
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS
 from vpnfleet.controller.settings import SettingsError, load_settings, settings_from_mapping
 
+# node-x1's WireGuard interface of office, as the fleet plan writes it.
+_WIREGUARD = {
+    "profile": "office",
+    "interface": "wg-office",
+    "port": 51820,
+    "ipv4_range": "198.19.96.0/26",
+    "ipv6_range": "2001:db8:f3::/112",
+    "ipv4_address": "198.19.96.1",
+    "ipv6_address": "2001:db8:f3::1",
+}
+
+
+def _offer_wireguard(mapping) -> None:
+    mapping["profiles"][0]["protocols"] = ["openvpn", "wireguard"]
+
+
+def test_wireguard_settings_load(mapping):
+    _offer_wireguard(mapping)
+    mapping["nodes"][0]["wireguard"] = [_WIREGUARD]
+    settings = settings_from_mapping(mapping)
+    office = settings.profile("office")
+    assert (office.protocols, office.routes, office.dns) == (
+        ("openvpn", "wireguard"),
+        ("203.0.113.0/24", "2001:db8:ff::/48"),
+        ("203.0.113.53",),
+    )
+    assert settings.profile("internet").protocols == ("openvpn",)
+    interface = settings.node("node-x1").wireguard_of("office")
+    assert (interface.interface, interface.port, interface.ipv4_range) == (
+        "wg-office",
+        51820,
+        "198.19.96.0/26",
+    )
+    assert settings.wireguard_holder_of("198.19.96.9") == (settings.node("node-x1"), interface)
+    assert settings.wireguard_holder_of("198.19.97.9") is None
+
 
 @pytest.fixture
 def mapping(pki_dir):
@@ -52,6 +88,27 @@ def test_valid_settings_load(mapping, tmp_path):
         (lambda m: m.update(crl_push_timeout_seconds=0), "crl_push_timeout_seconds: must be more than 0"),
         (lambda m: m.update(api_connect_window="soon"), "api_connect_window"),
         (lambda m: m.update(login_delay_max="0s"), "login_delay_max"),
+        (lambda m: m["profiles"][0].update(protocols=["ipsec"]), "profiles[0].protocols: must list openvpn"),
+        (lambda m: m["profiles"][0].update(protocols=[]), "profiles[0].protocols: must list"),
+        (
+            lambda m: m["profiles"][0].update(routes=["198.51.100.1/24"]),
+            "profiles[0].routes: 198.51.100.1/24",
+        ),
+        (
+            lambda m: m["nodes"][0].update(wireguard=[dict(_WIREGUARD, profile="internet")]),
+            "nodes[0].wireguard[0].profile: no WireGuard profile 'internet'",
+        ),
+        (
+            lambda m: (
+                _offer_wireguard(m)
+                or m["nodes"][0].update(wireguard=[dict(_WIREGUARD, ipv4_range="2001:db8::/64")])
+            ),
+            "nodes[0].wireguard[0].ipv4_range: '2001:db8::/64' is not IPv4",
+        ),
+        (
+            lambda m: _offer_wireguard(m) or m["nodes"][0].update(wireguard=[dict(_WIREGUARD, port=0)]),
+            "nodes[0].wireguard[0].port: 0 is not a port number",
+        ),
     ],
 )
 def test_wrong_settings_name_the_setting(mapping, change, message):
