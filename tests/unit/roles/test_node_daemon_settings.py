@@ -100,7 +100,7 @@ def test_with_metrics_the_metrics_port_gets_a_server_certificate_of_its_own(tmp_
         ("daemon_server", "daemon_server"),
         ("metrics", "server"),
     ]
-    # The CA host keeps one copy per name: the OpenVPN server's and this one share the purpose.
+    # The CA host keeps one copy per name, not per purpose (a copy's file is "<node>-<name>.crt").
     assert len({c["name"] for c in certificates}) == len({c["key"] for c in certificates}) == 3
     daemon_certificate, metrics_certificate = certificates[1], certificates[2]
     assert metrics_certificate["dns_names"] == daemon_certificate["dns_names"] == ["node-x1"]

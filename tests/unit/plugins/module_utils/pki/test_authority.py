@@ -280,6 +280,19 @@ def test_publish_crl_lists_the_given_clients_beside_the_index_and_re_signing_kee
     assert {entry.serial_number for entry in fresh_ca.crl()} == {node.serial_number}
 
 
+def test_a_published_crl_is_re_signed_with_no_margin_only_once_it_ran_out(fresh_ca):
+    # The controller role's CA task (crl_refresh_days 0): the controller's own CRL of an hour
+    # stays as it is, or every Ansible run would re-sign it; one that ran out is re-signed.
+    now = keys.utcnow().replace(microsecond=0)
+    fresh_ca.publish_crl([], now, now + datetime.timedelta(hours=1))
+    published = open(fresh_ca.crl_path, "rb").read()
+    assert fresh_ca.refresh_crl(min_remaining_days=0) is False
+    assert open(fresh_ca.crl_path, "rb").read() == published
+    fresh_ca.publish_crl([], now - datetime.timedelta(hours=2), now - datetime.timedelta(hours=1))
+    assert fresh_ca.refresh_crl(min_remaining_days=0) is True
+    assert fresh_ca.crl().next_update_utc > now
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can hand files to another user")
 def test_files_root_writes_go_to_the_owner_of_the_ca_directory(fresh_ca):
     os.chown(fresh_ca.directory, 65534, 65534)

@@ -1,7 +1,11 @@
 """A real Prometheus on the monitoring host scrapes the controller (bearer token) and node-x1's
 daemon (mutual TLS, pinned certificate): every target is up, and a real client connecting with a
 config from the portal moves the clients of its node, profile and process by one, in what the
-controller reports and in what the node reports."""
+controller reports and in what the node reports.
+
+In molecule/directory, after test_directory.py (its client is gone by then): the converge that
+serves the directory's tests serves these. alice, the inventory's local user, is in staff, so the
+staff-only internet profile is offered to her as well."""
 
 import csv
 import io
