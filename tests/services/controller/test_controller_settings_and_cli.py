@@ -4,15 +4,18 @@ idempotent; bad requests get a 4xx with a reason, never a traceback."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from controller_helpers import settings_mapping
+from vpnfleet.shared import fleet
 
 from vpnfleet.controller import cli
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS
 from vpnfleet.controller.settings import SettingsError, load_settings, settings_from_mapping
 
+REPO = Path(__file__).resolve().parents[3]
 # node-x1's WireGuard interface of office, as the fleet plan writes it.
 _WIREGUARD = {
     "profile": "office",
@@ -48,6 +51,38 @@ def test_wireguard_settings_load(mapping):
     )
     assert settings.wireguard_holder_of("198.19.96.9") == (settings.node("node-x1"), interface)
     assert settings.wireguard_holder_of("198.19.97.9") is None
+
+
+def test_the_fleet_plans_controller_view_of_the_lab_loads_with_its_wireguard(mapping):
+    """What the controller role writes from the plan (templates/controller.yml.j2: the view's
+    profiles and nodes as they are) is what the settings read: protocols, routes, DNS, and each
+    node's WireGuard interface of its slice."""
+    profiles = yaml.safe_load((REPO / "inventories/lab/group_vars/all/profiles.yml").read_text())[
+        "vpnfleet_profiles"
+    ]
+    node = fleet.HostInput(
+        "node-x1",
+        ("vpnfleet_nodes", "vpnfleet_location_x"),
+        {"vpnfleet_profiles": profiles, "vpnfleet_location": "x", "vpnfleet_public_address": "198.51.100.10"},
+        2,
+    )
+    controller = fleet.HostInput("controller", ("vpnfleet_controllers",), {"vpnfleet_profiles": profiles})
+    groups = {
+        "vpnfleet_controllers": ["controller"],
+        "vpnfleet_nodes": ["node-x1"],
+        "vpnfleet_location_x": ["node-x1"],
+    }
+    view = fleet.plan_fleet({"controller": controller, "node-x1": node}, groups).as_dict()["controller"]
+    nodes = [dict(entry, api_token_sha256="a" * 64) for entry in view["nodes"]]
+    settings = settings_from_mapping(dict(mapping, profiles=view["profiles"], nodes=nodes))
+    internet = settings.profile("internet")
+    assert internet.protocols == ("wireguard", "openvpn") and internet.dns_search == ("lab.example",)
+    interface = settings.node("node-x1").wireguard_of("internet")
+    assert (interface.interface, interface.port, interface.ipv4_address) == (
+        "wg-internet",
+        51820,
+        "198.18.4.1",
+    )
 
 
 @pytest.fixture
