@@ -103,15 +103,21 @@ def _config_values(text):
     return dict(re.findall(r"^(\w+) = (.+)$", text, re.MULTILINE))
 
 
+# What `wg setconf` takes of a wg-quick config; the rest (Address, DNS, MTU, ...) is wg-quick's.
+_WG_KEYS = ("[Interface]", "[Peer]", "PrivateKey", "ListenPort", "PublicKey", "AllowedIPs", "Endpoint")
+
+
 def _bring_up(client, config):
     """What wg-quick does with the config, by hand (wireguard-go: the lab's kernel has none): the
-    [Interface] lines become addresses and a route, the rest goes to `wg setconf`. Only TARGET
-    goes through the tunnel, so that the client's SSH stays on its own line."""
+    addresses, `wg setconf` with the rest, and a route. Only TARGET goes through the tunnel, so
+    that the client's SSH stays on its own line."""
     values = _config_values(config)
-    peer = "\n".join(line for line in config.splitlines() if not line.startswith(("Address", "DNS", "#")))
+    setconf = "\n".join(line for line in config.splitlines() if line.startswith(_WG_KEYS))
     client.run(f"ip link del {DEVICE}")
+    client.check_output(f"install -d -m 0700 {WORK}/{DEVICE}")
+    # Base64 keys and addresses only: nothing in it needs quoting beyond the single quotes.
     client.check_output(
-        f"install -d -m 0700 {WORK}/{DEVICE} && cat > {WORK}/{DEVICE}/wg.conf <<'EOF'\n{peer}\nEOF"
+        f"printf '%s\\n' '{setconf}' > {WORK}/{DEVICE}/wg.conf && chmod 0600 {WORK}/{DEVICE}/wg.conf"
     )
     client.check_output(f"wireguard-go {DEVICE}")
     client.check_output(f"wg setconf {DEVICE} {WORK}/{DEVICE}/wg.conf")
