@@ -285,10 +285,11 @@ def reconcile(
         return report
     with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
         listed = dict(zip(nodes, pool.map(controller.daemons.peer_list, nodes), strict=True))
-    held: dict[str, dict[str, WireguardPeer]] = {}
+    # Plain values: the nodes are asked in threads, and a session is not for sharing between them.
+    held: dict[str, dict[str, list[str]]] = {}
     for peer in db.scalars(select(WireguardPeer).where(WireguardPeer.released_at.is_(None))):
-        held.setdefault(peer.node, {})[peer.public_key] = peer
-    db.rollback()  # the rows stay loaded; no transaction stays open while the nodes are asked
+        held.setdefault(peer.node, {})[peer.public_key] = sorted(ip_nets(peer))
+    db.rollback()  # no transaction stays open while the nodes are asked
 
     def on(node: Node) -> tuple[int, int, bool]:
         answer = listed[node]
@@ -298,10 +299,10 @@ def reconcile(
         mine = held.get(node.name, {})
         added = removed = 0
         ok = True
-        for key, peer in mine.items():
+        for key, nets in mine.items():
             entry = present.get(key)
-            if entry is None or sorted(entry.get("ip_net") or []) != sorted(ip_nets(peer)):
-                ok = controller.daemons.add_peer(node, key, ip_nets(peer)).ok and ok
+            if entry is None or sorted(entry.get("ip_net") or []) != nets:
+                ok = controller.daemons.add_peer(node, key, nets).ok and ok
                 added += 1
         for key in present.keys() - mine.keys():
             ok = controller.daemons.remove_peer(node, key).ok and ok
