@@ -171,6 +171,8 @@ def test_eduvpn_common_gets_a_wireguard_config_and_the_tunnel_reaches_beyond_the
 def test_a_node_whose_interface_restarted_gets_its_peers_back_within_30_s(client, state):
     node_name, key = state["node"], state["key"]
     node = lab_host(node_name)
+    # The reconcile runs whenever the controller does (test_revocation.py stopped and started it).
+    assert lab_host("controller").service("vpnfleet-controller-wireguard").is_running
     started = time.monotonic()
     node.check_output("systemctl restart vpnfleet-wg-internet")
     wait_for(lambda: key in _peers(node_name), f"{node_name} to get its peer back", timeout=BACK_WITHIN)
