@@ -67,6 +67,14 @@ def state(client):
         json.dump(found["timings"], timings)
 
 
+@pytest.fixture(autouse=True)
+def _timed(request, state):
+    """Each test's seconds, for what this file adds to the scenario's run."""
+    started = time.monotonic()
+    yield
+    state["timings"].setdefault("durations", {})[request.node.name] = round(time.monotonic() - started, 1)
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None  # the app's redirect URI is the library's listener: the test visits it
