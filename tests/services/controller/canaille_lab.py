@@ -22,7 +22,7 @@ from slapd_lab import make_tls
 
 ROOT = Path(__file__).resolve().parents[3]
 VENV = Path(os.environ.get("VPNFLEET_OIDC_PROVIDER_VENV", ROOT / ".venv-oidc-provider"))
-SEED_SCRIPT = ROOT / "roles" / "directory" / "files" / "oidc_provider_seed.py"
+SEED_SCRIPT = Path(__file__).with_name("oidc_provider_seed.py")
 CLIENT_ID = "vpn-portal"
 CLIENT_SECRET = "relying-party-secret-of-the-test-portal"  # noqa: S105 - a test provider's secret
 USERS = {"olivia": "olivia's provider password", "oscar": "oscar's provider password"}
