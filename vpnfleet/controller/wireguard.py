@@ -221,7 +221,7 @@ def _release_peers(controller: Controller, db: Session, peers: list[tuple[Wiregu
     for peer, reason in peers:
         mark_released(db, peer, reason, now)
     db.commit()
-    return remove_on_nodes(controller, [(peer.node, peer.public_key) for peer, _ in peers])
+    return remove_on_nodes(controller, [(peer.node, peer.public_key) for peer, unused_reason in peers])
 
 
 def mark_released(db: Session, peer: WireguardPeer, reason: str, now: datetime) -> None:
