@@ -63,7 +63,7 @@ def test_prometheus_scrapes_every_target_and_each_is_up():
         return len(found) >= 3 and all(value == 1 for value in found.values()) and found
 
     try:
-        found = wait_for(all_up, "every target up", timeout=60)
+        found = wait_for(all_up, "every target up", timeout=90)
     except AssertionError as error:
         raise AssertionError(f"{error}: {target_errors()}") from None
     assert {dict(labels)["job"] for labels in found} == JOBS
