@@ -89,7 +89,17 @@ RETIRED = {
     "node_hooks_openvpn_group": "node_openvpn_group",
 }
 # The profile fields the controller's settings read (vpnfleet/controller/settings.py).
-CONTROLLER_PROFILE_FIELDS = ("id", "display_name", "protocols", "default_gateway", "routes", "dns", "groups")
+# WireGuard has no push: the controller writes the routes and DNS servers into its configs.
+CONTROLLER_PROFILE_FIELDS = (
+    "id",
+    "display_name",
+    "protocols",
+    "default_gateway",
+    "routes",
+    "dns",
+    "dns_search",
+    "groups",
+)
 
 _MISSING = object()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from vpnfleet.controller import connection_log
+from vpnfleet.controller import connection_log, wireguard
 from vpnfleet.controller.accounts import end_user_sessions
 from vpnfleet.controller.configs import active_configs, disable_user, disconnect_everywhere
 from vpnfleet.controller.connection_log import LogSearch, LogSearchError
@@ -28,9 +28,14 @@ blueprint = Blueprint("admin", __name__)
 @admin_required
 def connections():
     view = live_connections(controller(), db())
+    peers, peers_unreachable = wireguard.live_peers(controller(), db())
+    down = {answer.node.name for answer in view.unreachable}
     return render_template(
         "admin/connections.html",
         view=view,
+        peers=peers,
+        # A node that did not answer at all is named once, above.
+        peers_unreachable=[answer for answer in peers_unreachable if answer.node.name not in down],
         action_form=ActionForm(),
         capacity=capacity_table(controller().settings, view),
     )

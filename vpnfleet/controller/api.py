@@ -22,7 +22,9 @@ from vpnfleet.controller.configs import (
 )
 from vpnfleet.controller.models import OAuthToken, VpnConfig
 from vpnfleet.controller.oauth import API_SCOPE
+from vpnfleet.controller.settings import OPENVPN, WIREGUARD, Profile, Settings
 from vpnfleet.controller.state import controller, db
+from vpnfleet.controller.wireguard import BadPublicKey, check_public_key
 from vpnfleet.shared.profiles import ProfileError, check_profile_id
 
 blueprint = Blueprint("api", __name__)
@@ -75,12 +77,20 @@ def _bearer_token() -> OAuthToken | Response:
     return access
 
 
+def _transports(settings: Settings, profile: Profile) -> list[str]:
+    """eduVPN 3.5.6+'s vpn_proto_transport_list: what the profile's nodes serve, UDP first."""
+    protos = {process.proto for node in settings.nodes for process in node.processes_of(profile.id)}
+    found = [f"openvpn+{proto}" for proto in ("udp", "tcp") if profile.offers(OPENVPN) and proto in protos]
+    return found + (["wireguard+udp"] if profile.offers(WIREGUARD) else [])
+
+
 @blueprint.get("/api/v3/info")
 def info():
     access = _bearer_token()
     if isinstance(access, Response):
         return access
     user = access.authorization.user
+    settings = controller().settings
     return jsonify(
         info={
             "profile_list": [
@@ -88,19 +98,41 @@ def info():
                     "profile_id": profile.id,
                     "display_name": profile.display_name,
                     "default_gateway": profile.default_gateway,
-                    "vpn_proto_list": ["openvpn"],
+                    "vpn_proto_list": list(profile.protocols),
+                    "vpn_proto_transport_list": _transports(settings, profile),
                 }
-                for profile in controller().settings.profiles
+                for profile in settings.profiles
                 if profile.allows(user.groups)
             ]
         }
     )
 
 
-def _client_accepts_openvpn() -> bool:
-    # Without an Accept header the app supports both protocols (API v3, "VPN Protocol Selection").
-    accept = request.headers.get("Accept", "")
-    return OPENVPN_PROFILE in accept or WIREGUARD_PROFILE not in accept
+def _accepted() -> set[str]:
+    """The protocols the app takes, from its Accept header (API v3, "VPN Protocol Selection"):
+    both without one, or when it names neither profile type (taken as not sent)."""
+    named = {part.split(";")[0].strip() for part in request.headers.get("Accept", "").split(",")}
+    accepted = {protocol for protocol, mimetype in _MIMETYPES.items() if mimetype in named}
+    return accepted or {OPENVPN, WIREGUARD}
+
+
+_MIMETYPES = {OPENVPN: OPENVPN_PROFILE, WIREGUARD: WIREGUARD_PROFILE}
+
+
+def choose_protocol(
+    settings: Settings, profile: Profile, accepted: set[str], public_key: str | None, prefer_tcp: bool
+) -> str | None:
+    """API v3's choice: the protocols app and profile share (WireGuard only with a public key);
+    of two, OpenVPN when the app prefers TCP and the profile's OpenVPN has TCP (our WireGuard has
+    no TCP), else the profile's first. None: nothing fits."""
+    common = [
+        protocol
+        for protocol in profile.protocols
+        if protocol in accepted and (protocol != WIREGUARD or public_key is not None)
+    ]
+    if len(common) > 1 and prefer_tcp and "openvpn+tcp" in _transports(settings, profile):
+        return OPENVPN
+    return common[0] if common else None
 
 
 @blueprint.post("/api/v3/connect")
@@ -116,17 +148,31 @@ def connect():
         check_profile_id(profile_id)
     except ProfileError:
         return api_error(400, 'invalid value for "profile_id"')
-    profile = controller().settings.profile(profile_id)
+    settings = controller().settings
+    profile = settings.profile(profile_id)
     if profile is None or not profile.allows(user.groups):
         return api_error(404, 'no such "profile_id"')
     prefer_tcp = request.form.get("prefer_tcp", "no")
     if prefer_tcp not in ("yes", "no"):
         return api_error(400, 'invalid "prefer_tcp"')
-    if not _client_accepts_openvpn():
-        # Our profiles serve OpenVPN only (WireGuard comes later).
-        return api_error(406, f'profile "{profile_id}" does not support WireGuard')
+    public_key = request.form.get("public_key")
+    if public_key is not None:
+        try:
+            check_public_key(public_key)
+        except BadPublicKey as problem:
+            return api_error(400, f'invalid "public_key": {problem}')
+    accepted = _accepted()
+    protocol = choose_protocol(settings, profile, accepted, public_key, prefer_tcp == "yes")
+    if protocol is None:
+        if WIREGUARD in accepted and profile.offers(WIREGUARD) and public_key is None:
+            return api_error(400, 'missing "public_key" parameter: WireGuard needs the app\'s public key')
+        return api_error(
+            406,
+            f'profile "{profile_id}" offers {", ".join(profile.protocols)}; '
+            f"the app accepts {', '.join(sorted(accepted))}",
+        )
     authorization = access.authorization
-    app = controller().settings.oauth_client(authorization.client_id)
+    app = settings.oauth_client(authorization.client_id)
     try:
         made = create_config(
             controller(),
@@ -137,6 +183,8 @@ def connect():
             authorization.expires_at,
             authorization=authorization,
             prefer_tcp=prefer_tcp == "yes",
+            protocol=protocol,
+            public_key=public_key if protocol == WIREGUARD else None,
         )
     except ConnectThrottled as throttled:
         response = api_error(429, str(throttled))
@@ -145,12 +193,12 @@ def connect():
     except NoNodeNow as unavailable:
         # The app may try again: nodes come back, maintenance ends.
         response = api_error(503, str(unavailable))
-        response.headers["Retry-After"] = str(int(controller().settings.node_health_ttl_seconds) + 1)
+        response.headers["Retry-After"] = str(int(settings.node_health_ttl_seconds) + 1)
         return response
     except ConfigRefused as refusal:
         return api_error(403, str(refusal))
     config, text = made.config, made.text
-    response = Response(text, status=201, mimetype=OPENVPN_PROFILE)
+    response = Response(text, status=201, mimetype=_MIMETYPES[protocol])
     response.headers["Expires"] = format_datetime(config.expires_at.replace(tzinfo=UTC), usegmt=True)
     return response
 

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from vpnfleet.controller import admin, api, authorize, metrics, node_api, oauth, oidc_login, portal
+from vpnfleet.controller import admin, api, authorize, metrics, node_api, oauth, oidc_login, portal, wireguard
 from vpnfleet.controller.accounts import LoginThrottle
 from vpnfleet.controller.certificates import ClientCertificateIssuer
 from vpnfleet.controller.daemons import NodeDaemons
@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> Flask:
         throttle=LoginThrottle(settings),
     )
     app.teardown_appcontext(close_db)
+    wireguard.watch_health(app.extensions[EXTENSION_KEY])
 
     csrf = CSRFProtect(app)
     server, protector = oauth.init_oauth(app)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
 
 from sqlalchemy import select
 
@@ -18,6 +20,7 @@ from vpnfleet.controller.housekeeping import run_housekeeping
 from vpnfleet.controller.models import User
 from vpnfleet.controller.settings import load_settings
 from vpnfleet.controller.state import controller, db
+from vpnfleet.controller.wireguard import reconcile
 from vpnfleet.settings_file import SettingsError, add_settings_argument
 
 DEFAULT_SETTINGS = "/etc/vpnfleet/controller.yml"
@@ -43,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument("--group", action="append", default=[], help="a group of the user (repeatable)")
     user.add_argument("--disabled", action=argparse.BooleanOptionalAction, default=False)
     commands.add_parser("housekeeping", help="disconnect what must go, close stale log rows, purge old rows")
+    wireguard = commands.add_parser(
+        "wireguard-reconcile",
+        help="make every WireGuard node's peers those the controller holds; prints JSON",
+    )
+    wireguard.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="run again and again, this many seconds apart (the controller's reconcile service)",
+    )
     log = commands.add_parser(
         "connection-log",
         help="search the connection log: who had an address at a time, all sessions of a user",
@@ -86,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             return _connection_log(arguments)
         if arguments.command == "node-maintenance":
             return _node_maintenance(arguments)
+        if arguments.command == "wireguard-reconcile":
+            return _wireguard_reconcile(arguments)
         print(json.dumps(run_housekeeping(controller(), db()).as_dict()))
     return 0
 
@@ -131,6 +146,36 @@ def _connection_log(arguments: argparse.Namespace) -> int:
     if len(entries) == arguments.limit:
         print(f"vpnfleet-controller: only the newest {arguments.limit} sessions (--limit)", file=sys.stderr)
     return 0
+
+
+def _wireguard_reconcile(arguments: argparse.Namespace) -> int:
+    """Once, or every --every seconds for as long as the service runs: one process that sleeps
+    costs nothing, where a timer would start Python (a second of CPU) every few seconds."""
+    if arguments.every is not None and arguments.every <= 0:
+        print("vpnfleet-controller: --every: must be more than 0 seconds", file=sys.stderr)
+        return 2
+    while True:
+        session = controller().sessions()
+        try:
+            report = reconcile(controller(), session)
+            # Looping, only what changed something (or could not): the journal stays readable.
+            if (
+                arguments.every is None
+                or report.added
+                or report.removed
+                or report.released
+                or report.nodes_unreachable
+            ):
+                print(json.dumps(report.as_dict()), flush=True)
+        except Exception:
+            if arguments.every is None:
+                raise
+            logging.getLogger(__name__).exception("WireGuard reconcile failed; trying again")
+        finally:
+            session.close()
+        if arguments.every is None:
+            return 0
+        time.sleep(arguments.every)
 
 
 # The last node of a location is not drained without --force: the playbook tells this apart.

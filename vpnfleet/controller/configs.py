@@ -1,21 +1,28 @@
-"""VPN configs: issue one (certificate + .ovpn), revoke one (CRL + disconnect everywhere)."""
+"""VPN configs: issue one (certificate + .ovpn, or WireGuard peer + wg-quick config), revoke one
+(CRL + disconnect everywhere, or the peer removed from its node)."""
 
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from vpnfleet.controller import metrics
+from vpnfleet.controller import metrics, wireguard
 from vpnfleet.controller.accounts import end_user_sessions
 from vpnfleet.controller.crl import revoke_on_nodes
-from vpnfleet.controller.fleet import AUTOMATIC, NoNodeAvailable, choose_remotes
-from vpnfleet.controller.models import OAuthAuthorization, OAuthToken, User, VpnConfig, utcnow
+from vpnfleet.controller.fleet import AUTOMATIC, NoNodeAvailable, choose_remotes, choose_wireguard_node
+from vpnfleet.controller.models import OAuthAuthorization, OAuthToken, User, VpnConfig, WireguardPeer, utcnow
 from vpnfleet.controller.ovpn import render_client_config
+from vpnfleet.controller.settings import OPENVPN, WIREGUARD, Node, Profile
 from vpnfleet.controller.state import Controller
+
+# Tries at a free address when parallel configs of other users took the one found.
+_ALLOCATION_TRIES = 5
 
 
 class ConfigRefused(Exception):
@@ -41,6 +48,15 @@ class NewConfig:
     replaced: list[VpnConfig] = field(default_factory=list)
     # Nodes not told of the replaced configs; create_config tells them in the background.
     unreachable: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _WireguardTarget:
+    """Where a new WireGuard config goes: the chosen node, its interface of the profile and its key."""
+
+    node: Node
+    interface: wireguard.WireguardSlice
+    server_key: str
 
 
 def active_configs(db: Session, user: User, now: datetime) -> list[VpnConfig]:
@@ -72,51 +88,65 @@ def create_config(
     authorization: OAuthAuthorization | None = None,
     prefer_tcp: bool = False,
     location: str = AUTOMATIC,
+    protocol: str = OPENVPN,
+    public_key: str | None = None,
 ) -> NewConfig:
-    """Issue a certificate; the config row, its .ovpn text and the configs it replaced.
+    """Issue a config of the profile in ``protocol``; the config row, its text and the configs it replaced.
 
-    The certificate ends when the user's session (portal login or app authorization) ends. A user
+    The config ends when the user's session (portal login or app authorization) ends. A user
     has at most max_configs_per_user active configs, portal and API together: the portal refuses
     one more; an app's /connect replaces its authorization's config and, at the limit, the user's
     oldest config, API-made ones first (eduVPN's maxActiveConfigurations).
 
-    The remotes are chosen before anything is issued (controller/fleet.py): an app's config
-    (made at every connection) names the best node now, a portal config (kept for months) the
-    location's nodes in random order; NoNodeAvailable when no node takes clients now.
+    The node is chosen before anything is issued (controller/fleet.py): an app's config (made at
+    every connection) names the best node now, a portal config (kept for months) the location's
+    nodes in random order; NoNodeNow when no node takes clients now. OpenVPN: a certificate and
+    the remote lines. WireGuard: an address of the node's slice, recorded, and the peer added on
+    the node before the config is handed out; ``public_key`` is the app's, or None for the
+    portal, which makes the key pair and puts the private key in the config.
     """
     settings = controller.settings
     profile = settings.profile(profile_id)
     if profile is None or not profile.allows(user.groups):
         raise ConfigRefused(f"no such profile: {profile_id}")
+    if not profile.offers(protocol):
+        raise ConfigRefused(f"profile {profile_id} does not offer {protocol}")
+    health = controller.daemons.health.get()
     try:
-        tls_crypt_key = profile.tls_crypt_key_file.read_text()
-    except OSError as error:
-        raise RuntimeError(f"cannot read the tls-crypt key of profile {profile.id}: {error}") from error
-    try:
-        remotes = choose_remotes(
-            settings,
-            profile.id,
-            controller.daemons.health.get(),
-            lives_for_months=authorization is None,
-            location=location,
-            prefer_tcp=prefer_tcp,
-        )
+        if protocol == WIREGUARD:
+            node = choose_wireguard_node(
+                settings, profile.id, health, lives_for_months=authorization is None, location=location
+            )
+            interface = node.wireguard_of(profile.id)
+            server_key = health[node.name].wireguard_key(interface.interface) if interface else None
+            if interface is None or server_key is None:
+                raise NoNodeAvailable(f"node {node.name} has no WireGuard interface of {profile.id} up")
+            target = _WireguardTarget(node, interface, server_key)
+        else:
+            remotes = choose_remotes(
+                settings,
+                profile.id,
+                health,
+                lives_for_months=authorization is None,
+                location=location,
+                prefer_tcp=prefer_tcp,
+            )
     except ValueError as error:
         raise ConfigRefused(str(error)) from None
     except NoNodeAvailable as error:
         raise NoNodeNow(str(error)) from None
+    if protocol == WIREGUARD:
+        return _create_wireguard_config(
+            controller, db, user, profile, display_name, expires_at, authorization, target, public_key
+        )
+    try:
+        tls_crypt_key = profile.tls_crypt_key_file.read_text()
+    except OSError as error:
+        raise RuntimeError(f"cannot read the tls-crypt key of profile {profile.id}: {error}") from error
     lock_user(db, user)
     try:
-        now = utcnow()
-        if user.is_disabled:
-            raise ConfigRefused("this account is disabled")
-        if expires_at <= now:
-            raise ConfigRefused("your session has expired; log in again")
-        replaced = _configs_to_replace(settings, db, user, authorization, now)
-        for config in replaced:
-            config.revoked_at = now
-        # The replaced rows leave the one-active-config index before the new row enters it.
-        db.flush()
+        now = _check_session(user, expires_at)
+        replaced = _replace(settings, db, user, authorization, now)
         certificate = controller.issuer.issue(expires_at, now)
         config = VpnConfig(
             user_id=user.id,
@@ -137,10 +167,121 @@ def create_config(
     text = render_client_config(
         profile, remotes, controller.issuer.ca_certificate_pem(), certificate, tls_crypt_key
     )
-    # Refused by the node API since the commit; the CRL and the disconnects follow in the
-    # background, shared with other /connects' (crl.RevocationPusher), so unreachable stays empty.
-    controller.revocations.submit([old.common_name for old in replaced])
-    return NewConfig(config, text, replaced)
+    unreachable = end_replaced(controller, db, [old.common_name for old in replaced])
+    return NewConfig(config, text, replaced, unreachable)
+
+
+def _check_session(user: User, expires_at: datetime) -> datetime:
+    """Under the user's lock: now, or ConfigRefused when the user may not have a config now."""
+    now = utcnow()
+    if user.is_disabled:
+        raise ConfigRefused("this account is disabled")
+    if expires_at <= now:
+        raise ConfigRefused("your session has expired; log in again")
+    return now
+
+
+def _replace(
+    settings, db: Session, user: User, authorization: OAuthAuthorization | None, now: datetime, also=()
+) -> list[VpnConfig]:
+    """Under the user's lock: mark what the new config replaces revoked (not committed)."""
+    replaced = _configs_to_replace(settings, db, user, authorization, now)
+    replaced += [config for config in also if config not in replaced]
+    for config in replaced:
+        config.revoked_at = now
+    # The replaced rows leave the one-active-config index before the new row enters it.
+    db.flush()
+    return replaced
+
+
+def _create_wireguard_config(
+    controller: Controller,
+    db: Session,
+    user: User,
+    profile: Profile,
+    display_name: str,
+    expires_at: datetime,
+    authorization: OAuthAuthorization | None,
+    target: _WireguardTarget,
+    public_key: str | None,
+) -> NewConfig:
+    private_key = None
+    if public_key is None:
+        private_key, public_key = wireguard.make_key_pair()
+    lock_user(db, user)
+    try:
+        now = _check_session(user, expires_at)
+        # One key is one peer on a node: the user's earlier config with this key ends (eduVPN's
+        # apps on macOS and iOS send the same key every time); another user's key is refused.
+        holders = list(
+            db.scalars(
+                select(VpnConfig)
+                .join(WireguardPeer, WireguardPeer.config_id == VpnConfig.id)
+                .where(WireguardPeer.public_key == public_key, WireguardPeer.released_at.is_(None))
+            )
+        )
+        if any(config.user_id != user.id for config in holders):
+            raise ConfigRefused("this public_key belongs to a config of another account")
+        replaced = _replace(controller.settings, db, user, authorization, now, also=holders)
+        # Released here, so that their addresses and the key are free for the new peer.
+        removals = []
+        for old in replaced:
+            peer = old.wireguard_peer
+            if peer is not None and peer.released_at is None:
+                wireguard.mark_released(db, peer, "replaced", now)
+                # The same key on the same node is the new peer once added: not removed after.
+                if (peer.node, peer.public_key) != (target.node.name, public_key):
+                    removals.append((peer.node, peer.public_key))
+        config = VpnConfig(
+            user_id=user.id,
+            profile_id=profile.id,
+            display_name=display_name,
+            common_name=f"wg-{secrets.token_hex(16)}",
+            serial_number=None,
+            protocol=WIREGUARD,
+            authorization_id=authorization.id if authorization else None,
+            created_at=now,
+            expires_at=expires_at,
+        )
+        db.add(config)
+        db.flush()
+        peer = _allocate_peer(db, config, user, target, public_key)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    unreachable = wireguard.remove_on_nodes(controller, removals)
+    # The node must admit the client before the client has its config.
+    added = controller.daemons.add_peer(target.node, public_key, wireguard.ip_nets(peer))
+    if not added.ok:
+        revoke_configs(controller, db, [config])
+        raise NoNodeNow(f"node {target.node.name} did not take the WireGuard peer ({added.error}); try again")
+    metrics.config_issued(profile.id, "api" if authorization else "portal")
+    text = wireguard.render_config(
+        profile, target.node, target.interface, target.server_key, peer, private_key
+    )
+    unreachable += end_replaced(controller, db, [old.common_name for old in replaced])
+    return NewConfig(config, text, replaced, sorted(set(unreachable)))
+
+
+def _allocate_peer(
+    db: Session, config: VpnConfig, user: User, target: _WireguardTarget, public_key: str
+) -> WireguardPeer:
+    """A free address for the config's peer; a savepoint per try, as another user's config made
+    at the same time may take the address found (the unique index refuses the second)."""
+    for attempt in range(_ALLOCATION_TRIES):
+        try:
+            with db.begin_nested():
+                ipv4, ipv6 = wireguard.allocate(db, target.node, target.interface)
+                peer = wireguard.record_peer(db, config, user, target.node, public_key, ipv4, ipv6)
+                db.flush()
+            return peer
+        except wireguard.NoAddressFree as full:
+            raise NoNodeNow(str(full)) from None
+        except IntegrityError:
+            if attempt == _ALLOCATION_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _configs_to_replace(
@@ -202,7 +343,7 @@ def revoke_configs(controller: Controller, db: Session, configs: list[VpnConfig]
     """
     revoked = _mark_revoked(configs, utcnow())
     db.commit()
-    return revoke_on_nodes(controller, db, revoked)
+    return end_on_nodes(controller, db, revoked, "revoked")
 
 
 def _mark_revoked(configs: list[VpnConfig], now: datetime) -> list[str]:
@@ -211,6 +352,37 @@ def _mark_revoked(configs: list[VpnConfig], now: datetime) -> list[str]:
     for config in to_revoke:
         config.revoked_at = now
     return [config.common_name for config in to_revoke]
+
+
+def end_on_nodes(controller: Controller, db: Session, common_names: list[str], reason: str) -> list[str]:
+    """After a revocation was committed: WireGuard peers removed from their nodes (first: no CRL
+    to sign), OpenVPN clients refused by a new CRL and disconnected. The nodes not told."""
+    if not common_names:
+        return []
+    unreachable = wireguard.release(controller, db, common_names, reason)
+    return sorted(set(unreachable + revoke_on_nodes(controller, db, _openvpn_only(db, common_names))))
+
+
+def end_replaced(controller: Controller, db: Session, common_names: list[str]) -> list[str]:
+    """end_on_nodes for the configs a new one replaced, without keeping the new one waiting: the
+    WireGuard peers go at once (no CRL to sign); the OpenVPN configs are refused by the node API
+    since the commit, and their CRL and disconnects follow in the background, shared with other
+    /connects' (crl.RevocationPusher). The nodes not told of the peers."""
+    if not common_names:
+        return []
+    unreachable = wireguard.release(controller, db, common_names, "replaced")
+    controller.revocations.submit(_openvpn_only(db, common_names))
+    return unreachable
+
+
+def _openvpn_only(db: Session, common_names: list[str]) -> list[str]:
+    return list(
+        db.scalars(
+            select(VpnConfig.common_name).where(
+                VpnConfig.common_name.in_(common_names), VpnConfig.protocol == OPENVPN
+            )
+        )
+    )
 
 
 def disconnect_everywhere(controller: Controller, common_names: list[str]) -> list[str]:
@@ -237,7 +409,7 @@ def end_authorization(
     Returns the nodes that could not be told (see revoke_configs)."""
     revoked = _end_authorization_rows(db, authorization, now)
     db.commit()
-    return revoke_on_nodes(controller, db, revoked)
+    return end_on_nodes(controller, db, revoked, "authorization revoked")
 
 
 def disable_user(controller: Controller, db: Session, user: User) -> list[str]:
@@ -257,4 +429,4 @@ def disable_user(controller: Controller, db: Session, user: User) -> list[str]:
         revoked += _end_authorization_rows(db, authorization, now)
     revoked += _mark_revoked(active_configs(db, user, now), now)
     db.commit()
-    return sorted(set(revoke_on_nodes(controller, db, revoked)))
+    return end_on_nodes(controller, db, revoked, "user disabled")

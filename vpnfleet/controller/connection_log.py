@@ -2,7 +2,8 @@
 
 One search for the admin pages, their CSV export and `vpnfleet-controller connection-log`. It
 reads only what every VPN protocol has (user, node, profile, the tunnel's addresses, the real
-address, from and until), so WireGuard sessions, once logged in the same table, answer too.
+address, from and until), so WireGuard peers, logged in the same table from their address's
+allocation to its release (controller/wireguard.py), answer too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ CSV_COLUMNS = (
     "bytes_received",
     "bytes_sent",
     "close_reason",
+    "protocol",
 )
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -143,6 +145,7 @@ def csv_rows(entries: Iterable[ConnectionLogEntry]) -> list[list[str]]:
                 entry.bytes_received,
                 entry.bytes_sent,
                 entry.close_reason,
+                entry.protocol,
             )
         ]
         for entry in entries

@@ -113,10 +113,14 @@ def _sign_in_turn(controller: Controller, db: Session, serials: set[int]) -> Crl
     revoked = [
         (serial, revoked_at or now)
         for serial, revoked_at in db.execute(
+            # WireGuard configs have no certificate: their peers are removed instead.
             select(VpnConfig.serial_number, VpnConfig.revoked_at).where(
-                VpnConfig.revoked_at.is_not(None), VpnConfig.expires_at > now
+                VpnConfig.revoked_at.is_not(None),
+                VpnConfig.expires_at > now,
+                VpnConfig.serial_number.is_not(None),
             )
         )
+        if serial is not None
     ]
     # thisUpdate never goes back, even if the clock stepped back.
     this_update = max(now - CLOCK_SKEW, row.this_update + timedelta(microseconds=1))

@@ -117,6 +117,30 @@ class NodeHealth:
             found.append(ProcessHealth(name, profile, int(index), count if isinstance(count, int) else None))
         return found
 
+    def wireguard_key(self, interface: str) -> str | None:
+        """The public key of the node's WireGuard interface, as its daemon reports it (the private
+        key never leaves the node; the key changes only when the node makes a new one)."""
+        listed = self.info.get("wireguard") if self.info else None
+        for entry in listed if isinstance(listed, list) else []:
+            if isinstance(entry, dict) and entry.get("interface") == interface:
+                key = entry.get("public_key")
+                return key if isinstance(key, str) and key else None
+        return None
+
+    @property
+    def wireguard_peers(self) -> int | None:
+        """The peers the node's interfaces hold, connected or not (eduVPN's w_peer_count counts
+        only those with a recent handshake): what the controller's records must match."""
+        return self._count("w_configured_peer_count")
+
+    @property
+    def wireguard_connected(self) -> int | None:
+        return self._count("w_peer_count")
+
+    def _count(self, name: str) -> int | None:
+        count = self.info.get(name) if self.info else None
+        return count if isinstance(count, int) and not isinstance(count, bool) else None
+
     def answering(self, profile_id: str) -> dict[str, int]:
         """Client counts of the profile's processes that answered, by process name."""
         return {
@@ -144,6 +168,9 @@ class NodeHealthCache:
         clock: Callable[[], float] = time.monotonic,
     ):
         self._ask, self._nodes, self._ttl, self._timeout, self._clock = ask, nodes, ttl, timeout, clock
+        # Told of every fresh round, with the names of the nodes that answer again after they did
+        # not (or answer for the first time): the WireGuard reconcile (controller/wireguard.py).
+        self.on_round: Callable[[dict[str, NodeHealth], list[str]], None] | None = None
         self._lock = threading.Lock()
         self._fetched_at: float | None = None
         self._health: dict[str, NodeHealth] = {}
@@ -156,9 +183,17 @@ class NodeHealthCache:
     def get(self) -> dict[str, NodeHealth]:
         """The health of every node by name, at most ``ttl`` seconds old."""
         with self._lock:
+            came_back = None
             if self._fetched_at is None or self._clock() - self._fetched_at >= self._ttl:
+                before = {name: state.up for name, state in self._health.items()}
                 self._refresh()
-            return dict(self._health)
+                came_back = [
+                    name for name, state in self._health.items() if state.up and not before.get(name)
+                ]
+            health = dict(self._health)
+        if came_back is not None and self.on_round is not None:
+            self.on_round(health, came_back)
+        return health
 
     def invalidate(self) -> None:
         """Ask again at the next get (after a drain, say)."""
@@ -226,7 +261,7 @@ class NodeDaemons:
         self,
         node: Node,
         path: str,
-        form: dict[str, str] | None = None,
+        form: dict[str, str] | list[tuple[str, str]] | None = None,
         *,
         crl_pem: bytes | None = None,
         timeout: float | None = None,
@@ -280,6 +315,27 @@ class NodeDaemons:
         answer = self._call(node, "/i/maintenance_mode", {"maintenance_mode": "yes" if on else "no"})
         self.health.invalidate()
         return answer
+
+    def peer_list(self, node: Node) -> NodeAnswer:
+        """GET /w/peer_list: data is the list of the node's WireGuard peers (every interface)."""
+        answer = self._call(node, "/w/peer_list")
+        if not answer.ok:
+            return answer
+        peers = answer.data.get("peer_list") if isinstance(answer.data, dict) else None
+        if not isinstance(peers, list):
+            return NodeAnswer(node, error="answer has no peer_list")
+        return NodeAnswer(node, data=[peer for peer in peers if isinstance(peer, dict)])
+
+    def add_peer(self, node: Node, public_key: str, ip_nets: list[str]) -> NodeAnswer:
+        """POST /w/add_peer: the daemon finds the interface from the addresses."""
+        return self._call(
+            node, "/w/add_peer", [("public_key", public_key), *(("ip_net", net) for net in ip_nets)]
+        )
+
+    def remove_peer(self, node: Node, public_key: str) -> NodeAnswer:
+        """POST /w/remove_peer; a peer the node does not have (404) is gone as asked."""
+        answer = self._call(node, "/w/remove_peer", {"public_key": public_key})
+        return NodeAnswer(node, data={}) if (answer.error or "").startswith("HTTP 404") else answer
 
     def disconnect(self, common_names: list[str]) -> list[NodeAnswer]:
         """POST /o/disconnect_client for each common name on every node."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from dataclasses import dataclass
 
@@ -121,7 +122,13 @@ class Candidate:
 
 
 def profile_locations(settings: Settings, profile_id: str) -> list[str]:
-    return sorted({node.location for node in settings.nodes if node.processes_of(profile_id)})
+    return sorted(
+        {
+            node.location
+            for node in settings.nodes
+            if node.processes_of(profile_id) or node.wireguard_of(profile_id)
+        }
+    )
 
 
 def candidates(settings: Settings, profile_id: str, health: dict[str, NodeHealth]) -> list[Candidate]:
@@ -226,13 +233,52 @@ def choose_remotes(
 ) -> list[str]:
     """The remote lines of a new config, or NoNodeAvailable naming why there are none."""
     found = candidates(settings, profile_id, health)
+    ranked = _ranked(settings, profile_id, found, lives_for_months, location)
+    return remote_lines(ranked, settings.config_fallback_nodes, prefer_tcp)
+
+
+def _ranked(
+    settings: Settings, profile_id: str, found: list[Candidate], lives_for_months: bool, location: str
+) -> list[Candidate]:
     if location != AUTOMATIC:
         if location not in profile_locations(settings, profile_id):
             raise ValueError(f"profile {profile_id} is not served in location {location}")
     if not found:
         raise NoNodeAvailable(f"no node serving profile {profile_id} takes new clients now; try again later")
-    ranked = rank_for_months(found, location) if lives_for_months else rank_now(found, location)
-    return remote_lines(ranked, settings.config_fallback_nodes, prefer_tcp)
+    return rank_for_months(found, location) if lives_for_months else rank_now(found, location)
+
+
+def wireguard_candidates(
+    settings: Settings, profile_id: str, health: dict[str, NodeHealth]
+) -> list[Candidate]:
+    """The nodes that may take a new WireGuard peer of the profile now: up, not in maintenance,
+    and reporting the public key of the profile's interface (no key: the interface is not up)."""
+    found = []
+    for node in settings.nodes:
+        interface = node.wireguard_of(profile_id)
+        state = health.get(node.name)
+        if interface is None or state is None or not state.up or state.maintenance:
+            continue
+        if state.wireguard_key(interface.interface) is None:
+            continue
+        slots = ipaddress.ip_network(interface.ipv4_range).num_addresses - 3  # network, node, broadcast
+        load = (state.wireguard_connected or 0) / max(1, slots) + (state.rel_load or 0) / 100
+        found.append(Candidate(node, load, {}))
+    return found
+
+
+def choose_wireguard_node(
+    settings: Settings,
+    profile_id: str,
+    health: dict[str, NodeHealth],
+    *,
+    lives_for_months: bool,
+    location: str = AUTOMATIC,
+) -> Node:
+    """The node of a new WireGuard config (one endpoint: WireGuard has no list of remotes), as
+    for OpenVPN: the chosen location first, then the least loaded (an app) or at random (the portal)."""
+    found = wireguard_candidates(settings, profile_id, health)
+    return _ranked(settings, profile_id, found, lives_for_months, location)[0].node
 
 
 # --- Maintenance (drain) ---

@@ -17,6 +17,13 @@ class CreateConfigForm(FlaskForm):
     profile_id = SelectField("Profile", validators=[DataRequired()], validate_choice=True)
     # "" is automatic: every location of the profile, the nodes in random order.
     location = SelectField("Location", default="", validate_choice=True)
+    # "": OpenVPN where the profile offers it, else WireGuard (portal.py says why).
+    protocol = SelectField(
+        "Protocol",
+        default="",
+        choices=[("", "automatic"), ("openvpn", "OpenVPN"), ("wireguard", "WireGuard")],
+        validate_choice=True,
+    )
     display_name = StringField(
         "Name",
         validators=[

@@ -8,12 +8,14 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from vpnfleet.controller import wireguard
 from vpnfleet.controller.configs import disconnect_everywhere
 from vpnfleet.controller.crl import current_crl, push
 from vpnfleet.controller.database import delete_rows
 from vpnfleet.controller.directory_users import check_ldap_users
 from vpnfleet.controller.fleet import live_connections
 from vpnfleet.controller.models import ConnectionLogEntry, OAuthCode, PortalSession, utcnow
+from vpnfleet.controller.settings import OPENVPN
 from vpnfleet.controller.state import Controller
 
 
@@ -29,6 +31,7 @@ class HousekeepingReport:
     crl_renewed: bool = False
     nodes_without_crl: tuple[str, ...] = ()
     directory: dict | None = None  # the LDAP check: who was disabled, which profiles were lost
+    wireguard: dict | None = None  # the reconcile (wireguard.ReconcileReport), where nodes have WireGuard
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,17 +67,24 @@ def run_housekeeping(controller: Controller, db: Session) -> HousekeepingReport:
     report.disconnected = len(not_allowed)
 
     # A process that crashed never ran its disconnect hook: close rows the node no longer lists.
+    # (WireGuard rows span a peer's allocation; the reconcile below closes those that ended.)
     live = {(connection.node.name, connection.common_name) for connection in view.connections}
     answered = [node.name for node in view.answered]
     for entry in db.scalars(
         select(ConnectionLogEntry).where(
-            ConnectionLogEntry.disconnected_at.is_(None), ConnectionLogEntry.node.in_(answered)
+            ConnectionLogEntry.disconnected_at.is_(None),
+            ConnectionLogEntry.node.in_(answered),
+            ConnectionLogEntry.protocol == OPENVPN,
         )
     ):
         if (entry.node, entry.common_name) not in live:
             entry.disconnected_at = now
             entry.close_reason = "not connected (housekeeping)"
             report.log_rows_closed += 1
+
+    db.commit()
+    if wireguard.serves(controller.settings):
+        report.wireguard = wireguard.reconcile(controller, db).as_dict()
 
     retention_start = now - controller.settings.connection_log_retention
     report.log_rows_purged = delete_rows(

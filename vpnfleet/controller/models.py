@@ -140,7 +140,8 @@ class OAuthToken(Base):
 
 
 class VpnConfig(Base):
-    """A client certificate handed out in an .ovpn file, from the portal or through the API."""
+    """A VPN config handed out from the portal or through the API: a client certificate in an
+    .ovpn file, or a WireGuard peer (its address and public key in ``wireguard_peer``)."""
 
     __tablename__ = "vpn_configs"
     # An authorization has at most one config that is not revoked: parallel /connect calls of
@@ -166,8 +167,12 @@ class VpnConfig(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     profile_id: Mapped[str] = mapped_column(String(64))
     display_name: Mapped[str] = mapped_column(String(255))
+    # A certificate's common name; a WireGuard config's random name, which the connection log
+    # and the revocation paths use alike.
     common_name: Mapped[str] = mapped_column(String(64), unique=True)
-    serial_number: Mapped[str] = mapped_column(String(64))
+    # None for a WireGuard config: it has no certificate, so the CRL never lists it.
+    serial_number: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    protocol: Mapped[str] = mapped_column(String(16), default="openvpn", server_default="openvpn")
     # Set for configs made through the API: /connect and /disconnect act on the authorization's configs.
     authorization_id: Mapped[int | None] = mapped_column(
         ForeignKey("oauth_authorizations.id", ondelete="SET NULL"), nullable=True, index=True
@@ -177,9 +182,49 @@ class VpnConfig(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     user: Mapped[User] = relationship(back_populates="configs")
+    wireguard_peer: Mapped[WireguardPeer | None] = relationship(back_populates="config", uselist=False)
 
     def is_active(self, now: datetime) -> bool:
         return self.revoked_at is None and now < self.expires_at
+
+
+class WireguardPeer(Base):
+    """The address a WireGuard config holds on its node, from its allocation to its release: a
+    free address is one no unreleased peer of the interface holds, and the connection log row
+    written beside it answers who had the address when."""
+
+    __tablename__ = "wireguard_peers"
+    __table_args__ = (
+        # Two configs never hold one address, nor one key, whatever the code above does.
+        Index(
+            "uq_wireguard_peers_ipv4_in_use",
+            "node",
+            "ipv4",
+            unique=True,
+            sqlite_where=text("released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
+        ),
+        Index(
+            "uq_wireguard_peers_key_in_use",
+            "node",
+            "public_key",
+            unique=True,
+            sqlite_where=text("released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_id: Mapped[int] = mapped_column(ForeignKey("vpn_configs.id", ondelete="CASCADE"), unique=True)
+    node: Mapped[str] = mapped_column(String(64), index=True)
+    profile_id: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(String(64))
+    ipv4: Mapped[str] = mapped_column(String(64))
+    ipv6: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    allocated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+
+    config: Mapped[VpnConfig] = relationship(back_populates="wireguard_peer")
 
 
 class ConnectionLogEntry(Base):
@@ -205,6 +250,8 @@ class ConnectionLogEntry(Base):
     bytes_received: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     bytes_sent: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     close_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # WireGuard rows span a peer's allocation on its node (there is no connect hook to report more).
+    protocol: Mapped[str] = mapped_column(String(16), default="openvpn", server_default="openvpn")
 
 
 class PublishedCrl(Base):

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from vpnfleet.controller import metrics
 from vpnfleet.controller.accounts import authenticate
+from vpnfleet.controller.api import OPENVPN_PROFILE, WIREGUARD_PROFILE
 from vpnfleet.controller.configs import (
     ConfigRefused,
     active_configs,
@@ -31,6 +32,7 @@ from vpnfleet.controller.directory_users import ldap_password_check
 from vpnfleet.controller.fleet import AUTOMATIC, profile_locations
 from vpnfleet.controller.forms import ActionForm, CreateConfigForm, LoginForm
 from vpnfleet.controller.models import OAuthAuthorization, VpnConfig, utcnow
+from vpnfleet.controller.settings import OPENVPN, WIREGUARD
 from vpnfleet.controller.state import controller, db
 from vpnfleet.controller.web_session import (
     end_session,
@@ -140,6 +142,13 @@ def _create_form(user) -> CreateConfigForm:
     return form
 
 
+def _portal_protocol(profile) -> str:
+    """A portal config is OpenVPN unless the user chose otherwise or the profile has only
+    WireGuard: it is kept for months, and an .ovpn names several nodes to move on to when one
+    goes, a WireGuard config one. (The apps ask at every connection: the profile's first.)"""
+    return OPENVPN if profile is None or profile.offers(OPENVPN) else WIREGUARD
+
+
 @blueprint.get("/")
 @login_required
 def home():
@@ -149,10 +158,13 @@ def home():
 
 def _render_home(user, form, error: str | None = None, status: int = 200):
     now = utcnow()
+    profiles = _profiles_for(user)
     return render_template(
         "home.html",
         user=user,
-        profiles=_profiles_for(user),
+        profiles=profiles,
+        # The protocol choice only where there is one to make.
+        offers_wireguard=any(profile.offers(WIREGUARD) for profile in profiles),
         form=form,
         action_form=ActionForm(),
         configs=active_configs(db(), user, now),
@@ -170,6 +182,8 @@ def create():
     form = _create_form(user)
     if not form.validate_on_submit():
         return _render_home(user, form, "Choose a profile and give the config a name.", 400)
+    profile = controller().settings.profile(form.profile_id.data)
+    protocol = form.protocol.data or _portal_protocol(profile)
     try:
         made = create_config(
             controller(),
@@ -179,14 +193,18 @@ def create():
             form.display_name.data.strip(),
             session_expires_at(),
             location=form.location.data or AUTOMATIC,
+            protocol=protocol,
         )
     except ConfigRefused as refusal:
         return _render_home(user, form, str(refusal), 409)
     config, text = made.config, made.text
-    filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.profile_id}-{config.display_name}") + ".ovpn"
+    # A WireGuard config holds the private key the portal made for it: this answer is the only
+    # copy (eduVPN shows it once, too), nothing keeps it.
+    suffix = ".conf" if protocol == WIREGUARD else ".ovpn"
+    filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.profile_id}-{config.display_name}") + suffix
     return Response(
         text,
-        mimetype="application/x-openvpn-profile",
+        mimetype=WIREGUARD_PROFILE if protocol == WIREGUARD else OPENVPN_PROFILE,
         headers={
             "Content-Disposition": f'attachment; filename="{filename}"',
             "Cache-Control": "no-store",

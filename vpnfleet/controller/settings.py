@@ -19,6 +19,11 @@ from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS, OAuthClient
 from vpnfleet.settings_file import SettingsError, SettingsReader, load_settings_file
 from vpnfleet.shared.profiles import PROTOCOLS, ProfileError, check_profile_id
 
+# The VPN protocols a profile may offer (the contract of docs/node.md, "WireGuard").
+OPENVPN = "openvpn"
+WIREGUARD = "wireguard"
+VPN_PROTOCOLS = (OPENVPN, WIREGUARD)
+
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -37,17 +42,34 @@ def parse_duration(value: Any, setting: str) -> timedelta:
 
 @dataclass(frozen=True)
 class Profile:
-    """What the controller needs of a profile. The client ranges, routes and DNS servers are the
-    nodes' business: their server configs push them (the fleet plan checked them)."""
+    """What the controller needs of a profile. OpenVPN's client ranges, routes and DNS servers are
+    the nodes' business: their server configs push them (the fleet plan checked them). WireGuard
+    has no push: its configs carry the routes and DNS servers themselves."""
 
     id: str
     display_name: str
     default_gateway: bool
     groups: tuple[str, ...]  # empty: every user may use the profile
     tls_crypt_key_file: Path
+    # The first is the one a client that takes either gets (eduVPN's preferred protocol).
+    protocols: tuple[str, ...] = (OPENVPN,)
+    routes: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
 
     def allows(self, user_groups: list[str] | tuple[str, ...]) -> bool:
         return not self.groups or bool(set(self.groups) & set(user_groups))
+
+    def offers(self, protocol: str) -> bool:
+        return protocol in self.protocols
+
+
+def _within(address: str, *networks: str | None) -> bool:
+    try:
+        found = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(found in ipaddress.ip_network(network) for network in networks if network)
 
 
 @dataclass(frozen=True)
@@ -64,11 +86,7 @@ class NodeProcess:
 
     def holds(self, address: str) -> bool:
         """Whether ``address`` lies in one of the process's slices."""
-        try:
-            found = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(found in ipaddress.ip_network(network) for network in (self.ipv4, self.ipv6) if network)
+        return _within(address, self.ipv4, self.ipv6)
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,24 @@ class EntryPoint:
 
 
 @dataclass(frozen=True)
+class WireguardSlice:
+    """A node's WireGuard interface of a profile, as the fleet plan made it: the node's own
+    address is the first host of each slice, the clients' addresses the controller hands out
+    are the rest."""
+
+    profile_id: str
+    interface: str
+    port: int
+    ipv4_range: str
+    ipv6_range: str | None = None
+    ipv4_address: str | None = None
+    ipv6_address: str | None = None
+
+    def holds(self, address: str) -> bool:
+        return _within(address, self.ipv4_range, self.ipv6_range)
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     location: str
@@ -89,6 +125,10 @@ class Node:
     api_token_sha256: str
     processes: tuple[NodeProcess, ...]
     entry_points: tuple[EntryPoint, ...] = ()
+    wireguard: tuple[WireguardSlice, ...] = ()
+
+    def wireguard_of(self, profile_id: str) -> WireguardSlice | None:
+        return next((interface for interface in self.wireguard if interface.profile_id == profile_id), None)
 
     def processes_of(self, profile_id: str) -> list[NodeProcess]:
         return [process for process in self.processes if process.profile_id == profile_id]
@@ -154,6 +194,18 @@ class Settings:
     def node(self, name: str) -> Node | None:
         return next((node for node in self.nodes if node.name == name), None)
 
+    def wireguard_holder_of(self, address: str) -> tuple[Node, WireguardSlice] | None:
+        """The node and WireGuard interface whose slice holds a client address."""
+        return next(
+            (
+                (node, interface)
+                for node in self.nodes
+                for interface in node.wireguard
+                if interface.holds(address)
+            ),
+            None,
+        )
+
     def holder_of(self, address: str) -> tuple[Node, NodeProcess] | None:
         """The node and process whose slice holds a client address (the fleet plan makes them disjoint)."""
         return next(
@@ -171,6 +223,19 @@ def _read_profile(reader: SettingsReader, ca_dir: Path) -> Profile:
         check_profile_id(profile_id)
     except ProfileError as error:
         raise SettingsError(f"{reader.where('id')}: {error}") from None
+    protocols = reader.strings("protocols") if reader.has("protocols") else (OPENVPN,)
+    unknown = [protocol for protocol in protocols if protocol not in VPN_PROTOCOLS]
+    if not protocols or unknown or len(set(protocols)) != len(protocols):
+        raise SettingsError(
+            f"{reader.where('protocols')}: must list {' and/or '.join(VPN_PROTOCOLS)} once each, "
+            f"got {list(protocols)}"
+        )
+    for setting in ("routes", "dns"):
+        for value in reader.strings(setting):
+            try:
+                (ipaddress.ip_network if setting == "routes" else ipaddress.ip_address)(value)
+            except ValueError as error:
+                raise SettingsError(f"{reader.where(setting)}: {error}") from None
     return Profile(
         id=profile_id,
         display_name=reader.get("display_name", str, profile_id, nonempty=True),
@@ -179,10 +244,40 @@ def _read_profile(reader: SettingsReader, ca_dir: Path) -> Profile:
         tls_crypt_key_file=Path(
             reader.get("tls_crypt_key_file", str, str(ca_dir / f"tls-crypt-{profile_id}.key"))
         ),
+        protocols=protocols,
+        routes=reader.strings("routes"),
+        dns=reader.strings("dns"),
+        dns_search=reader.strings("dns_search"),
     )
 
 
-def _read_node(reader: SettingsReader, profile_ids: set[str]) -> Node:
+def _read_wireguard(reader: SettingsReader, profiles: dict[str, Profile], node: str) -> WireguardSlice:
+    profile_id = reader.get("profile", str)
+    profile = profiles.get(profile_id)
+    if profile is None or not profile.offers(WIREGUARD):
+        raise SettingsError(f"{reader.where('profile')}: no WireGuard profile {profile_id!r} (node {node})")
+    port = reader.get("port", int)
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"{reader.where('port')}: {port} is not a port number")
+    values = {}
+    for key, check, version in (
+        ("ipv4_range", ipaddress.ip_network, 4),
+        ("ipv6_range", ipaddress.ip_network, 6),
+        ("ipv4_address", ipaddress.ip_address, 4),
+        ("ipv6_address", ipaddress.ip_address, 6),
+    ):
+        value = reader.get(key, str) if key == "ipv4_range" else reader.get(key, str, None)
+        try:
+            if value is not None and check(value).version != version:
+                raise ValueError(f"{value!r} is not IPv{version}")
+        except ValueError as error:
+            raise SettingsError(f"{reader.where(key)}: {error}") from None
+        values[key] = value
+    return WireguardSlice(profile_id, reader.get("interface", str, nonempty=True), port, **values)
+
+
+def _read_node(reader: SettingsReader, profiles: dict[str, Profile]) -> Node:
+    profile_ids = set(profiles)
     name = reader.get("name", str)
     if not _NODE_NAME.match(name):
         raise SettingsError(f"{reader.where('name')}: {name!r} is not a host name")
@@ -237,6 +332,7 @@ def _read_node(reader: SettingsReader, profile_ids: set[str]) -> Node:
         api_token_sha256=token_hash,
         processes=tuple(processes),
         entry_points=tuple(entry_points),
+        wireguard=tuple(_read_wireguard(item, profiles, name) for item in reader.items("wireguard", [])),
     )
 
 
@@ -344,7 +440,9 @@ def settings_from_mapping(data: Any) -> Settings:
     profile_ids = [profile.id for profile in profiles]
     if len(set(profile_ids)) != len(profile_ids):
         raise SettingsError(f"profiles: a profile id is used twice: {profile_ids}")
-    nodes = tuple(_read_node(item, set(profile_ids)) for item in reader.items("nodes", []))
+    nodes = tuple(
+        _read_node(item, {profile.id: profile for profile in profiles}) for item in reader.items("nodes", [])
+    )
     node_names = [node.name for node in nodes]
     if len(set(node_names)) != len(node_names):
         raise SettingsError(f"nodes: a node name is used twice: {node_names}")

@@ -188,13 +188,14 @@ def _server_configs(lab: NodeLab, settings: dict, socket_dir: Path) -> dict[str,
     return configs
 
 
-def _start_daemon(lab: NodeLab, socket_dir: Path) -> None:
-    """The real daemon's HTTPS server on a free port of 127.0.0.1, serving in a thread."""
+def start_daemon(lab: NodeLab, maintenance_flag: Path, **settings: object) -> DaemonHTTPServer:
+    """A real daemon's HTTPS server for node-x1 on a free port of 127.0.0.1 (not yet serving):
+    its processes' management sockets, its CRL, and ``settings`` beside them."""
     for _ in range(10):
         with socket.socket() as probe:
             probe.bind((DAEMON_ADDRESS, 0))
             port = probe.getsockname()[1]
-        settings = DaemonSettings.from_mapping(
+        checked = DaemonSettings.from_mapping(
             {
                 "listen_address": DAEMON_ADDRESS,
                 "listen_port": port,
@@ -202,18 +203,22 @@ def _start_daemon(lab: NodeLab, socket_dir: Path) -> None:
                 "tls_private_key": str(lab.pki_dir / "daemon_server.key"),
                 "tls_ca": str(lab.pki_dir / "ca" / "ca.crt"),
                 "tls_crl": str(lab.crl_path),
-                "management_socket_glob": f"{socket_dir}/*.sock",
+                "management_socket_glob": f"{lab.workdir / 'sockets'}/*.sock",
                 "management_timeout": 10,  # generous: this machine may be busy
-                "maintenance_flag_file": str(lab.workdir / "maintenance"),
+                "maintenance_flag_file": str(maintenance_flag),
+                **settings,
             }
         )
         try:
-            lab.daemon = create_server(settings)
-            break
+            return create_server(checked)
         except SettingsError:  # someone took the port in between: take another
             continue
-    else:
-        raise AssertionError("found no free port for the daemon")
+    raise AssertionError("found no free port for the daemon")
+
+
+def _start_daemon(lab: NodeLab) -> None:
+    """The real daemon, serving in a thread."""
+    lab.daemon = start_daemon(lab, lab.workdir / "maintenance")
     lab.daemon_thread = threading.Thread(target=lab.daemon.serve_forever, name="vpnfleet-daemon", daemon=True)
     lab.daemon_thread.start()
 
@@ -236,7 +241,7 @@ def start_node_lab(pki_dir: Path, settings: dict) -> NodeLab:
             lab.servers[name] = OpenVpnProcess.start(namespaces.server, text, workdir / f"{name}.conf")
         for server in lab.servers.values():
             server.wait_until_up()
-        _start_daemon(lab, socket_dir)
+        _start_daemon(lab)
         return lab
     except BaseException:
         lab.stop()

@@ -23,6 +23,7 @@ from sqlalchemy import update
 
 from vpnfleet.controller.models import OAuthCode, utcnow
 from vpnfleet.controller.state import EXTENSION_KEY
+from vpnfleet.controller.wireguard import make_key_pair
 
 
 def test_discovery_document(client):
@@ -57,6 +58,7 @@ def test_full_flow_info_connect_disconnect(client, app, vpn_client):
                     "display_name": "Office",
                     "default_gateway": False,
                     "vpn_proto_list": ["openvpn"],
+                    "vpn_proto_transport_list": ["openvpn+udp", "openvpn+tcp"],
                 }
             ]
         }
@@ -259,16 +261,32 @@ def test_connect_documented_errors(client, app):
     for form, status, message in cases:
         response = client.post("/api/v3/connect", headers=headers, data=form)
         assert (response.status_code, response.get_json()) == (status, {"error": message}), form
+    public_key = make_key_pair()[1]
+    for key, reason in (
+        ("x" * 44, "public_key must be 32 bytes, got 33"),
+        ("not base64!", "public_key is not base64"),
+        ("AAAA", "public_key must be 32 bytes, got 3"),
+        (public_key[:-2] + "B=", "public_key is not in its canonical base64 form"),
+    ):
+        refused = client.post(
+            "/api/v3/connect", data={"profile_id": "office", "public_key": key}, headers=headers
+        )
+        assert (refused.status_code, refused.get_json()) == (
+            400,
+            {"error": f'invalid "public_key": {reason}'},
+        )
     wireguard_only = client.post(
         "/api/v3/connect",
-        data={"profile_id": "office", "public_key": "x" * 44},
+        data={"profile_id": "office", "public_key": public_key},
         headers={**headers, "Accept": "application/x-wireguard-profile"},
     )
     assert wireguard_only.status_code == 406
-    assert wireguard_only.get_json() == {"error": 'profile "office" does not support WireGuard'}
+    assert wireguard_only.get_json() == {
+        "error": 'profile "office" offers openvpn; the app accepts wireguard'
+    }
     both = client.post(
         "/api/v3/connect",
-        data={"profile_id": "office", "public_key": "x" * 44},
+        data={"profile_id": "office", "public_key": public_key},
         headers={**headers, "Accept": "application/x-openvpn-profile, application/x-wireguard-profile"},
     )
     assert both.status_code == 201

@@ -4,14 +4,85 @@ idempotent; bad requests get a 4xx with a reason, never a traceback."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from controller_helpers import settings_mapping
+from vpnfleet.shared import fleet
 
 from vpnfleet.controller import cli
 from vpnfleet.controller.oauth_clients import DEFAULT_OAUTH_CLIENTS
 from vpnfleet.controller.settings import SettingsError, load_settings, settings_from_mapping
+
+REPO = Path(__file__).resolve().parents[3]
+# node-x1's WireGuard interface of office, as the fleet plan writes it.
+_WIREGUARD = {
+    "profile": "office",
+    "interface": "wg-office",
+    "port": 51820,
+    "ipv4_range": "198.19.96.0/26",
+    "ipv6_range": "2001:db8:f3::/112",
+    "ipv4_address": "198.19.96.1",
+    "ipv6_address": "2001:db8:f3::1",
+}
+
+
+def _offer_wireguard(mapping) -> None:
+    mapping["profiles"][0]["protocols"] = ["openvpn", "wireguard"]
+
+
+def test_wireguard_settings_load(mapping):
+    _offer_wireguard(mapping)
+    mapping["nodes"][0]["wireguard"] = [_WIREGUARD]
+    settings = settings_from_mapping(mapping)
+    office = settings.profile("office")
+    assert (office.protocols, office.routes, office.dns) == (
+        ("openvpn", "wireguard"),
+        ("203.0.113.0/24", "2001:db8:ff::/48"),
+        ("203.0.113.53",),
+    )
+    assert settings.profile("internet").protocols == ("openvpn",)
+    interface = settings.node("node-x1").wireguard_of("office")
+    assert (interface.interface, interface.port, interface.ipv4_range) == (
+        "wg-office",
+        51820,
+        "198.19.96.0/26",
+    )
+    assert settings.wireguard_holder_of("198.19.96.9") == (settings.node("node-x1"), interface)
+    assert settings.wireguard_holder_of("198.19.97.9") is None
+
+
+def test_the_fleet_plans_controller_view_of_the_lab_loads_with_its_wireguard(mapping):
+    """What the controller role writes from the plan (templates/controller.yml.j2: the view's
+    profiles and nodes as they are) is what the settings read: protocols, routes, DNS, and each
+    node's WireGuard interface of its slice."""
+    profiles = yaml.safe_load((REPO / "inventories/lab/group_vars/all/profiles.yml").read_text())[
+        "vpnfleet_profiles"
+    ]
+    node = fleet.HostInput(
+        "node-x1",
+        ("vpnfleet_nodes", "vpnfleet_location_x"),
+        {"vpnfleet_profiles": profiles, "vpnfleet_location": "x", "vpnfleet_public_address": "198.51.100.10"},
+        2,
+    )
+    controller = fleet.HostInput("controller", ("vpnfleet_controllers",), {"vpnfleet_profiles": profiles})
+    groups = {
+        "vpnfleet_controllers": ["controller"],
+        "vpnfleet_nodes": ["node-x1"],
+        "vpnfleet_location_x": ["node-x1"],
+    }
+    view = fleet.plan_fleet({"controller": controller, "node-x1": node}, groups).as_dict()["controller"]
+    nodes = [dict(entry, api_token_sha256="a" * 64) for entry in view["nodes"]]
+    settings = settings_from_mapping(dict(mapping, profiles=view["profiles"], nodes=nodes))
+    internet = settings.profile("internet")
+    assert internet.protocols == ("wireguard", "openvpn") and internet.dns_search == ("lab.example",)
+    interface = settings.node("node-x1").wireguard_of("internet")
+    assert (interface.interface, interface.port, interface.ipv4_address) == (
+        "wg-internet",
+        51820,
+        "198.18.4.1",
+    )
 
 
 @pytest.fixture
@@ -52,6 +123,27 @@ def test_valid_settings_load(mapping, tmp_path):
         (lambda m: m.update(crl_push_timeout_seconds=0), "crl_push_timeout_seconds: must be more than 0"),
         (lambda m: m.update(api_connect_window="soon"), "api_connect_window"),
         (lambda m: m.update(login_delay_max="0s"), "login_delay_max"),
+        (lambda m: m["profiles"][0].update(protocols=["ipsec"]), "profiles[0].protocols: must list openvpn"),
+        (lambda m: m["profiles"][0].update(protocols=[]), "profiles[0].protocols: must list"),
+        (
+            lambda m: m["profiles"][0].update(routes=["198.51.100.1/24"]),
+            "profiles[0].routes: 198.51.100.1/24",
+        ),
+        (
+            lambda m: m["nodes"][0].update(wireguard=[dict(_WIREGUARD, profile="internet")]),
+            "nodes[0].wireguard[0].profile: no WireGuard profile 'internet'",
+        ),
+        (
+            lambda m: (
+                _offer_wireguard(m)
+                or m["nodes"][0].update(wireguard=[dict(_WIREGUARD, ipv4_range="2001:db8::/64")])
+            ),
+            "nodes[0].wireguard[0].ipv4_range: '2001:db8::/64' is not IPv4",
+        ),
+        (
+            lambda m: _offer_wireguard(m) or m["nodes"][0].update(wireguard=[dict(_WIREGUARD, port=0)]),
+            "nodes[0].wireguard[0].port: 0 is not a port number",
+        ),
     ],
 )
 def test_wrong_settings_name_the_setting(mapping, change, message):

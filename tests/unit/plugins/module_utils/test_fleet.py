@@ -149,6 +149,7 @@ def test_the_controller_sees_every_process_and_only_the_profile_fields_it_reads(
         # A WireGuard config carries the routes and DNS servers itself (OpenVPN pushes them).
         "routes": ["198.51.100.64/26", "2001:db8:1f00:12::/64"],
         "dns": [],
+        "dns_search": [],
         "groups": [],
     }
     node_x1 = view["nodes"][0]
