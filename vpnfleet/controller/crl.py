@@ -71,6 +71,7 @@ def publish_crl(controller: Controller, db: Session, *, unless_listing: list[str
             for serial in db.scalars(
                 select(VpnConfig.serial_number).where(VpnConfig.common_name.in_(unless_listing))
             )
+            if serial is not None  # a WireGuard config has no certificate
         }
         if unless_listing
         else set()
