@@ -17,22 +17,30 @@ ACCEPTED_CLIENT_PURPOSE = "daemon_client"
 
 
 def server_context(settings: DaemonSettings) -> ssl.SSLContext:
+    return _mutual_tls_context(
+        (settings.tls_certificate, "tls_certificate"),
+        (settings.tls_private_key, "tls_private_key"),
+        (settings.tls_ca, "tls_ca"),
+    )
+
+
+def _mutual_tls_context(certificate, private_key, trusted) -> ssl.SSLContext:
+    """TLS 1.3 with a client certificate required; each argument is (path, its setting's name)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.verify_mode = ssl.CERT_REQUIRED
     # No session tickets: every connection proves its client certificate afresh.
     context.num_tickets = 0
     try:
-        context.load_cert_chain(settings.tls_certificate, settings.tls_private_key)
+        context.load_cert_chain(certificate[0], private_key[0])
     except (ssl.SSLError, OSError) as exc:
         raise SettingsError(
-            f"tls_certificate/tls_private_key: cannot use {settings.tls_certificate} with "
-            f"{settings.tls_private_key}: {exc}"
+            f"{certificate[1]}/{private_key[1]}: cannot use {certificate[0]} with {private_key[0]}: {exc}"
         ) from None
     try:
-        context.load_verify_locations(cafile=settings.tls_ca)
+        context.load_verify_locations(cafile=trusted[0])
     except (ssl.SSLError, OSError) as exc:
-        raise SettingsError(f"tls_ca: cannot load {settings.tls_ca}: {exc}") from None
+        raise SettingsError(f"{trusted[1]}: cannot load {trusted[0]}: {exc}") from None
     return context
 
 
@@ -75,24 +83,11 @@ def metrics_server_context(settings: DaemonSettings) -> ssl.SSLContext:
     """
     assert settings.metrics_client_certificates is not None
     assert settings.metrics_tls_certificate is not None and settings.metrics_tls_private_key is not None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.num_tickets = 0
-    try:
-        context.load_cert_chain(settings.metrics_tls_certificate, settings.metrics_tls_private_key)
-    except (ssl.SSLError, OSError) as exc:
-        raise SettingsError(
-            f"metrics_tls_certificate/metrics_tls_private_key: cannot use {settings.metrics_tls_certificate}"
-            f" with {settings.metrics_tls_private_key}: {exc}"
-        ) from None
-    try:
-        context.load_verify_locations(cafile=settings.metrics_client_certificates)
-    except (ssl.SSLError, OSError) as exc:
-        raise SettingsError(
-            f"metrics_client_certificates: cannot load {settings.metrics_client_certificates}: {exc}"
-        ) from None
-    return context
+    return _mutual_tls_context(
+        (settings.metrics_tls_certificate, "metrics_tls_certificate"),
+        (settings.metrics_tls_private_key, "metrics_tls_private_key"),
+        (settings.metrics_client_certificates, "metrics_client_certificates"),
+    )
 
 
 def pinned_fingerprints(path: Path) -> frozenset[bytes]:
