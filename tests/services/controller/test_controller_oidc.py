@@ -86,20 +86,23 @@ def oidc_log_in(client, provider, username: str, next_path: str = ""):
     assert query["nonce"] and query["state"] and query["code_challenge"]
     back = log_in_at_provider(provider, authorize_url, username, USERS[username], CALLBACK)
     parts = urlsplit(back)
-    _one_token_per_second(username)
-    return client.get(parts.path, query_string=parts.query)
+    _wait_for_a_new_token_second(username)
+    answer = client.get(parts.path, query_string=parts.query)
+    # Our callback fetched the token: it was issued at this second or before.
+    _last_token_second[username] = int(time.time())
+    return answer
 
 
 _last_token_second: dict[str, int] = {}
 
 
-def _one_token_per_second(username: str) -> None:
+def _wait_for_a_new_token_second(username: str) -> None:
     """Canaille's access token is a JWT without a random part, unique in its database: two tokens
     of one user and client within one second (iat) collide, and its token endpoint answers 500.
-    A person never logs in twice a second; the tests do, so they wait for the next second."""
-    while int(time.time()) <= _last_token_second.get(username, 0):
+    A person never logs in twice a second; the tests do, so they wait for the next second (after
+    the second in which the last token was fetched, not the one before it was asked for)."""
+    while int(time.time()) <= _last_token_second.get(username, -1):
         time.sleep(0.05)
-    _last_token_second[username] = int(time.time())
 
 
 def _user(app, username):
