@@ -1,6 +1,6 @@
 """bench/dataplane: iperf3 through OpenVPN tunnels between the lab hosts node-x1 and client.
 
-    python -m bench.dataplane [--seconds S] [--rounds R] [--quick] [--max-processes N]
+    python -m bench.dataplane [--seconds S] [--rounds R] [--quick] [--max-processes N] [--wireguard]
 
 What it measures, each pair side by side in one run (see docs/bench.md):
 
@@ -12,6 +12,11 @@ What it measures, each pair side by side in one run (see docs/bench.md):
     (``/proc/PID/stat`` utime+stime before and after each run, bytes from iperf3's JSON);
 (c) ``openssl speed -evp aes-256-gcm`` per core (16 KiB blocks) on the same machine as the ceiling;
 (d) the aggregate throughput of 1, 2, ... of our processes, each pinned to its own core.
+
+With ``--wireguard``, a WireGuard interface joins (a)-(c) as a contender on the same hosts, pinned
+the same way: userspace wireguard-go (this machine's kernel has no WireGuard), set up as the node role
+sets it up here; its CPU is the wireguard-go process's, its ceiling ``openssl speed`` of its cipher,
+ChaCha20-Poly1305. Without it (and so in ``--quick``, which CI runs) nothing changes.
 
 It holds the lab's session lock (/run/vpnfleet-lab.session) for the whole run, boots node-x1 and
 client itself and takes the lab down at the end, also on failure. It prints a table and writes
@@ -65,8 +70,12 @@ OURS_IPV4, OURS_IPV6 = "198.18.200.0/24", "2001:db8:200::/64"
 HAND_IPV4 = "198.18.201.0/24"
 SCALE_IPV4, SCALE_IPV6 = "198.18.202.0/24", "2001:db8:202::/64"
 DIAG_IPV4, DIAG_IPV6 = "198.18.203.0/24", "2001:db8:203::/64"
-# Ports away from the node role's 1194 and up: nothing of ours may answer by accident.
+WIREGUARD_IPV4, WIREGUARD_IPV6 = "198.18.204.0/24", "2001:db8:204::/64"
+# Ports away from the node role's 1194 and up (and WireGuard's 51820): nothing of ours may answer
+# by accident.
 OURS_PORT, HAND_PORT, SCALE_PORT_BASE, DIAG_PORT = 21194, 21294, 21394, 21494
+WIREGUARD_PORT = 21594
+WIREGUARD_CLIENT_INTERFACE = "wgc-bench"
 IPERF_PORT_BASE = 5201
 CIPHER = "AES-256-GCM"
 
@@ -258,6 +267,160 @@ class Tunnel:
     def server_log(self) -> str:
         return sh_on(NODE, f"cat {RUN_DIR}/{self.name}.log", check=False)
 
+    def stop(self, procs: Processes) -> None:
+        # By host: a PID in one host's namespace may be another process's in the other host.
+        procs.stop(CLIENT, self.client_pid)
+        procs.stop(NODE, self.iperf_pid)
+        procs.stop(NODE, self.server_pid)
+
+
+class WireGuardTunnel(Tunnel):
+    """One WireGuard interface on the node, as the node role sets it up where the kernel has no
+    WireGuard (roles/node/templates/vpnfleet-wireguard.service.j2: wireguard-go, then
+    ``wg set ... listen-port ... private-key ...``, the node's address of the part, link up), and the
+    client host's side made by hand with wireguard-go and ``wg`` (as molecule/node's tests do).
+
+    The interface and its addresses come from the collection's planner
+    (``instances.plan_wireguard``); the client's peer is added with the ``wg set ... peer ...
+    allowed-ips ...`` the node's daemon runs for ``POST /w/add_peer``. Each side's key is made on its
+    host with ``wg genkey`` and stays there. wireguard-go runs in the foreground, pinned like the
+    OpenVPN processes, so its PID is the one whose CPU is counted (all its threads)."""
+
+    def __init__(self, iperf_port: int, server_core: int | None, client_core: int | None):
+        from vpnfleet.shared import instances
+
+        self.plan = instances.plan_wireguard(
+            "bench", WIREGUARD_IPV4, WIREGUARD_IPV6, WIREGUARD_PORT
+        ).as_dict()
+        self.interface = self.plan["interface"]
+        ipv4 = ipaddress.ip_network(self.plan["ipv4_range"])
+        ipv6 = ipaddress.ip_network(self.plan["ipv6_range"])
+        # The client's address: the next one after the node's, as the controller would allocate it.
+        self.client_addresses = (
+            f"{ipv4.network_address + 2}/{ipv4.prefixlen}",
+            f"{ipv6.network_address + 2}/{ipv6.prefixlen}",
+        )
+        self.peer_networks = (f"{ipv4.network_address + 2}/32", f"{ipv6.network_address + 2}/128")
+        super().__init__("wireguard", "", "", self.plan["ipv4_address"], iperf_port, server_core, client_core)
+        self.server_config = self.node_commands()
+
+    def node_commands(self) -> str:
+        """What the node runs, as shell lines (no key material): the benchmark's record of the setup."""
+        plan, interface = self.plan, self.interface
+        ipv4_prefix = plan["ipv4_range"].split("/")[1]
+        ipv6_prefix = plan["ipv6_range"].split("/")[1]
+        return "\n".join(
+            [
+                f"{self._taskset(self.server_core)}wireguard-go --foreground {interface}",
+                f"wg set {interface} listen-port {plan['port']} private-key {REMOTE_DIR}/{interface}.key",
+                f"ip address add {plan['ipv4_address']}/{ipv4_prefix} dev {interface}",
+                f"ip address add {plan['ipv6_address']}/{ipv6_prefix} dev {interface}",
+                f"ip link set {interface} up",
+                f"wg set {interface} peer <client's public key> allowed-ips {','.join(self.peer_networks)}",
+                "",
+            ]
+        )
+
+    def _start_wireguard_go(self, procs: Processes, host: str, interface: str, core: int | None) -> int:
+        sh_on(
+            host,
+            f"ip link delete {interface} 2>/dev/null; (umask 077; wg genkey > {REMOTE_DIR}/{interface}.key)",
+        )
+        pidfile = f"{RUN_DIR}/{interface}.pid"
+        # In the foreground (as the role's unit runs it) and in the background of the shell, so
+        # that $! is wireguard-go's own PID: taskset execs it.
+        pid = start_daemon(
+            procs,
+            host,
+            f"{{ {self._taskset(core)}wireguard-go --foreground {interface} "
+            f">>{RUN_DIR}/{interface}.log 2>&1 & echo $! > {pidfile}; }}",
+            pidfile,
+            f"wireguard-go {interface}",
+        )
+        # Its control socket appears once it has made the interface.
+        for _ in range(100):
+            if sh_on(host, f"wg show {interface} >/dev/null 2>&1 && echo ok", check=False).strip():
+                return pid
+            time.sleep(0.1)
+        raise BenchError(
+            f"wireguard-go {interface} on {host} did not answer on its control socket:\n"
+            + sh_on(host, f"tail -n 30 {RUN_DIR}/{interface}.log", check=False)
+        )
+
+    def start(self, procs: Processes) -> None:
+        plan, node_if, client_if = self.plan, self.interface, WIREGUARD_CLIENT_INTERFACE
+        self.server_pid = self._start_wireguard_go(procs, NODE, node_if, self.server_core)
+        ipv4_prefix = plan["ipv4_range"].split("/")[1]
+        ipv6_prefix = plan["ipv6_range"].split("/")[1]
+        sh_on(
+            NODE,
+            f"wg set {node_if} listen-port {plan['port']} private-key {REMOTE_DIR}/{node_if}.key && "
+            f"ip address add {plan['ipv4_address']}/{ipv4_prefix} dev {node_if} && "
+            f"ip address add {plan['ipv6_address']}/{ipv6_prefix} dev {node_if} && "
+            f"ip link set {node_if} up",
+        )
+        node_key = sh_on(NODE, f"wg show {node_if} public-key").strip()
+        self.client_pid = self._start_wireguard_go(procs, CLIENT, client_if, self.client_core)
+        # The client routes only the tunnel's own range through it: its default route stays.
+        sh_on(
+            CLIENT,
+            f"wg set {client_if} private-key {REMOTE_DIR}/{client_if}.key peer {node_key} "
+            f"endpoint {NODE_ADDRESS}:{plan['port']} "
+            f"allowed-ips {plan['ipv4_range']},{plan['ipv6_range']} && "
+            f"ip address add {self.client_addresses[0]} dev {client_if} && "
+            f"ip address add {self.client_addresses[1]} dev {client_if} && "
+            f"ip link set {client_if} up",
+        )
+        client_key = sh_on(CLIENT, f"wg show {client_if} public-key").strip()
+        sh_on(NODE, f"wg set {node_if} peer {client_key} allowed-ips {','.join(self.peer_networks)}")
+        self.iperf_pid = start_daemon(
+            procs,
+            NODE,
+            f"iperf3 -s -p {self.iperf_port} -D --pidfile {RUN_DIR}/iperf-{self.name}.pid",
+            f"{RUN_DIR}/iperf-{self.name}.pid",
+            f"iperf3 server {self.name}",
+        )
+
+    def wait_connected(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sh_on(CLIENT, f"ping -c1 -W2 {self.server_ip} >/dev/null && echo ok", check=False).strip():
+                return
+            time.sleep(0.5)
+        client_if = WIREGUARD_CLIENT_INTERFACE
+        raise BenchError(
+            f"WireGuard did not pass a ping to {self.server_ip} in {timeout:.0f} s.\nnode:\n"
+            + sh_on(NODE, f"wg show {self.interface}; tail -n 30 {RUN_DIR}/{self.interface}.log", check=False)
+            + "\nclient:\n"
+            + sh_on(
+                CLIENT,
+                f"wg show {client_if}; tail -n 30 {RUN_DIR}/{client_if}.log",
+                check=False,
+            )
+        )
+
+    def server_log(self) -> str:
+        return sh_on(NODE, f"cat {RUN_DIR}/{self.interface}.log", check=False)
+
+    def report(self) -> dict:
+        """What the table says about this WireGuard: userspace, which wireguard-go, from the node."""
+        from vpnfleet.shared import node_facts
+
+        version = run_on(NODE, "wireguard-go", "--version", check=False).strip().splitlines()
+        package = sh_on(NODE, "dpkg-query -W -f '${Version}' wireguard-go 2>/dev/null", check=False).strip()
+        return {
+            "implementation": "wireguard-go (userspace)",
+            "wireguard_go_version": version[0] if version else "unknown",
+            "debian_package_version": package or "unknown",
+            "wg_version": run_on(NODE, "wg", "--version", check=False).strip(),
+            # The lab's hosts run on this machine's kernel: what it offers is what they have.
+            "kernel_wireguard": node_facts.wireguard_in_kernel(),
+            "mtu": int(sh_on(NODE, f"cat /sys/class/net/{self.interface}/mtu").strip()),
+            "cipher": "ChaCha20-Poly1305",
+            "plan": self.plan,
+            "node_commands": self.server_config,
+        }
+
 
 # ----------------------------------------------------------------------------- measuring
 
@@ -336,8 +499,8 @@ def measure_plain(seconds: float, reverse: bool) -> dict:
     return iperf_figures(out)
 
 
-def openssl_ceiling(seconds: int, cores: int) -> dict:
-    """`openssl speed -evp aes-256-gcm`, one process pinned to each core in turn (16 KiB blocks)."""
+def openssl_ceiling(seconds: int, cores: int, cipher: str = "aes-256-gcm") -> dict:
+    """`openssl speed -evp CIPHER`, one process pinned to each core in turn (16 KiB blocks)."""
     per_core = []
     for core in range(cores):
         out = run_on(
@@ -349,7 +512,7 @@ def openssl_ceiling(seconds: int, cores: int) -> dict:
             "speed",
             "-mr",
             "-evp",
-            "aes-256-gcm",
+            cipher,
             "-bytes",
             "16384",
             "-seconds",
@@ -361,7 +524,7 @@ def openssl_ceiling(seconds: int, cores: int) -> dict:
             raise BenchError("openssl speed printed no +F line:\n" + out)
         per_core.append(float(match.group(1)))
     return {
-        "command": f"taskset -c CORE openssl speed -mr -evp aes-256-gcm -bytes 16384 -seconds {seconds}",
+        "command": f"taskset -c CORE openssl speed -mr -evp {cipher} -bytes 16384 -seconds {seconds}",
         "bytes_per_second_per_core": per_core,
         "bytes_per_second": statistics.median(per_core),
         "bits_per_second": statistics.median(per_core) * 8,
@@ -435,6 +598,7 @@ def run_benchmark(args) -> dict:
             else "client->node (the node's server decrypts)",
             "cipher": CIPHER,
             "max_processes": max_processes,
+            "wireguard": args.wireguard,
         },
         "machine": {
             "cores": cores,
@@ -464,6 +628,13 @@ def run_benchmark(args) -> dict:
         say(f"openssl speed ceiling on each of {cores} cores")
         results["openssl"] = openssl_ceiling(args.openssl_seconds, cores)
         ceiling = results["openssl"]["bits_per_second"]
+        ceilings = {}
+        if args.wireguard:
+            # WireGuard's data cipher is fixed: its tunnel against what a core can do of that one.
+            results["openssl_chacha20_poly1305"] = openssl_ceiling(
+                args.openssl_seconds, cores, "chacha20-poly1305"
+            )
+            ceilings["wireguard"] = results["openssl_chacha20_poly1305"]["bits_per_second"]
 
         # (a)+(b): one process of ours and the hand-written one, both up, measured in turn.
         ((ours_plan, ours_conf),) = our_configs("bench", OURS_IPV4, OURS_IPV6, 1, OURS_PORT)
@@ -490,6 +661,8 @@ def run_benchmark(args) -> dict:
         contenders = [("ours", ours), ("hand_written", hand)]
         if args.diagnose:
             contenders.append(("ours_udp4", diagnostic_tunnel(server_core, client_core)))
+        if args.wireguard:
+            contenders.append(("wireguard", WireGuardTunnel(IPERF_PORT_BASE + 4, server_core, client_core)))
         plain_pid = start_daemon(
             procs,
             NODE,
@@ -501,8 +674,13 @@ def run_benchmark(args) -> dict:
             tunnel.start(procs)
         for _, tunnel in contenders:
             tunnel.wait_connected()
-        say("tunnels up; DCO: " + (dco := dco_report([t for _, t in contenders]))["verdict"])
+        openvpn = [t for _, t in contenders if not isinstance(t, WireGuardTunnel)]
+        say("tunnels up; DCO: " + (dco := dco_report(openvpn))["verdict"])
         results["dco"] = dco
+        for _, tunnel in contenders:
+            if isinstance(tunnel, WireGuardTunnel):
+                results["wireguard"] = tunnel.report()
+                say("WireGuard: " + wireguard_summary(results["wireguard"]))
         results["configs"] = {label: tunnel.server_config for label, tunnel in contenders}
         results["configs"]["ours_plan"] = ours_plan
         runs = {label: [] for label, _ in contenders}
@@ -522,7 +700,8 @@ def run_benchmark(args) -> dict:
             pair[label] = {
                 "bits_per_second": median_of(runs[label], "bits_per_second"),
                 "cpu_seconds_per_gb": median_of(runs[label], "cpu_seconds_per_gb"),
-                "fraction_of_openssl_core": median_of(runs[label], "bits_per_second") / ceiling,
+                "fraction_of_openssl_core": median_of(runs[label], "bits_per_second")
+                / ceilings.get(label, ceiling),
                 "runs": runs[label],
             }
             # Ratios per round (the runs of a round are neighbours in time), then the median.
@@ -534,6 +713,15 @@ def run_benchmark(args) -> dict:
                 o["cpu_seconds_per_gb"] / h["cpu_seconds_per_gb"]
                 for o, h in zip(runs[label], runs["hand_written"], strict=True)
             )
+        if "wireguard" in pair:
+            pair["wireguard"]["throughput_ratio_to_ours"] = statistics.median(
+                w["bits_per_second"] / o["bits_per_second"]
+                for w, o in zip(runs["wireguard"], runs["ours"], strict=True)
+            )
+            pair["wireguard"]["cpu_per_gb_ratio_to_ours"] = statistics.median(
+                w["cpu_seconds_per_gb"] / o["cpu_seconds_per_gb"]
+                for w, o in zip(runs["wireguard"], runs["ours"], strict=True)
+            )
         pair["plain"] = {
             "bits_per_second": median_of(runs["plain"], "bits_per_second"),
             "runs": runs["plain"],
@@ -542,8 +730,7 @@ def run_benchmark(args) -> dict:
         pair["cpu_per_gb_ratio"] = pair["ours"]["cpu_per_gb_ratio_to_hand_written"]
         results["one_process"] = pair
         for _, tunnel in contenders:
-            for pid in (tunnel.client_pid, tunnel.iperf_pid, tunnel.server_pid):
-                procs.stop(CLIENT if pid == tunnel.client_pid else NODE, pid)
+            tunnel.stop(procs)
 
         # (d): 1..N processes of ours, server i pinned to core i, client i to the core counted from
         # the other end, all measured at once.
@@ -582,9 +769,7 @@ def run_benchmark(args) -> dict:
                 }
             )
             for tunnel in tunnels:
-                procs.stop(CLIENT, tunnel.client_pid)
-                procs.stop(NODE, tunnel.iperf_pid)
-                procs.stop(NODE, tunnel.server_pid)
+                tunnel.stop(procs)
         results["scaling"] = scaling
         results["limits"] = limits_note(cores, scaling)
         results["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -594,6 +779,17 @@ def run_benchmark(args) -> dict:
         say("taking the lab down (vpnfleet-lab down)")
         lab("down", check=False)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wireguard_summary(report: dict) -> str:
+    kernel = report["kernel_wireguard"]
+    verdict = (
+        "the kernel has WireGuard, measured is wireguard-go" if kernel["kernel"] else "no kernel WireGuard"
+    )
+    return (
+        f"userspace {report['wireguard_go_version']} (Debian package {report['debian_package_version']}), "
+        f"{verdict} ({kernel['reason']}); {report['cipher']}, MTU {report['mtu']}"
+    )
 
 
 def _cpu_model() -> str:
@@ -638,13 +834,19 @@ def table(results: dict) -> str:
     add(f"iperf3 TCP, {p['seconds']} s per run, {p['rounds']} round(s), median; direction {p['direction']}")
     add(f"DCO: {results['dco']['verdict']}")
     add("")
-    add("(a)+(b)+(c) one OpenVPN process, UDP, AES-256-GCM, server pinned to core 0")
+    wireguard = "wireguard" in pair
+    add(
+        "(a)+(b)+(c) one OpenVPN process, UDP, AES-256-GCM"
+        + (", and one WireGuard interface (ChaCha20-Poly1305)" if wireguard else "")
+        + ", server pinned to core 0"
+    )
     header = f"  {'config':<22}{'Gbit/s':>9}{'node CPU s/GB':>15}{'of openssl core':>17}"
     add(header)
     names = (
         ("ours", "ours (instances.py)"),
         ("hand_written", "hand-written minimal"),
         ("ours_udp4", "ours, proto udp (diag)"),
+        ("wireguard", "WireGuard (userspace)"),
     )
     for label, name in names:
         row = pair.get(label)
@@ -653,6 +855,7 @@ def table(results: dict) -> str:
         add(
             f"  {name:<22}{gbit(row['bits_per_second']):>9}{row['cpu_seconds_per_gb']:>15.2f}"
             f"{row['fraction_of_openssl_core'] * 100:>16.1f}%"
+            + ("   (of openssl's ChaCha20-Poly1305)" if label == "wireguard" else "")
         )
     add(
         f"  {'ratio ours/hand':<22}{pair['throughput_ratio']:>9.3f}{pair['cpu_per_gb_ratio']:>15.3f}"
@@ -664,11 +867,29 @@ def table(results: dict) -> str:
             f"  {'ratio diag/hand':<22}{diag['throughput_ratio_to_hand_written']:>9.3f}"
             f"{diag['cpu_per_gb_ratio_to_hand_written']:>15.3f}"
         )
+    if wireguard:
+        wg = pair["wireguard"]
+        add(
+            f"  {'ratio WireGuard/ours':<22}{wg['throughput_ratio_to_ours']:>9.3f}"
+            f"{wg['cpu_per_gb_ratio_to_ours']:>15.3f}"
+        )
+        add(
+            f"  {'ratio WireGuard/hand':<22}{wg['throughput_ratio_to_hand_written']:>9.3f}"
+            f"{wg['cpu_per_gb_ratio_to_hand_written']:>15.3f}"
+        )
     add(f"  {'lab network, no VPN':<22}{gbit(pair['plain']['bits_per_second']):>9}")
     add(
         f"  {'openssl speed 1 core':<22}{gbit(ceiling):>9}   (AES-256-GCM, 16 KiB blocks, "
         f"per core: {', '.join(gbit(v * 8) for v in results['openssl']['bytes_per_second_per_core'])})"
     )
+    if wireguard:
+        chacha = results["openssl_chacha20_poly1305"]
+        add(
+            f"  {'openssl speed 1 core':<22}{gbit(chacha['bits_per_second']):>9}   (ChaCha20-Poly1305, "
+            f"16 KiB blocks, per core: {', '.join(gbit(v * 8) for v in chacha['bytes_per_second_per_core'])})"
+        )
+        for chunk in _wrap("WireGuard: " + wireguard_summary(results["wireguard"]), 98):
+            add("  " + chunk)
     add("")
     add("(d) processes of ours side by side, server i pinned to core i")
     add(
@@ -722,6 +943,11 @@ def main(argv: list[str] | None = None) -> int:
         "--diagnose",
         action="store_true",
         help="also run ours with `proto udp` instead of `udp6` as a third contender, to explain a gap",
+    )
+    parser.add_argument(
+        "--wireguard",
+        action="store_true",
+        help="also run WireGuard (wireguard-go, as the node role sets it up here) as a contender",
     )
     parser.add_argument(
         "--inventory",
