@@ -48,24 +48,33 @@ def tls_context():
     return ssl.create_default_context(cadata=ca_pem)
 
 
-def target_errors():
-    """Each target's health and last scrape error, as Prometheus tells them (for a failure's message)."""
+def active_targets():
+    """Each target Prometheus scrapes now: its labels, health and last scrape error."""
     answer = lab_host("monitoring").check_output("curl -sf http://127.0.0.1:9090/api/v1/targets")
-    return [
-        (target["labels"].get("job"), target["scrapeUrl"], target["health"], target["lastError"])
-        for target in json.loads(answer)["data"]["activeTargets"]
-    ]
+    return json.loads(answer)["data"]["activeTargets"]
 
 
 def test_prometheus_scrapes_every_target_and_each_is_up():
+    # Each target's own `up` series: a query of all of `up` also returns, for 5 minutes, the
+    # last sample of series whose target is gone (a restart of Prometheus writes no staleness mark).
     def all_up():
-        found = query("up")
-        return len(found) >= 3 and all(value == 1 for value in found.values()) and found
+        targets = active_targets()
+        found = {}
+        for target in targets:
+            labels = target["labels"]
+            selector = ",".join(f'{name}="{value}"' for name, value in sorted(labels.items()))
+            found.update(query(f"up{{{selector}}}"))
+        return (
+            len(targets) >= 3 and len(found) == len(targets) and all(v == 1 for v in found.values()) and found
+        )
 
     try:
         found = wait_for(all_up, "every target up", timeout=90)
     except AssertionError as error:
-        raise AssertionError(f"{error}: {target_errors()}") from None
+        seen = [
+            (t["labels"].get("job"), t["scrapeUrl"], t["health"], t["lastError"]) for t in active_targets()
+        ]
+        raise AssertionError(f"{error}: targets {seen}; all of up: {query('up')}") from None
     assert {dict(labels)["job"] for labels in found} == JOBS
     node = [dict(labels) for labels in found if dict(labels)["job"] == "vpnfleet-node"]
     assert [(target["node"], target["location"]) for target in node] == [("node-x1", "x")]
