@@ -37,8 +37,15 @@ def query(expression):
 
 
 def per_process(job):
-    """Clients of every internet process of node-x1 as the job reports them, by process."""
-    found = query(f'openvpn_server_connected_clients{{job="{job}",node="node-x1",profile="internet"}}')
+    """Clients of every internet process of node-x1 as the job's scraped target reports them now.
+
+    The target's own instance only: for 5 minutes a query also returns the last sample of a series
+    whose target is gone (Prometheus restarted by a handler writes no staleness mark), and such a
+    series never moves."""
+    instance = scraped_instance(job)
+    found = query(
+        f'openvpn_server_connected_clients{{job="{job}",instance="{instance}",node="node-x1",profile="internet"}}'
+    )
     return {dict(labels)["process"]: value for labels, value in found.items()}
 
 
@@ -46,6 +53,11 @@ def per_process(job):
 def tls_context():
     ca_pem = lab_host("controller").file("/var/lib/vpnfleet/ca/ca.crt").content_string
     return ssl.create_default_context(cadata=ca_pem)
+
+
+def scraped_instance(job):
+    [instance] = [t["labels"]["instance"] for t in active_targets() if t["labels"].get("job") == job]
+    return instance
 
 
 def active_targets():
@@ -111,7 +123,10 @@ def test_a_client_connecting_moves_its_node_profile_and_process_by_one(client, t
         assert wait_for(lambda: moved_by_one("vpnfleet-node"), "the node's view", timeout=30) == process
         print(f"{process}: moved by one in Prometheus {time.monotonic() - started:.1f} s after the connect")
         # The controller's series carries the protocol too.
-        [labels] = query(f'openvpn_server_connected_clients{{job="vpnfleet-controller",process="{process}"}}')
+        instance = scraped_instance("vpnfleet-controller")
+        [labels] = query(
+            f'openvpn_server_connected_clients{{job="vpnfleet-controller",instance="{instance}",process="{process}"}}'
+        )
         assert dict(labels)["protocol"] in ("udp", "tcp")
         who_had_the_address(vpn, tls_context)
     finally:
