@@ -119,8 +119,10 @@ def test_a_client_connecting_moves_its_node_profile_and_process_by_one(client, t
             }
             return len(moved) == 1 and list(moved.values()) == [1] and next(iter(moved))
 
-        process = wait_for(lambda: moved_by_one("vpnfleet-controller"), "the controller's view", timeout=30)
-        assert wait_for(lambda: moved_by_one("vpnfleet-node"), "the node's view", timeout=30) == process
+        # The controller's view was seen to lag for a minute or two right after the converge (it moved
+        # in time when this test ran 90 s later; cause not found): it gets 180 s, the node's 60 s.
+        process = wait_for(lambda: moved_by_one("vpnfleet-controller"), "the controller's view", timeout=180)
+        assert wait_for(lambda: moved_by_one("vpnfleet-node"), "the node's view", timeout=60) == process
         print(f"{process}: moved by one in Prometheus {time.monotonic() - started:.1f} s after the connect")
         # The controller's series carries the protocol too.
         instance = scraped_instance("vpnfleet-controller")
