@@ -2,16 +2,9 @@
 they must be able to read the hooks' token, which only OpenVPN's own group may read
 (roles/node/tasks/hooks.yml), and the worker's socket must admit that group only."""
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[3]
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook")
+from role_play import ANSIBLE_PLAYBOOK, REPO, run_play
 
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK, reason="needs ansible-playbook")
 
@@ -33,28 +26,11 @@ PLAYBOOK = """
 """
 
 
-def _render(tmp_path) -> subprocess.CompletedProcess:
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    return subprocess.run(
-        [
-            ANSIBLE_PLAYBOOK,
-            "-i",
-            "node-x1,",
-            "-e",
-            f"repo={REPO} out={tmp_path} ansible_python_interpreter={{{{ansible_playbook_python}}}}",
-            str(tmp_path / "play.yml"),
-        ],
-        cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_the_crl_fetch_and_the_worker_run_in_the_group_that_may_read_the_hooks_token(tmp_path):
-    answer = _render(tmp_path)
     out = tmp_path / "vpnfleet-crl-fetch.service"
+    interpreter = "{{ ansible_playbook_python }}"
+    variables = {"repo": str(REPO), "out": str(tmp_path), "ansible_python_interpreter": interpreter}
+    answer = run_play(tmp_path, PLAYBOOK, inventory="node-x1,", variables=variables)
     assert out.exists(), answer.stdout + answer.stderr
     defaults = yaml.safe_load((REPO / "roles/node/defaults/main.yml").read_text())
     hooks_tasks = yaml.safe_load((REPO / "roles/node/tasks/hooks.yml").read_text())
