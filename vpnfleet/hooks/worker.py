@@ -83,6 +83,8 @@ class HookWorker:
         try:
             decision = future.result(timeout=self.settings.timeout_seconds + DEADLINE_MARGIN_SECONDS)
         except FutureTimeout:
+            # Still queued behind other calls: decided now, so the controller need not be asked.
+            future.cancel()
             decision = late_decision(self.settings)
         log_connect(self.log, self.settings, event, decision, time.monotonic() - started)
         return decision.allow
