@@ -167,7 +167,7 @@ def create_config(
     text = render_client_config(
         profile, remotes, controller.issuer.ca_certificate_pem(), certificate, tls_crypt_key
     )
-    unreachable = end_replaced(controller, db, [old.common_name for old in replaced])
+    unreachable = end_replaced(controller, db, replaced)
     return NewConfig(config, text, replaced, unreachable)
 
 
@@ -260,7 +260,7 @@ def _create_wireguard_config(
     text = wireguard.render_config(
         profile, target.node, target.interface, target.server_key, peer, private_key
     )
-    unreachable += end_replaced(controller, db, [old.common_name for old in replaced])
+    unreachable += end_replaced(controller, db, replaced)
     return NewConfig(config, text, replaced, sorted(set(unreachable)))
 
 
@@ -288,15 +288,16 @@ def _configs_to_replace(
     settings, db: Session, user: User, authorization: OAuthAuthorization | None, now: datetime
 ) -> list[VpnConfig]:
     """Under the user's lock: what the new config replaces, or ConfigRefused."""
-    fresh = {"populate_existing": True}
-    active = list(
+    # Every config of the user that is not revoked, expired ones too (see below), read once.
+    unrevoked = list(
         db.scalars(
             select(VpnConfig)
-            .where(VpnConfig.user_id == user.id, VpnConfig.revoked_at.is_(None), VpnConfig.expires_at > now)
+            .where(VpnConfig.user_id == user.id, VpnConfig.revoked_at.is_(None))
             .order_by(VpnConfig.created_at, VpnConfig.id)
-            .execution_options(**fresh)
+            .execution_options(populate_existing=True)
         )
     )
+    active = [config for config in unrevoked if config.expires_at > now]
     limit = settings.max_configs_per_user
     if authorization is None:
         if len(active) >= limit:
@@ -318,14 +319,9 @@ def _configs_to_replace(
             retry_after=max(1, math.ceil(wait.total_seconds())),
         )
     # A new /connect invalidates what the same authorization obtained before (expired ones too:
-    # the one-active-config index counts every row that is not revoked).
-    replaced = list(
-        db.scalars(
-            select(VpnConfig)
-            .where(VpnConfig.authorization_id == authorization.id, VpnConfig.revoked_at.is_(None))
-            .execution_options(**fresh)
-        )
-    )
+    # the one-active-config index counts every row that is not revoked). An authorization is
+    # its user's, so its configs are among the user's.
+    replaced = [config for config in unrevoked if config.authorization_id == authorization.id]
     others = sorted(
         (config for config in active if config not in replaced),
         key=lambda config: (config.authorization_id is None, config.created_at, config.id),
@@ -363,15 +359,19 @@ def end_on_nodes(controller: Controller, db: Session, common_names: list[str], r
     return sorted(set(unreachable + revoke_on_nodes(controller, db, _openvpn_only(db, common_names))))
 
 
-def end_replaced(controller: Controller, db: Session, common_names: list[str]) -> list[str]:
+def end_replaced(controller: Controller, db: Session, replaced: list[VpnConfig]) -> list[str]:
     """end_on_nodes for the configs a new one replaced, without keeping the new one waiting: the
     WireGuard peers go at once (no CRL to sign); the OpenVPN configs are refused by the node API
     since the commit, and their CRL and disconnects follow in the background, shared with other
-    /connects' (crl.RevocationPusher). The nodes not told of the peers."""
-    if not common_names:
-        return []
-    unreachable = wireguard.release(controller, db, common_names, "replaced")
-    controller.revocations.submit(_openvpn_only(db, common_names))
+    /connects' (crl.RevocationPusher). The nodes not told of the peers.
+
+    The rows are at hand, so their protocol is too: an app's every /connect replaces a config,
+    and asking the database which of them are which cost that path two queries."""
+    peers = [config.common_name for config in replaced if config.protocol == WIREGUARD]
+    unreachable = wireguard.release(controller, db, peers, "replaced") if peers else []
+    certificates = [config.common_name for config in replaced if config.protocol == OPENVPN]
+    if certificates:
+        controller.revocations.submit(certificates)
     return unreachable
 
 
