@@ -23,7 +23,7 @@ Events: ``process`` (systemctl restart of the first process), ``node`` (all of t
 processes), ``reboot`` (the node host reboots), ``controller`` (the controller's service restarts
 while the clients stay: nobody should drop). ``--quick`` (CI's mode): 4
 clients, the process event only, on a lab of the controller, node-x1 and the client with the
-profile under test alone.
+profile under test alone (one OpenVPN process, no WireGuard).
 
 It holds the lab's session lock for the whole run, starts from a clean lab and takes it down at
 the end, also on failure. It prints a table, draws bench/results/storm-<timestamp>.png (clients
@@ -112,9 +112,9 @@ print(json.dumps(texts))
 
 def storm_inventory(directory: Path, quick: bool = False) -> Path:
     """A copy of the lab's inventory whose profile under test has STORM_RANGE. Quick (CI's mode,
-    there so the code does not rot) keeps only the hosts and the profile the run uses: the
-    deploy is most of its time, and the other node, the internet host and the second profile
-    would only add to it."""
+    there so the code does not rot) keeps only the hosts and the profile the run uses, with one
+    OpenVPN process: the deploy is most of its time, and the other node, the internet host, the
+    second profile, WireGuard and a second process would only add to it."""
     copy = directory / "inventory"
     shutil.copytree(bench.lab.INVENTORY, copy)
     path = copy / "group_vars" / "all" / "profiles.yml"
@@ -124,6 +124,12 @@ def storm_inventory(directory: Path, quick: bool = False) -> Path:
     for profile in data["vpnfleet_profiles"]:
         if profile["id"] == PROFILE:
             profile["ipv4_range"] = STORM_RANGE
+            if quick:
+                # One OpenVPN process and no WireGuard: the least site.yml that still has a
+                # process to restart.
+                profile.update(protocols=["openvpn"], processes=1)
+                for key in [key for key in profile if key.startswith("wireguard_")]:
+                    del profile[key]
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     if quick:
         hosts_path = copy / "hosts.yml"

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from vpnfleet.controller import metrics, wireguard
 from vpnfleet.controller.accounts import end_user_sessions
@@ -70,11 +71,17 @@ def lock_user(db: Session, user: User) -> None:
     """Hold the user's row until the transaction ends, so that one user's config changes run one
     after the other. An UPDATE rather than SELECT ... FOR UPDATE: SQLite has no row locks, but an
     UPDATE takes its write lock (and waits for it); PostgreSQL locks the row. Rows read after
-    this are current on both."""
-    db.execute(
-        update(User).where(User.id == user.id).values(id=User.id).execution_options(synchronize_session=False)
-    )
-    db.refresh(user)
+    this are current on both, and so is the user's is_disabled."""
+    # The statement that takes the lock also reads what the caller decides on (is_disabled),
+    # rather than a second query refreshing the whole row.
+    is_disabled = db.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(id=User.id)
+        .returning(User.is_disabled)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    set_committed_value(user, "is_disabled", is_disabled)
 
 
 def create_config(
@@ -143,11 +150,17 @@ def create_config(
         tls_crypt_key = profile.tls_crypt_key_file.read_text()
     except OSError as error:
         raise RuntimeError(f"cannot read the tls-crypt key of profile {profile.id}: {error}") from error
+    # The key and the signer's round trip before the user's lock, which on SQLite is the
+    # database's write lock too: held across them, it kept every other /connect and every
+    # connect check (their log row) waiting. A certificate made for a request refused under
+    # the lock is never recorded, so the node API refuses it as unknown.
+    certificate = controller.issuer.issue(
+        expires_at, _refuse_early(settings, db, user, authorization, expires_at)
+    )
     lock_user(db, user)
     try:
         now = _check_session(user, expires_at)
         replaced = _replace(settings, db, user, authorization, now)
-        certificate = controller.issuer.issue(expires_at, now)
         config = VpnConfig(
             user_id=user.id,
             profile_id=profile.id,
@@ -172,7 +185,7 @@ def create_config(
 
 
 def _check_session(user: User, expires_at: datetime) -> datetime:
-    """Under the user's lock: now, or ConfigRefused when the user may not have a config now."""
+    """Now, or ConfigRefused when the user may not have a config now (decided under the user's lock)."""
     now = utcnow()
     if user.is_disabled:
         raise ConfigRefused("this account is disabled")
@@ -284,6 +297,45 @@ def _allocate_peer(
     raise AssertionError("unreachable")
 
 
+def _refuse_early(
+    settings, db: Session, user: User, authorization: OAuthAuthorization | None, expires_at: datetime
+) -> datetime:
+    """Before a certificate is made, without the user's lock: the refusals found by a read (a
+    disabled user, a session gone, an app over its rate, a portal user at the limit), so that
+    a refused request costs no signature. Under the lock they are decided again. Now."""
+    now = _check_session(user, expires_at)
+    if authorization is None:
+        _check_config_limit(settings, len(active_configs(db, user, now)))
+    else:
+        _check_throttle(settings, db, authorization, now)
+    return now
+
+
+def _check_config_limit(settings, active: int) -> None:
+    if active >= settings.max_configs_per_user:
+        raise ConfigRefused(
+            f"you have {settings.max_configs_per_user} active configs already; delete one first"
+        )
+
+
+def _check_throttle(settings, db: Session, authorization: OAuthAuthorization, now: datetime) -> None:
+    window_start = now - settings.api_connect_window
+    recent = list(
+        db.scalars(
+            select(VpnConfig.created_at)
+            .where(VpnConfig.authorization_id == authorization.id, VpnConfig.created_at > window_start)
+            .order_by(VpnConfig.created_at)
+        )
+    )
+    if len(recent) >= settings.api_connect_limit:
+        wait = recent[-settings.api_connect_limit] + settings.api_connect_window - now
+        raise ConnectThrottled(
+            f"{settings.api_connect_limit} configs made by this app within "
+            f"{int(settings.api_connect_window.total_seconds())} s already; try again later",
+            retry_after=max(1, math.ceil(wait.total_seconds())),
+        )
+
+
 def _configs_to_replace(
     settings, db: Session, user: User, authorization: OAuthAuthorization | None, now: datetime
 ) -> list[VpnConfig]:
@@ -300,24 +352,9 @@ def _configs_to_replace(
     active = [config for config in unrevoked if config.expires_at > now]
     limit = settings.max_configs_per_user
     if authorization is None:
-        if len(active) >= limit:
-            raise ConfigRefused(f"you have {limit} active configs already; delete one first")
+        _check_config_limit(settings, len(active))
         return []
-    window_start = now - settings.api_connect_window
-    recent = list(
-        db.scalars(
-            select(VpnConfig.created_at)
-            .where(VpnConfig.authorization_id == authorization.id, VpnConfig.created_at > window_start)
-            .order_by(VpnConfig.created_at)
-        )
-    )
-    if len(recent) >= settings.api_connect_limit:
-        wait = recent[-settings.api_connect_limit] + settings.api_connect_window - now
-        raise ConnectThrottled(
-            f"{settings.api_connect_limit} configs made by this app within "
-            f"{int(settings.api_connect_window.total_seconds())} s already; try again later",
-            retry_after=max(1, math.ceil(wait.total_seconds())),
-        )
+    _check_throttle(settings, db, authorization, now)
     # A new /connect invalidates what the same authorization obtained before (expired ones too:
     # the one-active-config index counts every row that is not revoked). An authorization is
     # its user's, so its configs are among the user's.

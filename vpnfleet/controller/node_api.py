@@ -12,9 +12,10 @@ import hmac
 import ipaddress
 import re
 import time
+from typing import cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from sqlalchemy import insert, select
+from sqlalchemy import Table, bindparam, insert, select
 
 from vpnfleet.controller import metrics
 from vpnfleet.controller.crl import current_crl
@@ -30,6 +31,25 @@ _NO_NODE_HASH = "0" * 64
 
 _BYTE_COUNT = re.compile(r"[0-9]{1,19}")
 _BIGINT_MAX = 2**63 - 1
+
+
+# Every check of every client of the fleet runs these two: the columns the check decides on
+# (with the user) and the log row, as statements built once, with the ORM's objects, identity
+# map and flush left out; per request they cost more than the database did.
+_CONFIG_TO_CHECK = (
+    select(
+        VpnConfig.user_id,
+        VpnConfig.profile_id,
+        VpnConfig.revoked_at,
+        VpnConfig.expires_at,
+        User.username,
+        User.is_disabled,
+    )
+    .join(User, User.id == VpnConfig.user_id)
+    .where(VpnConfig.common_name == bindparam("common_name"))
+)
+_LOG_TABLE = cast(Table, ConnectionLogEntry.__table__)
+_LOG_CONNECT = insert(_LOG_TABLE).returning(_LOG_TABLE.c.id)
 
 
 class BadField(ValueError):
@@ -152,21 +172,7 @@ def _client_connect() -> Response:
     node: Node = g.node
     session = db()
     now = utcnow()
-    # Every check of every client of the fleet comes here: the columns it decides on and the
-    # log row as plain statements (one SELECT with the user, one INSERT), without the ORM's
-    # objects, identity map and flush, which cost more than the database did.
-    config = session.execute(
-        select(
-            VpnConfig.user_id,
-            VpnConfig.profile_id,
-            VpnConfig.revoked_at,
-            VpnConfig.expires_at,
-            User.username,
-            User.is_disabled,
-        )
-        .join(User, User.id == VpnConfig.user_id)
-        .where(VpnConfig.common_name == common_name)
-    ).first()
+    config = session.execute(_CONFIG_TO_CHECK, {"common_name": common_name}).first()
     if config is None:
         return _refusal("unknown certificate", common_name)
     if config.revoked_at is not None:
@@ -180,23 +186,22 @@ def _client_connect() -> Response:
             f"config is for profile {config.profile_id}, not {profile_id} on this node", common_name
         )
     ipv4, ipv6 = _address(data, "ipv4"), _address(data, "ipv6")
-    connection_id = session.scalar(
-        insert(ConnectionLogEntry)
-        .values(
-            user_id=config.user_id,
-            username=config.username,
-            common_name=common_name,
-            profile_id=profile_id,
-            node=node.name,
-            location=node.location,
-            process=_process_of(node, ipv4 or ipv6),
-            ipv4=ipv4,
-            ipv6=ipv6,
-            real_address=_address(data, "real_address"),
-            connected_at=now,
-        )
-        .returning(ConnectionLogEntry.id)
-    )
+    connection_id = session.execute(
+        _LOG_CONNECT,
+        {
+            "user_id": config.user_id,
+            "username": config.username,
+            "common_name": common_name,
+            "profile_id": profile_id,
+            "node": node.name,
+            "location": node.location,
+            "process": _process_of(node, ipv4 or ipv6),
+            "ipv4": ipv4,
+            "ipv6": ipv6,
+            "real_address": _address(data, "real_address"),
+            "connected_at": now,
+        },
+    ).scalar_one()
     session.commit()
     current_app.logger.info("allowed %s (%s) on node %s", common_name, config.username, node.name)
     return jsonify(allow=True, connection_id=connection_id)
