@@ -180,7 +180,7 @@ def create_config(
     text = render_client_config(
         profile, remotes, controller.issuer.ca_certificate_pem(), certificate, tls_crypt_key
     )
-    unreachable = end_replaced(controller, db, replaced)
+    unreachable = end_in_background(controller, db, replaced, "replaced")
     return NewConfig(config, text, replaced, unreachable)
 
 
@@ -273,7 +273,7 @@ def _create_wireguard_config(
     text = wireguard.render_config(
         profile, target.node, target.interface, target.server_key, peer, private_key
     )
-    unreachable += end_replaced(controller, db, replaced)
+    unreachable += end_in_background(controller, db, replaced, "replaced")
     return NewConfig(config, text, replaced, sorted(set(unreachable)))
 
 
@@ -396,17 +396,27 @@ def end_on_nodes(controller: Controller, db: Session, common_names: list[str], r
     return sorted(set(unreachable + revoke_on_nodes(controller, db, _openvpn_only(db, common_names))))
 
 
-def end_replaced(controller: Controller, db: Session, replaced: list[VpnConfig]) -> list[str]:
-    """end_on_nodes for the configs a new one replaced, without keeping the new one waiting: the
-    WireGuard peers go at once (no CRL to sign); the OpenVPN configs are refused by the node API
-    since the commit, and their CRL and disconnects follow in the background, shared with other
-    /connects' (crl.RevocationPusher). The nodes not told of the peers.
+def revoke_in_background(controller: Controller, db: Session, configs: list[VpnConfig]) -> list[str]:
+    """revoke_configs for a request that must not wait for a signature (an app's /disconnect):
+    the rows revoked and committed, so the node API refuses them at once; the rest as
+    end_in_background. The nodes not told of the WireGuard peers."""
+    to_revoke = [config for config in configs if config.revoked_at is None]
+    _mark_revoked(to_revoke, utcnow())
+    db.commit()
+    return end_in_background(controller, db, to_revoke, "revoked")
+
+
+def end_in_background(controller: Controller, db: Session, ended: list[VpnConfig], reason: str) -> list[str]:
+    """end_on_nodes for configs whose revocation was committed, without keeping the request
+    waiting: the WireGuard peers go at once (no CRL to sign); the OpenVPN configs are refused by
+    the node API since the commit, and their CRL and disconnects follow in the background, shared
+    with other requests' (crl.RevocationPusher). The nodes not told of the peers.
 
     The rows are at hand, so their protocol is too: an app's every /connect replaces a config,
     and asking the database which of them are which cost that path two queries."""
-    peers = [config.common_name for config in replaced if config.protocol == WIREGUARD]
-    unreachable = wireguard.release(controller, db, peers, "replaced") if peers else []
-    certificates = [config.common_name for config in replaced if config.protocol == OPENVPN]
+    peers = [config.common_name for config in ended if config.protocol == WIREGUARD]
+    unreachable = wireguard.release(controller, db, peers, reason) if peers else []
+    certificates = [config.common_name for config in ended if config.protocol == OPENVPN]
     if certificates:
         controller.revocations.submit(certificates)
     return unreachable
