@@ -62,12 +62,16 @@ def csrf(page):
 class PortalClient(VpnClient):
     """A client with a config as the portal gave it."""
 
+    # The nodes its config may name, by address: (name, location); a scenario with other nodes
+    # gives its own.
+    nodes = NODES
+
     def node(self):
         found = re.findall(
             r"Peer Connection Initiated with \[AF_INET6?\](?:::ffff:)?([0-9.]+):", self.log_text()
         )
         assert found, self.log_text()
-        return NODES[found[-1]]
+        return self.nodes[found[-1]]
 
     def interface(self):
         out = self.host.check_output(f"ip -4 -json address show dev {self.device()} scope global")
