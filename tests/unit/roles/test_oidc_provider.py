@@ -3,17 +3,12 @@ in two places, because the tests' virtual environment is made before any role ru
 that names each group's members and each client's audience by the ids it gives them."""
 
 import json
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
+from role_play import ANSIBLE_PLAYBOOK, REPO, run_play
 
-REPO = Path(__file__).resolve().parents[3]
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook")
 SEED_TEMPLATE = REPO / "roles" / "oidc_provider" / "templates" / "seed.json.j2"
 
 
@@ -58,24 +53,10 @@ PLAYBOOK = """
 
 @pytest.mark.skipif(not ANSIBLE_PLAYBOOK, reason="needs ansible-playbook")
 def test_the_seed_names_members_and_audiences_by_their_ids(tmp_path):
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
     out = tmp_path / "seed.json"
-    answer = subprocess.run(
-        [
-            ANSIBLE_PLAYBOOK,
-            "-i",
-            "localhost,",
-            "-e",
-            f"template={SEED_TEMPLATE} out={out} ansible_python_interpreter={{{{ansible_playbook_python}}}}",
-            str(tmp_path / "play.yml"),
-        ],
-        cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    interpreter = "{{ ansible_playbook_python }}"
+    variables = {"template": str(SEED_TEMPLATE), "out": str(out), "ansible_python_interpreter": interpreter}
+    answer = run_play(tmp_path, PLAYBOOK, inventory="localhost,", variables=variables)
     assert answer.returncode == 0, answer.stdout + answer.stderr
     seed = json.loads(out.read_text())
     users = {user["user_name"]: user["id"] for user in seed["user"]}
