@@ -18,6 +18,8 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from lab_portal import PORTAL, PortalClient
 from lab_testinfra import lab_host, wait_for
 
@@ -48,9 +50,6 @@ def _spki_pin(address, ca_pem):
     with socket.create_connection((address, 443), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname=address) as tls:
             der = tls.getpeercert(binary_form=True)
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
     spki = (
         x509.load_der_x509_certificate(der)
         .public_key()
