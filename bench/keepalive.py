@@ -1,6 +1,6 @@
 """bench/keepalive: what the failover keepalive costs a node with idle clients (docs/node.md).
 
-    sudo .venv/bin/python -m bench.keepalive [--clients N] [--seconds S]
+    sudo .venv/bin/python -m bench.keepalive [--quick] [--clients N] [--seconds S]
 
 One OpenVPN server process, its config rendered by the collection's renderer
 (``plugins/module_utils/instances.py``, as the node role renders it), in a network namespace; N idle
@@ -142,9 +142,14 @@ def measure(workdir: Path, keepalive: str, clients: int, seconds: float) -> dict
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.keepalive", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--clients", type=int, help="idle clients (default 50)")
+    parser.add_argument("--seconds", type=float, help="counted per keepalive (default 60)")
+    parser.add_argument(
+        "--quick", action="store_true", help="defaults of 4 clients and 5 s: checks that it works (CI)"
+    )
     arguments = parser.parse_args()
+    arguments.clients = arguments.clients or (4 if arguments.quick else 50)
+    arguments.seconds = arguments.seconds or (5.0 if arguments.quick else 60.0)
     workdir = Path(tempfile.mkdtemp(prefix="vfk-"))
     try:
         results = [

@@ -18,7 +18,7 @@ from vpnfleet.controller.configs import (
     ConnectThrottled,
     NoNodeNow,
     create_config,
-    revoke_configs,
+    revoke_in_background,
 )
 from vpnfleet.controller.models import OAuthToken, VpnConfig
 from vpnfleet.controller.oauth import API_SCOPE
@@ -216,5 +216,6 @@ def disconnect():
             )
         )
     )
-    revoke_configs(controller(), session, configs)
+    # The app is leaving: its answer need not wait for the CRL's signature and the nodes' pushes.
+    revoke_in_background(controller(), session, configs)
     return Response(status=204)

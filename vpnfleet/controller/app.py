@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 
 from flask import Flask, Response, abort, jsonify, make_response, render_template, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -33,9 +34,24 @@ class DatabaseId(IntegerConverter):
         super().__init__(url_map, min=1, max=2**31 - 1)
 
 
+class _SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed session cookie, with its signer made once: Flask builds it anew for every
+    request (every node's connect check and API call too), and the key is fixed at start."""
+
+    def __init__(self) -> None:
+        self._serializers: dict[bytes | str, object] = {}
+
+    def get_signing_serializer(self, app: Flask):
+        key = app.secret_key or ""
+        if key not in self._serializers:
+            self._serializers[key] = super().get_signing_serializer(app)
+        return self._serializers[key]
+
+
 def create_app(settings: Settings) -> Flask:
     """Build an app for these settings. Nothing happens at import; the database must be migrated."""
     app = Flask(__name__)
+    app.session_interface = _SessionCookies()
     app.url_map.converters["db_id"] = DatabaseId
     app.config.update(
         SECRET_KEY=settings.secret_key,

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from vpnfleet.controller import metrics, wireguard
 from vpnfleet.controller.accounts import end_user_sessions
@@ -70,11 +71,17 @@ def lock_user(db: Session, user: User) -> None:
     """Hold the user's row until the transaction ends, so that one user's config changes run one
     after the other. An UPDATE rather than SELECT ... FOR UPDATE: SQLite has no row locks, but an
     UPDATE takes its write lock (and waits for it); PostgreSQL locks the row. Rows read after
-    this are current on both."""
-    db.execute(
-        update(User).where(User.id == user.id).values(id=User.id).execution_options(synchronize_session=False)
-    )
-    db.refresh(user)
+    this are current on both, and so is the user's is_disabled."""
+    # The statement that takes the lock also reads what the caller decides on (is_disabled),
+    # rather than a second query refreshing the whole row.
+    is_disabled = db.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(id=User.id)
+        .returning(User.is_disabled)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    set_committed_value(user, "is_disabled", is_disabled)
 
 
 def create_config(
@@ -143,11 +150,17 @@ def create_config(
         tls_crypt_key = profile.tls_crypt_key_file.read_text()
     except OSError as error:
         raise RuntimeError(f"cannot read the tls-crypt key of profile {profile.id}: {error}") from error
+    # The key and the signer's round trip before the user's lock, which on SQLite is the
+    # database's write lock too: held across them, it kept every other /connect and every
+    # connect check (their log row) waiting. A certificate made for a request refused under
+    # the lock is never recorded, so the node API refuses it as unknown.
+    certificate = controller.issuer.issue(
+        expires_at, _refuse_early(settings, db, user, authorization, expires_at)
+    )
     lock_user(db, user)
     try:
         now = _check_session(user, expires_at)
         replaced = _replace(settings, db, user, authorization, now)
-        certificate = controller.issuer.issue(expires_at, now)
         config = VpnConfig(
             user_id=user.id,
             profile_id=profile.id,
@@ -167,12 +180,12 @@ def create_config(
     text = render_client_config(
         profile, remotes, controller.issuer.ca_certificate_pem(), certificate, tls_crypt_key
     )
-    unreachable = end_replaced(controller, db, [old.common_name for old in replaced])
+    unreachable = end_in_background(controller, db, replaced, "replaced")
     return NewConfig(config, text, replaced, unreachable)
 
 
 def _check_session(user: User, expires_at: datetime) -> datetime:
-    """Under the user's lock: now, or ConfigRefused when the user may not have a config now."""
+    """Now, or ConfigRefused when the user may not have a config now (decided under the user's lock)."""
     now = utcnow()
     if user.is_disabled:
         raise ConfigRefused("this account is disabled")
@@ -260,7 +273,7 @@ def _create_wireguard_config(
     text = wireguard.render_config(
         profile, target.node, target.interface, target.server_key, peer, private_key
     )
-    unreachable += end_replaced(controller, db, [old.common_name for old in replaced])
+    unreachable += end_in_background(controller, db, replaced, "replaced")
     return NewConfig(config, text, replaced, sorted(set(unreachable)))
 
 
@@ -284,24 +297,28 @@ def _allocate_peer(
     raise AssertionError("unreachable")
 
 
-def _configs_to_replace(
-    settings, db: Session, user: User, authorization: OAuthAuthorization | None, now: datetime
-) -> list[VpnConfig]:
-    """Under the user's lock: what the new config replaces, or ConfigRefused."""
-    fresh = {"populate_existing": True}
-    active = list(
-        db.scalars(
-            select(VpnConfig)
-            .where(VpnConfig.user_id == user.id, VpnConfig.revoked_at.is_(None), VpnConfig.expires_at > now)
-            .order_by(VpnConfig.created_at, VpnConfig.id)
-            .execution_options(**fresh)
-        )
-    )
-    limit = settings.max_configs_per_user
+def _refuse_early(
+    settings, db: Session, user: User, authorization: OAuthAuthorization | None, expires_at: datetime
+) -> datetime:
+    """Before a certificate is made, without the user's lock: the refusals found by a read (a
+    disabled user, a session gone, an app over its rate, a portal user at the limit), so that
+    a refused request costs no signature. Under the lock they are decided again. Now."""
+    now = _check_session(user, expires_at)
     if authorization is None:
-        if len(active) >= limit:
-            raise ConfigRefused(f"you have {limit} active configs already; delete one first")
-        return []
+        _check_config_limit(settings, len(active_configs(db, user, now)))
+    else:
+        _check_throttle(settings, db, authorization, now)
+    return now
+
+
+def _check_config_limit(settings, active: int) -> None:
+    if active >= settings.max_configs_per_user:
+        raise ConfigRefused(
+            f"you have {settings.max_configs_per_user} active configs already; delete one first"
+        )
+
+
+def _check_throttle(settings, db: Session, authorization: OAuthAuthorization, now: datetime) -> None:
     window_start = now - settings.api_connect_window
     recent = list(
         db.scalars(
@@ -317,15 +334,31 @@ def _configs_to_replace(
             f"{int(settings.api_connect_window.total_seconds())} s already; try again later",
             retry_after=max(1, math.ceil(wait.total_seconds())),
         )
-    # A new /connect invalidates what the same authorization obtained before (expired ones too:
-    # the one-active-config index counts every row that is not revoked).
-    replaced = list(
+
+
+def _configs_to_replace(
+    settings, db: Session, user: User, authorization: OAuthAuthorization | None, now: datetime
+) -> list[VpnConfig]:
+    """Under the user's lock: what the new config replaces, or ConfigRefused."""
+    # Every config of the user that is not revoked, expired ones too (see below), read once.
+    unrevoked = list(
         db.scalars(
             select(VpnConfig)
-            .where(VpnConfig.authorization_id == authorization.id, VpnConfig.revoked_at.is_(None))
-            .execution_options(**fresh)
+            .where(VpnConfig.user_id == user.id, VpnConfig.revoked_at.is_(None))
+            .order_by(VpnConfig.created_at, VpnConfig.id)
+            .execution_options(populate_existing=True)
         )
     )
+    active = [config for config in unrevoked if config.expires_at > now]
+    limit = settings.max_configs_per_user
+    if authorization is None:
+        _check_config_limit(settings, len(active))
+        return []
+    _check_throttle(settings, db, authorization, now)
+    # A new /connect invalidates what the same authorization obtained before (expired ones too:
+    # the one-active-config index counts every row that is not revoked). An authorization is
+    # its user's, so its configs are among the user's.
+    replaced = [config for config in unrevoked if config.authorization_id == authorization.id]
     others = sorted(
         (config for config in active if config not in replaced),
         key=lambda config: (config.authorization_id is None, config.created_at, config.id),
@@ -363,15 +396,29 @@ def end_on_nodes(controller: Controller, db: Session, common_names: list[str], r
     return sorted(set(unreachable + revoke_on_nodes(controller, db, _openvpn_only(db, common_names))))
 
 
-def end_replaced(controller: Controller, db: Session, common_names: list[str]) -> list[str]:
-    """end_on_nodes for the configs a new one replaced, without keeping the new one waiting: the
-    WireGuard peers go at once (no CRL to sign); the OpenVPN configs are refused by the node API
-    since the commit, and their CRL and disconnects follow in the background, shared with other
-    /connects' (crl.RevocationPusher). The nodes not told of the peers."""
-    if not common_names:
-        return []
-    unreachable = wireguard.release(controller, db, common_names, "replaced")
-    controller.revocations.submit(_openvpn_only(db, common_names))
+def revoke_in_background(controller: Controller, db: Session, configs: list[VpnConfig]) -> list[str]:
+    """revoke_configs for a request that must not wait for a signature (an app's /disconnect):
+    the rows revoked and committed, so the node API refuses them at once; the rest as
+    end_in_background. The nodes not told of the WireGuard peers."""
+    to_revoke = [config for config in configs if config.revoked_at is None]
+    _mark_revoked(to_revoke, utcnow())
+    db.commit()
+    return end_in_background(controller, db, to_revoke, "revoked")
+
+
+def end_in_background(controller: Controller, db: Session, ended: list[VpnConfig], reason: str) -> list[str]:
+    """end_on_nodes for configs whose revocation was committed, without keeping the request
+    waiting: the WireGuard peers go at once (no CRL to sign); the OpenVPN configs are refused by
+    the node API since the commit, and their CRL and disconnects follow in the background, shared
+    with other requests' (crl.RevocationPusher). The nodes not told of the peers.
+
+    The rows are at hand, so their protocol is too: an app's every /connect replaces a config,
+    and asking the database which of them are which cost that path two queries."""
+    peers = [config.common_name for config in ended if config.protocol == WIREGUARD]
+    unreachable = wireguard.release(controller, db, peers, reason) if peers else []
+    certificates = [config.common_name for config in ended if config.protocol == OPENVPN]
+    if certificates:
+        controller.revocations.submit(certificates)
     return unreachable
 
 

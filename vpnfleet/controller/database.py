@@ -14,8 +14,11 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def make_engine(database_url: str) -> Engine:
-    engine = create_engine(database_url, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
+    # The ping on every checkout is for a server that restarts or drops idle connections
+    # (PostgreSQL); an SQLite file has no connection to lose, and the ping is a query per request.
+    sqlite = database_url.startswith("sqlite")
+    engine = create_engine(database_url, pool_pre_ping=not sqlite)
+    if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 

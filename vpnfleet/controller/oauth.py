@@ -15,6 +15,7 @@ from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7636 import CodeChallenge
 from flask import Flask
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from vpnfleet.controller.configs import end_authorization
 from vpnfleet.controller.models import OAuthAuthorization, OAuthCode, OAuthToken, User, utcnow
@@ -160,7 +161,13 @@ class RefreshGrant(grants.RefreshTokenGrant):
 
 class AccessTokenValidator(BearerTokenValidator):
     def authenticate_token(self, token_string):
-        return db().scalar(select(OAuthToken).where(OAuthToken.access_token_hash == token_hash(token_string)))
+        # Every API call reads the token's authorization (revoked? scope?) and its user (disabled?):
+        # one query for the three rather than two lazy loads after it.
+        return db().scalar(
+            select(OAuthToken)
+            .options(joinedload(OAuthToken.authorization).joinedload(OAuthAuthorization.user))
+            .where(OAuthToken.access_token_hash == token_hash(token_string))
+        )
 
 
 def _save_token(token: dict, request) -> None:

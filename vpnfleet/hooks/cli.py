@@ -1,17 +1,22 @@
 """`vpnfleet-hook`: OpenVPN's client-connect/-disconnect hooks, their shim and a settings check.
 
     vpnfleet-hook [--settings FILE] check-settings      exit 2 with the reason when the file is wrong
-    vpnfleet-hook [--settings FILE] install-shim PATH   write the /bin/sh shim OpenVPN runs; prints
+    vpnfleet-hook [--settings FILE] install-shim [--worker-socket SOCK] PATH
+                                                        write the /bin/sh shim OpenVPN runs; prints
                                                         {"changed": true|false}
+    vpnfleet-hook [--settings FILE] serve [--socket SOCK [--socket-group G]]
+                                                        the resident worker the shim hands events to
     vpnfleet-hook [--settings FILE] run [--deferred] [--profile ID] [OPENVPN_FILE]
                                                         one hook run, from OpenVPN's environment
     vpnfleet-hook [--settings FILE] fetch-crl           the node's pull timer: the controller's CRL
                                                         into crl_file; prints {"installed": ...}
 
 OpenVPN runs the shim (``client-connect PATH`` and ``client-disconnect PATH``). For a connect the
-shim writes "2" (deferred) to ``$client_connect_deferred_file``, starts ``run --deferred`` in the
-background and returns at once; the worker later writes "1" or "0". For a disconnect it starts the
-report in the background and returns. The OpenVPN process never waits for the controller.
+shim writes "2" (deferred) to ``$client_connect_deferred_file``, hands the event to the resident
+worker (``serve``) in the background and returns at once; "1" or "0" replaces the "2" when the
+worker has decided. For a disconnect it hands over the report and returns. Without a worker the
+shim starts ``run --deferred`` (one Python run per event) instead. The OpenVPN process never
+waits for the controller.
 """
 
 from __future__ import annotations
@@ -31,29 +36,34 @@ from vpnfleet.settings_file import SettingsError, add_settings_argument
 from . import node_api
 from .hook import (
     CONNECT,
+    DEADLINE_MARGIN_SECONDS,
     DISCONNECT,
     ClientEvent,
-    Decision,
     DecisionLog,
     deliver,
+    late_decision,
+    log_connect,
     run_connect,
     run_disconnect,
-    without_answer,
 )
-from .settings import DEFAULT_SETTINGS_PATH, HookSettings
+from .settings import DEFAULT_SETTINGS_PATH, MAX_TIMEOUT_SECONDS, HookSettings
+from .worker import DEFAULT_CONCURRENCY, bound_listener, serve, systemd_listener
 
 EXIT_SETTINGS_ERROR = 2
-# Beyond timeout_seconds, the worker's own hard limit: a client is never left deferred for ever.
-DEADLINE_MARGIN_SECONDS = 2.0
+
+DEFAULT_WORKER_SOCKET = Path("/run/vpnfleet-hooks/worker.sock")
+# curl's own limit on the worker's answer, beyond the worker's hard limit for a decision.
+WORKER_ANSWER_MARGIN_SECONDS = 1.0
 
 SHIM_TEMPLATE = """#!/bin/sh
 # Written by `vpnfleet-hook install-shim`; changes here are overwritten.
 # OpenVPN runs this as client-connect and client-disconnect. It returns at once: the call to the
 # controller runs in the background, so this OpenVPN process never waits for it. For a connect it
-# first tells OpenVPN "deferred" (2); the worker then writes 1 (allow) or 0 (deny).
+# first tells OpenVPN "deferred" (2); then 1 (allow) or 0 (deny) replaces it.
 PYTHON={python}
 SETTINGS={settings}
-# Checked here, as OpenVPN's user: a worker that cannot start would leave the client waiting.
+SOCKET={socket}
+# Checked here, as OpenVPN's user: without the worker the fallback run needs them.
 if [ ! -x "$PYTHON" ] || [ ! -r "$SETTINGS" ]; then
     echo "vpnfleet-hook: $PYTHON is not executable or $SETTINGS not readable as $(id -un)" >&2
     exit 1
@@ -65,28 +75,66 @@ client-connect)
         exit 1
     fi
     printf 2 >"$client_connect_deferred_file" || exit 1
+    event=connect
     ;;
 client-disconnect)
+    event=disconnect
     ;;
 *)
     echo "vpnfleet-hook: run by OpenVPN as '$script_type'; only client-connect and client-disconnect" >&2
     exit 1
     ;;
 esac
-"$PYTHON" -I -m vpnfleet.hooks --settings "$SETTINGS" run --deferred </dev/null >/dev/null &
+# In the background: the resident worker (vpnfleet-hook serve) decides, curl waits for its "1" or
+# "0" and dd puts that byte over the "2" in place (no truncation, no creation: the file is
+# OpenVPN's). Any other outcome (no worker, a worker gone mid-request, no curl) falls back to one
+# Python run, which decides by the same rules.
+(
+    answer=$(curl --silent --fail --unix-socket "$SOCKET" --connect-timeout 1 --max-time {max_time} \\
+        --data-urlencode "script_type=$script_type" --data-urlencode "common_name=$common_name" \\
+        --data-urlencode "ifconfig_pool_remote_ip=$ifconfig_pool_remote_ip" \\
+        --data-urlencode "ifconfig_pool_remote_ip6=$ifconfig_pool_remote_ip6" \\
+        --data-urlencode "trusted_ip=$trusted_ip" --data-urlencode "trusted_ip6=$trusted_ip6" \\
+        --data-urlencode "bytes_received=$bytes_received" --data-urlencode "bytes_sent=$bytes_sent" \\
+        --data-urlencode "VPNFLEET_PROFILE=$VPNFLEET_PROFILE" "http://vpnfleet-hooks/$event" 2>/dev/null)
+    case "$event:$answer" in
+    connect:1 | connect:0)
+        printf %s "$answer" | dd of="$client_connect_deferred_file" conv=notrunc,nocreat status=none ;;
+    disconnect:queued) ;;
+    *) exec "$PYTHON" -I -m vpnfleet.hooks --settings "$SETTINGS" run --deferred ;;
+    esac
+) </dev/null >/dev/null &
 exit 0
 """
 
 
-def render_shim(settings_path: str | os.PathLike[str], python: str = sys.executable) -> str:
-    return SHIM_TEMPLATE.format(python=shlex.quote(str(python)), settings=shlex.quote(str(settings_path)))
+def render_shim(
+    settings_path: str | os.PathLike[str],
+    python: str = sys.executable,
+    worker_socket: str | os.PathLike[str] = DEFAULT_WORKER_SOCKET,
+) -> str:
+    """The shim; curl waits for the worker as long as the worker may take (from the settings'
+    timeout_seconds, the longest allowed when they cannot be read now)."""
+    try:
+        timeout = HookSettings.from_file(settings_path).timeout_seconds
+    except SettingsError:
+        timeout = MAX_TIMEOUT_SECONDS
+    return SHIM_TEMPLATE.format(
+        python=shlex.quote(str(python)),
+        settings=shlex.quote(str(settings_path)),
+        socket=shlex.quote(str(worker_socket)),
+        max_time=f"{timeout + DEADLINE_MARGIN_SECONDS + WORKER_ANSWER_MARGIN_SECONDS:g}",
+    )
 
 
 def install_shim(
-    destination: Path, settings_path: str | os.PathLike[str], python: str = sys.executable
+    destination: Path,
+    settings_path: str | os.PathLike[str],
+    python: str = sys.executable,
+    worker_socket: str | os.PathLike[str] = DEFAULT_WORKER_SOCKET,
 ) -> bool:
     """Write the shim (0755) atomically; True when the file changed."""
-    text = render_shim(settings_path, python)
+    text = render_shim(settings_path, python, worker_socket)
     try:
         if destination.read_text() == text and (destination.stat().st_mode & 0o777) == 0o755:
             return False
@@ -115,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check-settings", help="load and check the settings file")
     shim = commands.add_parser("install-shim", help="write the shim that OpenVPN runs")
     shim.add_argument("path", type=Path)
+    shim.add_argument(
+        "--worker-socket", type=Path, default=DEFAULT_WORKER_SOCKET, help="the resident worker's socket"
+    )
+    serve = commands.add_parser("serve", help="the resident worker the shim hands its events to")
+    serve.add_argument("--socket", type=Path, help="listen here (default: the socket systemd passes)")
+    serve.add_argument("--socket-group", help="the group that may connect to --socket (OpenVPN's)")
+    serve.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help=argparse.SUPPRESS)
     commands.add_parser("fetch-crl", help="fetch the controller's CRL into crl_file (the pull timer)")
     run = commands.add_parser("run", help="one hook run from OpenVPN's environment")
     run.add_argument("--deferred", action="store_true", help="write the decision to the deferred file")
@@ -124,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "install-shim":
-        print(json.dumps({"changed": install_shim(args.path, Path(args.settings).absolute())}))
+        changed = install_shim(args.path, Path(args.settings).absolute(), worker_socket=args.worker_socket)
+        print(json.dumps({"changed": changed}))
         return 0
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "check-settings":
         try:
             settings = HookSettings.from_file(args.settings)
@@ -140,6 +198,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch-crl":
         return _fetch_crl(args.settings)
     return _run(args)
+
+
+def _serve(args) -> int:
+    try:
+        settings = HookSettings.from_file(args.settings)
+    except SettingsError as exc:
+        print(f"vpnfleet-hook: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS_ERROR
+    listener = systemd_listener()
+    if listener is None:
+        if args.socket is None:
+            print("vpnfleet-hook: serve: no socket from systemd and no --socket", file=sys.stderr)
+            return EXIT_SETTINGS_ERROR
+        listener = bound_listener(args.socket, args.socket_group)
+    return serve(settings, listener, args.concurrency)
 
 
 def _fetch_crl(settings_path: str) -> int:
@@ -204,20 +277,11 @@ def _hard_deadline(settings: HookSettings, event: ClientEvent, log: DecisionLog,
 
     def expired(signum, frame) -> None:
         if event.script_type == CONNECT:
-            late = f"no decision within {settings.timeout_seconds + DEADLINE_MARGIN_SECONDS:g} s"
-            try:
-                decision = without_answer(settings, late)
-            except Exception as exc:  # noqa: BLE001 - refuse rather than leave the client deferred
-                decision = Decision(False, f"{late}; the CRL check failed: {exc}")
-            allow = decision.allow
-            log.line(
-                f"connect {'ALLOW' if allow else 'DENY'} {event.describe()} node={settings.node_name}: "
-                f"{decision.reason}",
-                warning=True,
-            )
+            decision = late_decision(settings)
+            log_connect(log, settings, event, decision, None)
             if deferred:
-                deliver(event, allow, log)
-            os._exit(0 if allow or deferred else 1)
+                deliver(event, decision.allow, log)
+            os._exit(0 if decision.allow or deferred else 1)
         log.line(f"disconnect {event.describe()}: not reported: no answer in time", warning=True)
         os._exit(0)
 

@@ -17,12 +17,18 @@ import os
 import sys
 import syslog
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import node_api
 from .settings import HookSettings, profile_from
 
 CONNECT, DISCONNECT = "client-connect", "client-disconnect"
+# Beyond timeout_seconds, a hook's own hard limit: a client is never left deferred for ever.
+DEADLINE_MARGIN_SECONDS = 2.0
+
+# How a hook reaches the controller: node_api.post (one connection per run) or a worker's pool.
+Post = Callable[[HookSettings, str, dict], "node_api.Answer"]
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,13 @@ class Decision:
     reason: str
 
 
-def decide_connect(settings: HookSettings, event: ClientEvent) -> Decision:
+def decide_connect(settings: HookSettings, event: ClientEvent, post: Post = node_api.post) -> Decision:
     if not event.common_name:
         return Decision(False, "OpenVPN passed no common_name")
     if not event.profile_id:
         return Decision(False, "no profile id: set VPNFLEET_PROFILE (setenv), profile_id or --profile")
     try:
-        answer = node_api.post(
+        answer = post(
             settings,
             "connect",
             {
@@ -116,6 +122,15 @@ def without_answer(settings: HookSettings, why: str) -> Decision:
     return Decision(fresh, f"{why}; {crl}")
 
 
+def late_decision(settings: HookSettings) -> Decision:
+    """The hard limit has passed without a decision: decide as with no answer."""
+    late = f"no decision within {settings.timeout_seconds + DEADLINE_MARGIN_SECONDS:g} s"
+    try:
+        return without_answer(settings, late)
+    except Exception as exc:  # noqa: BLE001 - refuse rather than leave the client deferred
+        return Decision(False, f"{late}; the CRL check failed: {exc}")
+
+
 def crl_freshness(settings: HookSettings) -> tuple[bool, str]:
     if settings.crl_file is None:
         return False, "no crl_file to rely on"
@@ -138,11 +153,11 @@ def crl_freshness(settings: HookSettings) -> tuple[bool, str]:
     return True, f"the node's CRL is fresh (nextUpdate {stamp})"
 
 
-def report_disconnect(settings: HookSettings, event: ClientEvent) -> str:
+def report_disconnect(settings: HookSettings, event: ClientEvent, post: Post = node_api.post) -> str:
     if not event.common_name:
         return "not reported: OpenVPN passed no common_name"
     try:
-        answer = node_api.post(
+        answer = post(
             settings,
             "disconnect",
             {
@@ -190,20 +205,29 @@ class DecisionLog:
 
 def run_connect(settings: HookSettings, event: ClientEvent, log: DecisionLog, *, deferred: bool) -> bool:
     started = time.monotonic()
-    try:
-        decision = decide_connect(settings, event)
-    except Exception as exc:  # noqa: BLE001 - a bug must refuse the client, never leave it deferred
-        decision = Decision(False, f"hook failed: {type(exc).__name__}: {exc}")
-    elapsed = time.monotonic() - started
-    verdict = "ALLOW" if decision.allow else "DENY"
-    log.line(
-        f"connect {verdict} {event.describe()} node={settings.node_name}: "
-        f"{decision.reason} [{elapsed:.3f} s]",
-        warning=not decision.allow,
-    )
+    decision = safe_decision(settings, event)
+    log_connect(log, settings, event, decision, time.monotonic() - started)
     if deferred:
         deliver(event, decision.allow, log)
     return decision.allow
+
+
+def safe_decision(settings: HookSettings, event: ClientEvent, post: Post = node_api.post) -> Decision:
+    try:
+        return decide_connect(settings, event, post)
+    except Exception as exc:  # noqa: BLE001 - a bug must refuse the client, never leave it deferred
+        return Decision(False, f"hook failed: {type(exc).__name__}: {exc}")
+
+
+def log_connect(
+    log: DecisionLog, settings: HookSettings, event: ClientEvent, decision: Decision, elapsed: float | None
+) -> None:
+    took = f" [{elapsed:.3f} s]" if elapsed is not None else ""
+    log.line(
+        f"connect {'ALLOW' if decision.allow else 'DENY'} {event.describe()} node={settings.node_name}: "
+        f"{decision.reason}{took}",
+        warning=not decision.allow,
+    )
 
 
 def deliver(event: ClientEvent, allow: bool, log: DecisionLog) -> None:
@@ -220,9 +244,14 @@ def deliver(event: ClientEvent, allow: bool, log: DecisionLog) -> None:
         )
 
 
-def run_disconnect(settings: HookSettings, event: ClientEvent, log: DecisionLog) -> None:
+def run_disconnect(
+    settings: HookSettings, event: ClientEvent, log: DecisionLog, post: Post = node_api.post
+) -> None:
     started = time.monotonic()
-    outcome = report_disconnect(settings, event)
+    try:
+        outcome = report_disconnect(settings, event, post)
+    except Exception as exc:  # noqa: BLE001 - one line in the log, whatever went wrong
+        outcome = f"not reported: hook failed: {type(exc).__name__}: {exc}"
     log.line(
         f"disconnect {event.describe()} node={settings.node_name}: {outcome} "
         f"[{time.monotonic() - started:.3f} s]",

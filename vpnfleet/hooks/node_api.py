@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import queue
 import socket
 import ssl
 from dataclasses import dataclass
@@ -39,8 +40,82 @@ def post(settings: HookSettings, call: str, fields: dict) -> Answer:
     """POST ``fields`` as JSON to ``<node API>/<call>``. Returns 2xx and 4xx answers; raises
     ControllerUnavailable for everything else. Redirects are not followed: a redirect would
     carry the node's credentials somewhere else."""
-    body = json.dumps({key: value for key, value in fields.items() if value not in (None, "")}).encode()
-    status, payload = _exchange(settings, "POST", call, body, "application/json", MAX_ANSWER_BYTES)
+    body = _json_body(fields)
+    return _answer_of(_exchange(settings, "POST", call, body, "application/json", MAX_ANSWER_BYTES))
+
+
+def get_crl(settings: HookSettings) -> bytes:
+    """GET <node API>/crl: the controller's current CRL (checked by whoever installs it)."""
+    status, payload = _exchange(settings, "GET", "crl", None, "application/x-pem-file", MAX_CRL_BYTES)
+    if status != 200:
+        raise ControllerUnavailable(f"HTTP {status}")
+    return payload
+
+
+class ConnectionPool:
+    """Keep-alive HTTPS connections to the controller for the resident worker: a storm of
+    connects costs one TLS handshake per pooled connection, not one per client. ``post`` has the
+    same answers and errors as the module's ``post``; thread-safe."""
+
+    def __init__(self, settings: HookSettings, size: int):
+        self.settings = settings
+        self.size = size
+        self._idle: queue.LifoQueue[http.client.HTTPSConnection] = queue.LifoQueue()
+        self._context = tls_context(settings)
+
+    def post(self, settings: HookSettings, call: str, fields: dict) -> Answer:
+        body = _json_body(fields)
+        try:
+            connection, retry = self._idle.get_nowait(), True
+        except queue.Empty:
+            connection, retry = _connection(settings, self._context), False
+        while True:
+            try:
+                exchanged = _request(
+                    connection, settings, "POST", call, body, "application/json", MAX_ANSWER_BYTES
+                )
+            except _StaleConnection as exc:
+                connection.close()
+                if not retry:
+                    raise ControllerUnavailable(_network_reason(exc.cause)) from None
+                # The controller closed an idle connection before it read our request: once more
+                # on a new one (nothing reached the controller, so nothing is asked twice).
+                connection, retry = _connection(settings, self._context), False
+                continue
+            except ControllerUnavailable:
+                connection.close()
+                raise
+            self._give_back(connection)
+            return _answer_of(exchanged)
+
+    def _give_back(self, connection: http.client.HTTPSConnection) -> None:
+        if connection.sock is None or self._idle.qsize() >= self.size:
+            connection.close()
+        else:
+            self._idle.put(connection)
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class _StaleConnection(Exception):
+    """The connection broke before any answer came: the controller closed it while idle."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _json_body(fields: dict) -> bytes:
+    return json.dumps({key: value for key, value in fields.items() if value not in (None, "")}).encode()
+
+
+def _answer_of(exchanged: tuple[int, bytes]) -> Answer:
+    status, payload = exchanged
     if status >= 500 or status < 200 or 300 <= status < 400:
         raise ControllerUnavailable(f"HTTP {status}")
     try:
@@ -55,48 +130,63 @@ def post(settings: HookSettings, call: str, fields: dict) -> Answer:
     return Answer(status, data)
 
 
-def get_crl(settings: HookSettings) -> bytes:
-    """GET <node API>/crl: the controller's current CRL (checked by whoever installs it)."""
-    status, payload = _exchange(settings, "GET", "crl", None, "application/x-pem-file", MAX_CRL_BYTES)
-    if status != 200:
-        raise ControllerUnavailable(f"HTTP {status}")
-    return payload
+def _connection(settings: HookSettings, context: ssl.SSLContext) -> http.client.HTTPSConnection:
+    url = urlsplit(settings.node_api_url)
+    # HookSettings refuses a controller_url without a host name.
+    return http.client.HTTPSConnection(
+        cast(str, url.hostname), url.port or 443, timeout=settings.timeout_seconds, context=context
+    )
 
 
 def _exchange(
     settings: HookSettings, method: str, call: str, body: bytes | None, accept: str, limit: int
 ) -> tuple[int, bytes]:
-    url = urlsplit(f"{settings.node_api_url}/{call}")
+    connection = _connection(settings, tls_context(settings))
+    try:
+        return _request(connection, settings, method, call, body, accept, limit, keep_alive=False)
+    except _StaleConnection as exc:
+        raise ControllerUnavailable(_network_reason(exc.cause)) from None
+    finally:
+        connection.close()
+
+
+def _request(
+    connection: http.client.HTTPSConnection,
+    settings: HookSettings,
+    method: str,
+    call: str,
+    body: bytes | None,
+    accept: str,
+    limit: int,
+    keep_alive: bool = True,
+) -> tuple[int, bytes]:
     credentials = base64.b64encode(f"{settings.node_name}:{settings.token}".encode()).decode()
-    # HookSettings refuses a controller_url without a host name.
-    connection = http.client.HTTPSConnection(
-        cast(str, url.hostname),
-        url.port or 443,
-        timeout=settings.timeout_seconds,
-        context=tls_context(settings),
-    )
     headers = {
         "Authorization": f"Basic {credentials}",
         "Accept": accept,
         "User-Agent": USER_AGENT,
-        "Connection": "close",
+        "Connection": "keep-alive" if keep_alive else "close",
     }
     if body is not None:
         headers["Content-Type"] = "application/json"
     try:
-        connection.request(method, url.path, body=body, headers=headers)
+        path = f"{urlsplit(settings.node_api_url).path}/{call}"
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         payload = response.read(limit + 1)
         status = response.status
+        if response.will_close:
+            connection.close()
     except ssl.SSLError as exc:
         raise ControllerUnavailable(f"TLS failure: {exc.reason or exc}") from None
     except TimeoutError:
         raise ControllerUnavailable(f"no answer within {settings.timeout_seconds:g} s") from None
+    except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+        raise _StaleConnection(exc) from None
     except (OSError, http.client.HTTPException) as exc:
         raise ControllerUnavailable(_network_reason(exc)) from None
-    finally:
-        connection.close()
     if len(payload) > limit:
+        connection.close()
         raise ControllerUnavailable(f"HTTP {status} with an oversized answer")
     return status, payload
 

@@ -6,6 +6,7 @@ node-x1 is real (controller_node_lab): its daemon keeps the CRL file its OpenVPN
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -193,6 +194,47 @@ def test_a_config_an_app_replaces_is_refused_at_once_then_dropped_and_in_the_nod
     vpn.stop()
     vpn_client(ovpn, proto="udp")
     node_lab.wait_until_refused_by_crl(old)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_apps_disconnect_answers_before_the_crl_is_signed_and_the_config_is_refused_at_once(
+    client, app, node_lab, vpn_client
+):
+    """/api/v3/disconnect revokes in its transaction and leaves the CRL and the disconnect to
+    crl.RevocationPusher: with another signer's turn held (the push cannot sign), it still answers,
+    the node API refuses the config from that answer on, and once the turn is free the client
+    is dropped and node-x1's CRL lists it."""
+    add_user(app, "alice")
+    token = app_tokens(client)
+    made = client.post("/api/v3/connect", headers=bearer(token), data={"profile_id": "office"})
+    assert made.status_code == 201
+    common_name, ovpn = _newest_common_name(app), made.get_data(as_text=True)
+    vpn = vpn_client(ovpn, proto="udp")
+    vpn.wait_until_up()
+    node_lab.wait_until_listed(common_name)
+    since = vpn.log_size()
+    controller = app.extensions[EXTENSION_KEY]
+    blocker = controller.sessions()
+    try:
+        with ThreadPoolExecutor(1) as caller, signing_turn(blocker):
+            # A /disconnect that waited for the turn would wait for this block to end: a timeout.
+            answer = caller.submit(client.post, "/api/v3/disconnect", headers=bearer(token)).result(2.0)
+            assert answer.status_code == 204
+            refused = client.post(
+                "/node-api/v1/connect",
+                auth=NODE_X1,
+                data={"common_name": common_name, "profile_id": "office"},
+            )
+            assert refused.status_code == 403 and refused.get_json()["reason"] == "certificate revoked"
+            assert int(_config(app, common_name).serial_number, 16) not in _serials(
+                node_lab.crl_path.read_bytes()
+            )
+        blocker.rollback()
+    finally:
+        blocker.close()
+    vpn.wait_until_dropped(since)
+    assert controller.revocations.flush()
+    assert int(_config(app, common_name).serial_number, 16) in _serials(node_lab.crl_path.read_bytes())
 
 
 def test_revocations_that_arrive_during_a_push_share_the_next_crl_and_writes_go_on(client, app, node_lab):

@@ -139,3 +139,56 @@ def _under_strace(lab, vpn_client, ovpn: str) -> list[float]:
             times.append(stamp - forked)
             forked = None
     return times
+
+
+STORM = 60
+
+
+def test_bench_storm_worker_against_fallback(lab, hooks, worker):
+    """A reconnect storm at the hooks: STORM connects handed to the shim at once, as a restarted
+    process sees them. Time until every deferred file holds its decision, through the resident
+    worker and then with the worker stopped (each shim falls back to a Python run)."""
+    names = [lab.new_config()[0] for _ in range(STORM)]
+
+    def storm() -> tuple[float, float, float]:
+        deferred = []
+        for _ in names:
+            handle, path = tempfile.mkstemp(prefix="vfk-ccr-")
+            os.close(handle)
+            deferred.append(path)
+        cpu_before = _machine_cpu()
+        started = time.perf_counter()
+        shims = [
+            subprocess.Popen(
+                [str(lab.shim), "/dev/null"],
+                env=_environment(lab, name, "client-connect", path),
+                stderr=subprocess.DEVNULL,
+            )
+            for name, path in zip(names, deferred, strict=True)
+        ]
+        for shim in shims:
+            shim.wait()
+        returned = time.perf_counter() - started
+        wait_for(lambda: all(Path(path).read_text() in ("0", "1") for path in deferred), "every decision", 60)
+        decided = time.perf_counter() - started
+        allowed = sum(Path(path).read_text() == "1" for path in deferred)
+        for path in deferred:
+            os.unlink(path)
+        assert allowed == STORM, allowed
+        return returned, decided, _machine_cpu() - cpu_before
+
+    through_worker = in_namespace(lab.namespaces.server, storm)
+    worker.stop()
+    fallback = in_namespace(lab.namespaces.server, storm)
+    print()
+    print(f"{STORM} connects at once     shims returned s   all decided s   machine CPU s")
+    for what, (returned, decided, cpu) in (("worker", through_worker), ("fallback", fallback)):
+        print(f"{what:24} {returned:>17.2f} {decided:>15.2f} {cpu:>19.2f}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (machine CPU: other sessions too)")
+
+
+def _machine_cpu() -> float:
+    """CPU seconds this machine spent so far, every process, from /proc/stat (user, nice, system)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    return (int(fields[0]) + int(fields[1]) + int(fields[2])) / os.sysconf("SC_CLK_TCK")

@@ -33,6 +33,8 @@ from openvpn_netlab import (
     VpnClients,
     replace_credentials,
     require_lab,
+    stop_process,
+    wait_for,
     without_tun_setup,
 )
 from signer_process import start_signer
@@ -66,6 +68,8 @@ class Lab:
     controller: HttpsController
     hooks_config: Path
     shim: Path
+    hook_python: Path
+    worker_socket: Path
     server: OpenVpnProcess | None = None
     crl_number: int = 1000
 
@@ -295,9 +299,13 @@ def lab() -> Iterator[Lab]:
             controller=controller,
             hooks_config=node_dir / "hooks.yaml",
             shim=node_dir / "vpnfleet-openvpn-hook",
+            hook_python=_hook_venv(workdir),
+            worker_socket=workdir / "worker.sock",
         )
         lab.write_hooks_config()
-        install_shim(lab.shim, lab.hooks_config, python=str(_hook_venv(workdir)))
+        # No worker listens unless a test starts one (the `worker` fixture): the other tests see
+        # the shim's fallback, one Python run per event.
+        install_shim(lab.shim, lab.hooks_config, python=str(lab.hook_python), worker_socket=lab.worker_socket)
         lab.server = OpenVpnProcess.start(
             namespaces.server,
             _server_config(lab, workdir / "server.key", workdir / "server.crt"),
@@ -321,6 +329,41 @@ def hooks(lab: Lab) -> Iterator[Callable[..., None]]:
     for gate in lab.front.held.values():
         gate.set()
     lab.front.held.clear()
+
+
+@dataclass
+class Worker:
+    """`vpnfleet-hook serve` as root in the server namespace (where the controller listens on
+    127.0.0.1), its socket 0660 for nogroup, the group the test's OpenVPN drops to."""
+
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@pytest.fixture
+def worker(lab: Lab) -> Iterator[Worker]:
+    log_path = lab.workdir / f"worker-{len(list(lab.workdir.glob('worker-*.log')))}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", lab.namespaces.server, str(lab.hook_python), "-I", "-m", "vpnfleet.hooks"]
+            + ["--settings", str(lab.hooks_config), "serve", "--socket", str(lab.worker_socket)]
+            + ["--socket-group", "nogroup"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    running = Worker(process, log_path)
+    try:
+        wait_for(lambda: "worker ready" in running.log(), "the hooks' worker to listen")
+        yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture

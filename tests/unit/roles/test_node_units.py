@@ -1,5 +1,6 @@
-"""The node's CRL fetch unit as the role renders it from its own defaults: it must be able to
-read the hooks' token, which only OpenVPN's own group may read (roles/node/tasks/hooks.yml)."""
+"""The node's CRL fetch unit and the hooks' worker as the role renders them from its own defaults:
+they must be able to read the hooks' token, which only OpenVPN's own group may read
+(roles/node/tasks/hooks.yml), and the worker's socket must admit that group only."""
 
 import pytest
 import yaml
@@ -8,7 +9,7 @@ from role_play import ANSIBLE_PLAYBOOK, REPO, run_play
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK, reason="needs ansible-playbook")
 
 PLAYBOOK = """
-- name: Render the node's CRL fetch unit
+- name: Render the node's CRL fetch unit and the hooks' worker
   hosts: node-x1
   connection: local
   gather_facts: false
@@ -16,18 +17,19 @@ PLAYBOOK = """
     - "{{ repo }}/roles/node/defaults/main.yml"
     - "{{ repo }}/roles/node/vars/main.yml"
   tasks:
-    - name: Render it
+    - name: Render them
       ansible.builtin.template:
-        src: "{{ repo }}/roles/node/templates/vpnfleet-crl-fetch.service.j2"
-        dest: "{{ out }}"
+        src: "{{ repo }}/roles/node/templates/{{ item }}.j2"
+        dest: "{{ out }}/{{ item }}"
         mode: "0600"
+      loop: [vpnfleet-crl-fetch.service, vpnfleet-hooks.service, vpnfleet-hooks.socket]
 """
 
 
-def test_the_crl_fetch_runs_in_the_group_that_may_read_the_hooks_token(tmp_path):
+def test_the_crl_fetch_and_the_worker_run_in_the_group_that_may_read_the_hooks_token(tmp_path):
     out = tmp_path / "vpnfleet-crl-fetch.service"
     interpreter = "{{ ansible_playbook_python }}"
-    variables = {"repo": str(REPO), "out": str(out), "ansible_python_interpreter": interpreter}
+    variables = {"repo": str(REPO), "out": str(tmp_path), "ansible_python_interpreter": interpreter}
     answer = run_play(tmp_path, PLAYBOOK, inventory="node-x1,", variables=variables)
     assert out.exists(), answer.stdout + answer.stderr
     defaults = yaml.safe_load((REPO / "roles/node/defaults/main.yml").read_text())
@@ -36,3 +38,10 @@ def test_the_crl_fetch_runs_in_the_group_that_may_read_the_hooks_token(tmp_path)
     assert token_task["ansible.builtin.copy"]["group"] == "{{ node_openvpn_group }}"
     assert token_task["ansible.builtin.copy"]["mode"] == "0640"
     assert f"SupplementaryGroups={defaults['node_openvpn_group']}\n" in out.read_text()
+    worker = (tmp_path / "vpnfleet-hooks.service").read_text()
+    assert f"SupplementaryGroups={defaults['node_openvpn_group']}\n" in worker
+    assert "DynamicUser=yes\n" in worker and "CapabilityBoundingSet=\n" in worker
+    assert "ReadWritePaths" not in worker  # it writes nothing: the shim writes the decision
+    socket = (tmp_path / "vpnfleet-hooks.socket").read_text()
+    assert f"ListenStream={defaults['node_hooks_worker_socket']}\n" in socket
+    assert f"SocketGroup={defaults['node_openvpn_group']}\n" in socket and "SocketMode=0660\n" in socket

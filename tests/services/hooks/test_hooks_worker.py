@@ -1,0 +1,115 @@
+"""The resident worker (`vpnfleet-hook serve`) between the shim and the controller: real OpenVPN,
+real clients, the real controller over HTTPS; and the shim's fallback when the worker is gone."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from datetime import timedelta
+
+from hooks_lab import hook_lines
+from openvpn_netlab import wait_for
+
+
+def _line_about(log: str, common_name: str, what: str = "connect") -> str | None:
+    prefixes = (f"{what} ALLOW cn={common_name}", f"{what} DENY cn={common_name}", f"{what} cn={common_name}")
+    return next((line for line in hook_lines(log) if line.split(": ", 1)[-1].startswith(prefixes)), None)
+
+
+def _ask_worker(lab, **event) -> str:
+    """One event straight to the worker's socket, as the shim's curl sends it."""
+    command = ["curl", "--silent", "--fail", "--unix-socket", str(lab.worker_socket), "--max-time", "10"]
+    for name, value in event.items():
+        command += ["--data-urlencode", f"{name}={value}"]
+    kind = "connect" if event["script_type"] == "client-connect" else "disconnect"
+    return subprocess.run(command + [f"http://vpnfleet-hooks/{kind}"], capture_output=True, text=True).stdout
+
+
+def test_connect_and_disconnect_go_through_the_worker(lab, hooks, worker, vpn_client):
+    common_name, ovpn = lab.new_config()
+    client = vpn_client(ovpn)
+    client.wait_until_up()
+    decision = wait_for(lambda: _line_about(worker.log(), common_name), "the worker's decision")
+    assert "connect ALLOW" in decision and "controller allowed (connection" in decision, decision
+    # No Python run of its own: the server's log has no hook line about this client.
+    assert _line_about(lab.server.log(), common_name) is None
+    [row] = lab.log_rows(common_name)
+    assert row.ipv4 and row.ipv4.startswith("198.19.128.") and row.real_address == "198.51.100.194"
+
+    client.stop()
+    report = wait_for(lambda: _line_about(worker.log(), common_name, "disconnect"), "the worker's report")
+    assert "controller closed 1 connection-log row(s)" in report, report
+    assert lab.log_rows(common_name)[0].close_reason == "disconnect"
+
+
+def test_the_worker_refuses_what_the_controller_refuses(lab, hooks, worker, vpn_client):
+    common_name, ovpn = lab.stranger_config()
+    vpn_client(ovpn).wait_until_refused()
+    decision = wait_for(lambda: _line_about(worker.log(), common_name), "the worker's decision")
+    assert "connect DENY" in decision and "controller refused (HTTP 403): unknown certificate" in decision
+    assert "MULTI: deferred --client-connect script returned CC_RET_FAILED" in lab.server.log()
+    assert lab.log_rows(common_name) == []
+
+
+def test_without_an_answer_the_worker_follows_the_crl(lab, hooks, worker):
+    """No answer is never a yes: a 502 admits only while the node's CRL is fresh."""
+    common_name, _ = lab.new_config()
+    event = {"script_type": "client-connect", "common_name": common_name, "VPNFLEET_PROFILE": "office"}
+    lab.front.fail_status = "502 Bad Gateway"
+    assert _ask_worker(lab, **event) == "1"
+    lab.write_node_crl(timedelta(seconds=-1))
+    try:
+        assert _ask_worker(lab, **event) == "0"
+    finally:
+        lab.write_node_crl(timedelta(days=1))
+    lines = [line for line in hook_lines(worker.log()) if f"cn={common_name}" in line]
+    assert len(lines) == 2, lines
+    assert "connect ALLOW" in lines[0] and "(HTTP 502); the node's CRL is fresh" in lines[0], lines
+    assert "connect DENY" in lines[1] and "(HTTP 502); the node's CRL is stale" in lines[1], lines
+
+
+def test_a_stopped_worker_leaves_the_decision_to_the_fallback_run(lab, hooks, worker, vpn_client):
+    worker.stop()
+    assert lab.worker_socket.exists()  # nothing listens behind it: curl is refused at once
+    allowed, allowed_ovpn = lab.new_config()
+    refused, refused_ovpn = lab.stranger_config()
+    vpn_client(allowed_ovpn).wait_until_up()
+    vpn_client(refused_ovpn).wait_until_refused()
+    assert "controller allowed" in wait_for(lambda: _line_about(lab.server.log(), allowed), "the fallback")
+    assert "HTTP 403" in wait_for(lambda: _line_about(lab.server.log(), refused), "the fallback's refusal")
+
+
+def test_a_worker_killed_mid_decision_strands_nobody(lab, hooks, worker, vpn_client):
+    """The worker dies while the controller sits on a connect: the shim's curl loses its
+    connection, and the fallback run decides the client (after the controller answers it)."""
+    hooks(timeout_seconds=10)
+    common_name, ovpn = lab.new_config()
+    gate = lab.front.hold(common_name)
+    client = vpn_client(ovpn)
+    wait_for(lambda: f"connect {common_name} arrived" in lab.front.events, "the connect to arrive")
+    worker.process.send_signal(signal.SIGKILL)
+    worker.process.wait()
+    wait_for(
+        lambda: lab.front.events.count(f"connect {common_name} arrived") == 2, "the fallback run to ask again"
+    )
+    gate.set()
+    client.wait_until_up()
+    line = wait_for(lambda: _line_about(lab.server.log(), common_name), "the fallback")
+    assert "controller allowed" in line, line
+
+
+def test_many_clients_at_once_are_decided_by_the_worker(lab, hooks, worker, vpn_client):
+    configs = [lab.new_config() for _ in range(30)]
+    clients = [vpn_client(ovpn) for _, ovpn in configs]
+    for client in clients:
+        client.wait_until_up()
+    decisions = [
+        wait_for(lambda name=name: _line_about(worker.log(), name), f"the decision about {name}")
+        for name, _ in configs
+    ]
+    assert all("connect ALLOW" in line for line in decisions), decisions
+    server_log = lab.server.log()
+    assert not [name for name, _ in configs if _line_about(server_log, name)], "a fallback run decided"
+    # Each took the controller's time, not an interpreter's start-up (a pooled, kept-alive connection).
+    took = sorted(float(line.rsplit("[", 1)[1].split()[0]) for line in decisions)
+    assert took[len(took) // 2] < 0.5, took
