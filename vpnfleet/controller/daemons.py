@@ -193,11 +193,12 @@ class NodeHealthCache:
             max_workers=max(2, min(64, 2 * len(nodes))), thread_name_prefix="health"
         )
 
-    def get(self) -> dict[str, NodeHealth]:
-        """The health of every node by name, at most ``ttl`` seconds old."""
+    def get(self, max_age: float | None = None) -> dict[str, NodeHealth]:
+        """The health of every node by name, at most ``max_age`` (default ``ttl``) seconds old."""
+        oldest = self._ttl if max_age is None else max_age
         with self._lock:
             came_back = None
-            if self._fetched_at is None or self._clock() - self._fetched_at >= self._ttl:
+            if self._fetched_at is None or self._clock() - self._fetched_at >= oldest:
                 before = {name: state.up for name, state in self._health.items()}
                 self._refresh()
                 came_back = [

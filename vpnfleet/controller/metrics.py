@@ -166,12 +166,13 @@ def process_counts(
 
 
 class FleetCollector(Collector):
-    """The fleet's state at scrape time, from the nodes' health that node choice keeps too, and
-    the WireGuard addresses the controller's database holds.
+    """The fleet's state at scrape time: the nodes are asked afresh for every scrape, and the
+    WireGuard addresses in use are the controller's database's.
 
-    Its cache (node_health_ttl_seconds) is shorter than any scrape interval: each scrape sees
-    the nodes as they answered at most that long ago, and scrapes add no calls to a node that
-    portal and API traffic already asks.
+    Not from the cache that node choice reads: each gunicorn worker keeps its own, so two
+    scrapes answered by two workers would tell the same moment twice differently and a gauge
+    would go back and forth. A scrape costs one /i/node per node, and its answers refresh that
+    worker's cache for node choice too.
     """
 
     def __init__(self, controller: Controller):
@@ -179,7 +180,7 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         settings = self.controller.settings
-        health = list(self.controller.daemons.health.get().values())
+        health = list(self.controller.daemons.health.get(max_age=0).values())
         yield from _node_metrics(health)
         allocated = _allocated_wireguard(self.controller) if any(n.wireguard for n in settings.nodes) else {}
         counts = process_counts(settings, health, allocated)

@@ -231,6 +231,8 @@ def test_the_health_cache_asks_once_per_ttl_and_never_waits_longer_than_its_time
         release.set()
         cache.get()
         assert sorted(asked) == ["node-x1", "node-x1", "node-y1", "node-y1"]
+        cache.get(max_age=0)  # a metrics scrape: afresh, whatever the ttl
+        assert sorted(asked) == ["node-x1"] * 3 + ["node-y1"] * 3
     finally:
         release.set()
 

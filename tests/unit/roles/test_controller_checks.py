@@ -2,16 +2,10 @@
 must hold the controller's CRL lifetime plus the minute its thisUpdate is backdated, or the signer
 refuses every CRL (tests/services/controller/test_controller_signer.py shows that refusal)."""
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import yaml
+from role_play import ANSIBLE_PLAYBOOK, REPO, run_play
 
-REPO = Path(__file__).resolve().parents[3]
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook")
 CHECK = "Check that the signer's CRL bound holds the controller's CRL lifetime"
 
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK, reason="needs ansible-playbook")
@@ -46,22 +40,8 @@ def test_the_role_refuses_a_signer_bound_shorter_than_the_crl_lifetime_and_a_min
             "tasks": [check],
         }
     ]
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
-    answer = subprocess.run(
-        [
-            ANSIBLE_PLAYBOOK,
-            "-i",
-            "controller,",
-            "-e",
-            "ansible_python_interpreter={{ansible_playbook_python}}",
-            str(tmp_path / "play.yml"),
-        ],
-        cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    interpreter = {"ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+    answer = run_play(tmp_path, yaml.safe_dump(play), inventory="controller,", variables=interpreter)
     output = answer.stdout + answer.stderr
     assert (answer.returncode == 0) == passes, output
     if not passes:

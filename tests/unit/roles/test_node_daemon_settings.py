@@ -3,18 +3,13 @@ and the certificates the role issues: with metrics on, a third one of the `serve
 the metrics port (Go clients such as Prometheus cannot parse daemon_server's)."""
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from role_play import ANSIBLE_PLAYBOOK, REPO, run_play
 
 from vpnfleet.daemon.settings import DaemonSettings
-
-REPO = Path(__file__).resolve().parents[3]
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook")
 
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK, reason="needs ansible-playbook")
 
@@ -69,16 +64,7 @@ def render(tmp_path: Path, metrics: bool) -> tuple[list[dict], dict]:
         "node_crl_dir": str(tmp_path / "crl"),
         "node_metrics_enabled": metrics,
     }
-    (tmp_path / "vars.json").write_text(json.dumps(variables))
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    answer = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "node-x1,", "-e", f"@{tmp_path / 'vars.json'}", str(tmp_path / "play.yml")],
-        cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    answer = run_play(tmp_path, PLAYBOOK, inventory="node-x1,", variables=variables)
     assert (tmp_path / "daemon.yaml").exists(), answer.stdout + answer.stderr
     certificates = json.loads((tmp_path / "certificates.json").read_text())
     return certificates, yaml.safe_load((tmp_path / "daemon.yaml").read_text())

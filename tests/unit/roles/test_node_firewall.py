@@ -8,14 +8,12 @@ import shutil
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
+from role_play import ANSIBLE_PLAYBOOK, REPO, run_play
 from vpnfleet.shared import fleet
 
-REPO = Path(__file__).resolve().parents[3]
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook")
 NFT = shutil.which("nft")
 LAB_PROFILES = yaml.safe_load((REPO / "inventories/lab/group_vars/all/profiles.yml").read_text())[
     "vpnfleet_profiles"
@@ -72,26 +70,9 @@ def render(tmp_path, view):
         "node_daemon_port": 41194,
         "node_lan_prefixes": [],
         "node_metrics_enabled": False,
+        "ansible_host": "127.0.0.1",
     }
-    (tmp_path / "vars.json").write_text(json.dumps(variables))
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    answer = subprocess.run(
-        [
-            ANSIBLE_PLAYBOOK,
-            "-i",
-            "node-x1,",
-            "-e",
-            "ansible_host=127.0.0.1",
-            "-e",
-            f"@{tmp_path / 'vars.json'}",
-            str(tmp_path / "play.yml"),
-        ],
-        cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    answer = run_play(tmp_path, PLAYBOOK, inventory="node-x1,", variables=variables)
     assert (tmp_path / "nftables.conf").exists(), answer.stdout + answer.stderr
     return tmp_path / "nftables.conf"
 

@@ -1,16 +1,9 @@
 """The node's CRL fetch unit as the role renders it from its own defaults: it must be able to
 read the hooks' token, which only OpenVPN's own group may read (roles/node/tasks/hooks.yml)."""
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[3]
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook")
+from role_play import ANSIBLE_PLAYBOOK, REPO, run_play
 
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK, reason="needs ansible-playbook")
 
@@ -32,23 +25,10 @@ PLAYBOOK = """
 
 
 def test_the_crl_fetch_runs_in_the_group_that_may_read_the_hooks_token(tmp_path):
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
     out = tmp_path / "vpnfleet-crl-fetch.service"
-    answer = subprocess.run(
-        [
-            ANSIBLE_PLAYBOOK,
-            "-i",
-            "node-x1,",
-            "-e",
-            f"repo={REPO} out={out} ansible_python_interpreter={{{{ansible_playbook_python}}}}",
-            str(tmp_path / "play.yml"),
-        ],
-        cwd=REPO,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    interpreter = "{{ ansible_playbook_python }}"
+    variables = {"repo": str(REPO), "out": str(out), "ansible_python_interpreter": interpreter}
+    answer = run_play(tmp_path, PLAYBOOK, inventory="node-x1,", variables=variables)
     assert out.exists(), answer.stdout + answer.stderr
     defaults = yaml.safe_load((REPO / "roles/node/defaults/main.yml").read_text())
     hooks_tasks = yaml.safe_load((REPO / "roles/node/tasks/hooks.yml").read_text())

@@ -7,38 +7,18 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import yaml
-
-REPO = Path(__file__).resolve().parents[4]
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook")
-LAB_PROFILES = yaml.safe_load((REPO / "inventories/lab/group_vars/all/profiles.yml").read_text())
+from role_play import ANSIBLE_PLAYBOOK, REPO, fleet_plays, run_play, write_inventory
 
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK, reason="ansible-playbook is not on PATH")
 
 # As playbooks/site.yml: the fleet role (with the facts of every host), a layer that changes
 # the hosts (a file each in the test's directory), the report of what was not converged.
-PLAYBOOK = """
-- name: The fleet's plan
-  hosts: vpnfleet_controllers:vpnfleet_nodes
-  gather_facts: true
-  roles:
-    - role: vpnfleet.server.fleet
-
-- name: A layer that changes the hosts
-  hosts: vpnfleet_controllers:vpnfleet_nodes
-  gather_facts: false
-  tasks:
-    - name: Change something
-      ansible.builtin.copy:
-        content: "{{ fleet_plan.nodes[inventory_hostname] | default(fleet_plan.controller) | to_json }}"
-        dest: "{{ changed_dir }}/{{ inventory_hostname }}.json"
-        mode: "0600"
-
+PLAYBOOK = (
+    fleet_plays(gather_facts=True)
+    + """
 - name: What the run did not converge
   hosts: vpnfleet_controllers:vpnfleet_nodes
   gather_facts: false
@@ -48,6 +28,7 @@ PLAYBOOK = """
         name: vpnfleet.server.fleet
         tasks_from: report
 """
+)
 
 
 def inventory(node_y1_answers):
@@ -79,10 +60,6 @@ def inventory(node_y1_answers):
 
 
 def run(tmp_path, node_y1_answers, *args, **env_vars):
-    (tmp_path / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory(node_y1_answers)))
-    (tmp_path / "group_vars" / "all" / "profiles.yml").write_text(yaml.safe_dump(LAB_PROFILES))
-    (tmp_path / "site.yml").write_text(PLAYBOOK)
     changed = tmp_path / "changed"
     shutil.rmtree(changed, ignore_errors=True)
     changed.mkdir()
@@ -94,19 +71,12 @@ def run(tmp_path, node_y1_answers, *args, **env_vars):
         **env_vars,
     )
     started = time.monotonic()
-    answer = subprocess.run(
-        [
-            ANSIBLE_PLAYBOOK,
-            "-i",
-            str(tmp_path / "hosts.yml"),
-            str(tmp_path / "site.yml"),
-            "-e",
-            f"changed_dir={changed}",
-        ],
-        cwd=REPO,
+    answer = run_play(
+        tmp_path,
+        PLAYBOOK,
+        inventory=write_inventory(tmp_path, inventory(node_y1_answers)),
+        variables={"changed_dir": str(changed)},
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     files = {path.stem: json.loads(path.read_text()) for path in changed.iterdir()}

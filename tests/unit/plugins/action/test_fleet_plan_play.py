@@ -5,38 +5,15 @@ refused in the first play, before the next play could change anything."""
 import json
 import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
-
-REPO = Path(__file__).resolve().parents[4]
-ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook") or os.environ.get("VPNFLEET_ANSIBLE_PLAYBOOK")
-LAB_PROFILES = yaml.safe_load((REPO / "inventories/lab/group_vars/all/profiles.yml").read_text())
+from role_play import ANSIBLE_PLAYBOOK, LAB_PROFILES, REPO, fleet_plays, run_play, write_inventory
 
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK, reason="ansible-playbook is not on PATH")
 
 # As playbooks/site.yml: the fleet role first, then a play that changes something (here a file
 # in the test's directory, standing in for the base role).
-PLAYBOOK = """
-- name: The fleet's plan
-  hosts: vpnfleet_controllers:vpnfleet_nodes
-  gather_facts: false
-  roles:
-    - role: vpnfleet.server.fleet
-
-- name: A layer that changes the hosts
-  hosts: vpnfleet_controllers:vpnfleet_nodes
-  gather_facts: false
-  tasks:
-    - name: Change something
-      ansible.builtin.copy:
-        content: "{{ fleet_plan.nodes[inventory_hostname] | default(fleet_plan.controller) | to_json }}"
-        dest: "{{ changed_dir }}/{{ inventory_hostname }}.json"
-        mode: "0600"
-"""
+PLAYBOOK = fleet_plays(gather_facts=False)
 
 
 def inventory(controllers=("controller",), location_vars=None):
@@ -60,10 +37,6 @@ def inventory(controllers=("controller",), location_vars=None):
 
 
 def run(tmp_path, hosts, profiles=None):
-    (tmp_path / "group_vars" / "all").mkdir(parents=True)
-    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    (tmp_path / "group_vars" / "all" / "profiles.yml").write_text(yaml.safe_dump(profiles or LAB_PROFILES))
-    (tmp_path / "site.yml").write_text(PLAYBOOK)
     changed = tmp_path / "changed"
     changed.mkdir()
     # The minimal callback prints each result as "host | STATUS => {json}".
@@ -73,13 +46,12 @@ def run(tmp_path, hosts, profiles=None):
         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal",
         ANSIBLE_CALLBACK_RESULT_FORMAT="json",
     )
-    command = [ANSIBLE_PLAYBOOK, "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "site.yml")]
-    answer = subprocess.run(
-        [*command, "-e", f"changed_dir={changed}"],
-        cwd=REPO,
+    answer = run_play(
+        tmp_path,
+        PLAYBOOK,
+        inventory=write_inventory(tmp_path, hosts, profiles),
+        variables={"changed_dir": str(changed)},
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     return answer.returncode, _results(answer.stdout), sorted(path.name for path in changed.iterdir())
