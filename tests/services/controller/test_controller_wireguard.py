@@ -570,7 +570,7 @@ def test_the_reconcile_service_removes_an_expired_peer_at_its_expiry_not_a_round
 
 @pytest.fixture
 def metrics_wg_app(make_app, pki_dir, wireguard_node):
-    """wg_app's profiles and nodes with the scrape token, the node health asked every second."""
+    """wg_app's profiles and nodes with the scrape token."""
     base = settings_mapping(pki_dir, "", 0)
     app = make_app(
         profiles=_wireguard_profiles(base),
@@ -578,7 +578,6 @@ def metrics_wg_app(make_app, pki_dir, wireguard_node):
         daemon_port=wireguard_node.daemon_port,
         metrics_token_sha256=SCRAPE_TOKEN_SHA256,
         daemon_timeout_seconds=2,
-        node_health_ttl_seconds=1,
     )
     yield app
     wireguard_node.client_down()
