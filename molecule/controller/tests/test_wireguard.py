@@ -141,7 +141,7 @@ def _bring_up(client, config, device=DEVICE, routes=(f"{TARGET}/32",)):
         client.check_output(f"ip address add {address} dev {device}")
     client.check_output(f"ip link set {device} up")
     for route in routes:
-        client.check_output(f"ip route add {route} dev {device}")
+        client.check_output(f"ip route replace {route} dev {device}")
 
 
 def _fetch(client, path, seconds=10, host=TARGET):
