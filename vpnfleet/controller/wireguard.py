@@ -435,8 +435,8 @@ def watch_health(controller: Controller) -> None:
     controller.daemons.health.on_round = on_round
 
 
-# A wake a little after the expiry, not a little before: the clocks of the wait and of the
-# database's times differ by that much at most, and a wake before would find nothing to release.
+# A wake a little after the expiry, not a little before: the wait counts on another clock than
+# the database's times, and a wake before the expiry finds nothing to release.
 _EXPIRY_MARGIN_SECONDS = 0.05
 
 
