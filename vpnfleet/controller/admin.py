@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from vpnfleet.controller import connection_log, wireguard
 from vpnfleet.controller.accounts import end_user_sessions
-from vpnfleet.controller.configs import active_configs, disable_user, disconnect_everywhere
+from vpnfleet.controller.configs import active_configs, disable_user, disconnect_user_everywhere
 from vpnfleet.controller.connection_log import LogSearch, LogSearchError
 from vpnfleet.controller.fleet import (
     DrainRefused,
@@ -124,9 +124,14 @@ def _report_unreachable(unreachable: list[str]) -> None:
 def disconnect_user(user_id: int):
     _checked_action()
     user = _user_or_404(user_id)
-    names = [config.common_name for config in active_configs(db(), user, utcnow())]
-    _report_unreachable(disconnect_everywhere(controller(), names))
+    done = disconnect_user_everywhere(controller(), db(), user)
+    _report_unreachable(done.unreachable)
     flash(f"Disconnected {user.username} on every node.")
+    if done.wireguard_ended:
+        flash(
+            f"{done.wireguard_ended} WireGuard config(s) of {user.username} ended: a WireGuard "
+            "client has no connection to drop, only its peer, so it needs a new config."
+        )
     return redirect(
         request.referrer if _local(request.referrer) else url_for("admin.user_detail", user_id=user.id)
     )

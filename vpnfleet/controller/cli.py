@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-import time
+import threading
 
 from sqlalchemy import select
 
 from vpnfleet.controller import connection_log
 from vpnfleet.controller.accounts import ensure_user
 from vpnfleet.controller.app import create_app
-from vpnfleet.controller.configs import disable_user
+from vpnfleet.controller.configs import disable_user, disconnect_user_everywhere
 from vpnfleet.controller.database import migrate
 from vpnfleet.controller.fleet import DrainRefused, set_maintenance
 from vpnfleet.controller.housekeeping import run_housekeeping
 from vpnfleet.controller.models import User
 from vpnfleet.controller.settings import load_settings
 from vpnfleet.controller.state import controller, db
-from vpnfleet.controller.wireguard import reconcile
+from vpnfleet.controller.wireguard import ReconcileReport, reconcile, serve
 from vpnfleet.settings_file import SettingsError, add_settings_argument
 
 DEFAULT_SETTINGS = "/etc/vpnfleet/controller.yml"
@@ -45,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     user.add_argument("--admin", action=argparse.BooleanOptionalAction, default=False)
     user.add_argument("--group", action="append", default=[], help="a group of the user (repeatable)")
     user.add_argument("--disabled", action=argparse.BooleanOptionalAction, default=False)
+    disconnect = commands.add_parser(
+        "disconnect",
+        help="what the admin page's Disconnect does: the user's OpenVPN clients dropped, their "
+        "WireGuard configs ended; prints JSON",
+    )
+    disconnect.add_argument("username")
     commands.add_parser("housekeeping", help="disconnect what must go, close stale log rows, purge old rows")
     wireguard = commands.add_parser(
         "wireguard-reconcile",
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return _node_maintenance(arguments)
         if arguments.command == "wireguard-reconcile":
             return _wireguard_reconcile(arguments)
+        if arguments.command == "disconnect":
+            return _disconnect(arguments)
         print(json.dumps(run_housekeeping(controller(), db()).as_dict()))
     return 0
 
@@ -123,6 +130,25 @@ def _user(arguments: argparse.Namespace) -> int:
         user = db().scalars(select(User).where(User.username == arguments.username)).one()
         disable_user(controller(), db(), user)
     print(json.dumps({"changed": change.changed, "created": change.created}))
+    return 0
+
+
+def _disconnect(arguments: argparse.Namespace) -> int:
+    user = db().scalars(select(User).where(User.username == arguments.username)).one_or_none()
+    if user is None:
+        print(f"vpnfleet-controller: disconnect: no user {arguments.username!r}", file=sys.stderr)
+        return 2
+    done = disconnect_user_everywhere(controller(), db(), user)
+    print(
+        json.dumps(
+            {
+                "user": user.username,
+                "openvpn_configs": done.openvpn_configs,
+                "wireguard_ended": done.wireguard_ended,
+                "nodes_unreachable": done.unreachable,
+            }
+        )
+    )
     return 0
 
 
@@ -149,33 +175,27 @@ def _connection_log(arguments: argparse.Namespace) -> int:
 
 
 def _wireguard_reconcile(arguments: argparse.Namespace) -> int:
-    """Once, or every --every seconds for as long as the service runs: one process that sleeps
-    costs nothing, where a timer would start Python (a second of CPU) every few seconds."""
-    if arguments.every is not None and arguments.every <= 0:
-        print("vpnfleet-controller: --every: must be more than 0 seconds", file=sys.stderr)
-        return 2
-    while True:
+    """Once, or as the service: every --every seconds for as long as it runs, and at each
+    config's expiry between (wireguard.serve). One process that sleeps costs nothing, where a
+    timer would start Python (a second of CPU) every few seconds."""
+    if arguments.every is None:
         session = controller().sessions()
         try:
-            report = reconcile(controller(), session)
-            # Looping, only what changed something (or could not): the journal stays readable.
-            if (
-                arguments.every is None
-                or report.added
-                or report.removed
-                or report.released
-                or report.nodes_unreachable
-            ):
-                print(json.dumps(report.as_dict()), flush=True)
-        except Exception:
-            if arguments.every is None:
-                raise
-            logging.getLogger(__name__).exception("WireGuard reconcile failed; trying again")
+            print(json.dumps(reconcile(controller(), session).as_dict()))
         finally:
             session.close()
-        if arguments.every is None:
-            return 0
-        time.sleep(arguments.every)
+        return 0
+    if arguments.every <= 0:
+        print("vpnfleet-controller: --every: must be more than 0 seconds", file=sys.stderr)
+        return 2
+
+    def told(report: ReconcileReport) -> None:
+        # Only what changed something (or could not): the journal stays readable.
+        if report.added or report.removed or report.released or report.nodes_unreachable:
+            print(json.dumps(report.as_dict()), flush=True)
+
+    serve(controller(), arguments.every, threading.Event(), told)
+    return 0
 
 
 # The last node of a location is not drained without --force: the playbook tells this apart.

@@ -437,6 +437,30 @@ def disconnect_everywhere(controller: Controller, common_names: list[str]) -> li
     return [answer.node.name for answer in answers if not answer.ok]
 
 
+@dataclass(frozen=True)
+class UserDisconnected:
+    openvpn_configs: int  # whose clients were dropped; the configs stay valid
+    wireguard_ended: int  # WireGuard configs revoked, their peers removed
+    unreachable: list[str]  # nodes not told
+
+
+def disconnect_user_everywhere(controller: Controller, db: Session, user: User) -> UserDisconnected:
+    """The admin's disconnect (the admin page, ``vpnfleet-controller disconnect``): the user's
+    OpenVPN clients dropped on every node, their configs kept (the client may connect again);
+    their WireGuard configs ended, as eduVPN's disconnect does. A WireGuard node has no session
+    to drop, only the peer, and a peer removed while its config lives is back with the next
+    reconcile: the disconnect of a WireGuard client is the end of its config."""
+    now = utcnow()
+    active = active_configs(db, user, now)
+    openvpn = [config.common_name for config in active if config.protocol == OPENVPN]
+    ended = _mark_revoked([config for config in active if config.protocol == WIREGUARD], now)
+    db.commit()
+    unreachable = wireguard.release(controller, db, ended, "disconnected")
+    if openvpn:
+        unreachable += disconnect_everywhere(controller, openvpn)
+    return UserDisconnected(len(openvpn), len(ended), sorted(set(unreachable)))
+
+
 def _end_authorization_rows(db: Session, authorization: OAuthAuthorization, now: datetime) -> list[str]:
     authorization.revoked_at = authorization.revoked_at or now
     db.execute(

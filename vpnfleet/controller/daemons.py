@@ -117,15 +117,24 @@ class NodeHealth:
             found.append(ProcessHealth(name, profile, int(index), count if isinstance(count, int) else None))
         return found
 
-    def wireguard_key(self, interface: str) -> str | None:
-        """The public key of the node's WireGuard interface, as its daemon reports it (the private
-        key never leaves the node; the key changes only when the node makes a new one)."""
+    def _wireguard_entry(self, interface: str) -> dict:
         listed = self.info.get("wireguard") if self.info else None
         for entry in listed if isinstance(listed, list) else []:
             if isinstance(entry, dict) and entry.get("interface") == interface:
-                key = entry.get("public_key")
-                return key if isinstance(key, str) and key else None
-        return None
+                return entry
+        return {}
+
+    def wireguard_key(self, interface: str) -> str | None:
+        """The public key of the node's WireGuard interface, as its daemon reports it (the private
+        key never leaves the node; the key changes only when the node makes a new one)."""
+        key = self._wireguard_entry(interface).get("public_key")
+        return key if isinstance(key, str) and key else None
+
+    def wireguard_counts(self, interface: str) -> tuple[int | None, int | None]:
+        """The interface's peers and, of those, the ones with a recent handshake, as its daemon
+        counted them; None where it did not (the interface did not answer)."""
+        entry = self._wireguard_entry(interface)
+        return _count_in(entry, "configured_peer_count"), _count_in(entry, "peer_count")
 
     @property
     def wireguard_peers(self) -> int | None:
@@ -138,8 +147,7 @@ class NodeHealth:
         return self._count("w_peer_count")
 
     def _count(self, name: str) -> int | None:
-        count = self.info.get(name) if self.info else None
-        return count if isinstance(count, int) and not isinstance(count, bool) else None
+        return _count_in(self.info or {}, name)
 
     def answering(self, profile_id: str) -> dict[str, int]:
         """Client counts of the profile's processes that answered, by process name."""
@@ -148,6 +156,11 @@ class NodeHealth:
             for process in self.processes
             if process.profile_id == profile_id and process.clients is not None
         }
+
+
+def _count_in(answer: dict, name: str) -> int | None:
+    count = answer.get(name)
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 class NodeHealthCache:

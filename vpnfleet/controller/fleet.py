@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from dataclasses import dataclass
 
@@ -261,8 +260,8 @@ def wireguard_candidates(
             continue
         if state.wireguard_key(interface.interface) is None:
             continue
-        slots = ipaddress.ip_network(interface.ipv4_range).num_addresses - 3  # network, node, broadcast
-        load = (state.wireguard_connected or 0) / max(1, slots) + (state.rel_load or 0) / 100
+        share = (state.wireguard_connected or 0) / max(1, interface.client_addresses)
+        load = share + (state.rel_load or 0) / 100
         found.append(Candidate(node, load, {}))
     return found
 

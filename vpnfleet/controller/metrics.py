@@ -10,7 +10,8 @@ Two kinds, because gunicorn runs several worker processes:
 
 The names follow what ops teams already scrape: openvpn_exporter's
 openvpn_server_connected_clients, eduVPN's eduvpn_active_connections, eduvpn_max_connections and
-eduvpn_free_ips per profile; our own names start with vpnfleet_.
+eduvpn_free_ips per profile (and protocol: udp and tcp for OpenVPN, wireguard); our own names
+start with vpnfleet_. A WireGuard interface is labelled like a process (process: its name).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from flask import Blueprint, Response, abort, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
+from sqlalchemy import func, select
 
 from vpnfleet.controller.daemons import NodeHealth
-from vpnfleet.controller.settings import Node, Settings
+from vpnfleet.controller.models import WireguardPeer
+from vpnfleet.controller.settings import WIREGUARD, Node, Settings
 from vpnfleet.controller.state import Controller, controller
 from vpnfleet.shared.instances import instance_name
 
@@ -109,16 +112,27 @@ class _EventsOf(Collector):
 
 @dataclass(frozen=True)
 class ProcessCount:
+    """One OpenVPN process, or one WireGuard interface (protocol wireguard; process: the
+    interface's name, its one "process"), of a node that answered."""
+
     node: Node
     profile_id: str
     process: str
     protocol: str
     max_clients: int | None
-    clients: int | None  # None: the process did not answer
+    clients: int | None  # connected now; None: the process (interface) did not answer
+    # Addresses in use: an OpenVPN client holds one while connected, a WireGuard config from its
+    # allocation to its release, connected or not (eduVPN's free WireGuard IPs count so too).
+    in_use: int | None
+    peers: int | None = None  # WireGuard: the peers the interface holds, as its node counts them
 
 
-def process_counts(settings: Settings, health: list[NodeHealth]) -> list[ProcessCount]:
-    """Every planned process of every node that answered, with the clients its daemon counted."""
+def process_counts(
+    settings: Settings, health: list[NodeHealth], allocated: dict[tuple[str, str], int]
+) -> list[ProcessCount]:
+    """Every planned process and WireGuard interface of every node that answered, with the
+    clients (peers) its daemon counted; ``allocated``: the controller's unreleased WireGuard
+    peers by (node, profile)."""
     counts = []
     for node_health in health:
         if not node_health.up:
@@ -128,21 +142,32 @@ def process_counts(settings: Settings, health: list[NodeHealth]) -> list[Process
         for profile in settings.profiles:
             for index, planned in enumerate(node.processes_of(profile.id)):
                 name = planned.name or instance_name(profile.id, index)
+                clients = reported.get(name)
+                counts.append(
+                    ProcessCount(node, profile.id, name, planned.proto, planned.max_clients, clients, clients)
+                )
+            interface = node.wireguard_of(profile.id)
+            if interface is not None:
+                peers, connected = node_health.wireguard_counts(interface.interface)
+                held = allocated.get((node.name, profile.id), 0) if connected is not None else None
                 counts.append(
                     ProcessCount(
-                        node=node,
-                        profile_id=profile.id,
-                        process=name,
-                        protocol=planned.proto,
-                        max_clients=planned.max_clients,
-                        clients=reported.get(name),
+                        node,
+                        profile.id,
+                        interface.interface,
+                        WIREGUARD,
+                        interface.client_addresses,
+                        connected,
+                        held,
+                        peers,
                     )
                 )
     return counts
 
 
 class FleetCollector(Collector):
-    """The fleet's state at scrape time: the nodes are asked afresh for every scrape.
+    """The fleet's state at scrape time: the nodes are asked afresh for every scrape, and the
+    WireGuard addresses in use are the controller's database's.
 
     Not from the cache that node choice reads: each gunicorn worker keeps its own, so two
     scrapes answered by two workers would tell the same moment twice differently and a gauge
@@ -157,14 +182,30 @@ class FleetCollector(Collector):
         settings = self.controller.settings
         health = list(self.controller.daemons.health.get(max_age=0).values())
         yield from _node_metrics(health)
-        counts = process_counts(settings, health)
+        allocated = _allocated_wireguard(self.controller) if any(n.wireguard for n in settings.nodes) else {}
+        counts = process_counts(settings, health, allocated)
         yield from _process_metrics(counts)
+        yield from _wireguard_metrics(counts)
         yield from _profile_metrics(settings, counts)
         yield from _crl_metrics(settings.ca_dir / "crl.pem")
 
 
+def _allocated_wireguard(controller: Controller) -> dict[tuple[str, str], int]:
+    db = controller.sessions()
+    try:
+        rows = db.execute(
+            select(WireguardPeer.node, WireguardPeer.profile_id, func.count())
+            .where(WireguardPeer.released_at.is_(None))
+            .group_by(WireguardPeer.node, WireguardPeer.profile_id)
+        ).all()
+    finally:
+        db.close()
+    return {(node, profile): count for node, profile, count in rows}
+
+
 _NODE_LABELS = ["node", "location"]
 _PROCESS_LABELS = ["node", "location", "profile", "process", "protocol"]
+_PROFILE_LABELS = ["profile", "protocol"]
 
 
 def _node_metrics(health: list[NodeHealth]) -> Iterator[Metric]:
@@ -185,6 +226,10 @@ def _node_metrics(health: list[NodeHealth]) -> Iterator[Metric]:
     yield maintenance
 
 
+def _labels(count: ProcessCount) -> list[str]:
+    return [count.node.name, count.node.location, count.profile_id, count.process, count.protocol]
+
+
 def _process_metrics(counts: list[ProcessCount]) -> Iterator[Metric]:
     clients = GaugeMetricFamily(
         "openvpn_server_connected_clients",
@@ -193,48 +238,80 @@ def _process_metrics(counts: list[ProcessCount]) -> Iterator[Metric]:
     )
     limit = GaugeMetricFamily(
         "vpnfleet_process_max_clients",
-        "Clients one OpenVPN process can take: the addresses of its slice of the profile's range.",
+        "Clients one OpenVPN process (or WireGuard interface) can take: the addresses of its slice.",
         labels=_PROCESS_LABELS,
     )
     free = GaugeMetricFamily(
         "vpnfleet_process_free_addresses",
-        "Client addresses of one OpenVPN process not in use.",
+        "Client addresses of one OpenVPN process (or WireGuard interface) not in use.",
         labels=_PROCESS_LABELS,
     )
     for count in counts:
-        labels = [count.node.name, count.node.location, count.profile_id, count.process, count.protocol]
-        if count.clients is not None:
+        labels = _labels(count)
+        if count.clients is not None and count.protocol != WIREGUARD:
             clients.add_metric(labels, count.clients)
         if count.max_clients is not None:
             limit.add_metric(labels, count.max_clients)
-            if count.clients is not None:
-                free.add_metric(labels, max(0, count.max_clients - count.clients))
+            if count.in_use is not None:
+                free.add_metric(labels, max(0, count.max_clients - count.in_use))
     yield clients
     yield limit
     yield free
 
 
+def _wireguard_metrics(counts: list[ProcessCount]) -> Iterator[Metric]:
+    interfaces = [count for count in counts if count.protocol == WIREGUARD]
+    if not interfaces:
+        return
+    peers = GaugeMetricFamily(
+        "vpnfleet_wireguard_peers",
+        "Peers one WireGuard interface holds, as its node counts them.",
+        labels=_PROCESS_LABELS,
+    )
+    connected = GaugeMetricFamily(
+        "vpnfleet_wireguard_connected_peers",
+        "Peers of one WireGuard interface with a handshake in the last 3 minutes.",
+        labels=_PROCESS_LABELS,
+    )
+    for count in interfaces:
+        if count.peers is not None:
+            peers.add_metric(_labels(count), count.peers)
+        if count.clients is not None:
+            connected.add_metric(_labels(count), count.clients)
+    yield peers
+    yield connected
+
+
 def _profile_metrics(settings: Settings, counts: list[ProcessCount]) -> Iterator[Metric]:
-    """eduVPN's per-profile names, over the processes that answered."""
+    """eduVPN's per-profile names, over the processes and interfaces that answered, one series per
+    protocol the profile's nodes serve (udp, tcp, wireguard): sum by (profile) is eduVPN's figure."""
     active = GaugeMetricFamily(
-        "eduvpn_active_connections", "Clients connected to the profile, fleet-wide.", labels=["profile"]
+        "eduvpn_active_connections",
+        "Clients connected to the profile (WireGuard: a handshake in the last 3 minutes), fleet-wide.",
+        labels=_PROFILE_LABELS,
     )
     maximum = GaugeMetricFamily(
         "eduvpn_max_connections",
-        "Clients the profile's answering processes can take, fleet-wide.",
-        labels=["profile"],
+        "Clients the profile's answering processes and interfaces can take, fleet-wide.",
+        labels=_PROFILE_LABELS,
     )
     free = GaugeMetricFamily(
-        "eduvpn_free_ips", "Client addresses of the profile not in use, fleet-wide.", labels=["profile"]
+        "eduvpn_free_ips", "Client addresses of the profile not in use, fleet-wide.", labels=_PROFILE_LABELS
     )
     for profile in settings.profiles:
-        mine = [count for count in counts if count.profile_id == profile.id and count.clients is not None]
-        connected = sum(count.clients or 0 for count in mine)
-        active.add_metric([profile.id], connected)
-        if all(count.max_clients is not None for count in mine):
-            capacity = sum(count.max_clients or 0 for count in mine)
-            maximum.add_metric([profile.id], capacity)
-            free.add_metric([profile.id], max(0, capacity - connected))
+        protocols = sorted({count.protocol for count in counts if count.profile_id == profile.id})
+        for protocol in protocols:
+            labels = [profile.id, protocol]
+            mine = [
+                count
+                for count in counts
+                if (count.profile_id, count.protocol) == (profile.id, protocol) and count.clients is not None
+            ]
+            active.add_metric(labels, sum(count.clients or 0 for count in mine))
+            if all(count.max_clients is not None for count in mine):
+                capacity = sum(count.max_clients or 0 for count in mine)
+                maximum.add_metric(labels, capacity)
+                free.add_metric(labels, max(0, capacity - sum(count.in_use or 0 for count in mine)))
     yield active
     yield maximum
     yield free

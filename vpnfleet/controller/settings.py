@@ -115,6 +115,12 @@ class WireguardSlice:
     def holds(self, address: str) -> bool:
         return _within(address, self.ipv4_range, self.ipv6_range)
 
+    @property
+    def client_addresses(self) -> int:
+        """The configs the slice holds: its IPv4 addresses but the network's, the node's and the
+        broadcast address (eduVPN's count of a WireGuard range too)."""
+        return ipaddress.ip_network(self.ipv4_range).num_addresses - 3
+
 
 @dataclass(frozen=True)
 class Node:

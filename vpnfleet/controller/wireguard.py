@@ -16,14 +16,16 @@ import binascii
 import ipaddress
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from vpnfleet.controller.daemons import NodeAnswer, NodeHealth
@@ -34,6 +36,7 @@ from vpnfleet.controller.state import Controller
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
+_Result = TypeVar("_Result")
 
 
 class BadPublicKey(ValueError):
@@ -259,6 +262,32 @@ class ReconcileReport:
         return asdict(self)
 
 
+def release_ended(controller: Controller, db: Session) -> ReconcileReport:
+    """Release the peers whose config ended without their release (expiry above all: every other
+    end releases at once) and remove them from their nodes."""
+    now = utcnow()
+    candidates = db.scalars(
+        select(WireguardPeer)
+        .join(VpnConfig, VpnConfig.id == WireguardPeer.config_id)
+        .join(User, User.id == VpnConfig.user_id)
+        .where(
+            WireguardPeer.released_at.is_(None),
+            or_(VpnConfig.revoked_at.is_not(None), VpnConfig.expires_at <= now, User.is_disabled.is_(True)),
+        )
+    )
+    ended = [(peer, reason) for peer in candidates if (reason := _why_ended(peer.config, now))]
+    return ReconcileReport(released=len(ended), nodes_unreachable=_release_peers(controller, db, ended))
+
+
+def next_expiry(db: Session) -> datetime | None:
+    """When the next config that holds a peer expires (in the past: one to release now)."""
+    return db.scalar(
+        select(func.min(VpnConfig.expires_at))
+        .join(WireguardPeer, WireguardPeer.config_id == VpnConfig.id)
+        .where(WireguardPeer.released_at.is_(None), VpnConfig.revoked_at.is_(None))
+    )
+
+
 def reconcile(
     controller: Controller, db: Session, node_names: Iterable[str] | None = None
 ) -> ReconcileReport:
@@ -266,15 +295,7 @@ def reconcile(
 
     Each node's list is read before the database: a peer that /connect adds meanwhile is in the
     database before it is on the node, so it is never taken for one the controller does not know."""
-    report = ReconcileReport()
-    now = utcnow()
-    ended = []
-    for peer in db.scalars(select(WireguardPeer).where(WireguardPeer.released_at.is_(None))):
-        reason = _why_ended(peer.config, now)
-        if reason:
-            ended.append((peer, reason))
-    report.nodes_unreachable += _release_peers(controller, db, ended)
-    report.released = len(ended)
+    report = release_ended(controller, db)
     wanted = set(node_names) if node_names is not None else None
     nodes = [
         node
@@ -412,6 +433,58 @@ def watch_health(controller: Controller) -> None:
             threading.Thread(target=run, args=(names,), name="wireguard-reconcile", daemon=True).start()
 
     controller.daemons.health.on_round = on_round
+
+
+# A wake a little after the expiry, not a little before: the wait counts on another clock than
+# the database's times, and a wake before the expiry finds nothing to release.
+_EXPIRY_MARGIN_SECONDS = 0.05
+
+
+def serve(
+    controller: Controller,
+    every: float,
+    stop: threading.Event,
+    told: Callable[[ReconcileReport], None],
+) -> None:
+    """The reconcile service (``vpnfleet-controller wireguard-reconcile --every``): a whole
+    reconcile every ``every`` seconds, and between two rounds a release at each config's expiry,
+    so that an expired config's peer leaves its node then, not up to a round later. The next
+    expiry is looked up after each round and each wake: what /connect makes in between is seen
+    at the next of those. ``told`` gets each round's and each wake's report; a failure is logged
+    and the service waits for its next round."""
+    while not stop.is_set():
+        _guarded(controller, reconcile, told)
+        round_ends = time.monotonic() + every
+        while (left := round_ends - time.monotonic()) > 0:
+            expiry = _guarded(controller, lambda unused, db: next_expiry(db))
+            until = (expiry - utcnow()).total_seconds() + _EXPIRY_MARGIN_SECONDS if expiry else left
+            if until >= left:
+                stop.wait(left)
+                break
+            if stop.wait(max(0.0, until)):
+                return
+            if _guarded(controller, release_ended, told) is None:
+                stop.wait(max(0.0, round_ends - time.monotonic()))
+                break
+
+
+def _guarded(
+    controller: Controller,
+    work: Callable[[Controller, Session], _Result],
+    told: Callable[[_Result], None] | None = None,
+) -> _Result | None:
+    """``work`` on a session of its own; None when it failed (logged)."""
+    db = controller.sessions()
+    try:
+        result = work(controller, db)
+    except Exception:
+        log.exception("WireGuard reconcile failed; trying again at the next round")
+        return None
+    finally:
+        db.close()
+    if told is not None:
+        told(result)
+    return result
 
 
 def serves(settings: Settings) -> bool:

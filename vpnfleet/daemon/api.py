@@ -106,11 +106,17 @@ def node_info(state: NodeState, query: Parameters) -> dict:
     info["unreachable_interface_list"] = _unreachable_interfaces(wireguard_reports)
     if count_clients:
         now = time.time()
-        info["w_peer_count"] = sum(
-            peer.connected(now) for report in wireguard_reports for peer in report.peers
-        )
+        # Per interface as well (ours), for the controller's metrics of each node and profile; an
+        # interface that did not answer has no counts.
+        for entry, report in zip(info["wireguard"], wireguard_reports, strict=True):
+            if report.error is None:
+                entry["peer_count"] = sum(peer.connected(now) for peer in report.peers)
+                entry["configured_peer_count"] = len(report.peers)
+        info["w_peer_count"] = sum(entry.get("peer_count", 0) for entry in info["wireguard"])
         # Ours: every peer the interfaces hold, connected or not (the controller's reconcile compares).
-        info["w_configured_peer_count"] = sum(len(report.peers) for report in wireguard_reports)
+        info["w_configured_peer_count"] = sum(
+            entry.get("configured_peer_count", 0) for entry in info["wireguard"]
+        )
         reports = fleet.connection_reports()
         info["o_client_count"] = sum(len(report.clients) for report in reports)
         info["o_process_list"] = [

@@ -208,7 +208,7 @@ class DaemonHTTPServer(ThreadingHTTPServer):
 
 
 class MetricsHTTPServer(DaemonHTTPServer):
-    routes = {"/metrics": Route("GET", lambda state, query: metrics.render(state.fleet))}
+    routes = {"/metrics": Route("GET", lambda state, query: metrics.render(state.fleet, state.wireguard))}
 
     def __init__(self, settings: DaemonSettings, state: NodeState):
         assert settings.metrics_client_certificates is not None and settings.metrics_listen_port

@@ -9,14 +9,19 @@
 - The node's WireGuard interface restarted (peers gone) has its peers back within 30 s, from the
   controller's reconcile, without a playbook run.
 - Deleting the config in the portal removes the peer from its node within 2 s; traffic stops.
+- A split-tunnel WireGuard profile (branch, this scenario's inventory) routes only its routes: the
+  controller's network goes through the tunnel (the controller sees the client's tunnel address),
+  the default route and everything else stay on the client's own line.
 The tests share one story (``state``) in file order; the module's fixture takes the client's
 tunnel and the probe down whatever failed.
 """
 
+import ipaddress
 import json
 import os
 import re
 import ssl
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -25,8 +30,10 @@ import urllib.request
 
 import eduvpn_app
 import pytest
-from lab_portal import ALICE, NODES, PORTAL, Browser, csrf
+from lab_portal import ADMIN, ALICE, NODES, PORTAL, Browser, csrf
 from lab_testinfra import WORK, lab_host, wait_for
+
+from vpnfleet.lab.spec import ROUTER_NAMESPACE
 
 testinfra_hosts = ["controller"]
 
@@ -55,9 +62,10 @@ def ca_file():
 def state(client):
     found: dict = {"timings": {}}
     controller = lab_host("controller")
-    # A probe that logs the source address of every request (the controller has no firewall).
+    # A probe that logs the source address of every request, IPv4 and IPv6 (the controller has
+    # no firewall).
     controller.check_output(
-        f"mkdir -p {WORK} && cd {WORK} && (setsid python3 -m http.server --bind 0.0.0.0 {PROBE_PORT} "
+        f"mkdir -p {WORK} && cd {WORK} && (setsid python3 -m http.server --bind :: {PROBE_PORT} "
         f"> {PROBE_LOG} 2>&1 & echo $! > {PROBE_PID})"
     )
     yield found
@@ -115,37 +123,41 @@ def _config_values(text):
 _WG_KEYS = ("[Interface]", "[Peer]", "PrivateKey", "ListenPort", "PublicKey", "AllowedIPs", "Endpoint")
 
 
-def _bring_up(client, config):
+def _bring_up(client, config, device=DEVICE, routes=(f"{TARGET}/32",)):
     """What wg-quick does with the config, by hand (wireguard-go: the lab's kernel has none): the
-    addresses, `wg setconf` with the rest, and a route. Only TARGET goes through the tunnel, so
-    that the client's SSH stays on its own line."""
+    addresses, `wg setconf` with the rest, and the routes. A full tunnel's config takes only
+    TARGET through the tunnel, so that the client's SSH stays on its own line."""
     values = _config_values(config)
     setconf = "\n".join(line for line in config.splitlines() if line.startswith(_WG_KEYS))
-    client.run(f"ip link del {DEVICE}")
-    client.check_output(f"install -d -m 0700 {WORK}/{DEVICE}")
+    client.run(f"ip link del {device}")
+    client.check_output(f"install -d -m 0700 {WORK}/{device}")
     # Base64 keys and addresses only: nothing in it needs quoting beyond the single quotes.
     client.check_output(
-        f"printf '%s\\n' '{setconf}' > {WORK}/{DEVICE}/wg.conf && chmod 0600 {WORK}/{DEVICE}/wg.conf"
+        f"printf '%s\\n' '{setconf}' > {WORK}/{device}/wg.conf && chmod 0600 {WORK}/{device}/wg.conf"
     )
-    client.check_output(f"wireguard-go {DEVICE}")
-    client.check_output(f"wg setconf {DEVICE} {WORK}/{DEVICE}/wg.conf")
+    client.check_output(f"wireguard-go {device}")
+    client.check_output(f"wg setconf {device} {WORK}/{device}/wg.conf")
     for address in values["Address"].split(", "):
-        client.check_output(f"ip address add {address} dev {DEVICE}")
-    client.check_output(f"ip link set {DEVICE} up")
-    client.check_output(f"ip route add {TARGET}/32 dev {DEVICE}")
+        client.check_output(f"ip address add {address} dev {device}")
+    client.check_output(f"ip link set {device} up")
+    for route in routes:
+        client.check_output(f"ip route replace {route} dev {device}")
 
 
-def _fetch(client, path, seconds=10):
-    return (
-        client.run(f"curl -s -o /dev/null --max-time {seconds} http://{TARGET}:{PROBE_PORT}/{path}").rc == 0
-    )
+def _fetch(client, path, seconds=10, host=TARGET):
+    url = f"http://[{host}]:{PROBE_PORT}/{path}" if ":" in host else f"http://{host}:{PROBE_PORT}/{path}"
+    return client.run(f"curl -g -s -o /dev/null --max-time {seconds} {url}").rc == 0
 
 
 def _seen_from(path):
-    """The source address of the probe's request for ``path``, or None."""
+    """The source address of the probe's request for ``path``, or None. IPv4 clients of its
+    dual-stack socket are logged as ::ffff:a.b.c.d: given as a.b.c.d here."""
     log = lab_host("controller").file(PROBE_LOG).content_string
     found = re.findall(rf"^(\S+) - - \[[^]]+\] \"GET /{re.escape(path)} ", log, re.MULTILINE)
-    return found[-1] if found else None
+    if not found:
+        return None
+    address = ipaddress.ip_address(found[-1])
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 def _peers(node_name):
@@ -216,3 +228,71 @@ def test_the_same_library_preferring_tcp_gets_openvpn_from_that_profile(ca_file,
     got = eduvpn_app.get_config(PORTAL + "/", "internet", approve, ca_file, prefer_tcp=True)
     assert got.protocol == "openvpn", got.raw
     assert re.search(r"^remote \S+ \d+ tcp$", got.text, re.MULTILINE), got.text
+
+
+# ------------------------------------------------------------------ the split tunnel (branch)
+SPLIT_DEVICE = "vfw-split"
+SPLIT_ROUTES = ["203.0.113.0/26"]  # branch's routes (inventory/group_vars/all/profiles.yml)
+# Outside those routes for the client: node-y1 (location y).
+OUTSIDE = "198.51.100.74"
+
+
+@pytest.fixture
+def split_tunnel(client):
+    """The client's split tunnel and the lab router's way back to the node's part of branch's
+    range (not NATed: its clients keep their addresses, as a site's routers know), gone
+    afterwards. The full tunnel's device goes first: its route to TARGET is the narrower one."""
+    client.run(f"ip link del {DEVICE}")
+    router_routes = []
+    yield router_routes
+    for route in router_routes:
+        subprocess.run(["ip", "-n", ROUTER_NAMESPACE, "route", "del", route], check=False)
+    client.run(f"ip link del {SPLIT_DEVICE}")
+
+
+def test_a_split_tunnel_wireguard_profile_carries_only_its_routes(
+    client, fleet_tls_context, split_tunnel, state
+):
+    started = time.monotonic()
+    browser = Browser(fleet_tls_context)
+    home = browser.login(*ADMIN)
+    form = {"csrf_token": csrf(home), "profile_id": "branch", "display_name": "split", "protocol": ""}
+    status, headers, config = browser.post("/configs", form)
+    assert status == 200 and headers.get_content_type() == "application/x-wireguard-profile", config
+    values = _config_values(config)
+    allowed = values["AllowedIPs"].split(", ")
+    # The profile's routes and its own slices (the node's address on the tunnel), no default.
+    address4, address6 = (ipaddress.ip_interface(text) for text in values["Address"].split(", "))
+    assert allowed == [str(address4.network), str(address6.network), *SPLIT_ROUTES], config
+    # Location x only: node-x1, on the profile's own port.
+    node_address, port = values["Endpoint"].rsplit(":", 1)
+    assert (NODES[node_address][0], port) == ("node-x1", "51821")
+    default_before = client.check_output("ip route show default")
+    split_tunnel.append(str(address4.network))
+    subprocess.run(
+        ["ip", "-n", ROUTER_NAMESPACE, "route", "replace", str(address4.network), "via", node_address],
+        check=True,
+    )
+    # A route per AllowedIPs, as wg-quick sets them: none of them the default.
+    _bring_up(client, config, SPLIT_DEVICE, allowed)
+
+    # In the routes: through the tunnel, and the controller sees the client's tunnel address.
+    wait_for(lambda: _fetch(client, "split-in-route", 3), "the controller through the tunnel", timeout=20)
+    assert _seen_from("split-in-route") == str(address4.ip)
+    # Outside them the client's own line carries it: the default route is the client's as before,
+    # the way to node-y1 is not the tunnel, and the controller over IPv6 (not in the routes) sees
+    # the client's own address.
+    assert client.check_output("ip route show default") == default_before
+    assert f"dev {SPLIT_DEVICE}" not in client.check_output(f"ip route get {OUTSIDE}")
+    controller6 = json.loads(
+        lab_host("controller").check_output("ip -6 -json address show dev host0 scope global")
+    )[0]["addr_info"][0]["local"]
+    route6 = client.check_output(f"ip -6 route get {controller6}")
+    own6 = str(ipaddress.ip_address(re.search(r"\bsrc (\S+)", route6).group(1)))
+    assert f"dev {SPLIT_DEVICE}" not in route6 and own6 != str(address6.ip), route6
+    assert _fetch(client, "split-outside", 3, host=controller6)
+    assert _seen_from("split-outside") == own6
+    state["timings"]["split_tunnel_seconds"] = round(time.monotonic() - started, 2)
+    print(
+        f"split tunnel: only its routes through it, checked in {state['timings']['split_tunnel_seconds']} s"
+    )

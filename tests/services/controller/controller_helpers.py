@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from controller_node_lab import DAEMON_ADDRESS, NODE_X1_ADDRESS, SILENT_DAEMON_ADDRESS
+from metrics_text import samples
 from sqlalchemy import select
 from vpnfleet.shared.pki import authority, keys
 
@@ -324,3 +325,20 @@ def session_cookie(client) -> str:
     """The test client's portal cookie as a Cookie header value."""
     cookie = client.get_cookie("vpnfleet_session")
     return f"vpnfleet_session={cookie.value}"
+
+
+# The metrics' scrape token (the settings hold its SHA-256) and what a scrape returns.
+SCRAPE_TOKEN = "scrape-token-" + "m" * 30  # noqa: S105 - the test's scrape token
+SCRAPE_TOKEN_SHA256 = hashlib.sha256(SCRAPE_TOKEN.encode()).hexdigest()
+SCRAPE_HEADERS = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
+
+
+def scrape(client) -> dict[tuple[str, tuple], float]:
+    response = client.get("/metrics", headers=SCRAPE_HEADERS)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.content_type.startswith("text/plain; version=0.0.4")
+    return samples(response.get_data(as_text=True))
+
+
+def labels(**values: str) -> tuple:
+    return tuple(sorted(values.items()))

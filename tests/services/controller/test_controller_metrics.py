@@ -4,7 +4,6 @@ gunicorn's workers added up in multiprocess mode."""
 
 from __future__ import annotations
 
-import hashlib
 import http.cookiejar
 import os
 import re
@@ -19,53 +18,49 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
-from controller_helpers import NODE_TOKENS, add_user, log_in, portal_ovpn, settings_mapping
-from prometheus_client.parser import text_string_to_metric_families
+from controller_helpers import (
+    NODE_TOKENS,
+    SCRAPE_HEADERS,
+    SCRAPE_TOKEN,
+    SCRAPE_TOKEN_SHA256,
+    add_user,
+    labels,
+    log_in,
+    portal_ovpn,
+    samples,
+    scrape,
+    settings_mapping,
+)
 
 from vpnfleet.controller import cli
 
-TOKEN = "scrape-token-" + "m" * 30  # noqa: S105 - the test's scrape token
-TOKEN_SHA256 = hashlib.sha256(TOKEN.encode()).hexdigest()
-SCRAPE = {"Authorization": f"Bearer {TOKEN}"}
 NODE_X1 = ("node-x1", NODE_TOKENS["node-x1"])
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def scrape(client) -> dict[tuple[str, tuple], float]:
-    response = client.get("/metrics", headers=SCRAPE)
-    assert response.status_code == 200, response.get_data(as_text=True)
-    assert response.content_type.startswith("text/plain; version=0.0.4")
-    return samples(response.get_data(as_text=True))
-
-
-def labels(**values: str) -> tuple:
-    return tuple(sorted(values.items()))
 
 
 def process_labels(process: str, protocol: str, profile: str = "office") -> tuple:
     return labels(node="node-x1", location="location-x", profile=profile, process=process, protocol=protocol)
 
 
+def of_profile(found: dict, name: str, profile: str) -> float:
+    """sum by (profile): eduVPN's figure, over the profile's series of every protocol."""
+    return sum(
+        value for (metric, key), value in found.items() if metric == name and ("profile", profile) in key
+    )
+
+
 @pytest.fixture
 def metrics_app(make_app):
     # node-y1's daemon never answers: a short timeout keeps each scrape short.
-    return make_app(metrics_token_sha256=TOKEN_SHA256, daemon_timeout_seconds=2)
+    return make_app(metrics_token_sha256=SCRAPE_TOKEN_SHA256, daemon_timeout_seconds=2)
 
 
 def test_metrics_need_the_scrape_token(make_app, metrics_app):
-    assert make_app().test_client().get("/metrics", headers=SCRAPE).status_code == 404
+    assert make_app().test_client().get("/metrics", headers=SCRAPE_HEADERS).status_code == 404
     client = metrics_app.test_client()
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {SCRAPE_TOKEN}"}):
         response = client.get("/metrics", headers=headers)
         assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert client.get("/metrics", headers=SCRAPE).status_code == 200
+    assert client.get("/metrics", headers=SCRAPE_HEADERS).status_code == 200
 
 
 def test_a_real_client_moves_its_node_profile_and_process_by_one(metrics_app, vpn_client):
@@ -76,8 +71,11 @@ def test_a_real_client_moves_its_node_profile_and_process_by_one(metrics_app, vp
     assert before[("vpnfleet_node_up", labels(node="node-y1", location="location-y"))] == 0
     assert before[("vpnfleet_node_maintenance", labels(node="node-x1", location="location-x"))] == 0
     assert before[("vpnfleet_process_max_clients", tcp)] == 60
-    # node-y1 did not answer: the profile counts node-x1's three office processes only.
-    assert before[("eduvpn_max_connections", labels(profile="office"))] == 180
+    # node-y1 did not answer: the profile counts node-x1's three office processes only, two UDP
+    # and one TCP, each of its own protocol's series.
+    assert before[("eduvpn_max_connections", labels(profile="office", protocol="udp"))] == 120
+    assert before[("eduvpn_max_connections", labels(profile="office", protocol="tcp"))] == 60
+    assert of_profile(before, "eduvpn_max_connections", "office") == 180
     issued = before.get(("vpnfleet_configs_issued_total", labels(profile="office", via="portal")), 0)
 
     common_name, ovpn = portal_ovpn(client, metrics_app)
@@ -97,9 +95,12 @@ def test_a_real_client_moves_its_node_profile_and_process_by_one(metrics_app, vp
         after[("vpnfleet_process_free_addresses", tcp)]
         == before[("vpnfleet_process_free_addresses", tcp)] - 1
     )
-    office = labels(profile="office")
-    assert after[("eduvpn_active_connections", office)] == before[("eduvpn_active_connections", office)] + 1
-    assert after[("eduvpn_free_ips", office)] == before[("eduvpn_free_ips", office)] - 1
+    office_tcp = labels(profile="office", protocol="tcp")
+    office_udp = labels(profile="office", protocol="udp")
+    for name, by in (("eduvpn_active_connections", 1), ("eduvpn_free_ips", -1)):
+        assert after[(name, office_tcp)] == before[(name, office_tcp)] + by, name
+        assert after[(name, office_udp)] == before[(name, office_udp)], name
+        assert of_profile(after, name, "office") == of_profile(before, name, "office") + by, name
     assert after[("vpnfleet_configs_issued_total", labels(profile="office", via="portal"))] == issued + 1
     assert common_name
 
@@ -154,7 +155,9 @@ def _free_port() -> int:
 def test_gunicorn_workers_add_up_in_multiprocess_mode(pki_dir, node_lab, tmp_path):
     """Two workers, failed logins spread over both: the scrape (answered by either) counts all."""
     mapping = settings_mapping(pki_dir, f"sqlite:///{tmp_path / 'controller.sqlite'}", node_lab.daemon_port)
-    mapping.update(metrics_token_sha256=TOKEN_SHA256, daemon_timeout_seconds=2, login_max_failures=1000)
+    mapping.update(
+        metrics_token_sha256=SCRAPE_TOKEN_SHA256, daemon_timeout_seconds=2, login_max_failures=1000
+    )
     settings_file = tmp_path / "controller.yml"
     settings_file.write_text(yaml.safe_dump(mapping))
     assert cli.main(["--settings", str(settings_file), "migrate"]) == 0
@@ -200,7 +203,7 @@ def test_gunicorn_workers_add_up_in_multiprocess_mode(pki_dir, node_lab, tmp_pat
         assert all(400 <= status < 500 for status in statuses), statuses
         counter_files = list(metrics_dir.glob("counter_*.db"))
         assert len(counter_files) >= 2, f"one worker served everything: {counter_files}"
-        request = urllib.request.Request(f"{url}/metrics", headers=SCRAPE)  # noqa: S310 - loopback
+        request = urllib.request.Request(f"{url}/metrics", headers=SCRAPE_HEADERS)  # noqa: S310 - loopback
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             found = samples(response.read().decode())
         failed = sum(

@@ -13,6 +13,7 @@ interfaces, the real daemon's /w/ calls, a real WireGuard client (controller_wir
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import socket
 import ssl
@@ -22,15 +23,34 @@ from datetime import timedelta
 
 import eduvpn_app
 import pytest
-from controller_helpers import add_user, app_tokens, bearer, csrf_token, log_in, run_sql, settings_mapping
+import yaml
+from controller_helpers import (
+    SCRAPE_TOKEN_SHA256,
+    add_user,
+    app_tokens,
+    bearer,
+    csrf_token,
+    labels,
+    log_in,
+    run_sql,
+    scrape,
+    settings_mapping,
+)
 from controller_node_lab import NODE_X1_ADDRESS
 from controller_wireguard_lab import SLICES, WGONLY_ROUTES, WireguardNode, key_pair, node_settings
 from openvpn_netlab import issue_files, wait_for
 from sqlalchemy import select, update
 from vpnfleet.shared.pki import authority
 
-from vpnfleet.controller import connection_log
-from vpnfleet.controller.models import OAuthAuthorization, VpnConfig, WireguardPeer, utcnow
+from vpnfleet.controller import cli, connection_log, wireguard
+from vpnfleet.controller.models import (
+    ConnectionLogEntry,
+    OAuthAuthorization,
+    User,
+    VpnConfig,
+    WireguardPeer,
+    utcnow,
+)
 from vpnfleet.controller.state import EXTENSION_KEY
 from vpnfleet.controller.wireguard import reconcile
 
@@ -418,6 +438,201 @@ def test_a_node_that_lost_its_peers_gets_them_back_and_loses_strangers(wg_app, w
     log_in(admin, "admin")
     page = admin.get("/admin/").get_data(as_text=True)
     assert 'id="wireguard-peers"' in page and "198.19.97.2/32" in page and ">alice<" in page
+
+
+def _configs_of(app, username: str) -> dict[str, VpnConfig]:
+    session = app.extensions[EXTENSION_KEY].sessions()
+    try:
+        query = select(VpnConfig).join(User).where(User.username == username)
+        return {config.common_name: config for config in session.scalars(query)}
+    finally:
+        session.close()
+
+
+def _closed_as(app, common_name: str) -> str | None:
+    session = app.extensions[EXTENSION_KEY].sessions()
+    try:
+        return session.scalars(
+            select(ConnectionLogEntry.close_reason).where(ConnectionLogEntry.common_name == common_name)
+        ).one()
+    finally:
+        session.close()
+
+
+def test_the_admins_disconnect_ends_wireguard_configs_and_keeps_openvpn_ones(wg_app, wireguard_node):
+    """eduVPN's disconnect: a WireGuard config's peer removed and the config ended (its peer would
+    be back with the next reconcile otherwise); an OpenVPN config stays, its clients dropped."""
+    client = wg_app.test_client()
+    add_user(wg_app, "alice")
+    add_user(wg_app, "admin", admin=True)
+    private_key, public_key = key_pair()
+    config = _connect(client, app_tokens(client), public_key=public_key).get_data(as_text=True)
+    wireguard_node.client_up(config, private_key)
+    wait_for(lambda: wireguard_node.client_reaches(NODE_ADDRESS["wgonly"]), "traffic through the tunnel")
+    wireguard_name = _last_config(wg_app).common_name
+    # An OpenVPN config of hers beside it, from another app.
+    assert _connect(client, app_tokens(client), profile="office", accept=OPENVPN).status_code == 201
+    openvpn_name = _last_config(wg_app).common_name
+    alice_id = _last_config(wg_app).user_id
+
+    admin = wg_app.test_client()
+    log_in(admin, "admin")
+    page = admin.get(f"/admin/users/{alice_id}").get_data(as_text=True)
+    answer = admin.post(f"/admin/users/{alice_id}/disconnect", data={"csrf_token": csrf_token(page)})
+    assert answer.status_code == 302
+    seconds = _gone_within(2, wireguard_node, "wgonly", public_key)
+    print(f"admin disconnect: the peer left the node {seconds:.2f} s after the answer")
+    assert not wireguard_node.client_reaches(NODE_ADDRESS["wgonly"])
+    page = admin.get(f"/admin/users/{alice_id}").get_data(as_text=True)
+    assert "Disconnected alice on every node." in page
+    assert "1 WireGuard config(s) of alice ended" in page
+
+    configs = _configs_of(wg_app, "alice")
+    assert configs[wireguard_name].revoked_at is not None and configs[openvpn_name].revoked_at is None
+    assert _closed_as(wg_app, wireguard_name) == "disconnected"
+    # The reconcile (the timer's next round) does not bring the peer back.
+    controller = wg_app.extensions[EXTENSION_KEY]
+    session = controller.sessions()
+    try:
+        assert reconcile(controller, session).added == 0
+    finally:
+        session.close()
+    assert public_key not in wireguard_node.peers("wgonly")
+
+
+def test_the_cli_disconnect_does_what_the_admin_page_does(
+    wg_app, wireguard_node, pki_dir, database_url, tmp_path, capsys
+):
+    client = wg_app.test_client()
+    add_user(wg_app, "bob")
+    _, public_key = key_pair()
+    assert _connect(client, app_tokens(client, "bob"), public_key=public_key).status_code == 201
+    assert public_key in wireguard_node.peers("wgonly")
+    # The settings wg_app runs on, as the role writes them for the CLI.
+    mapping = settings_mapping(pki_dir, database_url, wireguard_node.daemon_port)
+    mapping.update(profiles=_wireguard_profiles(mapping), nodes=_wireguard_nodes(mapping, wireguard_node))
+    settings_file = tmp_path / "controller.yml"
+    settings_file.write_text(yaml.safe_dump(mapping))
+    command = ["--settings", str(settings_file), "disconnect"]
+    capsys.readouterr()
+
+    assert cli.main([*command, "bob"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "user": "bob",
+        "openvpn_configs": 0,
+        "wireguard_ended": 1,
+        "nodes_unreachable": [],
+    }
+    assert public_key not in wireguard_node.peers("wgonly")
+    assert cli.main([*command, "nobody"]) == 2
+    assert "disconnect: no user 'nobody'" in capsys.readouterr().err
+
+
+def test_the_reconcile_service_removes_an_expired_peer_at_its_expiry_not_a_round_later(
+    wg_app, wireguard_node
+):
+    """The service sleeps until the next expiry it knows of, with rounds 30 s apart here; the
+    second config's expiry is set after the service looked, and is seen at its next look (the
+    wake for the first)."""
+    client = wg_app.test_client()
+    add_user(wg_app, "alice")
+    keys = [key_pair()[1] for _ in range(2)]
+    names = []
+    for key in keys:
+        assert _connect(client, app_tokens(client), public_key=key).status_code == 201
+        names.append(_last_config(wg_app).common_name)
+
+    def expire(common_name: str, seconds: float):
+        at = utcnow() + timedelta(seconds=seconds)
+        run_sql(wg_app, update(VpnConfig).where(VpnConfig.common_name == common_name).values(expires_at=at))
+        return at
+
+    controller = wg_app.extensions[EXTENSION_KEY]
+    expires = [expire(names[0], 3)]
+    stop, reports = threading.Event(), []
+    service = threading.Thread(target=wireguard.serve, args=(controller, 30, stop, reports.append))
+    service.start()
+    try:
+        expires.append(expire(names[1], 5))
+        for key, expires_at in zip(keys, expires, strict=True):
+            assert key in wireguard_node.peers("wgonly"), "removed before its expiry"
+            wait_for(lambda key=key: key not in wireguard_node.peers("wgonly"), "the peer to go", timeout=10)
+            late = (utcnow() - expires_at).total_seconds()
+            print(f"expiry: the peer left the node {late:.2f} s after its config expired")
+            assert 0 <= late < 1.5, late
+    finally:
+        stop.set()
+        service.join(timeout=30)
+    assert not service.is_alive()
+    assert [report.released for report in reports if report.released] == [1, 1]
+    assert [_closed_as(wg_app, name) for name in names] == ["expired", "expired"]
+
+
+@pytest.fixture
+def metrics_wg_app(make_app, pki_dir, wireguard_node):
+    """wg_app's profiles and nodes with the scrape token."""
+    base = settings_mapping(pki_dir, "", 0)
+    app = make_app(
+        profiles=_wireguard_profiles(base),
+        nodes=_wireguard_nodes(base, wireguard_node),
+        daemon_port=wireguard_node.daemon_port,
+        metrics_token_sha256=SCRAPE_TOKEN_SHA256,
+        daemon_timeout_seconds=2,
+    )
+    yield app
+    wireguard_node.client_down()
+    for profile in SLICES:
+        for key in wireguard_node.peers(profile):
+            wireguard_node.remove_peer(profile, key)
+    app.extensions[EXTENSION_KEY].sessions.kw["bind"].dispose()
+
+
+def test_metrics_count_wireguard_peers_per_node_and_profile_beside_openvpn(metrics_wg_app, wireguard_node):
+    client = metrics_wg_app.test_client()
+    add_user(metrics_wg_app, "alice")
+    wgonly = labels(
+        node="node-x1",
+        location="location-x",
+        profile="wgonly",
+        process=wireguard_node.interfaces["wgonly"],
+        protocol="wireguard",
+    )
+    profile = labels(profile="wgonly", protocol="wireguard")
+    before = scrape(client)
+    # A /24 slice: 253 addresses for configs (not the network's, the node's, the broadcast).
+    assert before[("vpnfleet_process_max_clients", wgonly)] == 253
+    assert before[("eduvpn_max_connections", profile)] == before[("eduvpn_free_ips", profile)] == 253
+    assert before[("vpnfleet_wireguard_peers", wgonly)] == before[("eduvpn_active_connections", profile)] == 0
+    # office offers both: its OpenVPN series per transport (node-x1's), WireGuard's beside them.
+    office = {
+        dict(key)["protocol"]: value
+        for (name, key), value in before.items()
+        if name == "eduvpn_max_connections" and dict(key)["profile"] == "office"
+    }
+    assert office == {"udp": 120, "tcp": 60, "wireguard": 13}
+    assert ("openvpn_server_connected_clients", wgonly) not in before
+
+    # A config: its address is in use from now, connected or not; no handshake yet.
+    private_key, public_key = key_pair()
+    config = _connect(client, app_tokens(client), public_key=public_key).get_data(as_text=True)
+    configured = wait_for(
+        lambda: (found := scrape(client))[("vpnfleet_wireguard_peers", wgonly)] == 1 and found,
+        "the node's peer in the metrics",
+    )
+    assert configured[("vpnfleet_wireguard_connected_peers", wgonly)] == 0
+    assert configured[("eduvpn_active_connections", profile)] == 0
+    assert configured[("eduvpn_free_ips", profile)] == 252
+    assert configured[("vpnfleet_process_free_addresses", wgonly)] == 252
+
+    # The client's handshake makes it a connection.
+    wireguard_node.client_up(config, private_key)
+    wait_for(lambda: wireguard_node.client_reaches(NODE_ADDRESS["wgonly"]), "traffic through the tunnel")
+    connected = wait_for(
+        lambda: (found := scrape(client))[("eduvpn_active_connections", profile)] == 1 and found,
+        "the connection in the metrics",
+    )
+    assert connected[("vpnfleet_wireguard_connected_peers", wgonly)] == 1
+    assert connected[("eduvpn_free_ips", profile)] == 252
 
 
 @pytest.fixture

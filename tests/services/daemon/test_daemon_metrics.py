@@ -13,20 +13,12 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from daemon_lab import DAEMON_PORT, METRICS_PORT, SERVER_UNDERLAY_ADDRESS
+from metrics_text import samples
 from openvpn_netlab import in_namespace, stop_process, wait_for
-from prometheus_client.parser import text_string_to_metric_families
 from vpnfleet.shared.pki import keys
 
 # Prometheus' own web port, on the client namespace's loopback.
 PROMETHEUS_PORT = 19090
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def connected(daemon_client, monitoring, process: str) -> float:

@@ -15,13 +15,15 @@ import pytest
 import yaml
 from daemon_lab import (
     CLIENT_UNDERLAY_ADDRESS,
+    METRICS_PORT,
     SERVER_UNDERLAY_ADDRESS,
     UNDERLAY_PREFIX,
     DaemonClient,
     LabPki,
     daemon_command,
 )
-from openvpn_netlab import Namespaces, require_lab, run, stop_process, wait_for
+from metrics_text import samples
+from openvpn_netlab import Credentials, Namespaces, require_lab, run, stop_process, wait_for
 
 # The node's parts of two profiles' WireGuard ranges, as the fleet plan gives them.
 INTERNET = {
@@ -149,9 +151,14 @@ def wireguard_lab(workdir: Path) -> Iterator[WireGuardLab]:
 
 
 @pytest.fixture(scope="module")
-def wireguard_daemon(wireguard_lab: WireGuardLab, lab_pki: LabPki, workdir: Path) -> Iterator[DaemonClient]:
+def wireguard_daemon(
+    wireguard_lab: WireGuardLab, lab_pki: LabPki, workdir: Path, monitoring: Credentials
+) -> Iterator[DaemonClient]:
     credentials = lab_pki.credentials(
         "vfw-node-daemon", "daemon_server", ip_addresses=[SERVER_UNDERLAY_ADDRESS]
+    )
+    metrics_credentials = lab_pki.credentials(
+        "vfw-node-daemon", "server", ip_addresses=[SERVER_UNDERLAY_ADDRESS]
     )
     (workdir / "wg-no-openvpn").mkdir(exist_ok=True)
     config_path = workdir / "daemon-wireguard.yaml"
@@ -169,6 +176,10 @@ def wireguard_daemon(wireguard_lab: WireGuardLab, lab_pki: LabPki, workdir: Path
                     for profile in (INTERNET, OFFICE)
                 ],
                 "wireguard_command": shutil.which("wg"),
+                "metrics_listen_port": METRICS_PORT,
+                "metrics_client_certificates": str(monitoring.certificate),
+                "metrics_tls_certificate": str(metrics_credentials.certificate),
+                "metrics_tls_private_key": str(metrics_credentials.private_key),
             }
         )
     )
@@ -238,15 +249,56 @@ def test_node_info_names_each_interface_with_its_public_key_and_port(client, wir
             "interface": wireguard_lab.interfaces["internet"],
             "public_key": wireguard_lab.node_public_keys["internet"],
             "port": 51820,
+            "peer_count": 0,
+            "configured_peer_count": 0,
         },
         {
             "profile_id": "office",
             "interface": wireguard_lab.interfaces["office"],
             "public_key": wireguard_lab.node_public_keys["office"],
             "port": 51821,
+            "peer_count": 0,
+            "configured_peer_count": 0,
         },
     ]
     assert (info["w_peer_count"], info["unreachable_interface_list"]) == (0, [])
+    # Without the counts, as upstream: the keys and ports only.
+    assert [sorted(entry) for entry in client("GET", "/i/node").payload["wireguard"]] == [
+        ["interface", "port", "profile_id", "public_key"]
+    ] * 2
+
+
+def _interface_metrics(wireguard_daemon, monitoring, lab: WireGuardLab) -> dict[str, tuple[float, ...]]:
+    """profile -> (peers, connected peers, up) from the daemon's /metrics (the monitoring host's view)."""
+    response = wireguard_daemon.request("GET", "/metrics", monitoring, port=METRICS_PORT)
+    assert response.status == 200, response
+    found = samples(response.text)
+    names = ("vpnfleet_wireguard_peers", "vpnfleet_wireguard_connected_peers", "vpnfleet_wireguard_up")
+    return {
+        profile: tuple(found[(name, (("process", interface), ("profile", profile)))] for name in names)
+        for profile, interface in lab.interfaces.items()
+    }
+
+
+def test_the_metrics_and_node_info_count_each_interfaces_peers(
+    client, wireguard_daemon, monitoring, wireguard_lab
+):
+    assert _interface_metrics(wireguard_daemon, monitoring, wireguard_lab) == {
+        "internet": (0, 0, 1),
+        "office": (0, 0, 1),
+    }
+    # The client's peer on internet (it makes a handshake), one without a handshake on office.
+    client("POST", "/w/add_peer", public_key=wireguard_lab.client_public_key, ip_net=CLIENT_ADDRESSES)
+    client("POST", "/w/add_peer", public_key=key_pair()[1], ip_net="198.18.41.12/32")
+    wait_for(lambda: reaches_the_node(wireguard_lab), "traffic through the tunnel", timeout=15)
+    assert _interface_metrics(wireguard_daemon, monitoring, wireguard_lab) == {
+        "internet": (1, 1, 1),
+        "office": (1, 0, 1),
+    }
+    info = client("GET", "/i/node", include_client_peer_count="yes").payload
+    counts = [(entry["peer_count"], entry["configured_peer_count"]) for entry in info["wireguard"]]
+    assert counts == [(1, 1), (0, 1)]
+    assert (info["w_peer_count"], info["w_configured_peer_count"]) == (1, 2)
 
 
 def test_a_peer_added_through_the_daemon_gets_a_handshake_and_traffic_and_none_once_removed(
