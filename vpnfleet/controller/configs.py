@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from dataclasses import dataclass, field
@@ -266,6 +267,13 @@ def _create_wireguard_config(
     unreachable = wireguard.remove_on_nodes(controller, removals)
     # The node must admit the client before the client has its config.
     added = controller.daemons.add_peer(target.node, public_key, wireguard.ip_nets(peer))
+    if not added.ok and (added.error or "").startswith("HTTP 409"):
+        # The database gave this config the address, so what holds it on the node is a peer the
+        # controller no longer holds (a removal the node missed, a database restored): the
+        # reconcile removes such peers and adds those the controller holds, this one among them.
+        report = wireguard.reconcile(controller, db, [target.node.name])
+        if target.node.name not in report.nodes_unreachable:
+            added = dataclasses.replace(added, error=None)
     if not added.ok:
         revoke_configs(controller, db, [config])
         raise NoNodeNow(f"node {target.node.name} did not take the WireGuard peer ({added.error}); try again")

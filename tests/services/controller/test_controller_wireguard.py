@@ -665,7 +665,10 @@ def served_app(make_app, pki_dir, wireguard_node):
 
 def test_eduvpn_common_gets_either_protocol_through_its_oauth_flow(served_app, wireguard_node):
     """The official apps' library: WireGuard from a WireGuard profile, and from office (OpenVPN
-    first) OpenVPN, as the library accepts both there and sends its key."""
+    first) OpenVPN, as the library accepts both there and sends its key.
+
+    The module's node keeps the first database's peer: the second database's controller gives the
+    same address again and meets a peer it does not hold there, which its reconcile removes."""
     if not eduvpn_app.available():
         pytest.skip("eduvpn-common is not installed (requirements/tools.txt)")
     app, base_url, ca_file = served_app
