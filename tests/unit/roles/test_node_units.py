@@ -45,3 +45,18 @@ def test_the_crl_fetch_and_the_worker_run_in_the_group_that_may_read_the_hooks_t
     socket = (tmp_path / "vpnfleet-hooks.socket").read_text()
     assert f"ListenStream={defaults['node_hooks_worker_socket']}\n" in socket
     assert f"SocketGroup={defaults['node_openvpn_group']}\n" in socket and "SocketMode=0660\n" in socket
+
+
+def test_the_role_installs_and_starts_the_crl_pull_timer():
+    # Without it the nodes never pull: their CRL ages to stale (the hooks then refuse everyone
+    # while the controller is down) and the controller renews its CRL for nobody.
+    tasks = yaml.safe_load((REPO / "roles/node/tasks/hooks.yml").read_text())
+    installed = [task for task in tasks if "vpnfleet-crl-fetch.timer" in task.get("loop", [])]
+    started = [
+        task
+        for task in tasks
+        if task.get("ansible.builtin.systemd_service", {}).get("name") == "vpnfleet-crl-fetch.timer"
+    ]
+    assert installed and installed[0]["ansible.builtin.template"]["src"] == "{{ item }}.j2"
+    assert started and started[0]["ansible.builtin.systemd_service"]["state"] == "started"
+    assert started[0]["ansible.builtin.systemd_service"]["enabled"] is True
