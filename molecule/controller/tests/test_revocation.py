@@ -255,7 +255,10 @@ def test_with_the_controller_down_a_valid_config_connects_while_the_crl_is_fresh
 
 @pytest.fixture
 def wrong_controller_certificate(nodes):
-    """node-x1's hooks check the controller against a CA that did not sign its certificate."""
+    """node-x1's hooks check the controller against a CA that did not sign its certificate.
+
+    The hooks' worker reads its settings when it starts and keeps its verified connections, so
+    it is restarted after each change, as the node role's handler does."""
     node = nodes["node-x1"]
     node.check_output("cp /etc/vpnfleet/hooks.yaml /root/hooks.yaml.saved")
 
@@ -263,9 +266,11 @@ def wrong_controller_certificate(nodes):
         node.check_output(
             "sed -i 's|^ca_file: .*|ca_file: /etc/ssl/certs/ca-certificates.crt|' /etc/vpnfleet/hooks.yaml"
         )
+        node.check_output("systemctl restart vpnfleet-hooks.service")
 
     yield break_it
     node.check_output("cp /root/hooks.yaml.saved /etc/vpnfleet/hooks.yaml")
+    node.check_output("systemctl restart vpnfleet-hooks.service")
 
 
 @pytest.mark.parametrize("how", ["502", "wrong certificate"])
