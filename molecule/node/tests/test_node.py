@@ -307,6 +307,9 @@ def test_the_daemon_tells_the_controller_the_interfaces_public_key(node):
             "interface": "wg-internet",
             "public_key": node.check_output("wg show wg-internet public-key"),
             "port": 51820,
+            # Asked with the client counts: the interface's peers (none on this node yet).
+            "peer_count": 0,
+            "configured_peer_count": 0,
         }
     ]
     assert info["unreachable_interface_list"] == []
