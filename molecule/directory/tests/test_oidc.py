@@ -11,13 +11,13 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import socket
 import ssl
 import urllib.parse
 import urllib.request
 
 import pytest
+from chromium import CHROMEDRIVER, CHROMIUM, start_chromium
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from lab_portal import PORTAL, PortalClient
@@ -25,8 +25,6 @@ from lab_testinfra import lab_host, wait_for
 
 PROVIDER = "https://203.0.113.20"
 OLGA = ("olga", "lab-olga-provider-password")
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
 # Waits for pages and downloads; generous, since the lab's hosts share two cores with others.
 PAGE_SECONDS = 60
 APP_REDIRECT = "http://127.0.0.1:41234/callback"
@@ -70,34 +68,15 @@ def certificate_pins():
 def browser(tmp_path, certificate_pins):
     """Debian's Chromium through its own driver, headless; the driver is named (Selenium Manager
     fetches nothing), no statistics, no name lookups: it reaches the two lab hosts only."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     os.environ["SE_AVOID_STATS"] = "true"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--host-resolver-rules=MAP * ~NOTFOUND, {', '.join(f'EXCLUDE {host}' for host in REACHABLE)}",
-        f"--ignore-certificate-errors-spki-list={certificate_pins}",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=420,900",
-    ):
-        options.add_argument(flag)
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    options.add_experimental_option(
-        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    resolve_only = ", ".join(f"EXCLUDE {host}" for host in REACHABLE)
+    driver = start_chromium(
+        tmp_path,
+        (
+            f"--host-resolver-rules=MAP * ~NOTFOUND, {resolve_only}",
+            f"--ignore-certificate-errors-spki-list={certificate_pins}",
+        ),
     )
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    driver.downloads = downloads
     yield driver
     driver.quit()
 

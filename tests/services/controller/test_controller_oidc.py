@@ -14,6 +14,7 @@ import canaille_lab
 import pytest
 import yaml
 from canaille_lab import CLIENT_ID, CLIENT_SECRET, USERS, log_in_at_provider
+from chromium import CHROMEDRIVER, CHROMIUM, start_chromium
 from controller_helpers import (
     approve,
     authorize_params,
@@ -28,14 +29,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import select
 from test_controller_browser import (
-    CHROMEDRIVER,
-    CHROMIUM,
     DOWNLOAD_LIMIT_SECONDS,
     STARTUP_LIMIT_SECONDS,
     _free_port,
     _wait_for,
     serve,
-    start_chromium,
 )
 
 from vpnfleet.controller import cli
