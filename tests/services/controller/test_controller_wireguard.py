@@ -395,7 +395,9 @@ def test_disabled_user_revoked_authorization_and_expiry_remove_peers(wg_app, wir
     assert wireguard_node.peers("wgonly") == {}
 
 
-def test_a_node_that_lost_its_peers_gets_them_back_and_loses_strangers(wg_app, wireguard_node):
+def _alice_through_the_tunnel(wg_app, wireguard_node):
+    """alice (and an admin) made; alice's app config of wgonly up on the client, passing traffic.
+    Her test client (for more calls) and her public key are returned."""
     client = wg_app.test_client()
     add_user(wg_app, "alice")
     add_user(wg_app, "admin", admin=True)
@@ -403,6 +405,11 @@ def test_a_node_that_lost_its_peers_gets_them_back_and_loses_strangers(wg_app, w
     config = _connect(client, app_tokens(client), public_key=public_key).get_data(as_text=True)
     wireguard_node.client_up(config, private_key)
     wait_for(lambda: wireguard_node.client_reaches(NODE_ADDRESS["wgonly"]), "traffic through the tunnel")
+    return client, public_key
+
+
+def test_a_node_that_lost_its_peers_gets_them_back_and_loses_strangers(wg_app, wireguard_node):
+    unused_client, public_key = _alice_through_the_tunnel(wg_app, wireguard_node)
 
     # The node restarts its interface: no peers. The node health sees a peer count other than
     # the controller's (the next /connect or admin page asks for it) and a reconcile runs.
@@ -462,13 +469,7 @@ def _closed_as(app, common_name: str) -> str | None:
 def test_the_admins_disconnect_ends_wireguard_configs_and_keeps_openvpn_ones(wg_app, wireguard_node):
     """eduVPN's disconnect: a WireGuard config's peer removed and the config ended (its peer would
     be back with the next reconcile otherwise); an OpenVPN config stays, its clients dropped."""
-    client = wg_app.test_client()
-    add_user(wg_app, "alice")
-    add_user(wg_app, "admin", admin=True)
-    private_key, public_key = key_pair()
-    config = _connect(client, app_tokens(client), public_key=public_key).get_data(as_text=True)
-    wireguard_node.client_up(config, private_key)
-    wait_for(lambda: wireguard_node.client_reaches(NODE_ADDRESS["wgonly"]), "traffic through the tunnel")
+    client, public_key = _alice_through_the_tunnel(wg_app, wireguard_node)
     wireguard_name = _last_config(wg_app).common_name
     # An OpenVPN config of hers beside it, from another app.
     assert _connect(client, app_tokens(client), profile="office", accept=OPENVPN).status_code == 201
