@@ -1,7 +1,7 @@
 """bench/storm: reconnect storms. Many real OpenVPN clients on one node; then a process, all of the
 node's processes, the node itself or the controller restarts, and the clients come back.
 
-    python -m bench.storm [--quick] [--clients N] [--events process,node,reboot,controller]
+    python -m bench.storm [--quick] [--clients N] [--events process,node,full,reboot,controller]
 
 How (see docs/bench.md):
 
@@ -19,11 +19,14 @@ How (see docs/bench.md):
   connect check's latency as the nodes' hooks measured it (the controller's answer with network
   and TLS, p50/p99), the node's load, and the OpenVPN processes' CPU seconds and memory per client.
 
-Events: ``process`` (systemctl restart of the first process), ``node`` (all of the node's
-processes), ``reboot`` (the node host reboots), ``controller`` (the controller's service restarts
-while the clients stay: nobody should drop). ``--quick`` (CI's mode): 4
-clients, the process event only, on a lab of the controller, node-x1 and the client with the
-profile under test alone (one OpenVPN process, no WireGuard).
+Clients fill the first process up to its max-clients, then the next. Events: ``process``
+(systemctl restart of the first process; figures over its clients), ``node`` (all of the node's
+processes), ``full`` (one more client, with the controller's config for it, meets the full first
+process: seconds until it passes traffic through another process or node), ``reboot`` (the node
+host reboots), ``controller`` (the controller's service restarts while the clients and the
+hooks' worker stay: nobody should drop). ``--quick`` (CI's mode): 4 clients, the process and
+full events, on a lab of the controller, node-x1 and the client with the profile under test alone
+(no WireGuard) and a range that makes each of its two processes a /29 (4 clients: full at once).
 
 It holds the lab's session lock for the whole run, starts from a clean lab and takes it down at
 the end, also on failure. It prints a table, draws bench/results/storm-<timestamp>.png (clients
@@ -71,6 +74,8 @@ NAMESPACE_NETWORK = ipaddress.ip_network("198.19.252.0/22")
 # processes, gives a process 28 clients; a /22 gives each process a /25, 124 clients (the issue's
 # full process), and the node 248.
 STORM_RANGE = "198.18.16.0/22"
+# Quick's: a node part of /28, two /29 processes of 4 clients, so that 4 clients fill the first.
+QUICK_RANGE = "198.18.16.0/26"
 WORK = "/root/vfl-storm"
 CONTROLLER_VENV = "/opt/vpnfleet/controller"
 CONTROLLER_SETTINGS = "/etc/vpnfleet/controller.yml"
@@ -116,9 +121,9 @@ print(json.dumps(texts))
 
 def storm_inventory(directory: Path, quick: bool = False) -> Path:
     """A copy of the lab's inventory whose profile under test has STORM_RANGE. Quick (CI's mode,
-    there so the code does not rot) keeps only the hosts and the profile the run uses, with one
-    OpenVPN process: the deploy is most of its time, and the other node, the internet host, the
-    second profile, WireGuard and a second process would only add to it."""
+    there so the code does not rot) keeps only the hosts and the profile the run uses, without
+    WireGuard, and with QUICK_RANGE: the deploy is most of its time, and the other node, the
+    internet host, the second profile and WireGuard would only add to it."""
     copy = directory / "inventory"
     shutil.copytree(bench.lab.INVENTORY, copy)
     path = copy / "group_vars" / "all" / "profiles.yml"
@@ -127,11 +132,11 @@ def storm_inventory(directory: Path, quick: bool = False) -> Path:
         data["vpnfleet_profiles"] = [p for p in data["vpnfleet_profiles"] if p["id"] == PROFILE]
     for profile in data["vpnfleet_profiles"]:
         if profile["id"] == PROFILE:
-            profile["ipv4_range"] = STORM_RANGE
+            profile["ipv4_range"] = QUICK_RANGE if quick else STORM_RANGE
             if quick:
-                # One OpenVPN process and no WireGuard: the least site.yml that still has a
-                # process to restart.
-                profile.update(protocols=["openvpn"], processes=1)
+                # Two OpenVPN processes (UDP, TCP) and no WireGuard: the least site.yml that
+                # still has a process to restart and another to get into when one is full.
+                profile.update(protocols=["openvpn"], processes=2)
                 for key in [key for key in profile if key.startswith("wireguard_")]:
                     del profile[key]
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -680,7 +685,7 @@ def run(arguments) -> dict:
     results: dict = {"benchmark": "storm", "quick": arguments.quick, "events": []}
     scratch = Path(tempfile.mkdtemp(prefix="vpnfleet-bench-storm-"))
     bench.lab.INVENTORY = storm_inventory(scratch, arguments.quick)
-    results["ipv4_range"] = STORM_RANGE
+    results["ipv4_range"] = QUICK_RANGE if arguments.quick else STORM_RANGE
     with session_lock():
         try:
             say("starting from a clean lab (vpnfleet-lab down), then up and site.yml")
@@ -725,9 +730,9 @@ def run(arguments) -> dict:
             gateways = _gateways(arguments.clients)
             start_pings(gateways)
             # Quick only proves the path: a short settle and idle window.
-            time.sleep(5 if arguments.quick else 20)
+            time.sleep(2 if arguments.quick else 20)
             idle_from, idle_start = node_figures(under_test), time.time()
-            time.sleep(10 if arguments.quick else 30)
+            time.sleep(5 if arguments.quick else 30)
             steady = node_figures(under_test)
             idle_minutes = (time.time() - idle_start) / 60
             results["steady"] = steady
@@ -769,15 +774,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="4 clients, the process event only, a lab of controller, node-x1 and client, one profile",
+        help="4 clients, the process and full events, a lab of controller, node-x1 and client, one profile",
     )
     parser.add_argument("--clients", type=int, help="real OpenVPN clients (default 124: one full process)")
-    parser.add_argument("--events", help=f"comma-separated: {','.join(EVENTS)} (default all but full)")
+    parser.add_argument("--events", help=f"comma-separated: {','.join(EVENTS)} (default all)")
     parser.add_argument("--limit", type=float, default=120.0, help="seconds an event may take to recover")
     parser.add_argument("--inventory", type=Path, help="the lab's inventory (default: inventories/lab)")
     arguments = parser.parse_args(argv)
     arguments.clients = arguments.clients or (4 if arguments.quick else 124)
-    events = arguments.events or ("process" if arguments.quick else "process,node,reboot,controller")
+    events = arguments.events or ("process,full" if arguments.quick else ",".join(EVENTS))
     arguments.events = events.split(",")
     if set(arguments.events) - set(EVENTS) or arguments.clients < 1:
         parser.error(f"--events takes {', '.join(EVENTS)}; --clients at least 1")
