@@ -355,10 +355,12 @@ def back_after(times: list[float], started: float) -> float | None:
     return None
 
 
-def wait_all_back(count: int, started: float, limit: float) -> list[float | None]:
+def wait_all_back(count: int, affected: list[int], started: float, limit: float) -> list[float | None]:
+    """Each affected client's seconds until it was back (None: not within ``limit``)."""
     deadline = started + limit
     while True:
-        backs = [back_after(times, started) for times in reply_times(count)]
+        times = reply_times(count)
+        backs = [back_after(times[n], started) for n in affected]
         if all(back is not None for back in backs) or time.time() > deadline:
             return backs
         time.sleep(2)
@@ -524,7 +526,7 @@ def run_event(event: str, processes: list[dict], plan: list[dict], limit: float)
     else:
         sh_on(host, command, timeout=300)
     command_seconds = time.time() - started
-    backs = [wait_all_back(len(plan), started, limit)[n] for n in affected]
+    backs = wait_all_back(len(plan), affected, started, limit)
     ok = sorted(back for back in backs if back is not None)
     row = {
         "event": event,
