@@ -9,7 +9,10 @@ API (GET /node-api/v1/crl), so a node that missed a push catches up within a min
 A config that an app's /connect replaces is revoked in the same transaction that makes the new
 one (the node API refuses it from that commit on), but its CRL and disconnect leave through
 RevocationPusher, in the background: an app's /connect does not wait for a signature and every
-node, and revocations that arrive while one push is under way share the next CRL.
+node, and revocations that arrive while one push is under way share the next CRL. The pushers
+sign at a pace (PACE): a CRL lists every revocation of the last session lifetime (33,000 entries
+after 50,000 configs, most of a second of the signer's core), and signed one after another as
+/connects replace configs it took the signer from the certificates those /connects wait for.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -42,6 +46,11 @@ RENEW_AT = 0.5
 # thisUpdate lies this far back, so that a node whose clock is a little behind does not take
 # the CRL for "not yet valid" (OpenSSL would then refuse every client).
 CLOCK_SKEW = timedelta(minutes=1)
+# A pusher signs again only once PACE times its last signature's seconds have passed since the
+# stored CRL was signed (by any worker), so CRLs take at most about 1/(PACE+1) of the signer;
+# never later than MAX_PACE_SECONDS. The configs waiting are refused by the node API already.
+PACE = 3.0
+MAX_PACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,10 +60,14 @@ class Crl:
     this_update: datetime
     next_update: datetime
     revoked_count: int
+    # How long the signer took, when this call signed it; None: the stored one.
+    signing_seconds: float | None = None
 
     @classmethod
-    def of(cls, row: PublishedCrl) -> Crl:
-        return cls(row.pem, row.crl_number, row.this_update, row.next_update, row.revoked_count)
+    def of(cls, row: PublishedCrl, signing_seconds: float | None = None) -> Crl:
+        return cls(
+            row.pem, row.crl_number, row.this_update, row.next_update, row.revoked_count, signing_seconds
+        )
 
 
 def publish_crl(controller: Controller, db: Session, *, unless_listing: list[str] | None = None) -> Crl:
@@ -126,14 +139,16 @@ def _sign_in_turn(controller: Controller, db: Session, serials: set[int]) -> Crl
     # thisUpdate never goes back, even if the clock stepped back.
     this_update = max(now - CLOCK_SKEW, row.this_update + timedelta(microseconds=1))
     next_update = now + controller.settings.crl_lifetime
+    started = time.monotonic()
     pem = controller.issuer.sign_crl(revoked, this_update, next_update).decode()
+    signing_seconds = time.monotonic() - started
     row.pem, row.this_update, row.next_update = pem, this_update, next_update
     # The signer numbers it (at least thisUpdate in microseconds, above any CRL of the CA before).
     crl = x509.load_pem_x509_crl(pem.encode())
     row.crl_number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     row.revoked_count = len(revoked)
     db.commit()
-    return Crl.of(row)
+    return Crl.of(row, signing_seconds)
 
 
 def _lists(pem: str, serials: set[int]) -> bool:
@@ -171,7 +186,9 @@ class RevocationPusher:
     A batch is whatever was submitted while the previous one was signed and pushed, so under
     load one CRL and one round of pushes serve many revocations, and an idle controller tells
     the nodes at once; a CRL another worker signed meanwhile that lists the batch is pushed
-    as it is rather than signed again. What is submitted is already revoked in the database: the node API
+    as it is rather than signed again, and one this process pushed already is not pushed again
+    (only the disconnects). A batch waits for the pace (PACE) first, gathering what comes
+    meanwhile. What is submitted is already revoked in the database: the node API
     refuses those configs whatever happens here. If a push is lost (the process killed before
     it ran, a node down), housekeeping disconnects what is connected without an active config
     and the nodes' pull timer brings the next CRL.
@@ -184,6 +201,8 @@ class RevocationPusher:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._signing_seconds = 0.0  # of this pusher's last signature
+        self._pushed_number: int | None = None  # the last CRL this pusher pushed
         self.batches = 0  # pushes made, for the tests and the logs
 
     def submit(self, common_names: list[str]) -> None:
@@ -214,15 +233,28 @@ class RevocationPusher:
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: bool(self._pending))
-                batch, self._pending, self._busy = self._pending, [], True
+                self._busy = True
+            batch: list[str] = []
             try:
+                try:
+                    self._wait_for_pace()
+                except Exception:
+                    log.exception("could not read when the CRL was signed last; pushing without a pause")
+                with self._changed:
+                    batch, self._pending = self._pending, []
                 db = self._controller.sessions()
                 try:
                     # The other workers push their own: one CRL for all of them where it can be.
                     crl = publish_crl(self._controller, db, unless_listing=batch)
                 finally:
                     db.close()
-                unreachable = push(self._controller, crl, batch)
+                if crl.signing_seconds is not None:
+                    self._signing_seconds = crl.signing_seconds
+                if crl.crl_number == self._pushed_number:
+                    unreachable = disconnect_everywhere(self._controller, batch)
+                else:
+                    unreachable = push(self._controller, crl, batch)
+                    self._pushed_number = crl.crl_number
                 if unreachable:
                     log.warning(
                         "%d revocation(s) not told to node(s) %s: they catch up at their next CRL pull",
@@ -236,3 +268,23 @@ class RevocationPusher:
                     self.batches += 1
                     self._busy = False
                     self._changed.notify_all()
+
+    def _wait_for_pace(self) -> None:
+        pause = min(MAX_PACE_SECONDS, PACE * self._signing_seconds)
+        if pause <= 0:
+            return
+        db = self._controller.sessions()
+        try:
+            signed_at = db.scalar(select(PublishedCrl.this_update).where(PublishedCrl.id == ROW_ID))
+            db.rollback()
+        finally:
+            db.close()
+        if signed_at is not None:
+            age = (utcnow() - CLOCK_SKEW - signed_at).total_seconds()
+            time.sleep(max(0.0, min(pause - age, pause)))
+
+
+def disconnect_everywhere(controller: Controller, common_names: list[str]) -> list[str]:
+    """The disconnects alone, on every node at once; the nodes not told."""
+    answers = controller.daemons.disconnect(common_names)
+    return [answer.node.name for answer in answers if not answer.ok]
