@@ -307,6 +307,7 @@ class Load:
     errors: dict = field(default_factory=dict)
     latencies: list = field(default_factory=list)
     seconds: float = 0.0
+    callers_cpu: float = 0.0  # CPU seconds of the caller threads themselves
 
     @property
     def rate(self) -> float:
@@ -348,8 +349,9 @@ def group_cpu_seconds(pgid: int) -> float:
 
 @dataclass
 class CpuMeter:
-    """CPU seconds of the callers (this process), the controller (gunicorn) and the signer over a
-    load: the callers share the 2 cores with the server, and this says how much they take."""
+    """CPU seconds over a load of the callers (their threads), node-x1's daemon (the rest of this
+    process: it serves in threads of it), the controller (gunicorn) and the signer: the callers
+    share the 2 cores with the server, and this says how much they take."""
 
     gunicorn_pgid: int
     signer_pid: int
@@ -357,15 +359,18 @@ class CpuMeter:
     def read(self) -> dict[str, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
-            "callers": usage.ru_utime + usage.ru_stime,
+            "bench process": usage.ru_utime + usage.ru_stime,
             "controller": group_cpu_seconds(self.gunicorn_pgid),
             "signer": process_cpu_seconds(self.signer_pid),
         }
 
     def per_call_ms(self, before: dict[str, float], load: Load) -> dict[str, float]:
         after = self.read()
+        spent = {name: after[name] - before[name] for name in after}
+        spent["node daemon"] = spent.pop("bench process") - load.callers_cpu
+        spent["callers"] = load.callers_cpu
         calls = max(1, load.calls)
-        return {name: round((after[name] - before[name]) * 1000 / calls, 2) for name in after}
+        return {name: round(seconds * 1000 / calls, 2) for name, seconds in sorted(spent.items())}
 
 
 def run_load(callers: list, seconds: float) -> Load:
@@ -377,6 +382,7 @@ def run_load(callers: list, seconds: float) -> Load:
     def loop(call):
         barrier.wait()
         mine, errors = [], {}
+        cpu_started = time.thread_time()
         while time.monotonic() < stop_at:
             started = time.perf_counter()
             status, ok = call()
@@ -384,7 +390,9 @@ def run_load(callers: list, seconds: float) -> Load:
                 mine.append(time.perf_counter() - started)
             else:
                 errors[status] = errors.get(status, 0) + 1
+        cpu = time.thread_time() - cpu_started
         with lock:
+            load.callers_cpu += cpu
             load.latencies.extend(mine)
             load.calls += len(mine)
             for status, number in errors.items():
