@@ -150,7 +150,7 @@ def _sign_in_turn(
     row = db.get(PublishedCrl, ROW_ID, populate_existing=True)
     if row is None:
         raise RuntimeError("the published_crl row is missing: run vpnfleet-controller migrate")
-    if serials and row.pem and _lists(row.pem, serials):
+    if serials and row.pem and _lists(row, serials):
         db.commit()  # the lock goes, the CRL stays
         return Crl.of(row)
     now = utcnow()
@@ -183,13 +183,27 @@ def _sign_in_turn(
     crl = x509.load_pem_x509_crl(pem.encode())
     row.crl_number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     row.revoked_count = len(revoked)
+    global _listed
+    # What it lists (and the CA's revoked node certificates, left out here: at worst a re-signing).
+    _listed = (row.crl_number, frozenset(int(serial, 16) for serial, _ in revoked))
     db.commit()
     return Crl.of(row, signing_seconds)
 
 
-def _lists(pem: str, serials: set[int]) -> bool:
-    crl = x509.load_pem_x509_crl(pem.encode())
-    return all(crl.get_revoked_certificate_by_serial_number(serial) is not None for serial in serials)
+# The serials of the last CRL this process read or signed, by its number: reading them takes
+# 0.4 s for 33,000 entries, and the pushers ask at every batch and every TooSoon.
+_listed: tuple[int, frozenset[int]] = (-1, frozenset())
+
+
+def _lists(row: PublishedCrl, serials: set[int]) -> bool:
+    global _listed
+    number, listed = _listed
+    if number != row.crl_number:
+        # One pass over the entries: a lookup by serial scans them all (23 ms a serial in a CRL
+        # of 33,000), which for a pusher's batch of a hundred held its worker for seconds.
+        listed = frozenset(entry.serial_number for entry in x509.load_pem_x509_crl(row.pem.encode()))
+        _listed = (row.crl_number, listed)
+    return serials <= listed
 
 
 def current_crl(controller: Controller, db: Session) -> tuple[Crl, bool]:
