@@ -209,8 +209,9 @@ def print_table(results: dict) -> None:
             print(f"  {task['seconds']:>6} s  {task['task']}")
     if "rerun" in results:
         # The re-run must change nothing: whatever did is named, with its hosts.
-        print("\nchanged in the re-run:", "nothing" if not results["rerun"]["changed_tasks"] else "")
-        for task in results["rerun"]["changed_tasks"]:
+        changed = results["rerun"]["changed_tasks"]
+        print(f"\nchanged in the re-run: {'nothing' if not changed else ''}".rstrip())
+        for task in changed:
             print(f"  {task['task']}  ({', '.join(task['hosts'])})")
 
 
