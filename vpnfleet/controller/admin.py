@@ -30,6 +30,7 @@ def connections():
     view = live_connections(controller(), db())
     peers, peers_unreachable = wireguard.live_peers(controller(), db())
     down = {answer.node.name for answer in view.unreachable}
+    capacity = capacity_table(controller().settings, view, peers, peers_unreachable)
     return render_template(
         "admin/connections.html",
         view=view,
@@ -37,7 +38,7 @@ def connections():
         # A node that did not answer at all is named once, above.
         peers_unreachable=[answer for answer in peers_unreachable if answer.node.name not in down],
         action_form=ActionForm(),
-        capacity=capacity_table(controller().settings, view),
+        capacity=capacity,
     )
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vpnfleet.controller.daemons import NodeAnswer, NodeHealth
 from vpnfleet.controller.models import VpnConfig
-from vpnfleet.controller.settings import EntryPoint, Node, NodeProcess, Settings
+from vpnfleet.controller.settings import OPENVPN, WIREGUARD, EntryPoint, Node, NodeProcess, Settings
 from vpnfleet.controller.state import Controller
 from vpnfleet.shared.node_facts import CLIENTS_PER_PROCESS
+
+if TYPE_CHECKING:
+    from vpnfleet.controller.wireguard import LivePeer
 
 
 @dataclass(frozen=True)
@@ -64,39 +69,67 @@ def live_connections(controller: Controller, db: Session) -> FleetView:
 class CapacityRow:
     profile_id: str
     location: str
+    protocol: str  # OPENVPN or WIREGUARD
+    # OpenVPN: clients connected now; WireGuard: configs holding an address of the node, connected
+    # or not (what a WireGuard slice runs out of).
     clients: int
     capacity: int | None  # None when a process of it has no known maximum
     nodes_unreachable: int
 
 
-def capacity_table(settings: Settings, view: FleetView) -> list[CapacityRow]:
-    """Clients now against capacity, per profile and location."""
-    unreachable = {answer.node.name for answer in view.unreachable}
+def capacity_table(
+    settings: Settings, view: FleetView, peers: list[LivePeer], peers_unreachable: list[NodeAnswer]
+) -> list[CapacityRow]:
+    """Clients now against capacity, per profile, location and protocol (the nodes' lists of
+    OpenVPN clients and of WireGuard peers)."""
     rows = []
     for profile in settings.profiles:
-        locations = sorted({node.location for node in settings.nodes if node.processes_of(profile.id)})
-        for location in locations:
-            nodes = [
-                node for node in settings.nodes if node.location == location and node.processes_of(profile.id)
-            ]
-            limits = [process.max_clients for node in nodes for process in node.processes_of(profile.id)]
-            clients = sum(
-                1
-                for connection in view.connections
-                if connection.node.location == location
-                and connection.config is not None
-                and connection.config.profile_id == profile.id
-            )
-            rows.append(
-                CapacityRow(
-                    profile_id=profile.id,
-                    location=location,
-                    clients=clients,
-                    capacity=None if None in limits else sum(limit for limit in limits if limit is not None),
-                    nodes_unreachable=sum(1 for node in nodes if node.name in unreachable),
+        for location in profile_locations(settings, profile.id):
+            here = [node for node in settings.nodes if node.location == location]
+            openvpn = [node for node in here if node.processes_of(profile.id)]
+            if openvpn:
+                processes = [process for node in openvpn for process in node.processes_of(profile.id)]
+                limits = [process.max_clients for process in processes]
+                known = [limit for limit in limits if limit is not None]
+                rows.append(
+                    CapacityRow(
+                        profile.id,
+                        location,
+                        OPENVPN,
+                        clients=_clients_of(profile.id, location, view.connections),
+                        capacity=sum(known) if len(known) == len(limits) else None,
+                        nodes_unreachable=_unreachable(openvpn, view.unreachable),
+                    )
                 )
-            )
+            wireguard = [slice_ for node in here if (slice_ := node.wireguard_of(profile.id))]
+            if wireguard:
+                rows.append(
+                    CapacityRow(
+                        profile.id,
+                        location,
+                        WIREGUARD,
+                        clients=_clients_of(profile.id, location, peers),
+                        capacity=sum(slice_.client_addresses for slice_ in wireguard),
+                        nodes_unreachable=_unreachable(
+                            [node for node in here if node.wireguard_of(profile.id)], peers_unreachable
+                        ),
+                    )
+                )
     return rows
+
+
+def _clients_of(profile_id: str, location: str, entries: Sequence[LiveConnection | LivePeer]) -> int:
+    """The entries (clients or peers) at the location whose config is of the profile."""
+    return sum(
+        1
+        for entry in entries
+        if entry.node.location == location and entry.config and entry.config.profile_id == profile_id
+    )
+
+
+def _unreachable(nodes: list[Node], answers: list[NodeAnswer]) -> int:
+    names = {answer.node.name for answer in answers}
+    return sum(1 for node in nodes if node.name in names)
 
 
 # --- Node choice: which nodes a new config names, in which order (docs/controller.md) ---

@@ -78,7 +78,8 @@ def test_connections_now_and_a_node_that_does_not_answer(client, app, node_lab, 
     # node-y1's daemon does not answer: marked, and the page is still served.
     assert "Node node-y1 (location-y) did not answer" in page
     # office in location-x: 1 client against 3 processes of 60.
-    assert "<td>office</td><td>location-x</td><td>1</td>" in page.replace("\n", "").replace("      ", "")
+    capacity = page.replace("\n", "").replace("      ", "")
+    assert "<td>office</td><td>location-x</td><td>openvpn</td><td>1</td><td>180</td>" in capacity
     nodes = admin.get("/admin/nodes").get_data(as_text=True)
     assert f"of {os.cpu_count()} cores" in nodes and "not answering" in nodes
     # node-x1's CRL is the CA's own until the controller signs one (365 days, 0 revoked).

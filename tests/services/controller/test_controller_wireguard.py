@@ -445,6 +445,11 @@ def test_a_node_that_lost_its_peers_gets_them_back_and_loses_strangers(wg_app, w
     log_in(admin, "admin")
     page = admin.get("/admin/").get_data(as_text=True)
     assert 'id="wireguard-peers"' in page and "198.19.97.2/32" in page and ">alice<" in page
+    # ... and counted against its node's slice: one address of the slice's held.
+    [node] = [node for node in controller.settings.nodes if node.wireguard_of("wgonly")]
+    addresses = node.wireguard_of("wgonly").client_addresses
+    row = f"<td>wgonly</td><td>{node.location}</td><td>wireguard</td><td>1</td><td>{addresses}</td>"
+    assert row in page.replace("\n", "").replace("      ", ""), page
 
 
 def _configs_of(app, username: str) -> dict[str, VpnConfig]:
