@@ -135,6 +135,21 @@ class Processes:
         )
         self.started = [entry for entry in self.started if entry[:2] != (host, pid)]
 
+    def stop_together(self, host: str, pids: list[int]) -> None:
+        """Stop several processes of one host at once: each may take seconds to exit (an OpenVPN
+        server tells its clients first), and in turn those seconds add up."""
+        if not pids:
+            return
+        listed = " ".join(str(pid) for pid in pids)
+        sh_on(
+            host,
+            f"kill {listed} 2>/dev/null; for i in $(seq 50); do alive=; for p in {listed}; do "
+            'kill -0 $p 2>/dev/null && alive="$alive $p"; done; [ -z "$alive" ] && exit 0; sleep 0.1; '
+            "done; kill -9 $alive 2>/dev/null; true",
+            check=False,
+        )
+        self.started = [entry for entry in self.started if not (entry[0] == host and entry[1] in pids)]
+
     def stop_all(self) -> None:
         for host, pid, _ in list(reversed(self.started)):
             try:
