@@ -44,6 +44,7 @@ import http.cookiejar
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -112,7 +113,9 @@ def settings_for(pki: Path, ca_dir: Path, database_url: str, daemon_port: int) -
 class Gunicorn:
     """The controller's WSGI app under gunicorn, as the role runs it, on a port of 127.0.0.1."""
 
-    def __init__(self, settings_file: Path, workers: int, log: Path, code: Path | None = None):
+    def __init__(
+        self, settings_file: Path, workers: int, log: Path, code: Path | None = None, threads: int = 1
+    ):
         self.port = free_port()
         environment = dict(os.environ, VPNFLEET_CONTROLLER_SETTINGS=str(settings_file))
         # gunicorn puts its working directory first on sys.path (the repository here, with this
@@ -126,6 +129,8 @@ class Gunicorn:
                 *where,
                 "--workers",
                 str(workers),
+                # gthread: each worker answers several requests at once, in threads.
+                *(["--worker-class", "gthread", "--threads", str(threads)] if threads > 1 else []),
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "vpnfleet.controller.wsgi:app",
@@ -302,6 +307,7 @@ class Load:
     errors: dict = field(default_factory=dict)
     latencies: list = field(default_factory=list)
     seconds: float = 0.0
+    callers_cpu: float = 0.0  # CPU seconds of the caller threads themselves
 
     @property
     def rate(self) -> float:
@@ -314,6 +320,59 @@ class Load:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
 
 
+def _ticks_per_second() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """user + system CPU of one process (all its threads), from /proc; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _ticks_per_second()
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """The CPU of every process of a process group (gunicorn's master and workers)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                total += (int(fields[11]) + int(fields[12])) / _ticks_per_second()
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds over a load of the callers (their threads), node-x1's daemon (the rest of this
+    process: it serves in threads of it), the controller (gunicorn) and the signer: the callers
+    share the 2 cores with the server, and this says how much they take."""
+
+    gunicorn_pgid: int
+    signer_pid: int
+
+    def read(self) -> dict[str, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "bench process": usage.ru_utime + usage.ru_stime,
+            "controller": group_cpu_seconds(self.gunicorn_pgid),
+            "signer": process_cpu_seconds(self.signer_pid),
+        }
+
+    def per_call_ms(self, before: dict[str, float], load: Load) -> dict[str, float]:
+        after = self.read()
+        spent = {name: after[name] - before[name] for name in after}
+        spent["node daemon"] = spent.pop("bench process") - load.callers_cpu
+        spent["callers"] = load.callers_cpu
+        calls = max(1, load.calls)
+        return {name: round(seconds * 1000 / calls, 2) for name, seconds in sorted(spent.items())}
+
+
 def run_load(callers: list, seconds: float) -> Load:
     """Each caller (a function returning (status, ok)) in its own thread, as fast as it can."""
     load, lock = Load(), threading.Lock()
@@ -323,6 +382,7 @@ def run_load(callers: list, seconds: float) -> Load:
     def loop(call):
         barrier.wait()
         mine, errors = [], {}
+        cpu_started = time.thread_time()
         while time.monotonic() < stop_at:
             started = time.perf_counter()
             status, ok = call()
@@ -330,7 +390,9 @@ def run_load(callers: list, seconds: float) -> Load:
                 mine.append(time.perf_counter() - started)
             else:
                 errors[status] = errors.get(status, 0) + 1
+        cpu = time.thread_time() - cpu_started
         with lock:
+            load.callers_cpu += cpu
             load.latencies.extend(mine)
             load.calls += len(mine)
             for status, number in errors.items():
@@ -388,7 +450,7 @@ def check_caller(port: int, common_names: list[str]):
 
 
 def measure_database(
-    kind: str, issued_counts, parallels, seconds, workers, cluster, pki, node, codes, flip=False
+    kind: str, issued_counts, parallels, seconds, workers, cluster, pki, node, codes, flip=False, threads=1
 ) -> list[dict]:
     rows = []
     # ABBA: with two codes, every other count of issued certificates (and database) starts with
@@ -419,29 +481,36 @@ def measure_database(
                 f"(seeded in {time.monotonic() - seed_started:.1f} s)"
             )
             # The controller signs through the signer, as on a controller host.
-            signer = start_signer(directory / "ca", directory)
+            # The signer of the same code: the CA's CRL signing is part of what a revision changes.
+            signer = start_signer(directory / "ca", directory, cwd=code)
             try:
-                server = Gunicorn(settings_file, workers, directory / "gunicorn.log", code)
+                server = Gunicorn(settings_file, workers, directory / "gunicorn.log", code, threads)
             except BaseException:
                 signer.stop()
                 raise
             try:
                 tokens = [app_token(server.port, user) for user in users]
+                meter = CpuMeter(server.process.pid, signer.process.pid)
                 for parallel in parallels:
                     issued: list[str] = []
+                    started = meter.read()
                     configs = run_load(
                         [connect_caller(server.port, tokens[n], issued) for n in range(parallel)], seconds
                     )
+                    configs_cpu = meter.per_call_ms(started, configs)
                     common_names = _active_common_names(url)
+                    started = meter.read()
                     checks = run_load(
                         [check_caller(server.port, common_names) for _ in range(parallel)], seconds
                     )
+                    checks_cpu = meter.per_call_ms(started, checks)
                     row = {
                         "code": label,
                         "database": kind,
                         "issued_before": issued_count,
                         "parallel": parallel,
                         "workers": workers,
+                        "threads": threads,
                         "configs_per_s": round(configs.rate, 1),
                         "configs_p50_ms": round(configs.percentile(0.50), 1),
                         "configs_p99_ms": round(configs.percentile(0.99), 1),
@@ -450,10 +519,14 @@ def measure_database(
                         "checks_p50_ms": round(checks.percentile(0.50), 1),
                         "checks_p99_ms": round(checks.percentile(0.99), 1),
                         "checks_errors": checks.errors,
+                        # CPU ms per call; the configs' include the CRL work their replacements cause.
+                        "configs_cpu_ms": configs_cpu,
+                        "checks_cpu_ms": checks_cpu,
                     }
                     say(
                         f"{label}: {kind} issued={issued_count} parallel={parallel}: "
-                        f"{row['configs_per_s']} configs/s, {row['checks_per_s']} checks/s"
+                        f"{row['configs_per_s']} configs/s, {row['checks_per_s']} checks/s; CPU ms per "
+                        f"config {_cpu(configs_cpu)}, per check {_cpu(checks_cpu)}"
                     )
                     rows.append(row)
             finally:
@@ -562,6 +635,10 @@ def baseline_ratios(rows: list[dict], this: str, baseline: str) -> dict[tuple, d
     return ratios
 
 
+def _cpu(per_call: dict[str, float]) -> str:
+    return " ".join(f"{name} {value}" for name, value in per_call.items())
+
+
 def _ratio(value: float, base: float) -> str:
     return f"{value / base:.3f}" if base else "n/a"
 
@@ -582,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=(os.cpu_count() or 1) * 2 + 1,
         help="gunicorn workers (default: 2 x cores + 1, gunicorn's advice)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads per worker: above 1, gunicorn's gthread workers (default 1: sync workers)",
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="every row this many times, alternating the order (default 1)"
@@ -632,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
                     node,
                     codes,
                     flip=bool((index + round_number) % 2),
+                    threads=arguments.threads,
                 )
                 rows += [dict(row, round=round_number) for row in measured]
     except BenchError as error:
@@ -652,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": arguments.seconds,
         "cores": os.cpu_count(),
         "workers": arguments.workers,
+        "threads": arguments.threads,
         "baseline": arguments.baseline,
         "rounds": arguments.rounds,
         "rows": rows,

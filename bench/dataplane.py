@@ -71,13 +71,27 @@ HAND_IPV4 = "198.18.201.0/24"
 SCALE_IPV4, SCALE_IPV6 = "198.18.202.0/24", "2001:db8:202::/64"
 DIAG_IPV4, DIAG_IPV6 = "198.18.203.0/24", "2001:db8:203::/64"
 WIREGUARD_IPV4, WIREGUARD_IPV6 = "198.18.204.0/24", "2001:db8:204::/64"
+EDUVPN_IPV4, EDUVPN_IPV6 = "198.18.205.0/24", "2001:db8:205::/64"
+# The ablation's variants of ours: 198.18.210.0/24, 198.18.211.0/24, ... one each.
+ABLATION_IPV4_BASE, ABLATION_IPV6_BASE = "198.18.210.0", "2001:db8:210::"
 # Ports away from the node role's 1194 and up (and WireGuard's 51820): nothing of ours may answer
 # by accident.
 OURS_PORT, HAND_PORT, SCALE_PORT_BASE, DIAG_PORT = 21194, 21294, 21394, 21494
 WIREGUARD_PORT = 21594
+EDUVPN_PORT, ABLATION_PORT_BASE = 21694, 21794
 WIREGUARD_CLIENT_INTERFACE = "wgc-bench"
 IPERF_PORT_BASE = 5201
+# Above the scaling rows' IPERF_PORT_BASE + 10 + i (up to 64 processes).
+ABLATION_IPERF_PORT_BASE = IPERF_PORT_BASE + 100
 CIPHER = "AES-256-GCM"
+# The fixed offered load: UDP datagrams small enough that the encrypted packet (inner 1428 bytes,
+# plus OpenVPN's 24 and the outer IPv4+UDP 28) fits the lab's 1500-byte links unfragmented.
+FIXED_LOAD_DATAGRAM = 1400
+# Without --rate: this share of the slowest saturated run of any contender, so that every
+# contender carries it with room to spare.
+FIXED_LOAD_SHARE = 0.5
+# A fixed-load run that lost more than this share of its datagrams did not carry the load.
+LOSS_LIMIT_PERCENT = 0.5
 
 # Where the files go inside the hosts.
 REMOTE_DIR = "/etc/vpnfleet-bench"
@@ -161,7 +175,96 @@ def hand_written_config() -> str:
     )
 
 
-def client_config(port: int, dev: str, tls_crypt: bool) -> str:
+def eduvpn_config() -> str:
+    """What eduVPN v3's portal renders for one OpenVPN process (vpn-user-portal,
+    ``src/OpenVpn/ServerConfig.php``, ``getProcess``; read at 3.4.1, commit 5ae1483e), for a
+    profile with one UDP port, listening on ``::`` (so ``proto udp6``), no default gateway, no
+    routes and no DNS (the bench's split tunnel), AES preferred. Written from the options it
+    renders, in our own words; the same hosts, cipher and key material as ours. Left out, as in
+    ours here: the client-connect/-disconnect scripts (eduVPN's node runs its own; they cost
+    nothing per packet) and ``log /dev/null`` (the bench reads the server's log; at verb 3 nothing
+    is logged per packet). Key material by path instead of inline: the same options."""
+    network = ipaddress.ip_network(EDUVPN_IPV4)
+    return "\n".join(
+        [
+            "# eduVPN v3 (vpn-user-portal ServerConfig.php) options for one UDP process, for comparison",
+            "verb 3",
+            "dev-type tun",
+            "user nobody",
+            "group nogroup",
+            "topology subnet",
+            "persist-key",
+            "persist-tun",
+            "remote-cert-tls client",
+            "dh none",
+            "tls-version-min 1.3",
+            "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
+            "reneg-sec 36000",
+            f"server {network.network_address} {network.netmask}",
+            f"server-ipv6 {EDUVPN_IPV6}",
+            # eduVPN's rule: the hosts of the range less two (OpenVPN keeps the last one out).
+            f"max-clients {network.num_addresses - 2 - 2}",
+            "keepalive 10 60",
+            "script-security 2",
+            "dev tun-edu",
+            f"port {EDUVPN_PORT}",
+            f"management {RUN_DIR}/eduvpn.sock unix",
+            "setenv PROFILE_ID bench-edu",
+            "proto udp6",
+            f"ca {REMOTE_DIR}/ca.crt",
+            f"cert {REMOTE_DIR}/server.crt",
+            f"key {REMOTE_DIR}/server.key",
+            f"tls-crypt {REMOTE_DIR}/tls-crypt.key",
+            "explicit-exit-notify 1",
+            'push "explicit-exit-notify 1"',
+            "",
+        ]
+    )
+
+
+class Variant:
+    """One option of the ablation: lines added to ours' baseline config (and to its client's, where
+    the option needs both ends), or ours with its server unpinned."""
+
+    def __init__(self, label: str, title: str, server: tuple = (), client: tuple = (), pinned: bool = True):
+        self.label, self.title = label, title
+        self.server, self.client, self.pinned = server, client, pinned
+
+
+SOCKET_BUFFER = 524288
+ABLATION = (
+    Variant("fast_io", "fast-io", ("fast-io",)),
+    Variant(
+        "socket_buffers",
+        f"sndbuf/rcvbuf {SOCKET_BUFFER // 1024}K, pushed",
+        (
+            f"sndbuf {SOCKET_BUFFER}",
+            f"rcvbuf {SOCKET_BUFFER}",
+            f'push "sndbuf {SOCKET_BUFFER}"',
+            f'push "rcvbuf {SOCKET_BUFFER}"',
+        ),
+    ),
+    Variant("txqueuelen", "txqueuelen 1000", ("txqueuelen 1000",)),
+    # Jumbo packets inside the tunnel, fragmented outside: what fewer, bigger packets buy.
+    Variant("tun_mtu", "tun-mtu 9000, mssfix 0", ("tun-mtu 9000", "mssfix 0"), ("tun-mtu 9000", "mssfix 0")),
+    Variant("unpinned", "server not pinned", pinned=False),
+)
+# Every line an ablation variant adds: ours' baseline is ours without them, so that the ablation
+# measures each option against the same config whether or not the role already has it.
+ABLATION_BASELINE = "ablation_baseline"
+ABLATION_LINES = frozenset(line for variant in ABLATION for line in variant.server)
+
+
+def ablation_baseline(conf: str) -> str:
+    return "".join(line for line in conf.splitlines(keepends=True) if line.rstrip("\n") not in ABLATION_LINES)
+
+
+def with_lines(conf: str, lines) -> str:
+    missing = [line for line in lines if line not in conf.splitlines()]
+    return conf + "".join(line + "\n" for line in missing)
+
+
+def client_config(port: int, dev: str, tls_crypt: bool, extra: tuple = ()) -> str:
     lines = [
         "client",
         "verb 3",
@@ -178,7 +281,7 @@ def client_config(port: int, dev: str, tls_crypt: bool) -> str:
     ]
     if tls_crypt:
         lines.append(f"tls-crypt {REMOTE_DIR}/tls-crypt.key")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *extra]) + "\n"
 
 
 def diagnostic_tunnel(server_core, client_core):
@@ -268,10 +371,14 @@ class Tunnel:
         return sh_on(NODE, f"cat {RUN_DIR}/{self.name}.log", check=False)
 
     def stop(self, procs: Processes) -> None:
-        # By host: a PID in one host's namespace may be another process's in the other host.
-        procs.stop(CLIENT, self.client_pid)
-        procs.stop(NODE, self.iperf_pid)
-        procs.stop(NODE, self.server_pid)
+        stop_tunnels(procs, [self])
+
+
+def stop_tunnels(procs: Processes, tunnels: list[Tunnel]) -> None:
+    # By host: a PID in one host's namespace may be another process's in the other host. The
+    # clients first, so that no client reconnects to a server that is going.
+    procs.stop_together(CLIENT, [t.client_pid for t in tunnels if t.client_pid])
+    procs.stop_together(NODE, [pid for t in tunnels for pid in (t.iperf_pid, t.server_pid) if pid])
 
 
 class WireGuardTunnel(Tunnel):
@@ -425,8 +532,13 @@ class WireGuardTunnel(Tunnel):
 # ----------------------------------------------------------------------------- measuring
 
 
-def iperf_command(target: str, port: int, seconds: float, reverse: bool) -> list[str]:
+def iperf_command(
+    target: str, port: int, seconds: float, reverse: bool, rate: float | None = None
+) -> list[str]:
+    """One TCP stream as fast as it goes, or with ``rate`` (bit/s) UDP at that offered load."""
     command = ["iperf3", "-c", target, "-p", str(port), "-t", str(seconds), "-J"]
+    if rate is not None:
+        command += ["-u", "-b", str(int(rate)), "-l", str(FIXED_LOAD_DATAGRAM)]
     return command + (["-R"] if reverse else [])
 
 
@@ -435,16 +547,24 @@ def iperf_figures(text: str) -> dict:
     if "error" in data:
         raise BenchError("iperf3: " + data["error"])
     received = data["end"]["sum_received"]
-    return {
+    figures = {
         "bytes": received["bytes"],
         "seconds": received["seconds"],
         "bits_per_second": received["bits_per_second"],
         "retransmits": data["end"].get("sum_sent", {}).get("retransmits"),
     }
+    total = data["end"].get("sum", {})
+    if "lost_packets" in total:
+        # UDP: the receiver's count of datagrams that never came.
+        figures.update(
+            lost_packets=total["lost_packets"], packets=total["packets"], lost_percent=total["lost_percent"]
+        )
+    return figures
 
 
-def measure(tunnels: list[Tunnel], seconds: float, reverse: bool, hz: int) -> dict:
-    """Run iperf3 through every given tunnel at once; the node's server CPU from /proc."""
+def measure(tunnels: list[Tunnel], seconds: float, reverse: bool, hz: int, rate: float | None = None) -> dict:
+    """Run iperf3 through every given tunnel at once (saturated TCP, or UDP at ``rate`` bit/s);
+    the node's server CPU from /proc."""
     pids = [tunnel.server_pid for tunnel in tunnels]
     before = cpu_ticks(NODE, pids)
     wall = time.monotonic()
@@ -457,7 +577,7 @@ def measure(tunnels: list[Tunnel], seconds: float, reverse: bool, hz: int) -> di
                 "exec",
                 CLIENT,
                 "--",
-                *iperf_command(tunnel.server_ip, tunnel.iperf_port, seconds, reverse),
+                *iperf_command(tunnel.server_ip, tunnel.iperf_port, seconds, reverse, rate),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -481,7 +601,7 @@ def measure(tunnels: list[Tunnel], seconds: float, reverse: bool, hz: int) -> di
         per_tunnel.append(figures)
     total_bytes = sum(f["bytes"] for f in per_tunnel)
     cpu = sum(f["server_cpu_seconds"] for f in per_tunnel)
-    return {
+    result = {
         "bits_per_second": sum(f["bits_per_second"] for f in per_tunnel),
         "bytes": total_bytes,
         "server_cpu_seconds": cpu,
@@ -489,6 +609,10 @@ def measure(tunnels: list[Tunnel], seconds: float, reverse: bool, hz: int) -> di
         "wall_seconds": wall,
         "tunnels": per_tunnel,
     }
+    if rate is not None:
+        result["offered_bits_per_second"] = rate
+        result["lost_percent"] = max(f.get("lost_percent", 0.0) for f in per_tunnel)
+    return result
 
 
 def measure_plain(seconds: float, reverse: bool) -> dict:
@@ -578,6 +702,122 @@ def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
+def spread(values: list[float]) -> dict:
+    """min / median / max: on a shared, noisy machine a median alone hides how far runs wander."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def abba(contenders: list, round_number: int) -> list:
+    # Every other round backwards, so that no contender always goes first.
+    return list(reversed(contenders)) if round_number % 2 else list(contenders)
+
+
+def contender_figures(saturated: list[dict], fixed: list[dict], ceiling: float) -> dict:
+    throughput = spread([r["bits_per_second"] for r in saturated])
+    return {
+        "bits_per_second": throughput,
+        "cpu_seconds_per_gb": spread([r["cpu_seconds_per_gb"] for r in saturated]),
+        "fraction_of_openssl_core": throughput["median"] / ceiling,
+        "fixed_load_cpu_seconds_per_gb": spread([r["cpu_seconds_per_gb"] for r in fixed]),
+        "fixed_load_bits_per_second": spread([r["bits_per_second"] for r in fixed]),
+        "fixed_load_lost_percent": spread([r["lost_percent"] for r in fixed]),
+        "runs": saturated,
+        "fixed_load_runs": fixed,
+    }
+
+
+def _ratio_spread(pairs) -> dict:
+    return spread([a / b for a, b in pairs])
+
+
+def ratios(saturated: dict, fixed: dict, label: str, other: str) -> dict:
+    """label/other per round (the runs of a round are neighbours in time): their min/median/max."""
+    return {
+        "throughput": _ratio_spread(
+            (a["bits_per_second"], b["bits_per_second"])
+            for a, b in zip(saturated[label], saturated[other], strict=True)
+        ),
+        "cpu_per_gb_saturated": _ratio_spread(
+            (a["cpu_seconds_per_gb"], b["cpu_seconds_per_gb"])
+            for a, b in zip(saturated[label], saturated[other], strict=True)
+        ),
+        "cpu_per_gb_fixed_load": _ratio_spread(
+            (a["cpu_seconds_per_gb"], b["cpu_seconds_per_gb"])
+            for a, b in zip(fixed[label], fixed[other], strict=True)
+        ),
+    }
+
+
+def ratios_to_better(saturated: dict, fixed: dict, label: str) -> dict:
+    """Against the better of eduVPN's and the hand-written config in each round: the more
+    throughput, the less CPU per GB (the goal's yardstick)."""
+    others = ("eduvpn", "hand_written")
+    return {
+        "throughput": _ratio_spread(
+            (runs[0]["bits_per_second"], max(r["bits_per_second"] for r in runs[1:]))
+            for runs in zip(saturated[label], *(saturated[o] for o in others), strict=True)
+        ),
+        "cpu_per_gb_saturated": _ratio_spread(
+            (runs[0]["cpu_seconds_per_gb"], min(r["cpu_seconds_per_gb"] for r in runs[1:]))
+            for runs in zip(saturated[label], *(saturated[o] for o in others), strict=True)
+        ),
+        "cpu_per_gb_fixed_load": _ratio_spread(
+            (runs[0]["cpu_seconds_per_gb"], min(r["cpu_seconds_per_gb"] for r in runs[1:]))
+            for runs in zip(fixed[label], *(fixed[o] for o in others), strict=True)
+        ),
+    }
+
+
+def ablation_tunnels(ours_conf: str, server_core: int | None, client_core: int | None) -> list:
+    """Ours' baseline (ours without any line a variant adds; ours itself when it has none) and one
+    tunnel per variant: its lines added to the baseline, each with its own range, port and device."""
+    baseline = ablation_baseline(ours_conf)
+    labelled = [] if baseline == ours_conf else [(ABLATION_BASELINE, None)]
+    labelled += [(f"ablation_{variant.label}", variant) for variant in ABLATION]
+    tunnels = []
+    for i, (label, variant) in enumerate(labelled):
+        ipv4 = f"{ipaddress.ip_address(ABLATION_IPV4_BASE) + 256 * i}/24"
+        ipv6 = f"{ipaddress.ip_address(ABLATION_IPV6_BASE) + (i << 64)}/64"
+        port = ABLATION_PORT_BASE + i
+        ((plan, conf),) = our_configs(f"abl{i}", ipv4, ipv6, 1, port)
+        conf = ablation_baseline(conf)
+        if variant is not None:
+            conf = with_lines(conf, variant.server)
+        tunnel = Tunnel(
+            label,
+            conf,
+            client_config(port, f"tunc-a{i}", True, variant.client if variant else ()),
+            plan["ipv4_gateway"],
+            ABLATION_IPERF_PORT_BASE + i,
+            server_core if variant is None or variant.pinned else None,
+            client_core,
+        )
+        tunnel.variant = variant
+        tunnels.append((label, tunnel))
+    return tunnels
+
+
+def ablation_figures(ablation: list, saturated: dict, fixed: dict) -> dict:
+    baseline = ABLATION_BASELINE if ablation and ablation[0][0] == ABLATION_BASELINE else "ours"
+    return {
+        "baseline": baseline,
+        "baseline_is": "ours, which has none of the variants' lines"
+        if baseline == "ours"
+        else "ours without the variants' lines",
+        "variants": {
+            label: {
+                "title": tunnel.variant.title,
+                "server_lines": list(tunnel.variant.server),
+                "client_lines": list(tunnel.variant.client),
+                "server_pinned": tunnel.variant.pinned,
+                "ratios_to_baseline": ratios(saturated, fixed, label, baseline),
+            }
+            for label, tunnel in ablation
+            if tunnel.variant is not None
+        },
+    }
+
+
 def gbit(bits: float) -> str:
     return "%.3f" % (bits / 1e9)
 
@@ -599,6 +839,11 @@ def run_benchmark(args) -> dict:
             "cipher": CIPHER,
             "max_processes": max_processes,
             "wireguard": args.wireguard,
+            "fixed_rounds": args.fixed_rounds,
+            "plain_rounds": args.plain_rounds,
+            "scaling_rounds": args.scaling_rounds,
+            "ablation": args.ablation,
+            "command": args.command,
         },
         "machine": {
             "cores": cores,
@@ -636,7 +881,7 @@ def run_benchmark(args) -> dict:
             )
             ceilings["wireguard"] = results["openssl_chacha20_poly1305"]["bits_per_second"]
 
-        # (a)+(b): one process of ours and the hand-written one, both up, measured in turn.
+        # (a)+(b): one process of ours, eduVPN's and the hand-written one, all up, measured in turn.
         ((ours_plan, ours_conf),) = our_configs("bench", OURS_IPV4, OURS_IPV6, 1, OURS_PORT)
         server_core, client_core = 0, (1 if cores > 1 else 0)
         ours = Tunnel(
@@ -645,6 +890,15 @@ def run_benchmark(args) -> dict:
             client_config(OURS_PORT, "tunc-ours", True),
             ours_plan["ipv4_gateway"],
             IPERF_PORT_BASE + 1,
+            server_core,
+            client_core,
+        )
+        eduvpn = Tunnel(
+            "eduvpn",
+            eduvpn_config(),
+            client_config(EDUVPN_PORT, "tunc-edu", True),
+            str(ipaddress.ip_network(EDUVPN_IPV4).network_address + 1),
+            IPERF_PORT_BASE + 5,
             server_core,
             client_core,
         )
@@ -658,11 +912,13 @@ def run_benchmark(args) -> dict:
             server_core,
             client_core,
         )
-        contenders = [("ours", ours), ("hand_written", hand)]
+        contenders = [("ours", ours), ("eduvpn", eduvpn), ("hand_written", hand)]
         if args.diagnose:
             contenders.append(("ours_udp4", diagnostic_tunnel(server_core, client_core)))
         if args.wireguard:
             contenders.append(("wireguard", WireGuardTunnel(IPERF_PORT_BASE + 4, server_core, client_core)))
+        ablation = ablation_tunnels(ours_conf, server_core, client_core) if args.ablation else []
+        contenders += ablation
         plain_pid = start_daemon(
             procs,
             NODE,
@@ -683,54 +939,58 @@ def run_benchmark(args) -> dict:
                 say("WireGuard: " + wireguard_summary(results["wireguard"]))
         results["configs"] = {label: tunnel.server_config for label, tunnel in contenders}
         results["configs"]["ours_plan"] = ours_plan
-        runs = {label: [] for label, _ in contenders}
-        runs["plain"] = []
+
+        saturated = {label: [] for label, _ in contenders}
+        saturated["plain"] = []
         for round_number in range(args.rounds):
-            order = list(contenders)
-            if round_number % 2:
-                order.reverse()  # ABBA: no config always goes first
-            for label, tunnel in order:
-                say(f"round {round_number + 1}/{args.rounds}: {label}, {args.seconds} s")
-                runs[label].append(measure([tunnel], args.seconds, args.reverse, hz))
-            say(f"round {round_number + 1}/{args.rounds}: plain lab network, {args.seconds} s")
-            runs["plain"].append(measure_plain(args.seconds, args.reverse))
+            for label, tunnel in abba(contenders, round_number):
+                say(f"saturated, round {round_number + 1}/{args.rounds}: {label}, {args.seconds} s")
+                saturated[label].append(measure([tunnel], args.seconds, args.reverse, hz))
+            if round_number < args.plain_rounds:
+                say(f"saturated, round {round_number + 1}/{args.rounds}: plain lab network, {args.seconds} s")
+                saturated["plain"].append(measure_plain(args.seconds, args.reverse))
         procs.stop(NODE, plain_pid)
-        pair = {}
-        for label, _ in contenders:
-            pair[label] = {
-                "bits_per_second": median_of(runs[label], "bits_per_second"),
-                "cpu_seconds_per_gb": median_of(runs[label], "cpu_seconds_per_gb"),
-                "fraction_of_openssl_core": median_of(runs[label], "bits_per_second")
-                / ceilings.get(label, ceiling),
-                "runs": runs[label],
-            }
-            # Ratios per round (the runs of a round are neighbours in time), then the median.
-            pair[label]["throughput_ratio_to_hand_written"] = statistics.median(
-                o["bits_per_second"] / h["bits_per_second"]
-                for o, h in zip(runs[label], runs["hand_written"], strict=True)
-            )
-            pair[label]["cpu_per_gb_ratio_to_hand_written"] = statistics.median(
-                o["cpu_seconds_per_gb"] / h["cpu_seconds_per_gb"]
-                for o, h in zip(runs[label], runs["hand_written"], strict=True)
-            )
-        if "wireguard" in pair:
-            pair["wireguard"]["throughput_ratio_to_ours"] = statistics.median(
-                w["bits_per_second"] / o["bits_per_second"]
-                for w, o in zip(runs["wireguard"], runs["ours"], strict=True)
-            )
-            pair["wireguard"]["cpu_per_gb_ratio_to_ours"] = statistics.median(
-                w["cpu_seconds_per_gb"] / o["cpu_seconds_per_gb"]
-                for w, o in zip(runs["wireguard"], runs["ours"], strict=True)
-            )
-        pair["plain"] = {
-            "bits_per_second": median_of(runs["plain"], "bits_per_second"),
-            "runs": runs["plain"],
+
+        # The cost at equal work: every contender at the same offered load, below what the slowest
+        # of them carried saturated, so that CPU per GB compares the work per byte, not how far
+        # each one got.
+        slowest = min(run["bits_per_second"] for label, _ in contenders for run in saturated[label])
+        rate = args.rate * 1e6 if args.rate else max(10e6, (slowest * FIXED_LOAD_SHARE) // 10e6 * 10e6)
+        fixed = {label: [] for label, _ in contenders}
+        for round_number in range(args.fixed_rounds):
+            for label, tunnel in abba(contenders, round_number):
+                say(
+                    f"fixed load {rate / 1e6:.0f} Mbit/s UDP, round {round_number + 1}/{args.fixed_rounds}: "
+                    f"{label}, {args.seconds} s"
+                )
+                fixed[label].append(measure([tunnel], args.seconds, args.reverse, hz, rate))
+        results["fixed_load"] = {
+            "offered_bits_per_second": rate,
+            "chosen": "--rate" if args.rate else f"{FIXED_LOAD_SHARE} of the slowest saturated run",
+            "slowest_saturated_bits_per_second": slowest,
+            "datagram_bytes": FIXED_LOAD_DATAGRAM,
+            "loss_limit_percent": LOSS_LIMIT_PERCENT,
+            "rounds": args.fixed_rounds,
         }
-        pair["throughput_ratio"] = pair["ours"]["throughput_ratio_to_hand_written"]
-        pair["cpu_per_gb_ratio"] = pair["ours"]["cpu_per_gb_ratio_to_hand_written"]
+        pair = {
+            label: contender_figures(saturated[label], fixed[label], ceilings.get(label, ceiling))
+            for label, _ in contenders
+        }
+        for label, _ in contenders:
+            row = pair[label]
+            for other in ("hand_written", "eduvpn"):
+                row[f"ratios_to_{other}"] = ratios(saturated, fixed, label, other)
+            row["ratios_to_better_of_eduvpn_and_hand_written"] = ratios_to_better(saturated, fixed, label)
+        if "wireguard" in pair:
+            pair["wireguard"]["ratios_to_ours"] = ratios(saturated, fixed, "wireguard", "ours")
+        pair["plain"] = {
+            "bits_per_second": spread([r["bits_per_second"] for r in saturated["plain"]]),
+            "runs": saturated["plain"],
+        }
         results["one_process"] = pair
-        for _, tunnel in contenders:
-            tunnel.stop(procs)
+        if ablation:
+            results["ablation"] = ablation_figures(ablation, saturated, fixed)
+        stop_tunnels(procs, [tunnel for _, tunnel in contenders])
 
         # (d): 1..N processes of ours, server i pinned to core i, client i to the core counted from
         # the other end, all measured at once.
@@ -754,22 +1014,24 @@ def run_benchmark(args) -> dict:
             for tunnel in tunnels:
                 tunnel.wait_connected()
             rows = []
-            for round_number in range(args.rounds):
-                say(f"scaling: {count} process(es), round {round_number + 1}/{args.rounds}, {args.seconds} s")
+            for round_number in range(args.scaling_rounds):
+                say(
+                    f"scaling: {count} process(es), round {round_number + 1}/{args.scaling_rounds}, "
+                    f"{args.seconds} s"
+                )
                 rows.append(measure(tunnels, args.seconds, args.reverse, hz))
             scaling.append(
                 {
                     "processes": count,
                     "server_cores": [t.server_core for t in tunnels],
                     "client_cores": [t.client_core for t in tunnels],
-                    "bits_per_second": median_of(rows, "bits_per_second"),
-                    "cpu_seconds_per_gb": median_of(rows, "cpu_seconds_per_gb"),
+                    "bits_per_second": spread([r["bits_per_second"] for r in rows]),
+                    "cpu_seconds_per_gb": spread([r["cpu_seconds_per_gb"] for r in rows]),
                     "fraction_of_openssl_cores": median_of(rows, "bits_per_second") / (ceiling * count),
                     "runs": rows,
                 }
             )
-            for tunnel in tunnels:
-                tunnel.stop(procs)
+            stop_tunnels(procs, tunnels)
         results["scaling"] = scaling
         results["limits"] = limits_note(cores, scaling)
         results["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -820,9 +1082,26 @@ def limits_note(cores: int, scaling: list[dict]) -> str:
 # ----------------------------------------------------------------------------- output
 
 
+def _spread_text(figures: dict, scale: float = 1.0, digits: int = 3) -> str:
+    """median (min-max)"""
+    low, mid, high = (figures[k] * scale for k in ("min", "median", "max"))
+    return f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+CONTENDER_NAMES = (
+    ("ours", "ours (instances.py)"),
+    ("eduvpn", "eduVPN v3's config"),
+    ("hand_written", "hand-written minimal"),
+    ("ours_udp4", "ours, proto udp (diag)"),
+    ("wireguard", "WireGuard (userspace)"),
+)
+
+
 def table(results: dict) -> str:
     pair = results["one_process"]
     ceiling = results["openssl"]["bits_per_second"]
+    fixed = results["fixed_load"]
+    rate = f"{fixed['offered_bits_per_second'] / 1e6:.0f} Mbit/s"
     lines = []
     add = lines.append
     m = results["machine"]
@@ -831,81 +1110,114 @@ def table(results: dict) -> str:
         f"vpnfleet dataplane benchmark  {results['started']}  ({m['cores']} cores, {m['cpu']}, "
         f"kernel {m['kernel']})"
     )
-    add(f"iperf3 TCP, {p['seconds']} s per run, {p['rounds']} round(s), median; direction {p['direction']}")
+    add(f"command: {p.get('command', 'python -m bench.dataplane')}")
+    add(
+        f"saturated: iperf3 TCP, {p['seconds']} s per run, {p['rounds']} round(s); fixed load: iperf3 UDP "
+        f"-b {rate} ({fixed['chosen']}), {fixed['datagram_bytes']}-byte datagrams, {fixed['rounds']} round(s)"
+    )
+    add(f"direction {p['direction']}")
     add(f"DCO: {results['dco']['verdict']}")
     add("")
     wireguard = "wireguard" in pair
     add(
         "(a)+(b)+(c) one OpenVPN process, UDP, AES-256-GCM"
         + (", and one WireGuard interface (ChaCha20-Poly1305)" if wireguard else "")
-        + ", server pinned to core 0"
+        + ", server pinned to core 0; median (min-max) over the rounds"
     )
-    header = f"  {'config':<22}{'Gbit/s':>9}{'node CPU s/GB':>15}{'of openssl core':>17}"
-    add(header)
-    names = (
-        ("ours", "ours (instances.py)"),
-        ("hand_written", "hand-written minimal"),
-        ("ours_udp4", "ours, proto udp (diag)"),
-        ("wireguard", "WireGuard (userspace)"),
+    add(
+        f"  {'config':<23}{'saturated Gbit/s':<22}{'CPU s/GB saturated':<22}"
+        f"{'CPU s/GB at ' + rate:<24}{'lost % max':>10}{'of openssl':>12}"
     )
-    for label, name in names:
+    for label, name in CONTENDER_NAMES:
         row = pair.get(label)
         if row is None:
             continue
         add(
-            f"  {name:<22}{gbit(row['bits_per_second']):>9}{row['cpu_seconds_per_gb']:>15.2f}"
-            f"{row['fraction_of_openssl_core'] * 100:>16.1f}%"
-            + ("   (of openssl's ChaCha20-Poly1305)" if label == "wireguard" else "")
+            f"  {name:<23}{_spread_text(row['bits_per_second'], 1e-9):<22}"
+            f"{_spread_text(row['cpu_seconds_per_gb'], digits=2):<22}"
+            f"{_spread_text(row['fixed_load_cpu_seconds_per_gb'], digits=2):<24}"
+            f"{row['fixed_load_lost_percent']['max']:>10.2f}{row['fraction_of_openssl_core'] * 100:>11.1f}%"
+            + ("  (of ChaCha20-Poly1305)" if label == "wireguard" else "")
         )
+    lossy = [
+        f"{name} {row['fixed_load_lost_percent']['max']:.2f} %"
+        for label, name in CONTENDER_NAMES
+        if (row := pair.get(label)) and row["fixed_load_lost_percent"]["max"] > fixed["loss_limit_percent"]
+    ]
+    if lossy:
+        add(
+            f"  lost more than {fixed['loss_limit_percent']} % at the fixed load in a run: "
+            + ", ".join(lossy)
+            + " (that run did not carry the load; --rate lower)"
+        )
+    add(f"  {'lab network, no VPN':<23}{_spread_text(pair['plain']['bits_per_second'], 1e-9):<22}")
     add(
-        f"  {'ratio ours/hand':<22}{pair['throughput_ratio']:>9.3f}{pair['cpu_per_gb_ratio']:>15.3f}"
-        f"{'':>17}   (goal: >= 0.95, <= 1.05)"
-    )
-    if "ours_udp4" in pair:
-        diag = pair["ours_udp4"]
-        add(
-            f"  {'ratio diag/hand':<22}{diag['throughput_ratio_to_hand_written']:>9.3f}"
-            f"{diag['cpu_per_gb_ratio_to_hand_written']:>15.3f}"
-        )
-    if wireguard:
-        wg = pair["wireguard"]
-        add(
-            f"  {'ratio WireGuard/ours':<22}{wg['throughput_ratio_to_ours']:>9.3f}"
-            f"{wg['cpu_per_gb_ratio_to_ours']:>15.3f}"
-        )
-        add(
-            f"  {'ratio WireGuard/hand':<22}{wg['throughput_ratio_to_hand_written']:>9.3f}"
-            f"{wg['cpu_per_gb_ratio_to_hand_written']:>15.3f}"
-        )
-    add(f"  {'lab network, no VPN':<22}{gbit(pair['plain']['bits_per_second']):>9}")
-    add(
-        f"  {'openssl speed 1 core':<22}{gbit(ceiling):>9}   (AES-256-GCM, 16 KiB blocks, "
+        f"  {'openssl speed 1 core':<23}{gbit(ceiling):<22}(AES-256-GCM, 16 KiB blocks, "
         f"per core: {', '.join(gbit(v * 8) for v in results['openssl']['bytes_per_second_per_core'])})"
     )
     if wireguard:
         chacha = results["openssl_chacha20_poly1305"]
         add(
-            f"  {'openssl speed 1 core':<22}{gbit(chacha['bits_per_second']):>9}   (ChaCha20-Poly1305, "
+            f"  {'openssl speed 1 core':<23}{gbit(chacha['bits_per_second']):<22}(ChaCha20-Poly1305, "
             f"16 KiB blocks, per core: {', '.join(gbit(v * 8) for v in chacha['bytes_per_second_per_core'])})"
         )
+    add("")
+    add("  ratios per round, median (min-max)")
+    add(f"  {'':<30}{'throughput':<22}{'CPU/GB saturated':<22}{'CPU/GB at ' + rate:<22}")
+    rows = [
+        ("ours/eduVPN", pair["ours"]["ratios_to_eduvpn"]),
+        ("ours/hand-written", pair["ours"]["ratios_to_hand_written"]),
+        ("ours/better of the two", pair["ours"]["ratios_to_better_of_eduvpn_and_hand_written"]),
+        ("eduVPN/hand-written", pair["eduvpn"]["ratios_to_hand_written"]),
+    ]
+    if "ours_udp4" in pair:
+        rows.append(("diag/hand-written", pair["ours_udp4"]["ratios_to_hand_written"]))
+    if wireguard:
+        rows.append(("WireGuard/ours", pair["wireguard"]["ratios_to_ours"]))
+    for name, ratio in rows:
+        add(
+            f"  {name:<30}{_spread_text(ratio['throughput']):<22}"
+            f"{_spread_text(ratio['cpu_per_gb_saturated']):<22}{_spread_text(ratio['cpu_per_gb_fixed_load']):<22}"
+        )
+    better = pair["ours"]["ratios_to_better_of_eduvpn_and_hand_written"]
+    met = better["throughput"]["median"] >= 1.0, better["cpu_per_gb_fixed_load"]["median"] <= 0.95
+    add(
+        "  goal, ours/better of the two: throughput >= 1.0 (%s), CPU/GB at the fixed load <= 0.95 (%s)"
+        % tuple("met" if ok else "not met" for ok in met)
+    )
+    if wireguard:
         for chunk in _wrap("WireGuard: " + wireguard_summary(results["wireguard"]), 98):
             add("  " + chunk)
+    if "ablation" in results:
+        ablation = results["ablation"]
+        add("")
+        add(
+            f"ablation: each option alone on ours' baseline ({ablation['baseline_is']}), same rounds; "
+            "variant/baseline per round, median (min-max)"
+        )
+        add(f"  {'option':<30}{'throughput':<22}{'CPU/GB saturated':<22}{'CPU/GB at ' + rate:<22}")
+        for variant in ablation["variants"].values():
+            ratio = variant["ratios_to_baseline"]
+            add(
+                f"  {variant['title']:<30}{_spread_text(ratio['throughput']):<22}"
+                f"{_spread_text(ratio['cpu_per_gb_saturated']):<22}{_spread_text(ratio['cpu_per_gb_fixed_load']):<22}"
+            )
     add("")
-    add("(d) processes of ours side by side, server i pinned to core i")
+    add("(d) processes of ours side by side, server i pinned to core i; median (min-max)")
     add(
-        f"  {'processes':<11}{'aggregate Gbit/s':>17}{'per process':>13}{'node CPU s/GB':>15}"
-        f"{'of openssl cores':>18}"
+        f"  {'processes':<11}{'aggregate Gbit/s':<22}{'per process':<13}{'node CPU s/GB':<22}"
+        f"{'of openssl cores':>16}"
     )
     for row in results["scaling"]:
+        middle = row["bits_per_second"]["median"]
         per = [
             gbit(t["bits_per_second"])
-            for t in min(row["runs"], key=lambda r: abs(r["bits_per_second"] - row["bits_per_second"]))[
-                "tunnels"
-            ]
+            for t in min(row["runs"], key=lambda r: abs(r["bits_per_second"] - middle))["tunnels"]
         ]
         add(
-            f"  {row['processes']:<11}{gbit(row['bits_per_second']):>17}{'/'.join(per):>13}"
-            f"{row['cpu_seconds_per_gb']:>15.2f}{row['fraction_of_openssl_cores'] * 100:>17.1f}%"
+            f"  {row['processes']:<11}{_spread_text(row['bits_per_second'], 1e-9):<22}{'/'.join(per):<13}"
+            f"{_spread_text(row['cpu_seconds_per_gb'], digits=2):<22}"
+            f"{row['fraction_of_openssl_cores'] * 100:>15.1f}%"
         )
     add("")
     for chunk in _wrap(results["limits"], 100):
@@ -928,7 +1240,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10, help="length of each iperf3 run (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of ours/hand-written runs (default 5)")
-    parser.add_argument("--quick", action="store_true", help="3 s runs, 2 rounds: checks it works")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 s runs, 2 saturated rounds, 1 fixed-load round, 1 scaling round: checks it works",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="the fixed offered load in Mbit/s (default: %d %%%% of the slowest saturated run)"
+        % (FIXED_LOAD_SHARE * 100),
+    )
+    parser.add_argument(
+        "--fixed-rounds", type=int, default=0, help="rounds at the fixed load (default: as --rounds)"
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also run one variant of ours per option (%s) against ours' baseline, in the same rounds"
+        % ", ".join(v.title for v in ABLATION),
+    )
     parser.add_argument(
         "--max-processes",
         type=int,
@@ -956,10 +1288,17 @@ def main(argv: list[str] | None = None) -> int:
         help="the lab's inventory (default: $VPNFLEET_LAB_INVENTORY or inventories/lab)",
     )
     args = parser.parse_args(argv)
+    args.command = " ".join(["python -m bench.dataplane", *(sys.argv[1:] if argv is None else argv)])
+    args.plain_rounds = args.scaling_rounds = args.rounds
     if args.quick:
+        # CI runs this: the new parts in their smallest form, and the reference and scaling rows
+        # once, so that it takes no longer than before the fixed load and eduVPN's config came.
         args.seconds, args.rounds, args.openssl_seconds = 3, 2, 1
-    if args.seconds < 1 or args.rounds < 1:
-        parser.error("--seconds must be at least 1 and --rounds at least 1")
+        args.plain_rounds = args.scaling_rounds = 1
+        args.fixed_rounds = args.fixed_rounds or 1
+    args.fixed_rounds = args.fixed_rounds or args.rounds
+    if args.seconds < 1 or args.rounds < 1 or args.fixed_rounds < 1 or args.rate < 0:
+        parser.error("--seconds, --rounds and --fixed-rounds must be at least 1, --rate not negative")
     if args.seconds == int(args.seconds):
         args.seconds = int(args.seconds)
     take_lab_arguments(parser, args)

@@ -1,4 +1,5 @@
-"""bench/deploy: how long a deploy takes, from freshly booted lab hosts to a client passing traffic.
+"""bench/deploy: how long a deploy takes, from freshly booted lab hosts to a client passing traffic,
+a second run, and a location added.
 
     python -m bench.deploy [--quick] [--inventory DIR]
 
@@ -8,11 +9,15 @@ Phases, each timed on the wall clock (see docs/bench.md):
 2. deploy: ``ansible-playbook playbooks/site.yml`` on those fresh hosts;
 3. serving: a user logs in to the portal over HTTPS, downloads a config, and the real OpenVPN
    client on the client host passes a ping through the tunnel to the internet host;
-4. re-run: ``site.yml`` again, which must change nothing (the changed count is reported, not
-   asserted: the molecule scenarios assert it).
+4. re-run: ``site.yml`` again, which must change nothing: the changed count is reported with every
+   task that changed (not asserted: the molecule scenarios assert it);
+5. location added: a copy of the inventory with one more location (z, its node node-z1 on the
+   lab's third location network), the new node booted, then ``site.yml`` with that copy, as the
+   README's "Adding a location" says; the changes per host are reported (the existing nodes should
+   change nothing).
 
-For the deploy and the re-run it lists the slowest tasks (the most a task took on one host, from
-ansible-core's own JUnit callback). ``--quick`` leaves out the re-run.
+For every run of site.yml it lists the slowest tasks (the most a task took on one host, from
+ansible-core's own JUnit callback). ``--quick`` stops after phase 3.
 
 It holds the lab's session lock for the whole run, starts from a clean lab and takes the lab down
 at the end, also on failure. It prints a table and writes bench/results/deploy-<timestamp>.json and
@@ -22,12 +27,16 @@ bench/results/deploy-latest.json.
 from __future__ import annotations
 
 import argparse
+import shutil
 import ssl
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
+import bench.lab
 from bench.lab import (
     BenchError,
     Processes,
@@ -51,6 +60,14 @@ from lab_portal import ALICE, Browser, csrf  # noqa: E402 - the scenarios' porta
 
 INTERNET_ADDRESS = "203.0.113.130"
 CLIENT_DIR = "/root/vfl-bench-deploy"
+# The location the full run adds: the lab's third location network (inventories/lab's lab.yml)
+# and the next part of every profile's ranges (node-x1 has 0, node-y1 1), as molecule/fleet adds it.
+NEW_LOCATION = {
+    "group": "vpnfleet_location_z",
+    "vars": {"vpnfleet_location": "z"},
+    "host": "node-z1",
+    "hostvars": {"ansible_host": "198.51.100.138", "vpnfleet_lab_network": "location-z", "vpnfleet_slice": 2},
+}
 
 
 def connect_a_client(procs: Processes) -> float:
@@ -98,6 +115,38 @@ def connect_a_client(procs: Processes) -> float:
     )
 
 
+def inventory_with_a_location(inventory: Path, directory: Path) -> Path:
+    """A copy of ``inventory`` (a directory, as inventories/lab) in ``directory``, its hosts.yml
+    edited as an admin adds a location: the location's group under vpnfleet_nodes, with its node."""
+    copy = directory / "inventory"
+    shutil.copytree(inventory, copy)
+    hosts_file = copy / "hosts.yml"
+    hosts = yaml.safe_load(hosts_file.read_text())
+    nodes = hosts["all"]["children"]["vpnfleet_nodes"].setdefault("children", {})
+    if NEW_LOCATION["group"] in nodes:
+        raise BenchError(f"{hosts_file}: {NEW_LOCATION['group']} is there already; nothing to add")
+    nodes[NEW_LOCATION["group"]] = {
+        "vars": NEW_LOCATION["vars"],
+        "hosts": {NEW_LOCATION["host"]: NEW_LOCATION["hostvars"]},
+    }
+    hosts_file.write_text(yaml.safe_dump(hosts, sort_keys=False))
+    return copy
+
+
+def add_a_location(junit_dir: Path) -> dict:
+    """Phase 5: the new node booted, then site.yml with the edited copy of the inventory."""
+    with tempfile.TemporaryDirectory(prefix="vpnfleet-bench-location-") as scratch:
+        # The inventory the run was given (--inventory sets it after import).
+        inventory = inventory_with_a_location(bench.lab.INVENTORY, Path(scratch))
+        began = time.monotonic()
+        say(f"booting {NEW_LOCATION['host']}, the new location's node")
+        lab("up", "--hosts", NEW_LOCATION["host"], timeout=1800, inventory=inventory)
+        boot_seconds = round(time.monotonic() - began, 1)
+        say(f"site.yml with {NEW_LOCATION['host']} in the inventory")
+        added = site_playbook(junit_dir, inventory=inventory)
+    return {"node": NEW_LOCATION["host"], "boot_seconds": boot_seconds, **added}
+
+
 def run(arguments) -> dict:
     procs = Processes()
     results: dict = {"benchmark": "deploy", "quick": arguments.quick}
@@ -119,6 +168,7 @@ def run(arguments) -> dict:
             if not arguments.quick:
                 say("site.yml again (changes nothing)")
                 results["rerun"] = site_playbook(junit_dir)
+                results["location_added"] = add_a_location(junit_dir)
         finally:
             procs.stop_all()
             say("taking the lab down")
@@ -142,23 +192,43 @@ def print_table(results: dict) -> None:
         rows.append(
             ("site.yml, re-run", results["rerun"]["seconds"], f"changed {_changed(results['rerun'])}")
         )
-    print(f"{'phase':<26}{'seconds':>9}  note")
-    print("-" * 60)
+    if "location_added" in results:
+        added = results["location_added"]
+        runs.append(("location added", added))
+        rows += [
+            (f"boot ({added['node']})", added["boot_seconds"], "the new location's node"),
+            ("site.yml, location added", added["seconds"], _changed_per_host(added)),
+        ]
+    print(f"{'phase':<28}{'seconds':>9}  note")
+    print("-" * 72)
     for name, seconds, note in rows:
-        print(f"{name:<26}{seconds:>9}  {note}")
+        print(f"{name:<28}{seconds:>9}  {note}")
     for title, run_result in runs:
         print(f"\nslowest tasks, {title} (longest on one host):")
         for task in run_result["slowest_tasks"]:
             print(f"  {task['seconds']:>6} s  {task['task']}")
+    if "rerun" in results:
+        # The re-run must change nothing: whatever did is named, with its hosts.
+        changed = results["rerun"]["changed_tasks"]
+        print(f"\nchanged in the re-run: {'nothing' if not changed else ''}".rstrip())
+        for task in changed:
+            print(f"  {task['task']}  ({', '.join(task['hosts'])})")
 
 
 def _changed(run_result: dict) -> int:
     return sum(host["changed"] for host in run_result["recap"].values())
 
 
+def _changed_per_host(run_result: dict) -> str:
+    hosts = run_result["recap"].items()
+    return "changed " + ", ".join(f"{host} {counts['changed']}" for host, counts in hosts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.deploy", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="leave out the re-run")
+    parser.add_argument(
+        "--quick", action="store_true", help="stop once a client is served (no re-run, no location added)"
+    )
     parser.add_argument("--inventory", type=Path, help="the lab's inventory (default: inventories/lab)")
     arguments = parser.parse_args(argv)
     take_lab_arguments(parser, arguments)

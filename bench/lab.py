@@ -41,10 +41,11 @@ def lab_tool() -> str:
     return str(beside) if beside.exists() else (shutil.which("vpnfleet-lab") or "vpnfleet-lab")
 
 
-def lab(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [lab_tool(), "-i", str(INVENTORY), *args], capture_output=True, text=True, timeout=timeout
-    )
+def lab(
+    *args: str, check: bool = True, timeout: float = 900, inventory: Path | None = None
+) -> subprocess.CompletedProcess:
+    command = [lab_tool(), "-i", str(inventory or INVENTORY), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise BenchError(
             "vpnfleet-lab %s failed (%d):\n%s%s"
@@ -134,6 +135,21 @@ class Processes:
         )
         self.started = [entry for entry in self.started if entry[:2] != (host, pid)]
 
+    def stop_together(self, host: str, pids: list[int]) -> None:
+        """Stop several processes of one host at once: each may take seconds to exit (an OpenVPN
+        server tells its clients first), and in turn those seconds add up."""
+        if not pids:
+            return
+        listed = " ".join(str(pid) for pid in pids)
+        sh_on(
+            host,
+            f"kill {listed} 2>/dev/null; for i in $(seq 50); do alive=; for p in {listed}; do "
+            'kill -0 $p 2>/dev/null && alive="$alive $p"; done; [ -z "$alive" ] && exit 0; sleep 0.1; '
+            "done; kill -9 $alive 2>/dev/null; true",
+            check=False,
+        )
+        self.started = [entry for entry in self.started if not (entry[0] == host and entry[1] in pids)]
+
     def stop_all(self) -> None:
         for host, pid, _ in list(reversed(self.started)):
             try:
@@ -173,10 +189,11 @@ RECAP = re.compile(
 )
 
 
-def site_playbook(junit_dir: Path | None = None) -> dict:
-    """playbooks/site.yml once on the lab: wall time, the recap per host and, given a directory for
-    ansible-core's JUnit callback, the slowest tasks."""
-    environment = dict(os.environ, ANSIBLE_INVENTORY=str(INVENTORY), ANSIBLE_FORCE_COLOR="0")
+def site_playbook(junit_dir: Path | None = None, inventory: Path | None = None) -> dict:
+    """playbooks/site.yml once on the lab (or ``inventory``): wall time, the recap per host, the
+    tasks that changed something and, given a directory for ansible-core's JUnit callback, the
+    slowest tasks."""
+    environment = dict(os.environ, ANSIBLE_INVENTORY=str(inventory or INVENTORY), ANSIBLE_FORCE_COLOR="0")
     if junit_dir is not None:
         environment.update(
             ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.junit",
@@ -197,7 +214,31 @@ def site_playbook(junit_dir: Path | None = None) -> dict:
         for match in RECAP.finditer(result.stdout)
     }
     slowest = slowest_tasks(junit_dir) if junit_dir is not None else []
-    return {"seconds": round(seconds, 1), "recap": recap, "slowest_tasks": slowest}
+    return {
+        "seconds": round(seconds, 1),
+        "recap": recap,
+        "changed_tasks": changed_tasks(result.stdout),
+        "slowest_tasks": slowest,
+    }
+
+
+TASK_HEADER = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(?P<task>.*)\] \**$")
+CHANGED_LINE = re.compile(r"^changed: \[(?P<host>[^\]]+)\]")
+
+
+def changed_tasks(output: str) -> list[dict]:
+    """Each task (and handler) that reported a change, with its hosts, from the default callback's
+    output: what a run that should change nothing changed."""
+    found: dict[str, list[str]] = {}
+    task = None
+    for line in output.splitlines():
+        if header := TASK_HEADER.match(line):
+            task = header["task"]
+        elif (changed := CHANGED_LINE.match(line)) and task is not None:
+            hosts = found.setdefault(task, [])
+            if changed["host"] not in hosts:
+                hosts.append(changed["host"])
+    return [{"task": name, "hosts": hosts} for name, hosts in found.items()]
 
 
 def slowest_tasks(junit_dir: Path, count: int = 8) -> list[dict]:

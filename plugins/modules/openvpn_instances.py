@@ -28,8 +28,8 @@ description:
     AES-256-GCM and CHACHA20-POLY1305 (ChaCha first without AES-NI), tls-crypt, no compression,
     C(verify-client-cert require) with C(remote-cert-tls client), CRL check, management on the unix socket
     C(/run/openvpn-server/<profile>-<i>.sock), C(topology subnet), routes or redirect-gateway, DNS,
-    C(explicit-exit-notify) on UDP, C(keepalive 10 60). Key material stays in the files the config names,
-    so the diff of a config shows no secret."
+    C(explicit-exit-notify) and C(fast-io) on UDP, C(keepalive 2 8). Key material stays in the files the
+    config names, so the diff of a config shows no secret."
   - A drop-in for C(openvpn-server@.service) raises C(LimitNPROC) (Debian ships 10, too few for hooks).
   - An impossible plan (range too small, port taken, bad CIDR) or a malformed O(plan) fails before
     anything changes.

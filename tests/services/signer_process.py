@@ -32,8 +32,9 @@ class SignerProcess:
                 self.process.wait()
 
 
-def start_signer(ca_dir: Path, workdir: Path, **settings) -> SignerProcess:
-    """Start ``python -m vpnfleet.signer`` over the CA in ``ca_dir``, its socket in ``workdir``."""
+def start_signer(ca_dir: Path, workdir: Path, cwd: Path | None = None, **settings) -> SignerProcess:
+    """Start ``python -m vpnfleet.signer`` over the CA in ``ca_dir``, its socket in ``workdir``;
+    ``cwd`` (first on sys.path) holds another revision's code."""
     socket_path = workdir / "signer.sock"
     settings_path = workdir / "signer.yml"
     settings_path.write_text(yaml.safe_dump({"ca_dir": str(ca_dir), "socket": str(socket_path), **settings}))
@@ -42,6 +43,7 @@ def start_signer(ca_dir: Path, workdir: Path, **settings) -> SignerProcess:
         process = subprocess.Popen(
             [sys.executable, "-m", "vpnfleet.signer", "--settings", str(settings_path)],
             stdin=subprocess.DEVNULL,
+            cwd=cwd,
             stdout=log,
             stderr=log,
         )

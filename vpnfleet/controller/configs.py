@@ -16,7 +16,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from vpnfleet.controller import metrics, wireguard
 from vpnfleet.controller.accounts import end_user_sessions
-from vpnfleet.controller.crl import revoke_on_nodes
+from vpnfleet.controller.crl import disconnect_everywhere, revoke_on_nodes
 from vpnfleet.controller.fleet import AUTOMATIC, NoNodeAvailable, choose_remotes, choose_wireguard_node
 from vpnfleet.controller.models import OAuthAuthorization, OAuthToken, User, VpnConfig, WireguardPeer, utcnow
 from vpnfleet.controller.ovpn import render_client_config
@@ -438,11 +438,6 @@ def _openvpn_only(db: Session, common_names: list[str]) -> list[str]:
             )
         )
     )
-
-
-def disconnect_everywhere(controller: Controller, common_names: list[str]) -> list[str]:
-    answers = controller.daemons.disconnect(common_names)
-    return [answer.node.name for answer in answers if not answer.ok]
 
 
 @dataclass(frozen=True)

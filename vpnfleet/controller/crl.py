@@ -9,7 +9,10 @@ API (GET /node-api/v1/crl), so a node that missed a push catches up within a min
 A config that an app's /connect replaces is revoked in the same transaction that makes the new
 one (the node API refuses it from that commit on), but its CRL and disconnect leave through
 RevocationPusher, in the background: an app's /connect does not wait for a signature and every
-node, and revocations that arrive while one push is under way share the next CRL.
+node, and revocations that arrive while one push is under way share the next CRL. The pushers
+sign at a pace (PACE): a CRL lists every revocation of the last session lifetime (33,000 entries
+after 50,000 configs, most of a second of the signer's core), and signed one after another as
+/connects replace configs it took the signer from the certificates those /connects wait for.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -42,6 +46,14 @@ RENEW_AT = 0.5
 # thisUpdate lies this far back, so that a node whose clock is a little behind does not take
 # the CRL for "not yet valid" (OpenSSL would then refuse every client).
 CLOCK_SKEW = timedelta(minutes=1)
+# A pusher signs again only once PACE times what the stored CRL (by any worker) took to sign
+# has passed since it was signed, so CRLs take at most about 1/(PACE+1) of the signer; never
+# later than MAX_PACE_SECONDS. What waits is refused by the node API already. The cost is
+# estimated per entry (the last CRL this process signed; before that SECONDS_PER_ENTRY, this
+# 2-core machine's: 0.9 s for 33,000), so every worker reads the same pause from the stored row.
+PACE = 3.0
+MAX_PACE_SECONDS = 5.0
+SECONDS_PER_ENTRY = 30e-6
 
 
 @dataclass(frozen=True)
@@ -51,10 +63,21 @@ class Crl:
     this_update: datetime
     next_update: datetime
     revoked_count: int
+    # How long the signer took, when this call signed it; None: the stored one.
+    signing_seconds: float | None = None
 
     @classmethod
-    def of(cls, row: PublishedCrl) -> Crl:
-        return cls(row.pem, row.crl_number, row.this_update, row.next_update, row.revoked_count)
+    def of(cls, row: PublishedCrl, signing_seconds: float | None = None) -> Crl:
+        return cls(
+            row.pem, row.crl_number, row.this_update, row.next_update, row.revoked_count, signing_seconds
+        )
+
+
+@dataclass(frozen=True)
+class TooSoon:
+    """publish_crl's answer at a pace: the stored CRL is younger than the pause; try again then."""
+
+    seconds: float
 
 
 def publish_crl(controller: Controller, db: Session, *, unless_listing: list[str] | None = None) -> Crl:
@@ -65,6 +88,24 @@ def publish_crl(controller: Controller, db: Session, *, unless_listing: list[str
     ``unless_listing`` (common names of configs revoked and committed before the call), the
     stored CRL is kept when it lists them all already: another worker signed it while this one
     waited for its turn."""
+    answer = _publish(controller, db, unless_listing, None)
+    if isinstance(answer, TooSoon):  # only a paced call is answered so
+        raise AssertionError("an unpaced publish_crl answered TooSoon")
+    return answer
+
+
+def publish_crl_at_pace(
+    controller: Controller, db: Session, batch: list[str], seconds_per_entry: float
+) -> Crl | TooSoon:
+    """publish_crl(unless_listing=batch) for the pushers: TooSoon rather than a signature while
+    the stored CRL is younger than PACE times its estimated signing time. Decided in the turn,
+    so the workers that waited behind one signature do not sign right after it."""
+    return _publish(controller, db, batch, seconds_per_entry)
+
+
+def _publish(
+    controller: Controller, db: Session, unless_listing: list[str] | None, seconds_per_entry: float | None
+) -> Crl | TooSoon:
     serials = (
         {
             int(serial, 16)
@@ -78,7 +119,7 @@ def publish_crl(controller: Controller, db: Session, *, unless_listing: list[str
     )
     db.commit()  # SQLite: the lock below begins a transaction of its own, not a read's upgrade
     with signing_turn(db):
-        return _sign_in_turn(controller, db, serials)
+        return _sign_in_turn(controller, db, serials, seconds_per_entry)
 
 
 @contextlib.contextmanager
@@ -103,14 +144,22 @@ def signing_turn(db: Session):
     yield
 
 
-def _sign_in_turn(controller: Controller, db: Session, serials: set[int]) -> Crl:
+def _sign_in_turn(
+    controller: Controller, db: Session, serials: set[int], seconds_per_entry: float | None
+) -> Crl | TooSoon:
     row = db.get(PublishedCrl, ROW_ID, populate_existing=True)
     if row is None:
         raise RuntimeError("the published_crl row is missing: run vpnfleet-controller migrate")
-    if serials and row.pem and _lists(row.pem, serials):
+    if serials and row.pem and _lists(row, serials):
         db.commit()  # the lock goes, the CRL stays
         return Crl.of(row)
     now = utcnow()
+    if seconds_per_entry is not None and row.pem:
+        pause = min(MAX_PACE_SECONDS, PACE * seconds_per_entry * row.revoked_count)
+        age = (now - CLOCK_SKEW - row.this_update).total_seconds()
+        if 0 <= age < pause:
+            db.commit()
+            return TooSoon(pause - age)
     revoked = [
         (serial, revoked_at or now)
         for serial, revoked_at in db.execute(
@@ -126,19 +175,35 @@ def _sign_in_turn(controller: Controller, db: Session, serials: set[int]) -> Crl
     # thisUpdate never goes back, even if the clock stepped back.
     this_update = max(now - CLOCK_SKEW, row.this_update + timedelta(microseconds=1))
     next_update = now + controller.settings.crl_lifetime
+    started = time.monotonic()
     pem = controller.issuer.sign_crl(revoked, this_update, next_update).decode()
+    signing_seconds = time.monotonic() - started
     row.pem, row.this_update, row.next_update = pem, this_update, next_update
     # The signer numbers it (at least thisUpdate in microseconds, above any CRL of the CA before).
     crl = x509.load_pem_x509_crl(pem.encode())
     row.crl_number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     row.revoked_count = len(revoked)
+    global _listed
+    # What it lists (and the CA's revoked node certificates, left out here: at worst a re-signing).
+    _listed = (row.crl_number, frozenset(int(serial, 16) for serial, _ in revoked))
     db.commit()
-    return Crl.of(row)
+    return Crl.of(row, signing_seconds)
 
 
-def _lists(pem: str, serials: set[int]) -> bool:
-    crl = x509.load_pem_x509_crl(pem.encode())
-    return all(crl.get_revoked_certificate_by_serial_number(serial) is not None for serial in serials)
+# The serials of the last CRL this process read or signed, by its number: reading them takes
+# 0.4 s for 33,000 entries, and the pushers ask at every batch and every TooSoon.
+_listed: tuple[int, frozenset[int]] = (-1, frozenset())
+
+
+def _lists(row: PublishedCrl, serials: set[int]) -> bool:
+    global _listed
+    number, listed = _listed
+    if number != row.crl_number:
+        # One pass over the entries: a lookup by serial scans them all (23 ms a serial in a CRL
+        # of 33,000), which for a pusher's batch of a hundred held its worker for seconds.
+        listed = frozenset(entry.serial_number for entry in x509.load_pem_x509_crl(row.pem.encode()))
+        _listed = (row.crl_number, listed)
+    return serials <= listed
 
 
 def current_crl(controller: Controller, db: Session) -> tuple[Crl, bool]:
@@ -171,7 +236,9 @@ class RevocationPusher:
     A batch is whatever was submitted while the previous one was signed and pushed, so under
     load one CRL and one round of pushes serve many revocations, and an idle controller tells
     the nodes at once; a CRL another worker signed meanwhile that lists the batch is pushed
-    as it is rather than signed again. What is submitted is already revoked in the database: the node API
+    as it is rather than signed again, and one this process pushed already is not pushed again
+    (only the disconnects). A batch waits for the pace (PACE) first, gathering what comes
+    meanwhile. What is submitted is already revoked in the database: the node API
     refuses those configs whatever happens here. If a push is lost (the process killed before
     it ran, a node down), housekeeping disconnects what is connected without an active config
     and the nodes' pull timer brings the next CRL.
@@ -184,6 +251,8 @@ class RevocationPusher:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._seconds_per_entry = SECONDS_PER_ENTRY  # learned from this pusher's signatures
+        self._pushed_number: int | None = None  # the last CRL this pusher pushed
         self.batches = 0  # pushes made, for the tests and the logs
 
     def submit(self, common_names: list[str]) -> None:
@@ -214,15 +283,30 @@ class RevocationPusher:
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: bool(self._pending))
-                batch, self._pending, self._busy = self._pending, [], True
+                self._busy = True
+            batch: list[str] = []
             try:
-                db = self._controller.sessions()
-                try:
-                    # The other workers push their own: one CRL for all of them where it can be.
-                    crl = publish_crl(self._controller, db, unless_listing=batch)
-                finally:
-                    db.close()
-                unreachable = push(self._controller, crl, batch)
+                crl = None
+                while crl is None:
+                    with self._changed:
+                        batch, self._pending = batch + self._pending, []
+                    db = self._controller.sessions()
+                    try:
+                        # The other workers push their own: one CRL for all of them where it can be.
+                        answer = publish_crl_at_pace(self._controller, db, batch, self._seconds_per_entry)
+                    finally:
+                        db.close()
+                    if isinstance(answer, TooSoon):
+                        time.sleep(answer.seconds)  # what comes meanwhile joins this batch
+                    else:
+                        crl = answer
+                if crl.signing_seconds is not None:
+                    self._seconds_per_entry = crl.signing_seconds / max(1, crl.revoked_count)
+                if crl.crl_number == self._pushed_number:
+                    unreachable = disconnect_everywhere(self._controller, batch)
+                else:
+                    unreachable = push(self._controller, crl, batch)
+                    self._pushed_number = crl.crl_number
                 if unreachable:
                     log.warning(
                         "%d revocation(s) not told to node(s) %s: they catch up at their next CRL pull",
@@ -236,3 +320,9 @@ class RevocationPusher:
                     self.batches += 1
                     self._busy = False
                     self._changed.notify_all()
+
+
+def disconnect_everywhere(controller: Controller, common_names: list[str]) -> list[str]:
+    """The disconnects alone, on every node at once; the nodes not told."""
+    answers = controller.daemons.disconnect(common_names)
+    return [answer.node.name for answer in answers if not answer.ok]

@@ -9,8 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from vpnfleet.controller import wireguard
-from vpnfleet.controller.configs import disconnect_everywhere
-from vpnfleet.controller.crl import current_crl, push
+from vpnfleet.controller.crl import current_crl, disconnect_everywhere, push
 from vpnfleet.controller.database import delete_rows
 from vpnfleet.controller.directory_users import check_ldap_users
 from vpnfleet.controller.fleet import live_connections

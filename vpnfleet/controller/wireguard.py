@@ -320,14 +320,16 @@ def reconcile(
         mine = held.get(node.name, {})
         added = removed = 0
         ok = True
+        # Strangers go first: one may hold the address of a peer the controller holds (a removal
+        # the node missed), and the node refuses that peer (409) while it does.
+        for key in present.keys() - mine.keys():
+            ok = controller.daemons.remove_peer(node, key).ok and ok
+            removed += 1
         for key, nets in mine.items():
             entry = present.get(key)
             if entry is None or sorted(entry.get("ip_net") or []) != nets:
                 ok = controller.daemons.add_peer(node, key, nets).ok and ok
                 added += 1
-        for key in present.keys() - mine.keys():
-            ok = controller.daemons.remove_peer(node, key).ok and ok
-            removed += 1
         return added, removed, ok
 
     with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:

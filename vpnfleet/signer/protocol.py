@@ -13,6 +13,7 @@ JSON line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "<reason>"}``.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,11 +39,18 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(TIME_FORMAT)
 
 
+# TIME_FORMAT's shape; fromisoformat then checks the values. strptime took 8 us a time, most
+# of a CRL request's checks with tens of thousands of entries.
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
 def parse_time(text: object, name: str) -> datetime:
     if not isinstance(text, str):
         raise SignerError(f"{name} must be a time like 2026-01-31T12:00:00Z, got {type(text).__name__}")
     try:
-        return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+        if not _TIME.fullmatch(text):
+            raise ValueError(text)
+        return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
     except ValueError:
         raise SignerError(f"{name} must be a time like 2026-01-31T12:00:00Z, got {text[:40]!r}") from None
 

@@ -24,6 +24,7 @@ from cryptography import x509
 from sqlalchemy import select, update
 from vpnfleet.shared.pki import authority, keys
 
+from vpnfleet.controller import crl as crl_module
 from vpnfleet.controller.configs import revoke_configs
 from vpnfleet.controller.crl import publish_crl, signing_turn
 from vpnfleet.controller.models import PublishedCrl, VpnConfig, utcnow
@@ -286,6 +287,43 @@ def test_a_crl_another_worker_signed_since_is_pushed_as_it_is(client, app, node_
     controller.revocations.submit(names[2:])
     assert controller.revocations.flush()
     assert _published(app).crl_number > signed.crl_number
+    assert {int(_config(app, name).serial_number, 16) for name in names} <= _serials(
+        node_lab.crl_path.read_bytes()
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_pusher_signs_again_only_after_its_pace_and_the_configs_waiting_are_refused_meanwhile(
+    client, app, node_lab, monkeypatch
+):
+    """Signed one after another, big CRLs took the signer from the certificates /connect waits
+    for: after a signature the next waits PACE times as long (here pinned to 3 s), and what is
+    revoked meanwhile shares it, refused by the node API all along."""
+    monkeypatch.setattr(crl_module, "PACE", 1e9)
+    monkeypatch.setattr(crl_module, "MAX_PACE_SECONDS", 3.0)
+    names = [portal_ovpn(client, app, display_name=f"laptop {n}")[0] for n in range(3)]
+
+    def revoke(some: list[str]) -> None:
+        run_sql(app, update(VpnConfig).where(VpnConfig.common_name.in_(some)).values(revoked_at=utcnow()))
+        pusher.submit(some)
+
+    pusher = app.extensions[EXTENSION_KEY].revocations
+    revoke(names[:1])
+    assert pusher.flush()
+    first = _published(app)
+    revoke(names[1:2])
+    time.sleep(0.3)
+    revoke(names[2:])
+    for name in names[1:]:
+        refused = client.post(
+            "/node-api/v1/connect", auth=NODE_X1, data={"common_name": name, "profile_id": "office"}
+        )
+        assert refused.status_code == 403 and refused.get_json()["reason"] == "certificate revoked"
+    assert _published(app).crl_number == first.crl_number  # still pacing
+    assert pusher.flush()
+    # The pause runs from the first one's signature (its push to node-y1, down, took a while).
+    assert (_published(app).this_update - first.this_update).total_seconds() >= 2.95
+    assert pusher.batches == 2  # the two later revocations in one
     assert {int(_config(app, name).serial_number, 16) for name in names} <= _serials(
         node_lab.crl_path.read_bytes()
     )

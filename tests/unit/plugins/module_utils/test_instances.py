@@ -246,6 +246,15 @@ def test_tcp_process_gets_no_exit_notify():
     lines = lines_of(instances.render_server_config(plan, plan.processes[3], options()))
     assert "proto tcp6-server" in lines and "tcp-nodelay" in lines
     assert not any(line.startswith("explicit-exit-notify") for line in lines)
+    # fast-io is for UDP sockets only (OpenVPN's manual).
+    assert "fast-io" not in lines
+
+
+def test_udp_processes_skip_the_poll_before_writes():
+    plan = instances.plan_profile("internet", V4, V6, cores=4)
+    for process in plan.processes:
+        lines = lines_of(instances.render_server_config(plan, process, options()))
+        assert ("fast-io" in lines) == (process.proto == "udp"), process.index
 
 
 def test_split_tunnel_pushes_only_its_routes():

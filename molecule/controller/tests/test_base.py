@@ -1,6 +1,13 @@
-"""The base role, checked on the real lab hosts."""
+"""The base layer of site.yml, checked on every host it converges (the controller and a node of each
+location): systemd up with no failed unit after the whole converge, the configuration directory,
+the host's record of its place in the fleet, the packages every vpnfleet host needs."""
 
 import yaml
+
+testinfra_hosts = ["controller", "node-x1", "node-y1"]
+
+# The lab inventory's locations; the controller is in none.
+LOCATIONS = {"node-x1": "x", "node-y1": "y"}
 
 
 def test_host_boots_with_systemd(host):
@@ -18,11 +25,13 @@ def test_host_record_names_its_place(host):
     record = yaml.safe_load(host.file("/etc/vpnfleet/host.yml").content_string)
     hostname = host.check_output("hostname")
     assert record["name"] == hostname
-    if hostname.startswith("node-x"):
-        assert record["location"] == "x"
-        assert "vpnfleet_location_x" in record["groups"]
+    location = LOCATIONS.get(hostname, "")
+    assert record["location"] == location
+    if location:
+        assert f"vpnfleet_location_{location}" in record["groups"]
+        assert "vpnfleet_nodes" in record["groups"]
     else:
-        assert record["location"] == ""
+        assert "vpnfleet_controllers" in record["groups"]
 
 
 def test_packages_from_the_image(host):
