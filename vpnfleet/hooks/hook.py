@@ -220,9 +220,15 @@ def safe_decision(settings: HookSettings, event: ClientEvent, post: Post = node_
 
 
 def log_connect(
-    log: DecisionLog, settings: HookSettings, event: ClientEvent, decision: Decision, elapsed: float | None
+    log: DecisionLog,
+    settings: HookSettings,
+    event: ClientEvent,
+    decision: Decision,
+    elapsed: float | None,
+    detail: str | None = None,
 ) -> None:
     took = f" [{elapsed:.3f} s]" if elapsed is not None else ""
+    took += f" ({detail})" if detail else ""
     log.line(
         f"connect {'ALLOW' if decision.allow else 'DENY'} {event.describe()} node={settings.node_name}: "
         f"{decision.reason}{took}",

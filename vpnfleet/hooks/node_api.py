@@ -8,6 +8,8 @@ import json
 import queue
 import socket
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -55,20 +57,33 @@ def get_crl(settings: HookSettings) -> bytes:
 class ConnectionPool:
     """Keep-alive HTTPS connections to the controller for the resident worker: a storm of
     connects costs one TLS handshake per pooled connection, not one per client. ``post`` has the
-    same answers and errors as the module's ``post``; thread-safe."""
+    same answers and errors as the module's ``post``; thread-safe.
+
+    ``keep_warm`` (the worker calls it in a thread of its own) makes the handshakes before a
+    storm needs them: it fills the pool at start and replaces connections idle longer than
+    IDLE_SECONDS, which the controller's front would otherwise close (nginx: 60 s for a
+    connection without a request, 75 s after one). Without it the first calls of a storm after
+    a quiet minute each paid a stale connection and a new TLS handshake on a busy node."""
+
+    # Below nginx's client_header_timeout (60 s) and keepalive_timeout (75 s) defaults.
+    IDLE_SECONDS = 40.0
 
     def __init__(self, settings: HookSettings, size: int):
         self.settings = settings
         self.size = size
-        self._idle: queue.LifoQueue[http.client.HTTPSConnection] = queue.LifoQueue()
+        # (connection, when it was last opened or used); the newest on top.
+        self._idle: queue.LifoQueue[tuple[http.client.HTTPSConnection, float]] = queue.LifoQueue()
         self._context = tls_context(settings)
+        self._calls = threading.local()
+        self._closed = threading.Event()
 
     def post(self, settings: HookSettings, call: str, fields: dict) -> Answer:
         body = _json_body(fields)
         try:
-            connection, retry = self._idle.get_nowait(), True
+            connection, retry = self._idle.get_nowait()[0], True
+            self._calls.opened = False
         except queue.Empty:
-            connection, retry = _connection(settings, self._context), False
+            connection, retry = self._opened(settings), False
         while True:
             try:
                 exchanged = _request(
@@ -80,7 +95,7 @@ class ConnectionPool:
                     raise ControllerUnavailable(_network_reason(exc.cause)) from None
                 # The controller closed an idle connection before it read our request: once more
                 # on a new one (nothing reached the controller, so nothing is asked twice).
-                connection, retry = _connection(settings, self._context), False
+                connection, retry = self._opened(settings), False
                 continue
             except ControllerUnavailable:
                 connection.close()
@@ -88,16 +103,55 @@ class ConnectionPool:
             self._give_back(connection)
             return _answer_of(exchanged)
 
-    def _give_back(self, connection: http.client.HTTPSConnection) -> None:
-        if connection.sock is None or self._idle.qsize() >= self.size:
-            connection.close()
-        else:
-            self._idle.put(connection)
+    def opened_a_connection(self) -> bool:
+        """Whether this thread's last ``post`` had to open a connection (a TLS handshake)."""
+        return getattr(self._calls, "opened", False)
 
-    def close(self) -> None:
+    def keep_warm(self, every: float = IDLE_SECONDS / 4) -> None:
+        """Until ``close``: keep ``size`` connections open and fresh (see the class)."""
+        while not self._closed.is_set():
+            self._refresh()
+            self._closed.wait(every)
+
+    def _refresh(self) -> None:
+        kept: list[tuple[http.client.HTTPSConnection, float]] = []
         while True:
             try:
-                self._idle.get_nowait().close()
+                connection, since = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if time.monotonic() - since > self.IDLE_SECONDS:
+                connection.close()
+            else:
+                kept.append((connection, since))
+        # The oldest first back in, so that calls take the freshest.
+        for entry in sorted(kept, key=lambda entry: entry[1]):
+            self._idle.put(entry)
+        while self._idle.qsize() < self.size and not self._closed.is_set():
+            connection = _connection(self.settings, self._context)
+            try:
+                connection.connect()
+            except OSError:
+                # The controller is away: calls open their own connections when it is back.
+                connection.close()
+                return
+            self._idle.put((connection, time.monotonic()))
+
+    def _opened(self, settings: HookSettings) -> http.client.HTTPSConnection:
+        self._calls.opened = True
+        return _connection(settings, self._context)
+
+    def _give_back(self, connection: http.client.HTTPSConnection) -> None:
+        if connection.sock is None or self._idle.qsize() >= self.size or self._closed.is_set():
+            connection.close()
+        else:
+            self._idle.put((connection, time.monotonic()))
+
+    def close(self) -> None:
+        self._closed.set()
+        while True:
+            try:
+                self._idle.get_nowait()[0].close()
             except queue.Empty:
                 return
 

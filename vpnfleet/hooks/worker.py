@@ -40,6 +40,7 @@ from .hook import (
     DEADLINE_MARGIN_SECONDS,
     DISCONNECT,
     ClientEvent,
+    Decision,
     DecisionLog,
     late_decision,
     log_connect,
@@ -75,19 +76,29 @@ class HookWorker:
         self.log = DecisionLog(settings.syslog)
         self.pool = node_api.ConnectionPool(settings, concurrency)
         self.calls = ThreadPoolExecutor(concurrency, thread_name_prefix="controller")
+        threading.Thread(target=self.pool.keep_warm, name="keep-warm", daemon=True).start()
 
     def connect(self, environment: dict) -> bool:
         started = time.monotonic()
         event = ClientEvent.from_environment(environment, self.settings)
-        future = self.calls.submit(safe_decision, self.settings, event, self.pool.post)
+        future = self.calls.submit(self._decide, event, time.monotonic())
         try:
-            decision = future.result(timeout=self.settings.timeout_seconds + DEADLINE_MARGIN_SECONDS)
+            decision, queued, opened = future.result(
+                timeout=self.settings.timeout_seconds + DEADLINE_MARGIN_SECONDS
+            )
+            # Where a slow check's time went: waiting for a free call, or a TLS handshake first.
+            detail = f"queued {queued:.3f} s, {'new' if opened else 'pooled'} connection"
         except FutureTimeout:
             # Still queued behind other calls: decided now, so the controller need not be asked.
             future.cancel()
-            decision = late_decision(self.settings)
-        log_connect(self.log, self.settings, event, decision, time.monotonic() - started)
+            decision, detail = late_decision(self.settings), None
+        log_connect(self.log, self.settings, event, decision, time.monotonic() - started, detail)
         return decision.allow
+
+    def _decide(self, event: ClientEvent, submitted: float) -> tuple[Decision, float, bool]:
+        began = time.monotonic()
+        decision = safe_decision(self.settings, event, self.pool.post)
+        return decision, began - submitted, self.pool.opened_a_connection()
 
     def disconnect(self, environment: dict) -> None:
         event = ClientEvent.from_environment(environment, self.settings)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller_helpers import PASSWORD, add_user, csrf_token, log_in
+from controller_helpers import PASSWORD, add_user, csrf_token, log_in, portal_ovpn
 from controller_node_lab import NODE_X1_ADDRESS
 from vpnfleet.shared.pki import keys
 
@@ -160,3 +160,19 @@ def test_the_portal_offers_a_location_per_profile_automatic_by_default(client, a
     assert refused.status_code == 409
     assert "profile internet is not served in location location-y" in refused.get_data(as_text=True)
     assert create("office", "location-z", "z-laptop").status_code == 400
+
+
+def test_a_config_leaves_a_full_process_for_its_next_remote_within_15_s(client, app):
+    """A process at max-clients answers the client's first packet and then drops it (OpenVPN
+    2.6's stateless reset reply): the client leaves only when its handshake window ends, then
+    pauses connect-retry's first delay and makes its handshake with the next remote. Issue 12's
+    goal is 15 s in all; bench/storm.py's "full" event measures it on the lab (docs/bench.md)."""
+    _, ovpn = portal_ovpn(client, app)
+    options = {line.split()[0]: line.split()[1:] for line in ovpn.splitlines() if line and line[0].isalpha()}
+    remotes = [line for line in ovpn.splitlines() if line.startswith("remote ")]
+    assert len(remotes) >= 2, remotes
+    handshake_allowance = 2  # a handshake under the lab's storms took 1-2 s
+    worst = int(options["hand-window"][0]) + int(options["connect-retry"][0]) + handshake_allowance
+    assert worst <= 15, options
+    # The other bound on a silent remote stays below the handshake window.
+    assert int(options["server-poll-timeout"][0]) <= int(options["hand-window"][0])

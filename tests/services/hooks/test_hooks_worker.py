@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from hooks_lab import hook_lines
 from openvpn_netlab import wait_for
+
+from vpnfleet.hooks.worker import DEFAULT_CONCURRENCY
 
 
 def _line_about(log: str, common_name: str, what: str = "connect") -> str | None:
@@ -113,3 +116,35 @@ def test_many_clients_at_once_are_decided_by_the_worker(lab, hooks, worker, vpn_
     # Each took the controller's time, not an interpreter's start-up (a pooled, kept-alive connection).
     took = sorted(float(line.rsplit("[", 1)[1].split()[0]) for line in decisions)
     assert took[len(took) // 2] < 0.5, took
+
+
+def test_a_storm_after_a_quiet_start_finds_its_connections_open(lab, hooks, worker):
+    """The worker opens its pooled connections before the first client: a storm's first
+    connects, all at once, each take a connection that is already open, no TLS handshake."""
+    names = [lab.new_config()[0] for _ in range(8)]
+    # Nothing has asked the worker anything yet; its connections to the controller are open.
+    wait_for(lambda: _open_connections(lab) >= DEFAULT_CONCURRENCY, "the worker's connections")
+    with ThreadPoolExecutor(len(names)) as pool:
+        answers = list(
+            pool.map(
+                lambda name: _ask_worker(
+                    lab, script_type="client-connect", common_name=name, VPNFLEET_PROFILE="office"
+                ),
+                names,
+            )
+        )
+    assert answers == ["1"] * len(names), answers
+    lines = [_line_about(worker.log(), name) for name in names]
+    assert all(line and "pooled connection)" in line for line in lines), lines
+
+
+def _open_connections(lab) -> int:
+    """The established TCP connections to the controller in the server namespace."""
+    listed = subprocess.run(
+        ["ip", "netns", "exec", lab.namespaces.server, "ss", "-Htn", "state", "established"]
+        + ["dst", f"127.0.0.1:{lab.controller.port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return len(listed.splitlines())
