@@ -185,7 +185,7 @@ def _sign_in_turn(
     row.revoked_count = len(revoked)
     global _listed
     # What it lists (and the CA's revoked node certificates, left out here: at worst a re-signing).
-    _listed = (row.crl_number, frozenset(int(serial, 16) for serial, _ in revoked))
+    _listed = (row.crl_number, frozenset(int(serial, 16) for serial, unused_revoked_at in revoked))
     db.commit()
     return Crl.of(row, signing_seconds)
 
