@@ -329,6 +329,31 @@ def test_a_pusher_signs_again_only_after_its_pace_and_the_configs_waiting_are_re
     )
 
 
+def test_a_small_crl_whose_signature_was_slow_does_not_pace_the_next(client, app, node_lab, monkeypatch):
+    """A signature of a few entries is the signer's fixed cost, not the entries': a pusher does not
+    learn from it, so a node's CRL, its window for a revoked config when the controller is gone
+    next, does not wait three times a slow round trip."""
+    controller = app.extensions[EXTENSION_KEY]
+    sign_crl = controller.issuer.sign_crl
+
+    def slow_sign_crl(*args, **kwargs):
+        time.sleep(1.0)
+        return sign_crl(*args, **kwargs)
+
+    monkeypatch.setattr(controller.issuer, "sign_crl", slow_sign_crl)
+    names = [portal_ovpn(client, app, display_name=f"laptop {n}")[0] for n in range(2)]
+    pusher = controller.revocations
+    stored = []
+    for name in names:
+        run_sql(app, update(VpnConfig).where(VpnConfig.common_name == name).values(revoked_at=utcnow()))
+        pusher.submit([name])
+        assert pusher.flush()
+        stored.append(_published(app))
+    # The second: signed at once (its own second of signing), not 3 s after the first.
+    assert (stored[1].this_update - stored[0].this_update).total_seconds() < 2.5
+    assert stored[1].crl_number > stored[0].crl_number
+
+
 def _published(app) -> PublishedCrl:
     session = app.extensions[EXTENSION_KEY].sessions()
     try:
