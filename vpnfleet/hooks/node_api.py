@@ -59,13 +59,14 @@ class ConnectionPool:
     connects costs one TLS handshake per pooled connection, not one per client. ``post`` has the
     same answers and errors as the module's ``post``; thread-safe.
 
-    ``keep_warm`` (the worker calls it in a thread of its own) makes the handshakes before a
-    storm needs them: it fills the pool at start and replaces connections idle longer than
-    IDLE_SECONDS, which the controller's front would otherwise close (nginx: 60 s for a
-    connection without a request, 75 s after one). Without it the first calls of a storm after
-    a quiet minute each paid a stale connection and a new TLS handshake on a busy node."""
+    ``keep_warm`` (the worker calls it in a thread of its own) retires connections idle longer
+    than IDLE_SECONDS, before the controller's front closes them (nginx: 75 s after a request),
+    so that a storm after a quiet minute does not first meet closed connections and retry each.
+    It opens none of its own: a connection that never carried a request is one nginx waits for
+    when it stops (up to its stop's 5 s), which held every controller stop and restart 5 s
+    (molecule/controller's revocation test). The pool fills with the calls themselves."""
 
-    # Below nginx's client_header_timeout (60 s) and keepalive_timeout (75 s) defaults.
+    # Below nginx's keepalive_timeout (75 s) default.
     IDLE_SECONDS = 40.0
 
     def __init__(self, settings: HookSettings, size: int):
@@ -108,7 +109,7 @@ class ConnectionPool:
         return getattr(self._calls, "opened", False)
 
     def keep_warm(self, every: float = IDLE_SECONDS / 4) -> None:
-        """Until ``close``: keep ``size`` connections open and fresh (see the class)."""
+        """Until ``close``: retire the pooled connections idle too long (see the class)."""
         while not self._closed.is_set():
             self._refresh()
             self._closed.wait(every)
@@ -127,15 +128,6 @@ class ConnectionPool:
         # The oldest first back in, so that calls take the freshest.
         for entry in sorted(kept, key=lambda entry: entry[1]):
             self._idle.put(entry)
-        while self._idle.qsize() < self.size and not self._closed.is_set():
-            connection = _connection(self.settings, self._context)
-            try:
-                connection.connect()
-            except OSError:
-                # The controller is away: calls open their own connections when it is back.
-                connection.close()
-                return
-            self._idle.put((connection, time.monotonic()))
 
     def _opened(self, settings: HookSettings) -> http.client.HTTPSConnection:
         self._calls.opened = True
