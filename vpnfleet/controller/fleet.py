@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -98,21 +98,19 @@ def capacity_table(
                         OPENVPN,
                         clients=_clients_of(profile.id, location, view.connections),
                         capacity=sum(known) if len(known) == len(limits) else None,
-                        nodes_unreachable=_unreachable(openvpn, view.unreachable),
+                        nodes_unreachable=_unreachable({node.name for node in openvpn}, view.unreachable),
                     )
                 )
-            wireguard = [slice_ for node in here if (slice_ := node.wireguard_of(profile.id))]
-            if wireguard:
+            slices = {node.name: slice_ for node in here if (slice_ := node.wireguard_of(profile.id))}
+            if slices:
                 rows.append(
                     CapacityRow(
                         profile.id,
                         location,
                         WIREGUARD,
                         clients=_clients_of(profile.id, location, peers),
-                        capacity=sum(slice_.client_addresses for slice_ in wireguard),
-                        nodes_unreachable=_unreachable(
-                            [node for node in here if node.wireguard_of(profile.id)], peers_unreachable
-                        ),
+                        capacity=sum(slice_.client_addresses for slice_ in slices.values()),
+                        nodes_unreachable=_unreachable(slices.keys(), peers_unreachable),
                     )
                 )
     return rows
@@ -127,9 +125,8 @@ def _clients_of(profile_id: str, location: str, entries: Sequence[LiveConnection
     )
 
 
-def _unreachable(nodes: list[Node], answers: list[NodeAnswer]) -> int:
-    names = {answer.node.name for answer in answers}
-    return sum(1 for node in nodes if node.name in names)
+def _unreachable(node_names: Iterable[str], answers: list[NodeAnswer]) -> int:
+    return len(set(node_names) & {answer.node.name for answer in answers})
 
 
 # --- Node choice: which nodes a new config names, in which order (docs/controller.md) ---
