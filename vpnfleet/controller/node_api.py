@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import re
 import time
+from dataclasses import dataclass
 from typing import cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -140,11 +141,80 @@ def bad_field(error: BadField) -> Response:
     return response
 
 
-def _refusal(reason: str, common_name: str) -> Response:
-    current_app.logger.info("refused %s on node %s: %s", common_name, g.node.name, reason)
-    response = jsonify(allow=False, reason=reason)
-    response.status_code = 403
-    return response
+MAX_BATCH_CHECKS = 256
+
+# The same check, for the batch: one IN query for all its certificates.
+_CONFIGS_TO_CHECK = (
+    select(
+        VpnConfig.common_name,
+        VpnConfig.user_id,
+        VpnConfig.profile_id,
+        VpnConfig.revoked_at,
+        VpnConfig.expires_at,
+        User.username,
+        User.is_disabled,
+    )
+    .join(User, User.id == VpnConfig.user_id)
+    .where(VpnConfig.common_name.in_(bindparam("common_names", expanding=True)))
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One connect check's fields, validated."""
+
+    common_name: str
+    profile_id: str
+    ipv4: str | None
+    ipv6: str | None
+    real_address: str | None
+
+    @classmethod
+    def of(cls, data) -> Check:
+        return cls(
+            _required_text(data, "common_name"),
+            _required_text(data, "profile_id"),
+            _address(data, "ipv4"),
+            _address(data, "ipv6"),
+            _address(data, "real_address"),
+        )
+
+
+def connect_decision(check: Check, config, node: Node, now) -> str | None:
+    """The one rule set of a connect check: None allows, else the reason for refusing."""
+    if config is None:
+        return "unknown certificate"
+    if config.revoked_at is not None:
+        return "certificate revoked"
+    if now >= config.expires_at:
+        return "certificate expired"
+    if config.is_disabled:
+        return "user disabled"
+    if config.profile_id != check.profile_id or not node.processes_of(check.profile_id):
+        return f"config is for profile {config.profile_id}, not {check.profile_id} on this node"
+    return None
+
+
+def _log_row(check: Check, config, node: Node, now) -> dict:
+    return {
+        "user_id": config.user_id,
+        "username": config.username,
+        "common_name": check.common_name,
+        "profile_id": check.profile_id,
+        "node": node.name,
+        "location": node.location,
+        "process": _process_of(node, check.ipv4 or check.ipv6),
+        "ipv4": check.ipv4,
+        "ipv6": check.ipv6,
+        "real_address": check.real_address,
+        "connected_at": now,
+    }
+
+
+def _count_check(profile_id, allowed: bool, seconds: float) -> None:
+    # A label per known profile only: whatever else a node sends must not grow the series.
+    known = isinstance(profile_id, str) and controller().settings.profile(profile_id) is not None
+    metrics.connect_checked(profile_id if known else "unknown", allowed, seconds)
 
 
 @blueprint.post("/connect")
@@ -155,56 +225,77 @@ def client_connect():
         profile_id = _fields().get("profile_id")
     except BadField as error:
         response, profile_id = bad_field(error), None
-    # A label per known profile only: whatever else a node sends must not grow the series.
-    known = isinstance(profile_id, str) and controller().settings.profile(profile_id) is not None
-    metrics.connect_checked(
-        profile_id if known and isinstance(profile_id, str) else "unknown",
-        response.status_code == 200,
-        time.perf_counter() - started,
-    )
+    _count_check(profile_id, response.status_code == 200, time.perf_counter() - started)
     return response
 
 
 def _client_connect() -> Response:
-    data = _fields()
-    common_name = _required_text(data, "common_name")
-    profile_id = _required_text(data, "profile_id")
+    check = Check.of(_fields())
     node: Node = g.node
     session = db()
     now = utcnow()
-    config = session.execute(_CONFIG_TO_CHECK, {"common_name": common_name}).first()
-    if config is None:
-        return _refusal("unknown certificate", common_name)
-    if config.revoked_at is not None:
-        return _refusal("certificate revoked", common_name)
-    if now >= config.expires_at:
-        return _refusal("certificate expired", common_name)
-    if config.is_disabled:
-        return _refusal("user disabled", common_name)
-    if config.profile_id != profile_id or not node.processes_of(profile_id):
-        return _refusal(
-            f"config is for profile {config.profile_id}, not {profile_id} on this node", common_name
-        )
-    ipv4, ipv6 = _address(data, "ipv4"), _address(data, "ipv6")
-    connection_id = session.execute(
-        _LOG_CONNECT,
-        {
-            "user_id": config.user_id,
-            "username": config.username,
-            "common_name": common_name,
-            "profile_id": profile_id,
-            "node": node.name,
-            "location": node.location,
-            "process": _process_of(node, ipv4 or ipv6),
-            "ipv4": ipv4,
-            "ipv6": ipv6,
-            "real_address": _address(data, "real_address"),
-            "connected_at": now,
-        },
-    ).scalar_one()
+    config = session.execute(_CONFIG_TO_CHECK, {"common_name": check.common_name}).first()
+    reason = connect_decision(check, config, node, now)
+    if reason is not None:
+        current_app.logger.info("refused %s on node %s: %s", check.common_name, node.name, reason)
+        response = jsonify(allow=False, reason=reason)
+        response.status_code = 403
+        return response
+    connection_id = session.execute(_LOG_CONNECT, _log_row(check, config, node, now)).scalar_one()
     session.commit()
-    current_app.logger.info("allowed %s (%s) on node %s", common_name, config.username, node.name)
+    current_app.logger.info("allowed %s (%s) on node %s", check.common_name, config.username, node.name)
     return jsonify(allow=True, connection_id=connection_id)
+
+
+@blueprint.post("/connect_batch")
+def client_connect_batch():
+    """Up to MAX_BATCH_CHECKS checks in one call: one query, one insert, one commit. Each answer
+    is /connect's, with the status /connect would have given."""
+    started = time.perf_counter()
+    data = _fields()
+    checks_data = data.get("checks") if isinstance(data, dict) else None
+    if not isinstance(checks_data, list):
+        raise BadField('"checks" must be a list')
+    if not 1 <= len(checks_data) <= MAX_BATCH_CHECKS:
+        raise BadField(f'"checks" must hold 1 to {MAX_BATCH_CHECKS} checks, not {len(checks_data)}')
+    checks: list[Check] = []
+    for index, fields in enumerate(checks_data):
+        try:
+            if not isinstance(fields, dict):
+                raise BadField("must be a JSON object")
+            checks.append(Check.of(fields))
+        except BadField as error:
+            raise BadField(f"check {index}: {error}") from None
+    node: Node = g.node
+    session = db()
+    now = utcnow()
+    names = sorted({check.common_name for check in checks})
+    configs = {row.common_name: row for row in session.execute(_CONFIGS_TO_CHECK, {"common_names": names})}
+    answers: list[dict] = []
+    rows: list[dict] = []
+    allowed_at: list[int] = []
+    for check in checks:
+        config = configs.get(check.common_name)
+        reason = connect_decision(check, config, node, now)
+        if reason is None:
+            allowed_at.append(len(answers))
+            rows.append(_log_row(check, config, node, now))
+            answers.append({"allow": True, "status": 200})
+        else:
+            current_app.logger.info("refused %s on node %s: %s", check.common_name, node.name, reason)
+            answers.append({"allow": False, "reason": reason, "status": 403})
+    if rows:
+        ids = session.scalars(
+            insert(_LOG_TABLE).returning(_LOG_TABLE.c.id, sort_by_parameter_order=True), rows
+        ).all()
+        for index, connection_id in zip(allowed_at, ids, strict=True):
+            answers[index]["connection_id"] = connection_id
+        session.commit()
+    current_app.logger.info("batch of %d checks on node %s: %d allowed", len(checks), node.name, len(rows))
+    each = (time.perf_counter() - started) / len(checks)
+    for check, answer in zip(checks, answers, strict=True):
+        _count_check(check.profile_id, answer["allow"], each)
+    return jsonify(answers=answers)
 
 
 def _process_of(node: Node, address: str | None) -> str | None:

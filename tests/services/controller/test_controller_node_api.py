@@ -119,3 +119,43 @@ def test_bad_fields_are_400_with_a_reason(client, app):
         "/node-api/v1/connect", auth=NODE_X1, data="[1, 2", content_type="application/json"
     )
     assert broken_json.status_code == 400 and "JSON object" in broken_json.get_json()["error"]
+
+
+def test_connect_batch_answers_each_check_as_connect_would(client, app):
+    common_name = portal_config(client, app)
+    checks = [
+        {"common_name": common_name, "profile_id": "office", "ipv4": "198.19.64.2"},
+        {"common_name": "0" * 32, "profile_id": "office"},
+        {"common_name": common_name, "profile_id": "internet"},
+        {"common_name": common_name, "profile_id": "office", "ipv4": "198.19.64.3"},
+    ]
+    response = client.post("/node-api/v1/connect_batch", auth=NODE_X1, json={"checks": checks})
+    assert response.status_code == 200
+    answers = response.get_json()["answers"]
+    assert [answer["status"] for answer in answers] == [200, 403, 403, 200]
+    assert answers[1]["reason"] == "unknown certificate"
+    rows = log_rows(app)
+    assert sorted(row.ipv4 for row in rows) == ["198.19.64.2", "198.19.64.3"]
+    ids = {row.ipv4: row.id for row in rows}
+    assert (answers[0]["connection_id"], answers[3]["connection_id"]) == (
+        ids["198.19.64.2"],
+        ids["198.19.64.3"],
+    )
+    single = client.post("/node-api/v1/connect", auth=NODE_X1, json=checks[2])
+    assert (single.status_code, single.get_json()["reason"]) == (403, answers[2]["reason"])
+
+
+def test_connect_batch_refuses_a_bad_batch_whole(client, app):
+    common_name = portal_config(client, app)
+    good = {"common_name": common_name, "profile_id": "office"}
+    for body, reason in (
+        ([], "the body must be a JSON object"),
+        ({}, '"checks" must be a list'),
+        ({"checks": []}, '"checks" must hold 1 to 256 checks, not 0'),
+        ({"checks": [good] * 257}, '"checks" must hold 1 to 256 checks, not 257'),
+        ({"checks": [good, {"profile_id": "office"}]}, 'check 1: missing "common_name"'),
+        ({"checks": [good, "x"]}, "check 1: must be a JSON object"),
+    ):
+        response = client.post("/node-api/v1/connect_batch", auth=NODE_X1, json=body)
+        assert (response.status_code, response.get_json()["error"]) == (400, reason)
+    assert log_rows(app) == []
