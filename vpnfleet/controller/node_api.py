@@ -236,7 +236,7 @@ def _client_connect() -> Response:
     now = utcnow()
     config = session.execute(_CONFIG_TO_CHECK, {"common_name": check.common_name}).first()
     reason = connect_decision(check, config, node, now)
-    if reason is not None:
+    if reason is not None or config is None:  # no config is always a refusal, with its reason
         current_app.logger.info("refused %s on node %s: %s", check.common_name, node.name, reason)
         response = jsonify(allow=False, reason=reason)
         response.status_code = 403
