@@ -37,15 +37,16 @@ _BIGINT_MAX = 2**63 - 1
 # Every check of every client of the fleet runs these two: the columns the check decides on
 # (with the user) and the log row, as statements built once, with the ORM's objects, identity
 # map and flush left out; per request they cost more than the database did.
+_CHECKED_COLUMNS = (
+    VpnConfig.user_id,
+    VpnConfig.profile_id,
+    VpnConfig.revoked_at,
+    VpnConfig.expires_at,
+    User.username,
+    User.is_disabled,
+)
 _CONFIG_TO_CHECK = (
-    select(
-        VpnConfig.user_id,
-        VpnConfig.profile_id,
-        VpnConfig.revoked_at,
-        VpnConfig.expires_at,
-        User.username,
-        User.is_disabled,
-    )
+    select(*_CHECKED_COLUMNS)
     .join(User, User.id == VpnConfig.user_id)
     .where(VpnConfig.common_name == bindparam("common_name"))
 )
@@ -145,15 +146,7 @@ MAX_BATCH_CHECKS = 256
 
 # The same check, for the batch: one IN query for all its certificates.
 _CONFIGS_TO_CHECK = (
-    select(
-        VpnConfig.common_name,
-        VpnConfig.user_id,
-        VpnConfig.profile_id,
-        VpnConfig.revoked_at,
-        VpnConfig.expires_at,
-        User.username,
-        User.is_disabled,
-    )
+    select(VpnConfig.common_name, *_CHECKED_COLUMNS)
     .join(User, User.id == VpnConfig.user_id)
     .where(VpnConfig.common_name.in_(bindparam("common_names", expanding=True)))
 )
