@@ -52,6 +52,8 @@ _CONFIG_TO_CHECK = (
 )
 _LOG_TABLE = cast(Table, ConnectionLogEntry.__table__)
 _LOG_CONNECT = insert(_LOG_TABLE).returning(_LOG_TABLE.c.id)
+# The batch's rows in one statement, the ids in the order of the rows.
+_LOG_CONNECTS = insert(_LOG_TABLE).returning(_LOG_TABLE.c.id, sort_by_parameter_order=True)
 
 
 class BadField(ValueError):
@@ -204,6 +206,10 @@ def _log_row(check: Check, config, node: Node, now) -> dict:
     }
 
 
+def _log_refusal(check: Check, node: Node, reason: str | None) -> None:
+    current_app.logger.info("refused %s on node %s: %s", check.common_name, node.name, reason)
+
+
 def _count_check(profile_id, allowed: bool, seconds: float) -> None:
     # A label per known profile only: whatever else a node sends must not grow the series.
     known = isinstance(profile_id, str) and controller().settings.profile(profile_id) is not None
@@ -230,7 +236,7 @@ def _client_connect() -> Response:
     config = session.execute(_CONFIG_TO_CHECK, {"common_name": check.common_name}).first()
     reason = connect_decision(check, config, node, now)
     if reason is not None or config is None:  # no config is always a refusal, with its reason
-        current_app.logger.info("refused %s on node %s: %s", check.common_name, node.name, reason)
+        _log_refusal(check, node, reason)
         response = jsonify(allow=False, reason=reason)
         response.status_code = 403
         return response
@@ -275,12 +281,10 @@ def client_connect_batch():
             rows.append(_log_row(check, config, node, now))
             answers.append({"allow": True, "status": 200})
         else:
-            current_app.logger.info("refused %s on node %s: %s", check.common_name, node.name, reason)
+            _log_refusal(check, node, reason)
             answers.append({"allow": False, "reason": reason, "status": 403})
     if rows:
-        ids = session.scalars(
-            insert(_LOG_TABLE).returning(_LOG_TABLE.c.id, sort_by_parameter_order=True), rows
-        ).all()
+        ids = session.scalars(_LOG_CONNECTS, rows).all()
         for index, connection_id in zip(allowed_at, ids, strict=True):
             answers[index]["connection_id"] = connection_id
         session.commit()
