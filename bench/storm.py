@@ -320,10 +320,12 @@ def start_pings(gateways: list[str]) -> None:
     )
 
 
-# The worker's line: "connect ALLOW cn=... [0.016 s] (queued 0.000 s, pooled connection)".
+# The worker's line: "connect ALLOW cn=... [0.016 s] (queued 0.000 s, batch of 12, pooled connection)"
+# ("single call" for a check sent alone; neither in a worker from before /connect_batch).
 CHECK_LINE = re.compile(
     r"connect ALLOW .*\[(?P<total>\d+\.\d+) s\]"
-    r"(?: \(queued (?P<queued>\d+\.\d+) s, (?P<connection>new|pooled) connection\))?"
+    r"(?: \(queued (?P<queued>\d+\.\d+) s, (?:(?:batch of (?P<batch>\d+)|single call), )?"
+    r"(?P<connection>new|pooled) connection\))?"
 )
 REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from")
 
@@ -469,7 +471,7 @@ def controller_view(before: dict[str, float], after: dict[str, float]) -> dict:
 def node_log_figures(since: float) -> dict:
     """Handshakes per second and the hooks' connect-check latency, from the node's journal."""
     out = sh_on(NODE, f"journalctl --since @{int(since)} -o short-unix --no-pager", check=False, timeout=120)
-    handshakes, latencies, queued, opened = [], [], [], 0
+    handshakes, latencies, queued, opened, calls, largest_batch = [], [], [], 0, 0.0, 0
     for line in out.splitlines():
         stamp = line.split(" ", 1)[0]
         if "Peer Connection Initiated" in line:
@@ -479,6 +481,10 @@ def node_log_figures(since: float) -> dict:
             if match["queued"]:
                 queued.append(float(match["queued"]) * 1000)
                 opened += match["connection"] == "new"
+            # A batch of N has N lines: each is 1/N of a call to the controller.
+            batch = int(match["batch"] or 1)
+            calls += 1 / batch
+            largest_batch = max(largest_batch, batch)
     per_second: dict[int, int] = {}
     for stamp in handshakes:
         per_second[int(stamp)] = per_second.get(int(stamp), 0) + 1
@@ -491,6 +497,8 @@ def node_log_figures(since: float) -> dict:
         "check_p99_ms": _percentile(latencies, 0.99),
         "check_queued_p99_ms": _percentile(queued, 0.99),
         "checks_on_new_connections": opened,
+        "check_calls": round(calls),
+        "check_batch_max": largest_batch,
     }
 
 
@@ -621,7 +629,8 @@ def _reboot_node() -> None:
 def print_table(results: dict) -> None:
     head = (
         f"{'event':<11}{'clients':>8}{'cmd s':>7}{'50% s':>7}{'90% s':>7}{'100% s':>8}{'lost':>6}"
-        f"{'hs/s':>6}{'check p50':>11}{'p99 ms':>8}{'queued p99':>11}{'new conn':>9}{'ctl p99 <=':>11}"
+        f"{'hs/s':>6}{'check p50':>11}{'p99 ms':>8}{'queued p99':>11}{'new conn':>9}{'calls':>6}"
+        f"{'ctl p99 <=':>11}"
         f"{'CPU ms/cl':>10}{'KiB/cl':>8}"
     )
     print(head)
@@ -632,7 +641,8 @@ def print_table(results: dict) -> None:
             f"{_cell(row['p90_seconds']):>7}{_cell(row['p100_seconds']):>8}{row['never_back']:>6}"
             f"{row['handshakes_per_second_peak']:>6}{_cell(row['check_p50_ms']):>11}"
             f"{_cell(row['check_p99_ms']):>8}{_cell(row.get('check_queued_p99_ms')):>11}"
-            f"{_cell(row.get('checks_on_new_connections')):>9}{_cell(row.get('controller_p99_le_ms')):>11}"
+            f"{_cell(row.get('checks_on_new_connections')):>9}{_cell(row.get('check_calls')):>6}"
+            f"{_cell(row.get('controller_p99_le_ms')):>11}"
             f"{_cell(row.get('openvpn_cpu_ms_per_client')):>10}{_cell(row.get('rss_kib_per_client')):>8}"
         )
         if row["event"] == "full":

@@ -85,24 +85,39 @@ class Decision:
 
 
 def decide_connect(settings: HookSettings, event: ClientEvent, post: Post = node_api.post) -> Decision:
+    refusal = refusal_before_asking(event)
+    if refusal is not None:
+        return refusal
+    try:
+        answer = post(settings, "connect", connect_fields(event))
+    except node_api.ControllerUnavailable as exc:
+        return without_answer(settings, f"controller unavailable ({exc})")
+    return decision_of(settings, answer)
+
+
+def refusal_before_asking(event: ClientEvent) -> Decision | None:
+    """What the controller need not be asked about: a client the node cannot even name."""
     if not event.common_name:
         return Decision(False, "OpenVPN passed no common_name")
     if not event.profile_id:
         return Decision(False, "no profile id: set VPNFLEET_PROFILE (setenv), profile_id or --profile")
-    try:
-        answer = post(
-            settings,
-            "connect",
-            {
-                "common_name": event.common_name,
-                "profile_id": event.profile_id,
-                "ipv4": event.ipv4,
-                "ipv6": event.ipv6,
-                "real_address": event.real_address,
-            },
-        )
-    except node_api.ControllerUnavailable as exc:
-        return without_answer(settings, f"controller unavailable ({exc})")
+    return None
+
+
+def connect_fields(event: ClientEvent) -> dict:
+    """The node API's connect check of ``event``, as /connect and each of /connect_batch's checks take it."""
+    fields = {
+        "common_name": event.common_name,
+        "profile_id": event.profile_id,
+        "ipv4": event.ipv4,
+        "ipv6": event.ipv6,
+        "real_address": event.real_address,
+    }
+    return {name: value for name, value in fields.items() if value}
+
+
+def decision_of(settings: HookSettings, answer: node_api.Answer) -> Decision:
+    """The decision in the controller's answer to one connect check (2xx and 4xx answers)."""
     said = answer.body.get("reason") or answer.body.get("error")
     if answer.status >= 300:
         return Decision(False, f"controller refused (HTTP {answer.status}): {said or 'no reason given'}")

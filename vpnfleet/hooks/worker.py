@@ -9,6 +9,12 @@ One HTTP/1.0 request per event on the socket, the body OpenVPN's variables form-
     POST /disconnect   answers "queued" at once; the report goes out in the background, so a
                        stopping OpenVPN process never waits for the controller
 
+Connect checks go out batched: up to DEFAULT_CONCURRENCY calls at once, each taking every check
+queued when it starts (at most MAX_BATCH_CHECKS) to the controller's /connect_batch, so a storm
+costs the controller one query and one commit per batch; a check that finds a call free goes
+alone to /connect at once. A controller without /connect_batch (404) gets single calls for
+BATCH_RETRY_SECONDS.
+
 The shim writes the byte into OpenVPN's deferred file itself: that file lives in the OpenVPN
 unit's private /tmp, out of the worker's reach. Whatever is not one of these answers (no worker,
 a worker that dies mid-request) makes the shim fall back to the one-shot Python run, which decides
@@ -23,14 +29,16 @@ from __future__ import annotations
 import grp
 import http.server
 import os
+import queue
 import signal
 import socket
 import socketserver
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -42,10 +50,14 @@ from .hook import (
     ClientEvent,
     Decision,
     DecisionLog,
+    connect_fields,
+    decision_of,
     late_decision,
     log_connect,
+    refusal_before_asking,
     run_disconnect,
     safe_decision,
+    without_answer,
 )
 from .settings import HookSettings
 
@@ -53,6 +65,10 @@ SYSTEMD_FIRST_FD = 3
 # Calls to the controller at once; also the pooled keep-alive connections. A storm's connects
 # queue here for a few milliseconds each rather than open a TLS session per client.
 DEFAULT_CONCURRENCY = 16
+# The controller's /connect_batch limit (vpnfleet.controller.node_api.MAX_BATCH_CHECKS).
+MAX_BATCH_CHECKS = 256
+# After a 404 from /connect_batch (a controller older than it), single calls for this long.
+BATCH_RETRY_SECONDS = 300.0
 MAX_EVENT_BYTES = 16 * 1024
 # OpenVPN's variables a hook reads (ClientEvent.from_environment); everything else is dropped.
 EVENT_VARIABLES = frozenset(
@@ -70,42 +86,138 @@ EVENT_VARIABLES = frozenset(
 )
 
 
+@dataclass
+class _Check:
+    """One client's connect check, queued until a call takes it."""
+
+    event: ClientEvent
+    queued_at: float = field(default_factory=time.monotonic)
+    # The decision and where its time went, for the log line.
+    outcome: Future[tuple[Decision, str]] = field(default_factory=Future)
+
+
+class ConnectChecks:
+    """The worker's calls to the controller for connect checks: ``concurrency`` threads, each
+    sending what is queued when it is free (see the module's docstring)."""
+
+    def __init__(self, settings: HookSettings, pool: node_api.ConnectionPool, concurrency: int):
+        self.settings = settings
+        self.pool = pool
+        self._queue: queue.SimpleQueue[_Check | None] = queue.SimpleQueue()
+        self._singles_until = 0.0
+        self._senders = [
+            threading.Thread(target=self._send_queued, name=f"controller-{index}", daemon=True)
+            for index in range(concurrency)
+        ]
+        for sender in self._senders:
+            sender.start()
+
+    def submit(self, event: ClientEvent) -> Future[tuple[Decision, str]]:
+        check = _Check(event)
+        self._queue.put(check)
+        return check.outcome
+
+    def close(self) -> None:
+        for _ in self._senders:
+            self._queue.put(None)
+
+    def _send_queued(self) -> None:
+        while (first := self._queue.get()) is not None:
+            checks = [first]
+            limit = 1 if time.monotonic() < self._singles_until else MAX_BATCH_CHECKS
+            while len(checks) < limit:
+                try:
+                    check = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if check is None:
+                    self._queue.put(None)  # another sender's stop
+                    break
+                checks.append(check)
+            # A check past its deadline was decided by the worker already (and cancelled).
+            checks = [check for check in checks if check.outcome.set_running_or_notify_cancel()]
+            if checks:
+                self._decide(checks)
+
+    def _decide(self, checks: list[_Check]) -> None:
+        began = time.monotonic()
+        try:
+            decisions = self._batch_decisions(checks) if len(checks) > 1 else None
+            how = f"batch of {len(checks)}"
+            if decisions is None:
+                decisions = [safe_decision(self.settings, check.event, self.pool.post) for check in checks]
+                how = "single call"
+        except Exception as exc:  # noqa: BLE001 - a bug must refuse the clients, never leave them deferred
+            decisions = [Decision(False, f"hook failed: {type(exc).__name__}: {exc}")] * len(checks)
+        connection = "new" if self.pool.opened_a_connection() else "pooled"
+        for check, decision in zip(checks, decisions, strict=True):
+            check.outcome.set_result(
+                (decision, f"queued {began - check.queued_at:.3f} s, {how}, {connection} connection")
+            )
+
+    def _batch_decisions(self, checks: list[_Check]) -> list[Decision] | None:
+        """Each check's decision from one /connect_batch, or None: ask each alone."""
+        try:
+            answer = self.pool.post(
+                self.settings, "connect_batch", {"checks": [connect_fields(check.event) for check in checks]}
+            )
+        except node_api.ControllerUnavailable as exc:
+            return [without_answer(self.settings, f"controller unavailable ({exc})")] * len(checks)
+        if answer.status == 404:
+            self._singles_until = time.monotonic() + BATCH_RETRY_SECONDS
+        if answer.status >= 300:
+            # No batch call, or one check the controller refuses to read (400 for the whole
+            # batch): each check alone gets its own answer.
+            return None
+        answers = answer.body.get("answers")
+        if not isinstance(answers, list) or len(answers) != len(checks):
+            why = f"controller unavailable (HTTP {answer.status}: not an answer to {len(checks)} checks)"
+            return [without_answer(self.settings, why)] * len(checks)
+        return [self._decision_in(each) for each in answers]
+
+    def _decision_in(self, answer: object) -> Decision:
+        if not isinstance(answer, dict):
+            return without_answer(self.settings, "not a controller answer (a batch answer not an object)")
+        status = answer.get("status")
+        if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status < 500:
+            return without_answer(self.settings, "not a controller answer (a batch answer without a status)")
+        return decision_of(self.settings, node_api.Answer(status, answer))
+
+
 class HookWorker:
     def __init__(self, settings: HookSettings, concurrency: int = DEFAULT_CONCURRENCY):
         self.settings = settings
         self.log = DecisionLog(settings.syslog)
         self.pool = node_api.ConnectionPool(settings, concurrency)
-        self.calls = ThreadPoolExecutor(concurrency, thread_name_prefix="controller")
+        self.checks = ConnectChecks(settings, self.pool, concurrency)
+        self.reports = ThreadPoolExecutor(concurrency, thread_name_prefix="report")
         threading.Thread(target=self.pool.keep_warm, name="keep-warm", daemon=True).start()
 
     def connect(self, environment: dict) -> bool:
         started = time.monotonic()
         event = ClientEvent.from_environment(environment, self.settings)
-        future = self.calls.submit(self._decide, event, time.monotonic())
-        try:
-            decision, queued, opened = future.result(
-                timeout=self.settings.timeout_seconds + DEADLINE_MARGIN_SECONDS
-            )
-            # Where a slow check's time went: waiting for a free call, or a TLS handshake first.
-            detail = f"queued {queued:.3f} s, {'new' if opened else 'pooled'} connection"
-        except FutureTimeout:
-            # Still queued behind other calls: decided now, so the controller need not be asked.
-            future.cancel()
-            decision, detail = late_decision(self.settings), None
+        detail = None
+        decision = refusal_before_asking(event)
+        if decision is None:
+            outcome = self.checks.submit(event)
+            try:
+                decision, detail = outcome.result(
+                    timeout=self.settings.timeout_seconds + DEADLINE_MARGIN_SECONDS
+                )
+            except FutureTimeout:
+                # Still queued, or its call still waits: decided now (a queued check is then not sent).
+                outcome.cancel()
+                decision = late_decision(self.settings)
         log_connect(self.log, self.settings, event, decision, time.monotonic() - started, detail)
         return decision.allow
 
-    def _decide(self, event: ClientEvent, submitted: float) -> tuple[Decision, float, bool]:
-        began = time.monotonic()
-        decision = safe_decision(self.settings, event, self.pool.post)
-        return decision, began - submitted, self.pool.opened_a_connection()
-
     def disconnect(self, environment: dict) -> None:
         event = ClientEvent.from_environment(environment, self.settings)
-        self.calls.submit(run_disconnect, self.settings, event, self.log, self.pool.post)
+        self.reports.submit(run_disconnect, self.settings, event, self.log, self.pool.post)
 
     def close(self) -> None:
-        self.calls.shutdown(wait=False, cancel_futures=True)
+        self.checks.close()
+        self.reports.shutdown(wait=False, cancel_futures=True)
         self.pool.close()
 
 

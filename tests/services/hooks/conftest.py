@@ -326,6 +326,7 @@ def hooks(lab: Lab) -> Iterator[Callable[..., None]]:
     lab.write_hooks_config()
     lab.front.fail_status = None
     lab.front.fail_body = None
+    lab.front.missing_calls.clear()
     for gate in lab.front.held.values():
         gate.set()
     lab.front.held.clear()
@@ -347,13 +348,16 @@ class Worker:
 
 
 @pytest.fixture
-def worker(lab: Lab) -> Iterator[Worker]:
+def worker(lab: Lab, request) -> Iterator[Worker]:
+    """The worker; ``indirect`` parametrization sets its calls at once (``--concurrency``)."""
+    concurrency = ["--concurrency", str(request.param)] if hasattr(request, "param") else []
     log_path = lab.workdir / f"worker-{len(list(lab.workdir.glob('worker-*.log')))}.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             ["ip", "netns", "exec", lab.namespaces.server, str(lab.hook_python), "-I", "-m", "vpnfleet.hooks"]
             + ["--settings", str(lab.hooks_config), "serve", "--socket", str(lab.worker_socket)]
-            + ["--socket-group", "nogroup"],
+            + ["--socket-group", "nogroup"]
+            + concurrency,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

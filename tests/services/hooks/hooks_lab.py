@@ -44,6 +44,7 @@ class ControllerFront:
     held: dict = field(default_factory=dict)
     fail_status: str | None = None
     fail_body: bytes | None = None  # a JSON body to send with fail_status instead of an HTML page
+    missing_calls: set = field(default_factory=set)  # answered 404, as a controller without them would
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, event: str) -> None:
@@ -63,6 +64,10 @@ class ControllerFront:
         except ValueError:
             common_name = None
         self.record(f"{call} {common_name} arrived")
+        if call in self.missing_calls:
+            self.record(f"{call} {common_name} answered 404 Not Found")
+            start_response("404 Not Found", [("Content-Type", "text/html")])
+            return [b"<html><body>Not Found</body></html>"]
         gate = self.held.get(common_name) if call == "connect" else None
         if gate is not None:
             gate.wait(WAIT_SECONDS)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from datetime import timedelta
 
+import pytest
 from hooks_lab import hook_lines
 from openvpn_netlab import wait_for
 
@@ -114,6 +116,69 @@ def test_many_clients_at_once_are_decided_by_the_worker(lab, hooks, worker, vpn_
     # Each took the controller's time, not an interpreter's start-up (a pooled, kept-alive connection).
     took = sorted(float(line.rsplit("[", 1)[1].split()[0]) for line in decisions)
     assert took[len(took) // 2] < 0.5, took
+
+
+def _queue_behind_a_held_check(lab, names: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The first name's check held at the controller while the others queue behind it at a
+    worker of one call; then released. Each name's answer from the worker, and what the
+    controller saw meanwhile."""
+    answers: dict[str, str] = {}
+    seen_before = len(lab.front.events)
+
+    def ask(name: str) -> None:
+        answers[name] = _ask_worker(
+            lab, script_type="client-connect", common_name=name, VPNFLEET_PROFILE="office"
+        )
+
+    gate = lab.front.hold(names[0])
+    first = threading.Thread(target=ask, args=(names[0],))
+    first.start()
+    wait_for(lambda: f"connect {names[0]} arrived" in lab.front.events, "the first check at the controller")
+    queued = [threading.Thread(target=ask, args=(name,)) for name in names[1:]]
+    for thread in queued:
+        thread.start()
+    time.sleep(1)  # the curls' events reach the worker's queue
+    gate.set()
+    for thread in [first, *queued]:
+        thread.join()
+    return answers, lab.front.events[seen_before:]
+
+
+@pytest.mark.parametrize("worker", [1], indirect=True)
+def test_checks_queued_behind_a_call_go_out_as_one_batch(lab, hooks, worker):
+    """Each check in the batch is answered as /connect answers it: a log row and a connection
+    id for each known config, a refusal for the unknown certificate."""
+    known = [lab.new_config()[0] for _ in range(4)]
+    unknown = "e" * 32
+    answers, seen = _queue_behind_a_held_check(lab, [*known, unknown])
+    assert answers == {**dict.fromkeys(known, "1"), unknown: "0"}
+    assert seen.count("connect_batch None arrived") == 1, seen
+    log = worker.log()
+    assert "(queued 0.000 s, single call, new connection)" in _line_about(log, known[0])
+    batched = [_line_about(log, name) for name in [*known[1:], unknown]]
+    assert all("batch of 4, " in line for line in batched), batched
+    assert all("connect ALLOW" in line and "controller allowed (connection" in line for line in batched[:-1])
+    assert "connect DENY" in batched[-1] and "(HTTP 403): unknown certificate" in batched[-1], batched
+    rows = [lab.log_rows(name) for name in known]
+    assert all(len(each) == 1 and each[0].disconnected_at is None for each in rows), rows
+    assert lab.log_rows(unknown) == []
+
+
+@pytest.mark.parametrize("worker", [1], indirect=True)
+def test_a_controller_without_the_batch_call_gets_single_calls(lab, hooks, worker):
+    lab.front.missing_calls.add("connect_batch")
+    names = [lab.new_config()[0] for _ in range(4)]
+    answers, seen = _queue_behind_a_held_check(lab, names)
+    assert answers == dict.fromkeys(names, "1")
+    # Asked once; then each check alone, and the next queue too (the worker remembers the 404).
+    assert seen.count("connect_batch None arrived") == 1, seen
+    assert all(seen.count(f"connect {name} answered 200 OK") == 1 for name in names), seen
+    more = [lab.new_config()[0] for _ in range(3)]
+    answers, seen = _queue_behind_a_held_check(lab, more)
+    assert answers == dict.fromkeys(more, "1")
+    assert "connect_batch None arrived" not in seen, seen
+    log = worker.log()
+    assert all("single call" in _line_about(log, name) for name in names + more)
 
 
 def test_the_worker_holds_no_connection_without_a_request(lab, hooks, worker):
