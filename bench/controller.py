@@ -3,6 +3,7 @@ depends on how many certificates it has issued before.
 
     python -m bench.controller [--quick] [--seconds S] [--parallel 1,4,8] [--issued 0,10000,50000]
                                [--databases sqlite,postgresql] [--workers W] [--baseline REV]
+                               [--check-batch 1,16]
 
 What it measures, every row in one run (see docs/bench.md):
 
@@ -10,7 +11,9 @@ What it measures, every row in one run (see docs/bench.md):
     parallel caller is its own user who logged in to the portal, approved the app and exchanged
     the code for a token over HTTP), and the p50/p99 latency of one call;
 (b) connect checks per second through the node API (``POST /node-api/v1/connect``, what the
-    nodes' hooks call when a client connects), p50/p99;
+    nodes' hooks call when a client connects), p50/p99; with ``--check-batch 1,16`` also in
+    batches of 16 (``POST /node-api/v1/connect_batch``, what the hooks' worker sends in a storm:
+    checks per second, the p50/p99 of one batch);
 (c) both at 1..K parallel callers, on SQLite and on PostgreSQL, with 0, 10,000 and 50,000
     certificates already issued (rows in the controller's database; the CA records none of
     them), side by side in one run, so a ratio reads through the noise;
@@ -304,6 +307,7 @@ def seed_issued(database_url: str, count: int) -> None:
 @dataclass
 class Load:
     calls: int = 0
+    checks_per_call: int = 1  # a batch of connect checks is one call of many
     errors: dict = field(default_factory=dict)
     latencies: list = field(default_factory=list)
     seconds: float = 0.0
@@ -311,7 +315,7 @@ class Load:
 
     @property
     def rate(self) -> float:
-        return self.calls / self.seconds if self.seconds else 0.0
+        return self.calls * self.checks_per_call / self.seconds if self.seconds else 0.0
 
     def percentile(self, fraction: float) -> float:
         if not self.latencies:
@@ -369,13 +373,24 @@ class CpuMeter:
         spent = {name: after[name] - before[name] for name in after}
         spent["node daemon"] = spent.pop("bench process") - load.callers_cpu
         spent["callers"] = load.callers_cpu
-        calls = max(1, load.calls)
+        calls = max(1, load.calls * load.checks_per_call)
         return {name: round(seconds * 1000 / calls, 2) for name, seconds in sorted(spent.items())}
 
+    def wait_until_idle(self, limit: float = 30.0, window: float = 0.5) -> float:
+        """Seconds until the controller, the signer and node-x1's daemon are done with what a
+        load left behind (CRL pushes, disconnects): below a tenth of a core over ``window``."""
+        began = time.monotonic()
+        while time.monotonic() - began < limit:
+            before = self.read()
+            time.sleep(window)
+            if sum(self.read().values()) - sum(before.values()) < window / 10:
+                break
+        return round(time.monotonic() - began, 1)
 
-def run_load(callers: list, seconds: float) -> Load:
+
+def run_load(callers: list, seconds: float, checks_per_call: int = 1) -> Load:
     """Each caller (a function returning (status, ok)) in its own thread, as fast as it can."""
-    load, lock = Load(), threading.Lock()
+    load, lock = Load(checks_per_call=checks_per_call), threading.Lock()
     stop_at = time.monotonic() + seconds
     barrier = threading.Barrier(len(callers) + 1)
 
@@ -425,23 +440,29 @@ def connect_caller(port: int, token: str, issued: list):
     return call
 
 
-def check_caller(port: int, common_names: list[str]):
+def check_caller(port: int, common_names: list[str], batch: int = 1):
+    """A node's hooks: one connect check per call, or ``batch`` of them per /connect_batch."""
     credentials = urlsafe_b64encode(f"{NODE_NAME}:{NODE_TOKEN}".encode()).decode()
     headers = {"Authorization": f"Basic {credentials}", "Content-Type": "application/json"}
     position = [secrets.randbelow(len(common_names))]
 
-    def call():
+    def check() -> dict:
         position[0] = (position[0] + 1) % len(common_names)
-        body = json.dumps(
-            {
-                "common_name": common_names[position[0]],
-                "profile_id": PROFILE,
-                "ipv4": "198.18.0.2",
-                "real_address": "203.0.113.70",
-            }
-        )
-        status, text = request("POST", port, "/node-api/v1/connect", body, headers)
-        return status, status == 200 and b'"allow":true' in text.replace(b" ", b"")
+        return {
+            "common_name": common_names[position[0]],
+            "profile_id": PROFILE,
+            "ipv4": "198.18.0.2",
+            "real_address": "203.0.113.70",
+        }
+
+    def call():
+        if batch == 1:
+            status, text = request("POST", port, "/node-api/v1/connect", json.dumps(check()), headers)
+            return status, status == 200 and b'"allow":true' in text.replace(b" ", b"")
+        body = json.dumps({"checks": [check() for _ in range(batch)]})
+        status, text = request("POST", port, "/node-api/v1/connect_batch", body, headers)
+        answers = json.loads(text).get("answers", []) if status == 200 else []
+        return status, len(answers) == batch and all(answer.get("allow") is True for answer in answers)
 
     return call
 
@@ -450,7 +471,18 @@ def check_caller(port: int, common_names: list[str]):
 
 
 def measure_database(
-    kind: str, issued_counts, parallels, seconds, workers, cluster, pki, node, codes, flip=False, threads=1
+    kind: str,
+    issued_counts,
+    parallels,
+    seconds,
+    workers,
+    cluster,
+    pki,
+    node,
+    codes,
+    flip=False,
+    threads=1,
+    check_batches=(1,),
 ) -> list[dict]:
     rows = []
     # ABBA: with two codes, every other count of issued certificates (and database) starts with
@@ -498,12 +530,8 @@ def measure_database(
                         [connect_caller(server.port, tokens[n], issued) for n in range(parallel)], seconds
                     )
                     configs_cpu = meter.per_call_ms(started, configs)
+                    configs_drained = meter.wait_until_idle()
                     common_names = _active_common_names(url)
-                    started = meter.read()
-                    checks = run_load(
-                        [check_caller(server.port, common_names) for _ in range(parallel)], seconds
-                    )
-                    checks_cpu = meter.per_call_ms(started, checks)
                     row = {
                         "code": label,
                         "database": kind,
@@ -515,18 +543,37 @@ def measure_database(
                         "configs_p50_ms": round(configs.percentile(0.50), 1),
                         "configs_p99_ms": round(configs.percentile(0.99), 1),
                         "configs_errors": configs.errors,
-                        "checks_per_s": round(checks.rate, 1),
-                        "checks_p50_ms": round(checks.percentile(0.50), 1),
-                        "checks_p99_ms": round(checks.percentile(0.99), 1),
-                        "checks_errors": checks.errors,
                         # CPU ms per call; the configs' include the CRL work their replacements cause.
                         "configs_cpu_ms": configs_cpu,
-                        "checks_cpu_ms": checks_cpu,
+                        # Seconds until what the configs left behind (CRL pushes, disconnects) was done.
+                        "configs_drain_s": configs_drained,
                     }
+                    for batch in check_batches:
+                        started = meter.read()
+                        checks = run_load(
+                            [check_caller(server.port, common_names, batch) for _ in range(parallel)],
+                            seconds,
+                            batch,
+                        )
+                        # "checks_..." for single checks; "checks_b16_..." for batches of 16.
+                        prefix = "checks" if batch == 1 else f"checks_b{batch}"
+                        row |= {
+                            f"{prefix}_per_s": round(checks.rate, 1),
+                            f"{prefix}_p50_ms": round(checks.percentile(0.50), 1),
+                            f"{prefix}_p99_ms": round(checks.percentile(0.99), 1),
+                            f"{prefix}_errors": checks.errors,
+                            # CPU ms per check, whether alone or in a batch.
+                            f"{prefix}_cpu_ms": meter.per_call_ms(started, checks),
+                        }
+                        meter.wait_until_idle()
                     say(
                         f"{label}: {kind} issued={issued_count} parallel={parallel}: "
-                        f"{row['configs_per_s']} configs/s, {row['checks_per_s']} checks/s; CPU ms per "
-                        f"config {_cpu(configs_cpu)}, per check {_cpu(checks_cpu)}"
+                        f"{row['configs_per_s']} configs/s, {row['checks_per_s']} checks/s"
+                        + "".join(
+                            f", {row[f'checks_b{batch}_per_s']} checks/s in batches of {batch}"
+                            for batch in check_batches[1:]
+                        )
+                        + f"; CPU ms per config {_cpu(configs_cpu)}, per check {_cpu(row['checks_cpu_ms'])}"
                     )
                     rows.append(row)
             finally:
@@ -567,10 +614,19 @@ def _active_common_names(url: str) -> list[str]:
 # ----------------------------------------------------------------------------- report
 
 
+def _batches_in(rows: list[dict]) -> list[int]:
+    """The batch sizes of connect checks measured beside single checks (``checks_b16_per_s``)."""
+    names = {name for row in rows for name in row if name.startswith("checks_b") and name.endswith("_per_s")}
+    return sorted(int(name.removeprefix("checks_b").removesuffix("_per_s")) for name in names)
+
+
 def print_table(rows: list[dict]) -> None:
+    batches = _batches_in(rows)
     head = (
         f"{'code':<11}{'database':<11}{'issued':>8}{'par':>5}{'configs/s':>11}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'checks/s':>10}{'p50 ms':>8}{'p99 ms':>8}  errors"
+        f"{'drain s':>8}{'checks/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
+        + "".join(f"{f'b{batch} chk/s':>11}{'p99 ms':>8}" for batch in batches)
+        + "  errors"
     )
     print(head)
     print("-" * len(head))
@@ -578,11 +634,17 @@ def print_table(rows: list[dict]) -> None:
         errors = {
             **{f"c{k}": v for k, v in row["configs_errors"].items()},
             **{f"k{k}": v for k, v in row["checks_errors"].items()},
+            **{f"b{b}/{k}": v for b in batches for k, v in row.get(f"checks_b{b}_errors", {}).items()},
         }
         print(
             f"{row['code']:<11}{row['database']:<11}{row['issued_before']:>8}{row['parallel']:>5}{row['configs_per_s']:>11}"
-            f"{row['configs_p50_ms']:>8}{row['configs_p99_ms']:>8}{row['checks_per_s']:>10}"
-            f"{row['checks_p50_ms']:>8}{row['checks_p99_ms']:>8}  {errors or '-'}"
+            f"{row['configs_p50_ms']:>8}{row['configs_p99_ms']:>8}{row.get('configs_drain_s', '-'):>8}"
+            f"{row['checks_per_s']:>10}{row['checks_p50_ms']:>8}{row['checks_p99_ms']:>8}"
+            + "".join(
+                f"{row.get(f'checks_b{b}_per_s', '-'):>11}{row.get(f'checks_b{b}_p99_ms', '-'):>8}"
+                for b in batches
+            )
+            + f"  {errors or '-'}"
         )
     print()
     codes = list(dict.fromkeys(row["code"] for row in rows))
@@ -624,12 +686,15 @@ def baseline_ratios(rows: list[dict], this: str, baseline: str) -> dict[tuple, d
         if row["code"] != this or old is None:
             continue
         mine = ratios.setdefault(key(row), {})
-        for measure, name in (
+        measures = [
             ("configs/s", "configs_per_s"),
             ("configs p99", "configs_p99_ms"),
             ("checks/s", "checks_per_s"),
             ("checks p99", "checks_p99_ms"),
-        ):
+        ] + [(f"b{batch} checks/s", f"checks_b{batch}_per_s") for batch in _batches_in([row])]
+        for measure, name in measures:
+            if name not in old:
+                continue
             if old[name] and row[name] == row[name] and old[name] == old[name]:  # not NaN
                 mine.setdefault(measure, []).append(row[name] / old[name])
     return ratios
@@ -657,8 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=int,
-        default=(os.cpu_count() or 1) * 2 + 1,
-        help="gunicorn workers (default: 2 x cores + 1, gunicorn's advice)",
+        default=2,
+        help="gunicorn workers (default 2, the controller role's controller_workers)",
     )
     parser.add_argument(
         "--threads",
@@ -668,6 +733,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rounds", type=int, default=1, help="every row this many times, alternating the order (default 1)"
+    )
+    parser.add_argument(
+        "--check-batch",
+        default="1,16",
+        help="connect checks per call, comma-separated; above 1 through /connect_batch (default 1,16; "
+        "single checks are always measured)",
     )
     parser.add_argument(
         "--baseline",
@@ -681,10 +752,14 @@ def main(argv: list[str] | None = None) -> int:
     arguments.issued = arguments.issued or defaults[2]
     parallels = [int(value) for value in arguments.parallel.split(",")]
     issued_counts = [int(value) for value in arguments.issued.split(",")]
+    check_batches = sorted({1, *(int(value) for value in arguments.check_batch.split(","))})
     databases = arguments.databases.split(",")
     unknown = set(databases) - {"sqlite", "postgresql"}
-    if unknown or min(parallels) < 1 or min(issued_counts) < 0:
-        parser.error("--databases takes sqlite and postgresql; --parallel at least 1; --issued at least 0")
+    if unknown or min(parallels) < 1 or min(issued_counts) < 0 or not 1 <= max(check_batches) <= 256:
+        parser.error(
+            "--databases takes sqlite and postgresql; --parallel at least 1; --issued at least 0; "
+            "--check-batch 1 to 256"
+        )
     if os.geteuid() != 0:
         parser.error("node-x1 (network namespaces, OpenVPN servers) needs root")
     cluster = node = None
@@ -716,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
                     codes,
                     flip=bool((index + round_number) % 2),
                     threads=arguments.threads,
+                    check_batches=check_batches,
                 )
                 rows += [dict(row, round=round_number) for row in measured]
     except BenchError as error:
