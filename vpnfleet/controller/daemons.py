@@ -55,6 +55,10 @@ class _DaemonHTTPSHandler(urllib.request.HTTPSHandler):
 
 # What POST /crl of our daemons takes (docs/daemon.md).
 CRL_CONTENT_TYPE = "application/x-pem-file"
+# Names per POST /o/disconnect_clients (the daemon's limit, vpnfleet.daemon.api.MAX_DISCONNECT_NAMES).
+DISCONNECT_BATCH = 16
+# After a 404 for /o/disconnect_clients (a daemon from before it), one call per name this long.
+SINGLE_DISCONNECT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,7 @@ class NodeDaemons:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._tls: urllib.request.OpenerDirector | None = None
+        self._single_disconnects_until: dict[str, float] = {}
         self.health = NodeHealthCache(
             lambda node: self._call(
                 node,
@@ -352,22 +357,31 @@ class NodeDaemons:
         return NodeAnswer(node, data={}) if (answer.error or "").startswith("HTTP 404") else answer
 
     def disconnect(self, common_names: list[str]) -> list[NodeAnswer]:
-        """POST /o/disconnect_client for each common name on every node."""
+        """These common names off every node, each node in batches (see ``_disconnect_on``)."""
         if not common_names:
             return []
 
         return self._each_node(lambda node: self._disconnect_on(node, common_names))
 
     def _disconnect_on(self, node: Node, common_names: list[str]) -> NodeAnswer:
-        errors = [
-            answer.error
-            for name in common_names
-            if not (answer := self._call(node, "/o/disconnect_client", {"common_name": name})).ok
-        ]
-        return NodeAnswer(node, data={}, error=errors[0] if errors else None)
+        """POST /o/disconnect_clients with up to DISCONNECT_BATCH names at a time; to a daemon
+        without that call (404), /o/disconnect_client per name, for SINGLE_DISCONNECT_SECONDS."""
+        errors: list[str | None] = []
+        for start in range(0, len(common_names), DISCONNECT_BATCH):
+            batch = common_names[start : start + DISCONNECT_BATCH]
+            if time.monotonic() >= self._single_disconnects_until.get(node.name, 0.0):
+                answer = self._call(node, "/o/disconnect_clients", [("common_name", name) for name in batch])
+                if not (answer.error or "").startswith("HTTP 404"):
+                    errors.append(answer.error)
+                    continue
+                self._single_disconnects_until[node.name] = time.monotonic() + SINGLE_DISCONNECT_SECONDS
+            errors += [
+                self._call(node, "/o/disconnect_client", {"common_name": name}).error for name in batch
+            ]
+        return NodeAnswer(node, data={}, error=next((error for error in errors if error), None))
 
     def push_crl_and_disconnect(self, crl_pem: bytes, common_names: list[str]) -> list[NodeAnswer]:
-        """POST /crl (ours), then /o/disconnect_client for each name, on every node at once.
+        """POST /crl (ours), then the names' disconnects (``_disconnect_on``), on every node at once.
 
         The CRL goes first so that a client that reconnects at once meets it in the handshake;
         a node that takes too long for the CRL holds up only its own disconnects."""

@@ -25,6 +25,8 @@ from .wireguard import (
 
 # X.509 allows at most 64 characters in a common name (RFC 5280, ub-common-name).
 MAX_COMMON_NAME_LENGTH = 64
+# Names per /o/disconnect_clients: as many as one form may carry (server.MAX_FORM_FIELDS).
+MAX_DISCONNECT_NAMES = 16
 
 Parameters = dict[str, list[str]]
 
@@ -153,20 +155,39 @@ def connection_list(state: NodeState, query: Parameters) -> dict:
 
 def disconnect_client(state: NodeState, form: Parameters) -> dict:
     """POST /o/disconnect_client (form field common_name): disconnect it from every process."""
-    common_name = _single(form, "common_name")
-    if common_name is None:
-        raise ApiError(HTTPStatus.BAD_REQUEST, "common_name is required")
-    if not 0 < len(common_name) <= MAX_COMMON_NAME_LENGTH or not common_name.isprintable():
-        raise ApiError(
-            HTTPStatus.BAD_REQUEST,
-            f"common_name must be 1 to {MAX_COMMON_NAME_LENGTH} printable characters",
-        )
-    reports = state.fleet.disconnect(common_name)
+    common_name = _checked_common_name(_required(form, "common_name"))
+    reports = state.fleet.disconnect({common_name})
     return {
         "common_name": common_name,
         "disconnected_count": sum(report.disconnected for report in reports),
         "unreachable_process_list": _unreachable(reports),
     }
+
+
+def disconnect_clients(state: NodeState, form: Parameters) -> dict:
+    """POST /o/disconnect_clients (ours; common_name 1 to MAX_DISCONNECT_NAMES times): each of
+    them from every process, with one status per process for all of them."""
+    names = list(dict.fromkeys(_checked_common_name(name) for name in form.get("common_name", [])))
+    if not 0 < len(names) <= MAX_DISCONNECT_NAMES:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f"common_name must be given 1 to {MAX_DISCONNECT_NAMES} times, not {len(names)}",
+        )
+    reports = state.fleet.disconnect(names)
+    return {
+        "common_name_list": names,
+        "disconnected_count": sum(report.disconnected for report in reports),
+        "unreachable_process_list": _unreachable(reports),
+    }
+
+
+def _checked_common_name(common_name: str) -> str:
+    if not 0 < len(common_name) <= MAX_COMMON_NAME_LENGTH or not common_name.isprintable():
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f"common_name must be 1 to {MAX_COMMON_NAME_LENGTH} printable characters",
+        )
+    return common_name
 
 
 def install_crl(state: NodeState, body: bytes) -> dict:
@@ -294,6 +315,7 @@ ROUTES = {
     "/i/node": Route("GET", node_info),
     "/o/connection_list": Route("GET", connection_list),
     "/o/disconnect_client": Route("POST", disconnect_client),
+    "/o/disconnect_clients": Route("POST", disconnect_clients),
     "/crl": Route("POST", install_crl, body="crl"),
     "/i/maintenance_mode": Route("POST", maintenance_mode),
     "/w/peer_list": Route("GET", peer_list),

@@ -10,7 +10,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,9 +246,12 @@ class ProcessFleet:
     def connection_reports(self) -> list[ProcessReport]:
         return self._ask_all(lambda session: (session.status(), 0))
 
-    def disconnect(self, common_name: str) -> list[ProcessReport]:
+    def disconnect(self, common_names: Collection[str]) -> list[ProcessReport]:
+        """Every client of these common names off every process: one status per process for all."""
+        wanted = frozenset(common_names)
+
         def kill_matching(session: ManagementSession) -> tuple[list[ConnectedClient], int]:
-            matching = [client for client in session.status() if client.common_name == common_name]
+            matching = [client for client in session.status() if client.common_name in wanted]
             # Killing by client id, never `kill <cn>`: no name ever reaches the command line.
             killed = sum(session.kill_client(client.client_id) for client in matching)
             if killed:

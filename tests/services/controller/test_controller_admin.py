@@ -9,6 +9,7 @@ import os
 import re
 import time
 from datetime import datetime
+from http import HTTPStatus
 
 import pytest
 from controller_helpers import (
@@ -29,6 +30,7 @@ from vpnfleet.shared.pki import authority, keys
 from vpnfleet.controller.housekeeping import run_housekeeping
 from vpnfleet.controller.models import ConnectionLogEntry, User, VpnConfig, utcnow
 from vpnfleet.controller.state import controller, db
+from vpnfleet.daemon.api import ROUTES, ApiError, Route
 
 ADMIN_PAGES = ["/admin/", "/admin/nodes", "/admin/users", "/admin/users/1", "/admin/log"]
 NODE_X1 = ("node-x1", NODE_TOKENS["node-x1"])
@@ -128,6 +130,60 @@ def test_disconnect_user_everywhere_drops_every_client_of_theirs_only(client, ap
     token = csrf_token(admin.get(f"/admin/users/{bob_id}").get_data(as_text=True))
     assert admin.post(f"/admin/users/{bob_id}/disconnect", data={"csrf_token": token}).status_code == 302
     bob.wait_until_dropped(bob_since)
+
+
+def _recording_disconnects(daemon, monkeypatch, batch_call: bool) -> list[tuple[str, list[str]]]:
+    """The daemon's disconnect calls, each with its names, as it receives them; without
+    ``batch_call`` it answers /o/disconnect_clients 404, as a daemon from before that call."""
+    received: list[tuple[str, list[str]]] = []
+
+    def recording(path: str, route: Route) -> Route:
+        def call(state, form):
+            received.append((path, form.get("common_name", [])))
+            if path == "/o/disconnect_clients" and not batch_call:
+                raise ApiError(HTTPStatus.NOT_FOUND, "no such call")
+            return route.call(state, form)
+
+        return Route(route.method, call, route.body)
+
+    routes = {
+        path: recording(path, route) if "disconnect" in path else route for path, route in ROUTES.items()
+    }
+    monkeypatch.setattr(daemon, "routes", routes)
+    return received
+
+
+@pytest.mark.parametrize("batch_call", [True, False], ids=["batched", "daemon-without-the-batch-call"])
+def test_a_users_configs_leave_a_node_in_one_call_or_one_call_each_from_an_older_daemon(
+    client, app, node_lab, vpn_client, monkeypatch, batch_call
+):
+    laptop, ovpn_laptop = portal_ovpn(client, app, display_name="laptop")
+    phone, ovpn_phone = portal_ovpn(client, app, display_name="phone")
+    clients = [vpn_client(ovpn_laptop, proto="udp"), vpn_client(ovpn_phone, proto="tcp")]
+    for vpn in clients:
+        vpn.wait_until_up()
+    node_lab.wait_until_listed(laptop, phone)
+    received = _recording_disconnects(node_lab.daemon, monkeypatch, batch_call)
+    admin = _admin(app)
+    user_id = _user_id(app, "alice")
+
+    def disconnect_alice() -> None:
+        token = csrf_token(admin.get(f"/admin/users/{user_id}").get_data(as_text=True))
+        assert admin.post(f"/admin/users/{user_id}/disconnect", data={"csrf_token": token}).status_code == 302
+
+    disconnect_alice()
+    node_lab.wait_until_empty()
+    names = sorted([laptop, phone])
+    singles = [("/o/disconnect_client", [name]) for name in names]
+    calls = [(path, sorted(given)) for path, given in received]
+    # One call for both names; from an older daemon a 404 for it, then one call per name.
+    assert calls[0] == ("/o/disconnect_clients", names), calls
+    assert sorted(calls[1:]) == ([] if batch_call else singles), calls
+    # Asked again: the controller remembers a daemon without the batch call, and asks per name.
+    received.clear()
+    disconnect_alice()
+    expected = [("/o/disconnect_clients", names)] if batch_call else singles
+    assert sorted((path, sorted(given)) for path, given in received) == expected
 
 
 def test_disable_user_revokes_disconnects_and_blocks_login(client, app, node_lab, vpn_client):

@@ -86,6 +86,35 @@ def test_lists_clients_of_every_process_and_disconnects_by_common_name(daemon_cl
     assert bob_tcp.process.poll() is None
 
 
+def test_disconnect_clients_takes_many_names_in_one_call(daemon_client, controller, vpn_client):
+    dave, erin, frank = (
+        vpn_client("vfd-dave", "udp"),
+        vpn_client("vfd-erin", "tcp"),
+        vpn_client("vfd-frank", "tcp"),
+    )
+    names = {"vfd-dave", "vfd-erin", "vfd-frank"}
+    for client in (dave, erin, frank):
+        client.wait_until_up()
+    wait_for(lambda: len(connections(daemon_client, controller, names)) == 3, "all three in the list")
+    form = "common_name=vfd-dave&common_name=vfd-erin&common_name=vfd-nobody&common_name=vfd-dave"
+    response = daemon_client.request("POST", "/o/disconnect_clients", controller, form=form)
+    assert response.status == 200
+    assert response.payload == {
+        "common_name_list": ["vfd-dave", "vfd-erin", "vfd-nobody"],
+        "disconnected_count": 2,
+        "unreachable_process_list": [],
+    }
+    for client in (dave, erin):
+        client.wait_until_halted()
+    assert [entry["common_name"] for entry in connections(daemon_client, controller, names)] == ["vfd-frank"]
+    assert frank.process.poll() is None
+    response = daemon_client.request(
+        "POST", "/o/disconnect_clients", controller, form="common_name=vfd-frank"
+    )
+    assert response.status == 200 and response.payload["disconnected_count"] == 1
+    frank.wait_until_halted()
+
+
 def test_a_client_that_does_not_act_on_its_halt_is_ended_all_the_same(daemon_client, controller, vpn_client):
     # A TCP client that reads nothing (stopped here; a stuck or hostile one alike) never acts on its
     # HALT, and OpenVPN would keep its instance until its own delayed exit 5 s later.
@@ -191,6 +220,22 @@ def test_a_dead_or_hung_management_socket_is_reported_not_fatal(daemon, daemon_c
         ("POST", "/o/disconnect_client", "common_name=a&common_name=b", 400, "more than once"),
         ("POST", "/o/disconnect_client", "common_name=" + quote("vfd-bob\nkill all"), 400, "printable"),
         ("POST", "/o/disconnect_client", "common_name=" + "x" * 65, 400, "1 to 64"),
+        ("POST", "/o/disconnect_clients", "", 400, "1 to 16 times, not 0"),
+        (
+            "POST",
+            "/o/disconnect_clients",
+            "&".join(f"common_name=n{i}" for i in range(17)),
+            400,
+            "more than 16",
+        ),
+        (
+            "POST",
+            "/o/disconnect_clients",
+            "common_name=a&common_name=" + quote("b\nkill all"),
+            400,
+            "printable",
+        ),
+        ("GET", "/o/disconnect_clients", None, 405, "takes POST only"),
         ("GET", "/i/node?include_client_peer_count=maybe", None, 400, "yes or no"),
         ("POST", "/i/maintenance_mode", "", 400, "maintenance_mode is required"),
         ("POST", "/i/maintenance_mode", "maintenance_mode=maybe", 400, "yes or no"),
