@@ -69,6 +69,7 @@ from sqlalchemy import create_engine, insert, select
 
 from bench.lab import BenchError, result_stamp, say, write_results
 from vpnfleet.controller.accounts import ensure_user
+from vpnfleet.controller.crl import MAX_PACE_SECONDS
 from vpnfleet.controller.database import migrate
 from vpnfleet.controller.models import User, VpnConfig
 
@@ -376,16 +377,27 @@ class CpuMeter:
         calls = max(1, load.calls * load.checks_per_call)
         return {name: round(seconds * 1000 / calls, 2) for name, seconds in sorted(spent.items())}
 
-    def wait_until_idle(self, limit: float = 30.0, window: float = 0.5) -> float:
+    def wait_until_idle(self, window: float, limit: float = 30.0) -> float:
         """Seconds until the controller, the signer and node-x1's daemon are done with what a
-        load left behind (CRL pushes, disconnects): below a tenth of a core over ``window``."""
+        load left behind (CRL pushes, disconnects): below a tenth of a core over ``window``, which
+        must outlast the CRL pace's waits between signatures (``quiet_window``)."""
         began = time.monotonic()
-        while time.monotonic() - began < limit:
-            before = self.read()
-            time.sleep(window)
-            if sum(self.read().values()) - sum(before.values()) < window / 10:
-                break
-        return round(time.monotonic() - began, 1)
+        readings = [(began, sum(self.read().values()))]
+        while readings[-1][0] - began < limit + window:
+            time.sleep(0.25)
+            now, cpu = time.monotonic(), sum(self.read().values())
+            readings.append((now, cpu))
+            # The readings of the last ``window`` seconds: the first of them starts it.
+            start, start_cpu = next((at, used) for at, used in readings if at >= now - window)
+            if now - start >= window * 0.9 and cpu - start_cpu < (now - start) / 10:
+                return round(max(0.0, start - began), 1)
+        return round(limit, 1)
+
+
+def quiet_window(issued_before: int) -> float:
+    """How long the controller must stay quiet to be done: with a large CRL (tens of thousands of
+    entries, 1 s to sign) its pushers wait up to MAX_PACE_SECONDS between signatures."""
+    return 1.0 + (MAX_PACE_SECONDS if issued_before >= 10_000 else 0.0)
 
 
 def run_load(callers: list, seconds: float, checks_per_call: int = 1) -> Load:
@@ -530,7 +542,7 @@ def measure_database(
                         [connect_caller(server.port, tokens[n], issued) for n in range(parallel)], seconds
                     )
                     configs_cpu = meter.per_call_ms(started, configs)
-                    configs_drained = meter.wait_until_idle()
+                    configs_drained = meter.wait_until_idle(quiet_window(issued_count))
                     common_names = _active_common_names(url)
                     row = {
                         "code": label,
@@ -565,7 +577,7 @@ def measure_database(
                             # CPU ms per check, whether alone or in a batch.
                             f"{prefix}_cpu_ms": meter.per_call_ms(started, checks),
                         }
-                        meter.wait_until_idle()
+                        meter.wait_until_idle(quiet_window(issued_count))
                     say(
                         f"{label}: {kind} issued={issued_count} parallel={parallel}: "
                         f"{row['configs_per_s']} configs/s, {row['checks_per_s']} checks/s"
