@@ -141,9 +141,9 @@ class ConnectChecks:
 
     def _decide(self, checks: list[_Check]) -> None:
         began = time.monotonic()
+        how = f"batch of {len(checks)}"
         try:
             decisions = self._batch_decisions(checks) if len(checks) > 1 else None
-            how = f"batch of {len(checks)}"
             if decisions is None:
                 decisions = [safe_decision(self.settings, check.event, self.pool.post) for check in checks]
                 how = "single call"
