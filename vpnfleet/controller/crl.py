@@ -53,6 +53,10 @@ CLOCK_SKEW = timedelta(minutes=1)
 # 2-core machine's: 0.9 s for 33,000), so every worker reads the same pause from the stored row.
 PACE = 3.0
 MAX_PACE_SECONDS = 5.0
+# Nor sooner than this after the last: under a burst of revocations (a storm of replaced
+# configs) every signature is a push to every node, and a fleet of many nodes would take
+# several a second; at most two a second keeps them to one batch each, well inside the window.
+MIN_PACE_SECONDS = 0.5
 SECONDS_PER_ENTRY = 30e-6
 # A signature of fewer entries is mostly the signer's fixed cost (its round trip, the key's
 # signature): learned from, it would pace small CRLs by seconds where nothing needs pacing and
@@ -159,7 +163,7 @@ def _sign_in_turn(
         return Crl.of(row)
     now = utcnow()
     if seconds_per_entry is not None and row.pem:
-        pause = min(MAX_PACE_SECONDS, PACE * seconds_per_entry * row.revoked_count)
+        pause = min(MAX_PACE_SECONDS, max(MIN_PACE_SECONDS, PACE * seconds_per_entry * row.revoked_count))
         age = (now - CLOCK_SKEW - row.this_update).total_seconds()
         if 0 <= age < pause:
             db.commit()
