@@ -118,7 +118,7 @@ class ConnectChecks:
         return check.outcome
 
     def close(self) -> None:
-        for _ in self._senders:
+        for _sender in self._senders:
             self._queue.put(None)
 
     def _send_queued(self) -> None:
