@@ -9,6 +9,7 @@ Public interface
     fail_on(module, *errors)               context manager: a domain error becomes fail_json
     ensure_file(module, path, content, mode, secret) -> (changed, diff)
     remove_path(module, path) -> bool
+    remove_empty_directory(module, path)
 """
 
 import contextlib
@@ -72,6 +73,13 @@ def ensure_file(module, path, content, mode=0o644, secret=False):
         else:
             os.chmod(path, mode)
     return True, diff
+
+
+def remove_empty_directory(module, path):
+    """Remove a directory that nothing is left in (a drop-in directory of a unit that went)."""
+    if module.check_mode or not os.path.isdir(path) or os.listdir(path):
+        return
+    os.rmdir(path)
 
 
 def remove_path(module, path):

@@ -5,7 +5,8 @@ hand in a prepared tree.
 Public interface
 ----------------
     CLIENTS_PER_PROCESS, MBIT_PER_CLIENT
-    usable_cores(proc_root)                 cores this process may run on
+    usable_cpus(proc_root)                  the CPU numbers this process may run on
+    usable_cores(proc_root)                 how many
     cpu_has_aes(proc_root)                  True/False, None when unknown
     interfaces_from_ip_json(text, sys_root) interfaces from ``ip -json address show``
     link_speed_mbit(name, sys_root)         None where the kernel does not know it
@@ -35,14 +36,19 @@ def _read(path):
         return None
 
 
-def usable_cores(proc_root="/proc"):
-    """Cores this process may use (cgroup/affinity limits count), else the processors listed
-    in cpuinfo, else os.cpu_count()."""
+def usable_cpus(proc_root="/proc"):
+    """The CPU numbers this process may use (cgroup/affinity limits count), else those of the
+    processors listed in cpuinfo, else 0 .. os.cpu_count() - 1."""
     if proc_root == "/proc" and hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     cpuinfo = _read(os.path.join(proc_root, "cpuinfo")) or ""
     processors = sum(1 for line in cpuinfo.splitlines() if line.split(":")[0].strip() == "processor")
-    return processors or os.cpu_count() or 1
+    return list(range(processors or os.cpu_count() or 1))
+
+
+def usable_cores(proc_root="/proc"):
+    """How many cores this process may run on (see usable_cpus)."""
+    return len(usable_cpus(proc_root))
 
 
 def cpu_has_aes(proc_root="/proc"):

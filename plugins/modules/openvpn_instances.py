@@ -170,6 +170,15 @@ options:
     description: C(LimitNPROC) in the drop-in.
     type: int
     default: 127
+  cpu_affinity:
+    description:
+      - Pin process I(i) to the I(i)-th CPU this host may use (again from the first when there
+        are more processes than CPUs), by a drop-in of its own unit with C(CPUAffinity=).
+      - A UDP process is one thread that spends its core on per-packet work; kept on one core it
+        costs less per GB (C(docs/bench.md)). V(false) removes the pins.
+      - Changing it restarts the processes whose pin changed.
+    type: bool
+    default: true
   manage_services:
     description: Enable, start, restart and stop the units; V(false) only writes files.
     type: bool
@@ -272,14 +281,19 @@ removed:
 """
 
 # ruff: noqa: E402 - Ansible wants DOCUMENTATION, EXAMPLES and RETURN before the imports.
+import os
+
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_text
 from ansible_collections.vpnfleet.server.plugins.module_utils import instances, node_facts, openvpn_units
 from ansible_collections.vpnfleet.server.plugins.module_utils._argspec import ArgumentSpec
 from ansible_collections.vpnfleet.server.plugins.module_utils._module_support import (
     ensure_file,
     fail_on,
+    remove_empty_directory,
     remove_path,
 )
+from ansible_collections.vpnfleet.server.plugins.module_utils.files import read_bytes
 
 SPEC = ArgumentSpec(
     {
@@ -317,6 +331,7 @@ SPEC = ArgumentSpec(
         "config_dir": dict(type="path", default=instances.CONFIG_DIR),
         "systemd_dir": dict(type="path", default=openvpn_units.DEFAULT_SYSTEMD_DIR),
         "limit_nproc": dict(type="int", default=openvpn_units.DEFAULT_LIMIT_NPROC),
+        "cpu_affinity": dict(type="bool", default=True),
         "manage_services": dict(type="bool", default=True),
     },
     mutually_exclusive=[("plan", name) for name in openvpn_units.PLANNING_OPTIONS],
@@ -358,11 +373,32 @@ def desired(params):
     return plan, openvpn_units.rendered_configs(plan, options, params["config_dir"])
 
 
+def ensure_pins(module, profile_id, planned):
+    """Each planned process's own drop-in: its CPU, or none without cpu_affinity.
+    Returns the indexes whose drop-in changed and their diffs."""
+    params = module.params
+    cpus = openvpn_units.pinned_cpus(planned, node_facts.usable_cpus()) if params["cpu_affinity"] else {}
+    changed, diffs = set(), []
+    for index in planned:
+        path = openvpn_units.pin_path(profile_id, index, params["systemd_dir"])
+        if index in cpus:
+            pin_changed, diff = ensure_file(module, path, openvpn_units.pin_text(cpus[index]))
+        else:
+            before = read_bytes(path)
+            pin_changed = remove_path(module, path)
+            diff = {"before_header": path, "before": to_text(before), "after": ""} if pin_changed else None
+            remove_empty_directory(module, os.path.dirname(path))
+        if pin_changed:
+            changed.add(index)
+            diffs.append(diff)
+    return changed, diffs
+
+
 def apply(module, plan, configs):
     params = module.params
     profile_id = params["profile_id"]
     systemd = Systemd(module) if params["manage_services"] else None
-    diffs, changed, drop_in_changed = [], set(), False
+    diffs, changed, drop_in_changed, pins_changed = [], set(), False, set()
     if plan is not None:
         drop_in_changed, drop_in_diff = ensure_file(
             module,
@@ -376,6 +412,9 @@ def apply(module, plan, configs):
                 changed.add(index)
                 diffs.append(config_diff)
     planned = [process.index for process in plan.processes] if plan else []
+    if plan is not None:
+        pins_changed, pin_diffs = ensure_pins(module, profile_id, planned)
+        diffs += pin_diffs
     todo = openvpn_units.reconcile(
         profile_id,
         planned,
@@ -386,6 +425,8 @@ def apply(module, plan, configs):
         changed,
         drop_in_changed,
         params["config_dir"],
+        pins_changed,
+        params["systemd_dir"],
     )
     if systemd:
         if todo.daemon_reload:
@@ -397,6 +438,7 @@ def apply(module, plan, configs):
             systemd.run("disable", "--now", unit)
     for path in todo.remove_paths:
         remove_path(module, path)
+        remove_empty_directory(module, os.path.dirname(path))
     return dict(
         changed=bool(diffs) or todo.changed,
         plan=plan.as_dict() if plan else {},

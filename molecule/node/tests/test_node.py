@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import pathlib
+import re
 import socket
 import ssl
 import subprocess
@@ -148,6 +149,16 @@ def test_every_process_runs_and_listens_on_its_planned_port(node):
         assert "openvpn" in listening, (
             f"{process['name']} does not listen on {process['proto']}/{process['port']}"
         )
+
+
+def test_each_process_runs_on_the_cpu_its_index_plans(node):
+    usable = node.check_output("python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))'")
+    cpus = [int(cpu) for cpu in usable.split()]
+    for _, process in processes_of(read_plan(node)):
+        pid = node.check_output(f"systemctl show --value -p MainPID {process['unit']}")
+        status = node.file(f"/proc/{pid}/status").content_string
+        allowed = re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.M)[1]
+        assert allowed == str(cpus[process["index"] % len(cpus)]), process["unit"]
 
 
 def test_the_firewall_opens_exactly_the_planned_ports_and_masquerades_the_full_tunnel(node):

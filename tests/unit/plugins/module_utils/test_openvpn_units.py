@@ -47,6 +47,32 @@ def test_a_new_drop_in_reloads_systemd_and_restarts_the_running_processes():
     assert todo.restart == (unit(0),) and todo.start == (unit(1),)
 
 
+def test_a_process_whose_pin_changed_restarts_after_a_reload():
+    todo = openvpn_units.reconcile("internet", [0, 1], {0, 1}, {0: UP, 1: UP}, pins_changed={1})
+    assert todo.daemon_reload and todo.restart == (unit(1),)
+
+
+@pytest.mark.parametrize(
+    ("indexes", "cpus", "pinned"),
+    [
+        ([0, 1, 2, 3], [0, 1, 2, 3], {0: 0, 1: 1, 2: 2, 3: 3}),
+        # More processes than CPUs: round the CPUs again; a cpuset's own numbers are kept.
+        ([0, 1, 2], [5, 3], {0: 3, 1: 5, 2: 3}),
+        ([0], [], {}),
+    ],
+)
+def test_process_i_is_pinned_to_the_ith_usable_cpu(indexes, cpus, pinned):
+    assert openvpn_units.pinned_cpus(indexes, cpus) == pinned
+
+
+def test_a_pin_is_a_drop_in_of_the_process_own_unit():
+    assert openvpn_units.pin_path("internet", 2, "/etc/systemd/system") == (
+        "/etc/systemd/system/openvpn-server@internet-2.service.d/vpnfleet-cpu.conf"
+    )
+    text = openvpn_units.pin_text(3)
+    assert text.startswith("[Service]\n") and "\nCPUAffinity=3\n" in text
+
+
 def test_a_disabled_but_running_process_is_only_enabled():
     running = openvpn_units.UnitState(enabled=False, active=True)
     todo = openvpn_units.reconcile("internet", [0], {0}, {0: running})
@@ -59,8 +85,10 @@ def test_processes_no_longer_planned_go_with_their_config_and_socket():
     assert todo.remove_paths == (
         "/srv/conf/internet-2.conf",
         "/run/openvpn-server/internet-2.sock",
+        "/etc/systemd/system/openvpn-server@internet-2.service.d/vpnfleet-cpu.conf",
         "/srv/conf/internet-3.conf",
         "/run/openvpn-server/internet-3.sock",
+        "/etc/systemd/system/openvpn-server@internet-3.service.d/vpnfleet-cpu.conf",
     )
     assert todo.changed
 

@@ -87,6 +87,16 @@ def run(tmp_path, cores, check=False):
     return json.loads((tmp_path / "results.json").read_text())
 
 
+def pins(root):
+    """Process index -> the CPU its own unit's drop-in pins it to, from the files written."""
+    found = {}
+    for directory in sorted((root / "systemd").glob("openvpn-server@internet-*.service.d")):
+        index = int(directory.name.removesuffix(".service.d").rsplit("-", 1)[1])
+        drop_in = (directory / "vpnfleet-cpu.conf").read_text()
+        found[index] = int(re.search(r"^CPUAffinity=(\d+)$", drop_in, re.M)[1])
+    return found
+
+
 def changed(results):
     return {name for name, outcome in results.items() if outcome.get("changed")}
 
@@ -105,6 +115,9 @@ def test_check_apply_check_apply_then_scale_down(tmp_path):
     assert oct((tmp_path / "node" / "server.key").stat().st_mode & 0o777) == "0o600"
     assert "BEGIN" not in json.dumps(applied["Instances"]["diff"])  # no key material in diffs
 
+    cpus = sorted(os.sched_getaffinity(0))
+    assert pins(tmp_path) == {index: cpus[index % len(cpus)] for index in range(4)}
+
     assert changed(run(tmp_path, 4, check=True)) == set()
     assert changed(run(tmp_path, 4)) == set()
 
@@ -112,6 +125,7 @@ def test_check_apply_check_apply_then_scale_down(tmp_path):
     assert changed(scaled) == {"Instances"}
     assert scaled["Instances"]["removed"] == ["openvpn-server@internet-2", "openvpn-server@internet-3"]
     assert sorted(os.listdir(tmp_path / "conf")) == ["internet-0.conf", "internet-1.conf"]
+    assert sorted(pins(tmp_path)) == [0, 1]  # the removed processes' drop-in directories went too
     assert changed(run(tmp_path, 2)) == set()
 
 
@@ -130,6 +144,7 @@ PLAN_PLAY = """
         crl_path: /etc/vpnfleet/crl.pem
         tls_crypt_path: /etc/vpnfleet/tc.key
         cpu_has_aes: true
+        cpu_affinity: "{{ cpu_affinity | default(true) }}"
         config_dir: "{{ d }}/conf"
         systemd_dir: "{{ d }}/systemd"
         manage_services: false
@@ -187,6 +202,20 @@ def test_a_plan_made_on_the_control_machine_is_rendered_as_it_is(tmp_path):
     shrunk = run_plan(tmp_path, smaller.as_dict())
     assert shrunk["changed"] and shrunk["removed"] == ["openvpn-server@internet-1"]
     assert sorted(os.listdir(tmp_path / "conf")) == ["internet-0.conf"]
+    assert list(pins(tmp_path)) == [0]
+
+
+def test_pins_go_without_cpu_affinity_and_check_mode_says_so_first(tmp_path):
+    plan = instances.plan_profile("internet", "198.18.0.0/24", "2001:db8:100::/64", processes=2).as_dict()
+    run_plan(tmp_path, plan)
+    assert sorted(pins(tmp_path)) == [0, 1]
+    checked = run_plan(tmp_path, plan, check=True, cpu_affinity=False)
+    assert checked["changed"] and sorted(pins(tmp_path)) == [0, 1]
+    assert "CPUAffinity=" in checked["diff"][0]["before"] and checked["diff"][0]["after"] == ""
+    unpinned = run_plan(tmp_path, plan, cpu_affinity=False)
+    assert unpinned["changed"] and pins(tmp_path) == {}
+    assert not list((tmp_path / "systemd").glob("openvpn-server@internet-*.service.d"))
+    assert not run_plan(tmp_path, plan, cpu_affinity=False)["changed"]
 
 
 @pytest.mark.parametrize(
