@@ -39,6 +39,8 @@ class Signer:
     def __init__(self, settings: SignerSettings):
         self.settings = settings
         self.ca = authority.CertificateAuthority.load(str(settings.ca_dir))
+        # The pairs of the last sign_crl request, checked: the next one repeats nearly all of them.
+        self._checked_revoked: dict[tuple[str, str], tuple[str, datetime]] = {}
 
     def answer(self, request: dict[str, Any], now: datetime) -> dict[str, Any]:
         op = request.get("op")
@@ -95,7 +97,8 @@ class Signer:
                 f"sign_crl: a CRL lifetime of {next_update - this_update} is longer than the bound of "
                 f"{self.settings.max_crl_lifetime}"
             )
-        revoked = _revoked_list(request["revoked"], now)
+        self._checked_revoked = _checked_revoked(request["revoked"], now, self._checked_revoked)
+        revoked = list(self._checked_revoked.values())
         crl = self.ca.publish_crl(revoked, this_update, next_update)
         log.info(
             "signed a CRL with %d client certificates, next update %s",
@@ -120,23 +123,31 @@ def _public_key(pem: object):
     return key
 
 
-def _revoked_list(revoked: object, now: datetime) -> list[tuple[str, datetime]]:
+def _checked_revoked(
+    revoked: object, now: datetime, checked_before: dict[tuple[str, str], tuple[str, datetime]]
+) -> dict[tuple[str, str], tuple[str, datetime]]:
+    """Each [serial, revoked_at] pair of the request -> (serial, revoked_at) checked; a pair that
+    ``checked_before`` holds passed these checks before (a revocation time once past stays past)."""
     if not isinstance(revoked, list):
         raise SignerError("sign_crl: revoked must be a list of [serial, revoked_at] pairs")
     if len(revoked) > MAX_CRL_ENTRIES:
         raise SignerError(f"sign_crl: more than {MAX_CRL_ENTRIES} revoked certificates")
-    entries = []
+    checked = {}
     for position, entry in enumerate(revoked):
         where = f"sign_crl: revoked[{position}]"
         if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
             raise SignerError(f"{where} must be a [serial, revoked_at] pair")
+        pair = (entry[0], entry[1]) if isinstance(entry[1], str) else None
+        if pair in checked_before:
+            checked[pair] = checked_before[pair]
+            continue
         if not _SERIAL.match(entry[0]) or int(entry[0], 16) == 0:
             raise SignerError(f"{where}: serial must be 1 to 40 hex digits, not zero")
         revoked_at = parse_time(entry[1], f"{where}: revoked_at")
         if (revoked_at - now).total_seconds() > _CLOCK_SLACK_SECONDS:
             raise SignerError(f"{where}: revoked_at is in the future")
-        entries.append((entry[0].upper(), revoked_at))
-    return entries
+        checked[entry[0], entry[1]] = (entry[0].upper(), revoked_at)
+    return checked
 
 
 class _Handler(socketserver.BaseRequestHandler):

@@ -105,6 +105,10 @@ class CertificateAuthority:
         self.directory = directory
         self.key = key
         self.cert = cert
+        # The entries of the CRL signed last, built: the next CRL of a long-lived signer lists
+        # nearly the same revocations, and building an entry costs more than its share of the
+        # signature (for the controller's tens of thousands, most of a second).
+        self._crl_entries = {}
 
     # -- making and loading
 
@@ -400,18 +404,24 @@ class CertificateAuthority:
 
         Its cost grows with the entries given, never with what the CA ever issued."""
         reasons = {}
-        entries = []
+        built_before, built = self._crl_entries, {}
         for serial, revoked_at, *reason in revoked:
             name = reason[0] if reason else "cessation_of_operation"
-            if name not in reasons:
-                reasons[name] = x509.CRLReason(x509.ReasonFlags[name])
-            entries.append(
-                x509.RevokedCertificateBuilder()
-                .serial_number(int(serial, 16))
-                .revocation_date(_aware(revoked_at))
-                .add_extension(reasons[name], critical=False)
-                .build()
-            )
+            key = (serial, _aware(revoked_at), name)
+            entry = built_before.get(key)
+            if entry is None:
+                if name not in reasons:
+                    reasons[name] = x509.CRLReason(x509.ReasonFlags[name])
+                entry = (
+                    x509.RevokedCertificateBuilder()
+                    .serial_number(int(serial, 16))
+                    .revocation_date(key[1])
+                    .add_extension(reasons[name], critical=False)
+                    .build()
+                )
+            built[key] = entry
+        self._crl_entries = built
+        entries = list(built.values())
         # All entries given at once: add_revoked_certificate copies the list it has so far, which
         # for the controller's CRLs of tens of thousands cost more than the signature.
         builder = x509.CertificateRevocationListBuilder(

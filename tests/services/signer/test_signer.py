@@ -148,6 +148,19 @@ def test_the_crl_lists_the_given_revocations_and_is_the_cas_published_one(signer
     assert Path(ca.crl_path).read_text() == answer["crl"]
 
 
+def test_each_crl_lists_its_request_and_a_bad_pair_is_refused_after_good_ones(signer, ca):
+    # The signer keeps the pairs it checked for the last CRL: a later request is checked as a whole.
+    now = format_time(keys.utcnow())
+    listed = [(f"{serial:X}", now) for serial in range(1, 2001)]
+    call(signer.socket, crl_request(listed))
+    with pytest.raises(SignerError) as refusal:
+        call(signer.socket, crl_request([*listed, ("0", now)]))
+    assert "revoked[2000]: serial must be 1 to 40 hex digits, not zero" in str(refusal.value)
+    answer = call(signer.socket, crl_request([*listed[1000:], ("ABCDE", now)]))
+    crl = x509.load_pem_x509_crl(answer["crl"].encode())
+    assert sorted(entry.serial_number for entry in crl) == [*range(1001, 2001), 0xABCDE]
+
+
 @pytest.mark.parametrize(
     ("request_", "reason"),
     [

@@ -341,3 +341,23 @@ def test_sign_crl_lists_exactly_what_it_is_given(fresh_ca):
         x509.CRLReason
     )
     assert reason.value.reason == x509.ReasonFlags.key_compromise
+
+
+def test_a_crl_signed_after_another_lists_its_own_entries_only(fresh_ca):
+    # The CA keeps the entries it built for the last CRL: the next lists what it is given, no more.
+    now = keys.utcnow().replace(microsecond=0)
+    earlier = now - datetime.timedelta(hours=2)
+
+    def signed(revoked):
+        hour = datetime.timedelta(hours=1)
+        crl = x509.load_pem_x509_crl(fresh_ca.sign_crl(revoked, now - hour, now + hour, 1))
+        return {entry.serial_number: (entry.revocation_date_utc, entry) for entry in crl}
+
+    signed([("01", now), ("02", now), ("03", now, "key_compromise")])
+    second = signed([("02", now), ("03", now), ("04", earlier)])
+    assert sorted(second) == [2, 3, 4]
+    assert second[4][0] == earlier and second[2][0] == now
+    # "03" came again with another reason: a new entry, not the one built before.
+    reason = second[3][1].extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason == x509.ReasonFlags.cessation_of_operation
+    assert signed([]) == {}
