@@ -11,8 +11,8 @@ one (the node API refuses it from that commit on), but its CRL and disconnect le
 RevocationPusher, in the background: an app's /connect does not wait for a signature and every
 node, and revocations that arrive while one push is under way share the next CRL. The pushers
 sign at a pace (PACE): a CRL lists every revocation of the last session lifetime (33,000 entries
-after 50,000 configs, most of a second of the signer's core), and signed one after another as
-/connects replace configs it took the signer from the certificates those /connects wait for.
+after 50,000 configs: a third of a second to sign, as long again to read and push), and signed
+one after another as /connects replace configs it took the machine from those /connects.
 """
 
 from __future__ import annotations
@@ -46,12 +46,15 @@ RENEW_AT = 0.5
 # thisUpdate lies this far back, so that a node whose clock is a little behind does not take
 # the CRL for "not yet valid" (OpenSSL would then refuse every client).
 CLOCK_SKEW = timedelta(minutes=1)
-# A pusher signs again only once PACE times what the stored CRL (by any worker) took to sign
-# has passed since it was signed, so CRLs take at most about 1/(PACE+1) of the signer; never
-# later than MAX_PACE_SECONDS. What waits is refused by the node API already. The cost is
-# estimated per entry (the last CRL this process signed; before that SECONDS_PER_ENTRY, this
-# 2-core machine's: 0.9 s for 33,000), so every worker reads the same pause from the stored row.
-PACE = 3.0
+# A pusher signs again only once PACE times what the stored CRL (by any worker) cost has passed
+# since it was signed, so CRLs take at most about 1/(PACE+1) of the machine; never later than
+# MAX_PACE_SECONDS. What waits is refused by the node API already. A CRL's cost is its whole
+# round: reading the revocations, the signature, pushing it to every node (whose daemon checks
+# and writes it, and whose OpenVPN processes read it again): the signature alone was under half
+# of it, so pacing by the signature let a burst spend a third of the machine on CRLs. It is
+# estimated per entry (the last round this process made; before that SECONDS_PER_ENTRY, a 2-core
+# machine's), so every worker reads the same pause from the stored row.
+PACE = 9.0
 MAX_PACE_SECONDS = 5.0
 # Nor sooner than this after the last: under a burst of revocations (a storm of replaced
 # configs) every signature is a push to every node, and a fleet of many nodes would take
@@ -71,7 +74,8 @@ class Crl:
     this_update: datetime
     next_update: datetime
     revoked_count: int
-    # How long the signer took, when this call signed it; None: the stored one.
+    # How long reading the revocations and signing took, when this call signed it; None: the
+    # stored one.
     signing_seconds: float | None = None
 
     @classmethod
@@ -106,7 +110,7 @@ def publish_crl_at_pace(
     controller: Controller, db: Session, batch: list[str], seconds_per_entry: float
 ) -> Crl | TooSoon:
     """publish_crl(unless_listing=batch) for the pushers: TooSoon rather than a signature while
-    the stored CRL is younger than PACE times its estimated signing time. Decided in the turn,
+    the stored CRL is younger than PACE times its estimated round. Decided in the turn,
     so the workers that waited behind one signature do not sign right after it."""
     return _publish(controller, db, batch, seconds_per_entry)
 
@@ -168,6 +172,7 @@ def _sign_in_turn(
         if 0 <= age < pause:
             db.commit()
             return TooSoon(pause - age)
+    started = time.monotonic()
     revoked = [
         (serial, revoked_at or now)
         for serial, revoked_at in db.execute(
@@ -183,9 +188,7 @@ def _sign_in_turn(
     # thisUpdate never goes back, even if the clock stepped back.
     this_update = max(now - CLOCK_SKEW, row.this_update + timedelta(microseconds=1))
     next_update = now + controller.settings.crl_lifetime
-    started = time.monotonic()
     pem = controller.issuer.sign_crl(revoked, this_update, next_update).decode()
-    signing_seconds = time.monotonic() - started
     row.pem, row.this_update, row.next_update = pem, this_update, next_update
     # The signer numbers it (at least thisUpdate in microseconds, above any CRL of the CA before).
     crl = x509.load_pem_x509_crl(pem.encode())
@@ -194,6 +197,7 @@ def _sign_in_turn(
     global _listed
     # What it lists (and the CA's revoked node certificates, left out here: at worst a re-signing).
     _listed = (row.crl_number, frozenset(int(serial, 16) for serial, unused_revoked_at in revoked))
+    signing_seconds = time.monotonic() - started
     db.commit()
     return Crl.of(row, signing_seconds)
 
@@ -308,13 +312,17 @@ class RevocationPusher:
                         time.sleep(answer.seconds)  # what comes meanwhile joins this batch
                     else:
                         crl = answer
-                if crl.signing_seconds is not None and crl.revoked_count >= LEARN_FROM_ENTRIES:
-                    self._seconds_per_entry = crl.signing_seconds / crl.revoked_count
                 if crl.crl_number == self._pushed_number:
                     unreachable = disconnect_everywhere(self._controller, batch)
                 else:
+                    pushed = time.monotonic()
                     unreachable = push(self._controller, crl, batch)
                     self._pushed_number = crl.crl_number
+                    # A node that did not answer took its timeout, not the CRL's cost.
+                    learn = not unreachable and crl.signing_seconds is not None
+                    if learn and crl.revoked_count >= LEARN_FROM_ENTRIES:
+                        round_seconds = crl.signing_seconds + time.monotonic() - pushed
+                        self._seconds_per_entry = round_seconds / crl.revoked_count
                 if unreachable:
                     log.warning(
                         "%d revocation(s) not told to node(s) %s: they catch up at their next CRL pull",

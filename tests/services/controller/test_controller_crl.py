@@ -354,6 +354,22 @@ def test_a_small_crl_whose_signature_was_slow_does_not_pace_the_next(client, app
     assert stored[1].crl_number > stored[0].crl_number
 
 
+def test_a_round_that_a_node_did_not_answer_teaches_the_pace_nothing(client, app, node_lab, monkeypatch):
+    """The pace learns from a whole round, the push to every node included; a node that is down
+    (node-y1 here) took its timeout, not the CRL's cost, and would hold every CRL for the longest
+    pause while it stays down."""
+    monkeypatch.setattr(crl_module, "LEARN_FROM_ENTRIES", 1)
+    (name,) = [portal_ovpn(client, app, display_name="laptop")[0]]
+    pusher = app.extensions[EXTENSION_KEY].revocations
+    run_sql(app, update(VpnConfig).where(VpnConfig.common_name == name).values(revoked_at=utcnow()))
+    pusher.submit([name])
+    assert pusher.flush()
+    assert pusher.batches == 1 and int(_config(app, name).serial_number, 16) in _serials(
+        node_lab.crl_path.read_bytes()
+    )
+    assert pusher._seconds_per_entry == crl_module.SECONDS_PER_ENTRY
+
+
 def _published(app) -> PublishedCrl:
     session = app.extensions[EXTENSION_KEY].sessions()
     try:
