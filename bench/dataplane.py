@@ -13,14 +13,10 @@ What it measures, each pair side by side in one run (see docs/bench.md):
 (c) ``openssl speed -evp aes-256-gcm`` per core (16 KiB blocks) on the same machine as the ceiling;
 (d) the aggregate throughput of 1, 2, ... of our processes, each pinned to its own core.
 
-Each server runs as it is deployed: ours on core 0, where the node role pins process 0 (its unit's
-``CPUAffinity``), the others unpinned (their units pin nothing); ``--pin-all`` pins them to core 0
-too. The clients run on the other core.
-
-With ``--wireguard``, a WireGuard interface joins (a)-(c) as a contender on the same hosts, placed
-like the other contenders: userspace wireguard-go (this machine's kernel has no WireGuard), set up
-as the node role sets it up here; its CPU is the wireguard-go process's, its ceiling ``openssl
-speed`` of its cipher, ChaCha20-Poly1305. Without it (and so in ``--quick``, which CI runs) nothing changes.
+With ``--wireguard``, a WireGuard interface joins (a)-(c) as a contender on the same hosts, pinned
+the same way: userspace wireguard-go (this machine's kernel has no WireGuard), set up as the node role
+sets it up here; its CPU is the wireguard-go process's, its ceiling ``openssl speed`` of its cipher,
+ChaCha20-Poly1305. Without it (and so in ``--quick``, which CI runs) nothing changes.
 
 It holds the lab's session lock (/run/vpnfleet-lab.session) for the whole run, boots node-x1 and
 client itself and takes the lab down at the end, also on failure. It prints a table and writes
@@ -847,7 +843,6 @@ def run_benchmark(args) -> dict:
             "plain_rounds": args.plain_rounds,
             "scaling_rounds": args.scaling_rounds,
             "ablation": args.ablation,
-            "pin_all": args.pin_all,
             "command": args.command,
         },
         "machine": {
@@ -888,11 +883,7 @@ def run_benchmark(args) -> dict:
 
         # (a)+(b): one process of ours, eduVPN's and the hand-written one, all up, measured in turn.
         ((ours_plan, ours_conf),) = our_configs("bench", OURS_IPV4, OURS_IPV6, 1, OURS_PORT)
-        # Each server as deployed: ours on the core the node role pins process 0 to (its unit's
-        # CPUAffinity), the others where the scheduler puts them (their units pin nothing);
-        # --pin-all pins them to the same core too.
         server_core, client_core = 0, (1 if cores > 1 else 0)
-        other_core = server_core if args.pin_all else None
         ours = Tunnel(
             "ours",
             ours_conf,
@@ -908,7 +899,7 @@ def run_benchmark(args) -> dict:
             client_config(EDUVPN_PORT, "tunc-edu", True),
             str(ipaddress.ip_network(EDUVPN_IPV4).network_address + 1),
             IPERF_PORT_BASE + 5,
-            other_core,
+            server_core,
             client_core,
         )
         hand_ip = str(ipaddress.ip_network(HAND_IPV4).network_address + 1)
@@ -918,14 +909,14 @@ def run_benchmark(args) -> dict:
             client_config(HAND_PORT, "tunc-hand", False),
             hand_ip,
             IPERF_PORT_BASE + 2,
-            other_core,
+            server_core,
             client_core,
         )
         contenders = [("ours", ours), ("eduvpn", eduvpn), ("hand_written", hand)]
         if args.diagnose:
             contenders.append(("ours_udp4", diagnostic_tunnel(server_core, client_core)))
         if args.wireguard:
-            contenders.append(("wireguard", WireGuardTunnel(IPERF_PORT_BASE + 4, other_core, client_core)))
+            contenders.append(("wireguard", WireGuardTunnel(IPERF_PORT_BASE + 4, server_core, client_core)))
         ablation = ablation_tunnels(ours_conf, server_core, client_core) if args.ablation else []
         contenders += ablation
         plain_pid = start_daemon(
@@ -1131,12 +1122,7 @@ def table(results: dict) -> str:
     add(
         "(a)+(b)+(c) one OpenVPN process, UDP, AES-256-GCM"
         + (", and one WireGuard interface (ChaCha20-Poly1305)" if wireguard else "")
-        + (
-            ", every server pinned to core 0 (--pin-all)"
-            if p.get("pin_all", True)
-            else ", ours' server on core 0 as the node role pins process 0, the others' unpinned as deployed"
-        )
-        + "; median (min-max) over the rounds"
+        + ", server pinned to core 0; median (min-max) over the rounds"
     )
     add(
         f"  {'config':<23}{'saturated Gbit/s':<22}{'CPU s/GB saturated':<22}"
@@ -1274,12 +1260,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run one variant of ours per option (%s) against ours' baseline, in the same rounds"
         % ", ".join(v.title for v in ABLATION),
-    )
-    parser.add_argument(
-        "--pin-all",
-        action="store_true",
-        help="pin eduVPN's, the hand-written and WireGuard's server to core 0 like ours (default: each "
-        "as deployed: ours pinned as the node role pins it, the others unpinned)",
     )
     parser.add_argument(
         "--max-processes",

@@ -99,8 +99,8 @@ def drop_in_text(limit_nproc=DEFAULT_LIMIT_NPROC):
 
 def pinned_cpus(indexes, usable_cpus):
     """Process i on the i-th CPU this host may use, round the CPUs again when there are more
-    processes: a UDP process is one thread that spends its core on per-packet work, and one that
-    stays on its core keeps its caches and never queues behind a neighbour moved onto it."""
+    processes: a UDP process is one thread that spends its core on per-packet work; one that stays
+    on its core keeps its caches and never queues behind a neighbour moved onto it."""
     cpus = sorted(usable_cpus)
     return {index: cpus[index % len(cpus)] for index in indexes} if cpus else {}
 

@@ -55,6 +55,7 @@ PLAY = """
         ipv4_range: 198.18.0.0/24
         ipv6_range: 2001:db8:100::/64
         cores: "{{ cores }}"
+        cpu_affinity: true
         ca_path: "{{ d }}/ca/ca.crt"
         cert_path: "{{ d }}/node/server.crt"
         key_path: "{{ d }}/node/server.key"
