@@ -35,7 +35,8 @@ Keys, requests, certificates
 
 Building blocks for ``pki.authority``
     x509_name(common_name), signature_hash(key), subject_alt_names(dns_names, ip_addresses),
-    extended_key_usages(purpose), key_usage(...), normalised_ips(ip_addresses), isoformat(moment)
+    extended_key_usages(purpose), key_usage(...), normalised_ips(ip_addresses),
+    isoformat(moment), utc_isoformat(moment)
 
 OpenVPN
     make_tls_crypt_key() -> str (OpenVPN Static key V1, 2048 bits), is_tls_crypt_key(text) -> bool
@@ -107,7 +108,17 @@ def not_before(cert):
 
 
 def isoformat(moment):
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """2026-01-31T12:00:00Z (a naive moment is local time, as astimezone takes it)."""
+    if moment.tzinfo is not datetime.UTC:
+        moment = moment.astimezone(datetime.UTC)
+    return utc_isoformat(moment)
+
+
+def utc_isoformat(moment):
+    """isoformat of a moment in UTC already, naive or aware. Not strftime, and no astimezone or
+    replace: a quarter of the time, which for a CRL's tens of thousands of entries is a tenth of
+    a second."""
+    return moment.isoformat(timespec="seconds")[:19] + "Z"
 
 
 def serial_hex(serial):
