@@ -319,9 +319,9 @@ class RevocationPusher:
                     unreachable = push(self._controller, crl, batch)
                     self._pushed_number = crl.crl_number
                     # A node that did not answer took its timeout, not the CRL's cost.
-                    learn = not unreachable and crl.signing_seconds is not None
-                    if learn and crl.revoked_count >= LEARN_FROM_ENTRIES:
-                        round_seconds = crl.signing_seconds + time.monotonic() - pushed
+                    signed = crl.signing_seconds
+                    if signed is not None and not unreachable and crl.revoked_count >= LEARN_FROM_ENTRIES:
+                        round_seconds = signed + time.monotonic() - pushed
                         self._seconds_per_entry = round_seconds / crl.revoked_count
                 if unreachable:
                     log.warning(
