@@ -139,9 +139,12 @@ class Reconcile:
     start: tuple = ()
     restart: tuple = ()
     remove: tuple = ()
-    # The configs and management sockets of the removed processes. OpenVPN runs as nobody by
-    # then and cannot remove its own socket; the daemon would list a dead process for it.
+    # The configs, management sockets and pins of the removed processes. OpenVPN runs as nobody
+    # by then and cannot remove its own socket; the daemon would list a dead process for it.
     remove_paths: tuple = ()
+    # Their units' own drop-in directories, once empty (never the config or socket directory,
+    # which the other processes share).
+    remove_directories: tuple = ()
 
     @property
     def changed(self):
@@ -193,5 +196,8 @@ def reconcile(
                 instances.management_socket(profile_id, index),
                 pin_path(profile_id, index, systemd_dir),
             )
+        ),
+        remove_directories=tuple(
+            os.path.dirname(pin_path(profile_id, index, systemd_dir)) for index in surplus
         ),
     )

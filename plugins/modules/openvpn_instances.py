@@ -439,7 +439,8 @@ def apply(module, plan, configs):
             systemd.run("disable", "--now", unit)
     for path in todo.remove_paths:
         remove_path(module, path)
-        remove_empty_directory(module, os.path.dirname(path))
+    for directory in todo.remove_directories:
+        remove_empty_directory(module, directory)
     return dict(
         changed=bool(diffs) or todo.changed,
         plan=plan.as_dict() if plan else {},

@@ -90,6 +90,11 @@ def test_processes_no_longer_planned_go_with_their_config_and_socket():
         "/run/openvpn-server/internet-3.sock",
         "/etc/systemd/system/openvpn-server@internet-3.service.d/vpnfleet-cpu.conf",
     )
+    # Only their units' own directories: /srv/conf and /run/openvpn-server hold the others' too.
+    assert todo.remove_directories == (
+        "/etc/systemd/system/openvpn-server@internet-2.service.d",
+        "/etc/systemd/system/openvpn-server@internet-3.service.d",
+    )
     assert todo.changed
 
 
